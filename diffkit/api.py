@@ -1,0 +1,234 @@
+"""The Python API that the CLI is a thin layer over.
+
+    import diffkit
+    result = diffkit.sample("mnist", classes=[3, 7], hooks=["cfg:5"], seed=0, num=2)
+    result.images      # [N x C x H x W] in [0, 1]
+    diffkit.save(result, "out/")
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from diffkit import io, plugins, schedule
+from diffkit.backends.base import Backend, BackendError
+from diffkit.sampler import Sampler
+from diffkit.state import Context, StepState
+from diffkit.technique import Technique
+
+
+@dataclass
+class Result:
+    """What a run made. ``images``: ``[N x C x H x W]`` in [0, 1] from the last stage."""
+
+    images: Tensor
+    labels: list[Any]
+    seeds: list[int]
+    meta: dict[str, Any]
+    x: Tensor | None = None  # the last stage's final state, unclamped
+    stage_images: list[Tensor] = field(default_factory=list)  # one ``[N x C x H x W]`` a stage
+    frames: list[Tensor] = field(default_factory=list)  # ``[N x C x H x W]`` x0 estimates every save_every steps
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("diffkit", "torch", "diffusers", "transformers", "pluggy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def timesteps_for(backend: Backend, steps: int | None = None, stride: int | None = None,
+                  timesteps: Sequence[int] | None = None) -> list[int]:
+    """Explicit ``timesteps``, else ``steps`` evenly strided ones ending at 0, else ``stride``, else the backend's."""
+    T = len(backend.alphas_cumprod)
+    if timesteps:
+        ts = [int(t) for t in timesteps]
+        if any(a <= b for a, b in zip(ts, ts[1:])) or ts[0] >= T or ts[-1] < 0:
+            raise ValueError(f"timesteps must be strictly decreasing within 0..{T - 1}, got {ts}")
+        return ts
+    if steps:
+        if not 1 <= steps <= T:
+            raise ValueError(f"steps must be in 1..{T}, got {steps}")
+        k = max(1, T // steps)
+        return list(range((steps - 1) * k, -1, -k))
+    if stride:
+        if not 1 <= stride < T:
+            raise ValueError(f"stride must be in 1..{T - 1}, got {stride}")
+        return schedule.strided_timesteps(T, stride)
+    return backend.default_timesteps()
+
+
+def load_backend(name: str, **options: Any) -> Backend:
+    """Build a backend by name; options it does not know are an error."""
+    info = plugins.get_backend(name)
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - set(info.options) - {"stride"})
+    if unknown:
+        raise BackendError(f"backend {name!r} takes no option {', '.join(unknown)} "
+                           f"(it takes: {', '.join(sorted(info.options)) or 'none'})")
+    return info.load(**given)
+
+
+class Run:
+    """One sampling run, stage after stage. Iterate :meth:`steps` for progress, then read :attr:`result`."""
+
+    def __init__(self, backend: str | Backend = "mnist", *, prompts: Sequence[str] | None = None,
+                 classes: Sequence[int | str] | None = None, hooks: Sequence[str | Technique] = (),
+                 seed: int = 0, num: int = 1, steps: int | None = None, stride: int | None = None,
+                 timesteps: Sequence[int] | None = None, i_start: int = 0, save_every: int = 0,
+                 max_batch: int | None = None, backend_options: dict[str, Any] | None = None):
+        self.backend_options = {k: v for k, v in (backend_options or {}).items() if v is not None}
+        self.backend = load_backend(backend, **self.backend_options) if isinstance(backend, str) else backend
+        if prompts and classes:
+            raise ValueError("give prompts or classes, not both")
+        base = list(prompts or classes or [None])
+        self.labels = [lab for lab in base for _ in range(num)]
+        self.seeds = [seed + i for i in range(len(self.labels))]
+        self.techniques = [plugins.make_technique(h) if isinstance(h, str) else h for h in hooks]
+        for tech in self.techniques:
+            if not tech.supports(self.backend.name):
+                raise ValueError(f"hook {tech.name!r} does not support backend {self.backend.name!r} "
+                                 f"(it supports: {', '.join(tech.backends)})")
+        self.timesteps = timesteps_for(self.backend, steps, stride, timesteps)
+        if not 0 <= i_start < len(self.timesteps):
+            raise ValueError(f"i_start must be in 0..{len(self.timesteps) - 1}, got {i_start}")
+        self.i_start = i_start
+        self.save_every = save_every
+        # Encode now, so a label the backend cannot take fails before any work.
+        self._conds = (Context.make_cond(self.backend, self.labels),
+                       Context.make_cond(self.backend, [None] * len(self.labels)))
+        self.sampler = Sampler(self.techniques, max_batch)
+        self.result: Result | None = None
+        self.stage_timesteps: list[list[int]] = []
+
+    def context(self, backend: Backend, stage: int, timesteps: list[int], i_start: int) -> Context:
+        cond, null = self._conds if backend is self.backend else (
+            Context.make_cond(backend, self.labels), Context.make_cond(backend, [None] * len(self.labels)))
+        return Context(
+            backend=backend, timesteps=timesteps, labels=self.labels, seeds=self.seeds, cond=cond, null=null,
+            generators=[torch.Generator().manual_seed(s) for s in self.seeds], stage=stage, i_start=i_start)
+
+    def steps(self) -> Iterator[StepState]:
+        """Yield every step of every stage; afterwards :attr:`result` holds the images."""
+        backend, stage, stage_images, frames = self.backend, 0, [], []
+        timesteps, i_start = self.timesteps, self.i_start
+        while backend is not None:
+            ctx = self.context(backend, stage, timesteps, i_start)
+            self.stage_timesteps.append(timesteps)
+            run = self.sampler.run(ctx)
+            while True:
+                try:
+                    state = next(run)
+                except StopIteration as stop:
+                    x = stop.value
+                    break
+                if self.save_every and stage == 0 and (state.i % self.save_every == 0 or state.i == state.n_steps - 1):
+                    frames.append(backend.to_image(state.x0).float().cpu())
+                yield state
+            images = backend.to_image(x).float().cpu()
+            stage_images.append(images)
+            final = x
+            backend = backend.next_stage(x, self.labels)
+            stage += 1
+            if backend is not None:
+                timesteps, i_start = backend.default_timesteps(), 0
+        self.result = Result(stage_images[-1], self.labels, self.seeds, self.meta(), final, stage_images, frames)
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend.name,
+            "backend_options": self.backend_options,
+            "checkpoint": getattr(self.backend, "checkpoint", None),
+            "hooks": [{"name": t.name, "args": t.args} for t in self.techniques],
+            "timesteps": self.stage_timesteps,
+            "i_start": self.i_start,
+            "versions": versions(),
+        }
+
+
+def sample(backend: str | Backend = "mnist", **kwargs: Any) -> Result:
+    """Run to the end and return the :class:`Result` (same words as the CLI)."""
+    run = Run(backend, **kwargs)
+    for _ in run.steps():
+        pass
+    assert run.result is not None
+    return run.result
+
+
+def output_names(n: int, frames: bool) -> list[str]:
+    names = [f"sample-{i:03d}.png" for i in range(n)] + ["grid.png", "run.json"]
+    return names + (["trajectory.gif", "frames"] if frames else [])
+
+
+def check_out(out: str | os.PathLike, n: int, frames: bool, overwrite: bool) -> None:
+    """Refuse (FileExistsError) before any work if the run would overwrite files in ``out``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder")
+    clash = [name for name in output_names(n, frames) if (out / name).exists()]
+    if clash and not overwrite:
+        raise FileExistsError(f"{out} already holds {', '.join(clash[:3])}{' ...' if len(clash) > 3 else ''}; "
+                              "pass --overwrite to replace them, or choose another --out")
+
+
+def save(result: Result, out: str | os.PathLike, overwrite: bool = False, extra: dict[str, Any] | None = None) -> Path:
+    """Write sample PNGs, grid.png, run.json (and frames/ + trajectory.gif) to ``out``.
+
+    Everything is written to a temp folder first and moved in at the end: a failure leaves ``out``
+    as it was.
+    """
+    out = Path(out)
+    n = len(result.images)
+    check_out(out, n, bool(result.frames), overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".diffkit-", dir=out))
+    try:
+        samples = []
+        for i, (img, lab, seed) in enumerate(zip(result.images, result.labels, result.seeds)):
+            name = f"sample-{i:03d}.png"
+            io.save_png(img, tmp / name)
+            samples.append({"file": name, "label": lab, "seed": seed})
+        ncol = max(1, min(n, 10 if n > 16 else int(n**0.5 + 0.999)))
+        per = n // max(1, len(dict.fromkeys(result.labels)))
+        if 1 < per <= 10 and n % per == 0:
+            ncol = per
+        io.save_png(io.grid(result.images, ncol), tmp / "grid.png")
+        if result.frames:
+            (tmp / "frames").mkdir()
+            for k, f in enumerate(result.frames):
+                io.save_png(io.grid(f, ncol), tmp / "frames" / f"frame-{k:03d}.png")
+            io.save_gif([io.grid(f, ncol) for f in result.frames], tmp / "trajectory.gif")
+        meta = dict(result.meta, samples=samples, **(extra or {}))
+        io.write_json(tmp / "run.json", meta)
+        for name in os.listdir(tmp):
+            dst = out / name
+            if dst.is_dir():
+                shutil.rmtree(dst)
+            os.replace(tmp / name, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def mnist_preview(checkpoint: str | os.PathLike, path: str | os.PathLike, cfg_scale: float = 5.0) -> None:
+    """A 10x4 grid of class-conditioned samples (CFG ``cfg_scale``) from an MNIST checkpoint."""
+    from diffkit.mnist.checkpoint import load_config
+
+    conditional = load_config(checkpoint)["conditioning"] == "class"
+    res = sample("mnist", classes=list(range(10)) if conditional else None, num=4 if conditional else 40,
+                 hooks=[f"cfg:{cfg_scale}"] if conditional else [], backend_options={"checkpoint": str(checkpoint)})
+    ncol = 4 if conditional else 10
+    io.save_png(io.grid(res.images, ncol), path)

@@ -1,0 +1,78 @@
+"""The MNIST backend: diffkit's own Part B UNet (time- or class-conditioned DDPM, T = 300)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffkit import schedule
+from diffkit.backends.base import BackendError
+from diffkit.mnist import checkpoint
+from diffkit.schedule import StepConfig
+
+
+def parse_class(label: Any) -> int | None:
+    """``3`` or ``"3"`` -> 3; None -> None (the all-zero, unconditional class vector)."""
+    if label is None:
+        return None
+    try:
+        k = int(str(label).strip())
+    except ValueError:
+        raise BackendError(f"mnist backend: class must be a digit 0-9, got {label!r}") from None
+    if not 0 <= k <= 9:
+        raise BackendError(f"mnist backend: class must be a digit 0-9, got {label!r}")
+    return k
+
+
+class MnistBackend:
+    """Images ``[N x 1 x 28 x 28]`` in [0, 1] (the seed's scale); conditioning one-hot ``[N x 10]``."""
+
+    name = "mnist"
+    sample_shape = (1, 28, 28)
+
+    def __init__(self, checkpoint_path: str | None = None, device: str = "cpu", stride: int = 1):
+        self.model, self.config = checkpoint.load_model(checkpoint_path, device)
+        if self.config.get("objective") != "ddpm":
+            raise BackendError(f"checkpoint {checkpoint.resolve(checkpoint_path)} is a one-step denoiser, "
+                               "not a DDPM: use it with `diffkit denoise`, or pick a ddpm checkpoint")
+        self.checkpoint = str(checkpoint.resolve(checkpoint_path))
+        self.T = self.config["T"]
+        self.alphas_cumprod = schedule.alphas_cumprod(
+            schedule.linear_betas(self.T, self.config["beta_start"], self.config["beta_end"]))
+        self.conditional = self.config["conditioning"] == "class"
+        self.step_config = StepConfig()
+        self.device = torch.device(device)
+        self.dtype = torch.float32
+        self.stride = stride
+
+    def default_timesteps(self) -> list[int]:
+        return schedule.strided_timesteps(self.T, self.stride)
+
+    def encode(self, labels: list[Any]) -> Tensor | None:
+        classes = [parse_class(lab) for lab in labels]
+        if not self.conditional:
+            if any(k is not None for k in classes):
+                raise BackendError(f"the checkpoint {self.checkpoint} is time-conditioned only: it takes no --class")
+            return None
+        out = torch.zeros(len(classes), 10, device=self.device)
+        for i, k in enumerate(classes):
+            if k is not None:
+                out[i, k] = 1
+        return out
+
+    def model_input(self, x: Tensor) -> Tensor:
+        return x
+
+    def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        return self.model(x, (t.to(x.dtype) / self.T)[:, None], cond)
+
+    def to_image(self, x: Tensor) -> Tensor:
+        return x.clamp(0, 1)
+
+    def from_image(self, img: Tensor) -> Tensor:
+        return img.to(self.device, self.dtype)
+
+    def next_stage(self, images: Tensor, labels: list[Any]) -> None:
+        return None

@@ -1,0 +1,121 @@
+"""Files: atomic writes, images in and out, grids and GIFs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; rename it over ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Put the finished folder ``src`` in place of ``dst``; a crash leaves one good copy (``dst`` or ``dst.old``)."""
+    os.chmod(src, 0o777 & ~_umask())
+    old = dst.with_name(dst.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def to_uint8(img: Tensor) -> Tensor:
+    """``[C x H x W]`` in [0, 1] -> ``[H x W x C]`` uint8 (round half up, as PIL-based tools do)."""
+    return (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu()
+
+
+def to_pil(img: Tensor) -> Image.Image:
+    """``[C x H x W]`` in [0, 1] -> PIL image (L for one channel, RGB for three)."""
+    arr = to_uint8(img).numpy()
+    return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, "L" if arr.shape[2] == 1 else "RGB")
+
+
+def save_png(img: Tensor, path: str | os.PathLike) -> None:
+    """Save ``[C x H x W]`` in [0, 1] as PNG, atomically."""
+    with atomic_path(path) as tmp:
+        to_pil(img).save(tmp, format="PNG")
+
+
+def grid(images: Tensor, ncol: int, pad: int = 2) -> Tensor:
+    """``[N x C x H x W]`` -> one ``[C x H' x W']`` grid, ``ncol`` images a row, white padding."""
+    n, c, h, w = images.shape
+    nrow = (n + ncol - 1) // ncol
+    out = images.new_ones(c, nrow * (h + pad) + pad, ncol * (w + pad) + pad)
+    for i in range(n):
+        r, k = divmod(i, ncol)
+        out[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + k * (w + pad): pad + k * (w + pad) + w] = images[i]
+    return out
+
+
+def save_gif(frames: list[Tensor], path: str | os.PathLike, duration_ms: int = 80) -> None:
+    """Frames ``[C x H x W]`` in [0, 1] -> looping animated GIF (last frame held), atomically."""
+    pils = [to_pil(f) for f in frames]
+    with atomic_path(path) as tmp:
+        pils[0].save(tmp, format="GIF", save_all=True, append_images=pils[1:] + [pils[-1]] * 10,
+                     duration=duration_ms, loop=0)
+
+
+def load_image(path: str | os.PathLike, size: tuple[int, int], channels: int) -> Tensor:
+    """Any image file -> ``[C x H x W]`` in [0, 1]: centre-cropped to the aspect of ``size``, resized.
+
+    Transparent pixels become white (hand drawings saved with alpha), and the mode is converted to
+    L or RGB to match ``channels``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        img = Image.open(path)
+        img.load()
+    except Exception as e:  # PIL raises many kinds
+        raise ValueError(f"cannot read image {path}: {e}") from e
+    if img.mode in ("RGBA", "LA", "P", "PA"):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, img)
+    img = img.convert("L" if channels == 1 else "RGB")
+    H, W = size
+    w, h = img.size
+    scale = min(w / W, h / H)
+    cw, ch = round(W * scale), round(H * scale)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    img = img.crop((left, top, left + cw, top + ch)).resize((W, H), Image.Resampling.LANCZOS)
+    t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).float() / 255
+    return t.reshape(H, W, channels).permute(2, 0, 1).contiguous()

@@ -1,0 +1,71 @@
+"""MNIST checkpoints: a folder of ``model.safetensors``, ``config.json`` and (while training) ``state.pt``.
+
+Folders are written whole to a temp folder and swapped in, so an interrupted save never leaves a
+half-written checkpoint where the last good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from diffkit.io import replace_dir
+from diffkit.mnist.model import UNet
+
+SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "mnist-class"
+
+
+class CheckpointError(FileNotFoundError):
+    pass
+
+
+def save(folder: Path, model: torch.nn.Module, config: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+    """Write weights, config (and training state) to ``folder`` atomically."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if state is not None:
+            torch.save(state, tmp / "state.pt")
+        replace_dir(tmp, folder)
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+
+
+def resolve(folder: str | Path | None) -> Path:
+    """The checkpoint folder to read: ``folder``, or the shipped model; ``X.old`` if a swap was cut short."""
+    folder = Path(folder) if folder else SHIPPED
+    if folder.is_file() and folder.name in ("model.safetensors", "config.json"):
+        folder = folder.parent
+    if not (folder / "config.json").is_file():
+        old = folder.with_name(folder.name + ".old")
+        if (old / "config.json").is_file():
+            return old
+        raise CheckpointError(f"no MNIST checkpoint at {folder} (expected config.json and model.safetensors there)")
+    return folder
+
+
+def load_config(folder: str | Path | None) -> dict[str, Any]:
+    return json.loads((resolve(folder) / "config.json").read_text())
+
+
+def load_model(folder: str | Path | None, device: str = "cpu") -> tuple[UNet, dict[str, Any]]:
+    """``(UNet in eval mode, config)`` from a checkpoint folder (default: the shipped class model)."""
+    folder = resolve(folder)
+    config = json.loads((folder / "config.json").read_text())
+    if not (folder / "model.safetensors").is_file():
+        raise CheckpointError(f"checkpoint {folder} has config.json but no model.safetensors")
+    model = UNet(config["hidden"], config["conditioning"])
+    model.load_state_dict(load_file(folder / "model.safetensors", device=device))
+    return model.to(device).eval(), config

@@ -1,0 +1,189 @@
+"""``diffkit train mnist``: the seed's one-step denoiser and time/class-conditioned DDPM.
+
+The loop yields :class:`TrainEvent` s; the CLI draws them. Every epoch ends with an atomic
+checkpoint; ``resume=True`` continues from the last one and, because each epoch's shuffling and
+noise come from generators seeded by ``(seed, epoch)``, gives the same weights as an unbroken run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from diffkit import schedule
+from diffkit.io import write_json
+from diffkit.mnist import checkpoint, data
+from diffkit.mnist.model import UNet
+from diffkit.plot import loss_curve
+
+
+@dataclass
+class TrainConfig:
+    """Defaults are the seed's; ``None`` fields take the objective's default (see :meth:`resolved`)."""
+
+    objective: str = "ddpm"  # "denoise" | "ddpm"
+    conditioning: str | None = None  # ddpm: "time" | "class"; denoise: "none"
+    hidden: int | None = None  # denoise 128, ddpm 64
+    epochs: int | None = None  # denoise 5, ddpm 20
+    batch_size: int | None = None  # denoise 256, ddpm 128
+    lr: float | None = None  # denoise 1e-4, ddpm 1e-3
+    gamma: float | None = None  # ddpm: 0.1 ** (1 / epochs), stepped each epoch
+    sigma: float = 0.5
+    T: int = 300
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    p_uncond: float = 0.1
+    seed: int = 0
+    subset: int | None = None  # first N training images, for quick runs and tests
+    channels_last: bool = True
+    sample_epochs: list[int] = field(default_factory=list)
+
+    def resolved(self) -> TrainConfig:
+        d = self.objective == "denoise"
+        if self.objective not in ("denoise", "ddpm"):
+            raise ValueError(f"--objective must be denoise or ddpm, not {self.objective!r}")
+        c = TrainConfig(**asdict(self))
+        c.conditioning = c.conditioning or ("none" if d else "time")
+        if d and c.conditioning != "none":
+            raise ValueError("the denoise objective has no conditioning (use --objective ddpm)")
+        if not d and c.conditioning not in ("time", "class"):
+            raise ValueError(f"--conditioning must be time or class for ddpm, not {c.conditioning!r}")
+        c.hidden = c.hidden or (128 if d else 64)
+        c.epochs = c.epochs or (5 if d else 20)
+        c.batch_size = c.batch_size or (256 if d else 128)
+        c.lr = c.lr or (1e-4 if d else 1e-3)
+        if c.gamma is None and not d:
+            c.gamma = 0.1 ** (1 / c.epochs)
+        return c
+
+
+@dataclass
+class TrainEvent:
+    """One optimisation step (``kind="step"``) or an epoch's end (``"epoch"``, checkpoint written)."""
+
+    kind: str
+    epoch: int  # 1-based
+    step: int  # within the epoch, 1-based
+    steps_per_epoch: int
+    loss: float
+    images_per_s: float = 0.0
+    checkpoint: Path | None = None
+    snapshot: Path | None = None  # a copy of the model kept after one of ``sample_epochs``
+
+
+def ddpm_loss(model: UNet, x0: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, abar: torch.Tensor,
+              gen: torch.Generator) -> torch.Tensor:
+    """``|| eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t/T, c) ||^2``, t uniform, class dropped p_uncond."""
+    n = x0.shape[0]
+    t = torch.randint(0, cfg.T, (n,), generator=gen)
+    eps = torch.randn(x0.shape, generator=gen)
+    a = abar[t].float()[:, None, None, None]
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    c = None
+    if cfg.conditioning == "class":
+        keep = (torch.rand(n, generator=gen) >= cfg.p_uncond).float()[:, None]
+        c = F.one_hot(y, 10).float() * keep
+    return F.mse_loss(model(_fmt(x_t, cfg), (t.float() / cfg.T)[:, None], c), eps)
+
+
+def denoise_loss(model: UNet, x0: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """``|| x - D_theta(x + sigma eps) ||^2`` (the seed's one-step denoiser)."""
+    z = x0 + cfg.sigma * torch.randn(x0.shape, generator=gen)
+    return F.mse_loss(model(_fmt(z, cfg)), x0)
+
+
+def _fmt(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+
+
+def model_config(cfg: TrainConfig) -> dict:
+    """The ``config.json`` a checkpoint carries: enough to rebuild the model and its schedule."""
+    return {
+        "kind": "mnist-unet", "objective": cfg.objective, "conditioning": cfg.conditioning,
+        "hidden": cfg.hidden, "T": cfg.T, "beta_start": cfg.beta_start, "beta_end": cfg.beta_end,
+        "sigma": cfg.sigma, "train_config": asdict(cfg),
+    }
+
+
+def train(cfg: TrainConfig, out: str | Path, data_dir: str | Path | None = None, resume: bool = False,
+          command: str = "") -> Iterator[TrainEvent]:
+    """Train, yielding events; writes ``out/checkpoint/`` every epoch and ``out/loss.json``."""
+    cfg = cfg.resolved()
+    out = Path(out)
+    torch.manual_seed(cfg.seed)  # initial weights
+    model = UNet(cfg.hidden, cfg.conditioning)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, cfg.gamma) if cfg.gamma else None
+    losses: list[float] = []
+    start_epoch, elapsed = 0, 0.0
+    ckpt = out / "checkpoint"
+    if resume:
+        folder = checkpoint.resolve(ckpt)
+        state = torch.load(folder / "state.pt", weights_only=False)
+        if state["config"] != asdict(cfg):
+            changed = [k for k, v in asdict(cfg).items() if state["config"].get(k) != v and k != "epochs"]
+            if changed:
+                raise ValueError(f"cannot resume {folder}: options differ from the saved run: {', '.join(changed)}")
+        loaded, _ = checkpoint.load_model(folder)
+        model.load_state_dict(loaded.state_dict())
+        opt.load_state_dict(state["optimizer"])
+        if sched and state["scheduler"]:
+            sched.load_state_dict(state["scheduler"])
+        losses, start_epoch, elapsed = state["losses"], state["epoch"], state["elapsed_s"]
+    elif (ckpt / "config.json").exists():
+        raise FileExistsError(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
+
+    x_all, y_all = data.load("train", data_dir)
+    if cfg.subset:
+        x_all, y_all = x_all[: cfg.subset], y_all[: cfg.subset]
+    abar = schedule.alphas_cumprod(schedule.linear_betas(cfg.T, cfg.beta_start, cfg.beta_end))
+    steps = math.ceil(len(x_all) / cfg.batch_size)
+    for epoch in range(start_epoch, cfg.epochs):
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        perm = torch.randperm(len(x_all), generator=gen)
+        model.train()
+        t0, seen = time.perf_counter(), 0
+        for i in range(steps):
+            idx = perm[i * cfg.batch_size: (i + 1) * cfg.batch_size]
+            x0, y = x_all[idx], y_all[idx]
+            if cfg.objective == "ddpm":
+                loss = ddpm_loss(model, x0, y, cfg, abar, gen)
+            else:
+                loss = denoise_loss(model, x0, cfg, gen)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {i + 1}; "
+                                         f"last good checkpoint kept at {ckpt}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            seen += len(idx)
+            yield TrainEvent("step", epoch + 1, i + 1, steps, losses[-1], seen / (time.perf_counter() - t0))
+        if sched:
+            sched.step()
+        elapsed += time.perf_counter() - t0
+        config = model_config(cfg)
+        config["training"] = {
+            "epochs_done": epoch + 1, "wall_time_s": round(elapsed, 1),
+            "final_loss": sum(losses[-steps:]) / steps, "command": command,
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+        }
+        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
+                 "epoch": epoch + 1, "losses": losses, "elapsed_s": elapsed, "config": asdict(cfg)}
+        checkpoint.save(ckpt, model, config, state)
+        write_json(out / "loss.json", {"steps_per_epoch": steps, "loss": losses})
+        loss_curve(losses, out / "loss.png", steps)
+        snapshot = None
+        if epoch + 1 in cfg.sample_epochs:
+            snapshot = out / f"epoch-{epoch + 1:03d}"
+            checkpoint.save(snapshot, model, config)
+        yield TrainEvent("epoch", epoch + 1, steps, steps, config["training"]["final_loss"], checkpoint=ckpt,
+                         snapshot=snapshot)

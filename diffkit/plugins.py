@@ -1,0 +1,171 @@
+"""The plugin manager: built-in and third-party plugins load through the entry-point group ``diffkit``.
+
+Set ``DIFFKIT_DISABLE_PLUGIN_AUTOLOAD=1`` to load only diffkit's own built-ins.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+from typing import Any, Iterator
+
+import pluggy
+
+from diffkit import hookspecs
+from diffkit.backends.base import BackendInfo
+from diffkit.spec import SpecError, bind, parse
+from diffkit.technique import Technique
+
+GROUP = "diffkit"
+DISABLE_ENV = "DIFFKIT_DISABLE_PLUGIN_AUTOLOAD"
+
+
+class PluginError(RuntimeError):
+    """A plugin failed; the message starts with the plugin's name."""
+
+
+class UnknownName(LookupError):
+    """An unknown hook, view or backend; the message lists what is installed."""
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    eps = list(importlib.metadata.entry_points(group=GROUP))
+    if os.environ.get(DISABLE_ENV, "").strip() not in ("", "0"):
+        eps = [ep for ep in eps if ep.dist is not None and ep.dist.name == "diffkit"]
+    if not any(ep.dist is not None and ep.dist.name == "diffkit" for ep in eps):
+        raise PluginError("diffkit's built-in plugins are not registered: install the package (pip install -e .)")
+    return eps
+
+
+@functools.lru_cache(maxsize=None)
+def manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager with every installed plugin module registered."""
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    seen = set()
+    for ep in sorted(_entry_points(), key=lambda e: (e.dist.name != "diffkit" if e.dist else True, e.name)):
+        if ep.value in seen:  # the same package installed twice (editable + site) lists it twice
+            continue
+        seen.add(ep.value)
+        try:
+            plugin = ep.load()
+        except Exception as e:
+            raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {e}") from e
+        pm.register(plugin, name=ep.name)
+    return pm
+
+
+def _collect(hook: str, what: str) -> dict[str, Any]:
+    pm = manager()
+    out: dict[str, Any] = {}
+    for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+        name = pm.get_name(impl.plugin)
+        try:
+            items = impl.function() or []
+        except Exception as e:
+            raise PluginError(f"plugin {name!r}: {hook} raised {type(e).__name__}: {e}") from e
+        for item in items:
+            if item.name in out:
+                raise PluginError(f"plugin {name!r}: {what} {item.name!r} is already declared")
+            out[item.name] = item
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def techniques() -> dict[str, type[Technique]]:
+    """Every installed technique by name."""
+    return _collect("diffkit_techniques", "technique")
+
+
+@functools.lru_cache(maxsize=None)
+def views() -> dict[str, Any]:
+    """Every installed view by name."""
+    return _collect("diffkit_views", "view")
+
+
+@functools.lru_cache(maxsize=None)
+def backends() -> dict[str, BackendInfo]:
+    """Every installed backend by name."""
+    return _collect("diffkit_backends", "backend")
+
+
+def get_view(name: str) -> Any:
+    try:
+        return views()[name]
+    except KeyError:
+        raise UnknownName(f"unknown view {name!r}; available: {', '.join(sorted(views()))}") from None
+
+
+def get_backend(name: str) -> BackendInfo:
+    try:
+        return backends()[name]
+    except KeyError:
+        raise UnknownName(f"unknown backend {name!r}; available: {', '.join(sorted(backends()))}") from None
+
+
+def make_technique(spec: str) -> Technique:
+    """``'cfg:7'`` -> a configured technique instance; unknown names and bad args raise clear errors."""
+    name, args = parse(spec)
+    table = techniques()
+    if name not in table:
+        raise UnknownName(f"unknown hook {name!r}; available: {', '.join(sorted(table))}")
+    cls = table[name]
+    kwargs = bind(cls, args)
+    try:
+        return cls(**kwargs)
+    except (SpecError, UnknownName):
+        raise
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise SpecError(f"hook {name!r}: {e}") from e
+
+
+def call(hook: str, first: bool = False, **kwargs: Any) -> Any:
+    """Call a run hook in pluggy's order, naming the plugin when one raises.
+
+    ``first``: stop at the first non-None result and return it (firstresult hooks).
+    """
+    pm = manager()
+    for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+        try:
+            result = impl.function(*[kwargs[a] for a in impl.argnames])
+        except Exception as e:
+            name = pm.get_name(impl.plugin) or type(impl.plugin).__name__
+            raise PluginError(f"hook {name!r} failed in {hook}: {type(e).__name__}: {e}") from e
+        if first and result is not None:
+            return result
+    return None
+
+
+def has_impls(hook: str) -> bool:
+    return bool(getattr(manager().hook, hook).get_hookimpls())
+
+
+class activated:
+    """Context manager: register technique instances for one run (first given runs first)."""
+
+    def __init__(self, techniques: list[Technique]):
+        self.techniques = techniques
+        self.names: list[str] = []
+
+    def __enter__(self) -> activated:
+        pm = manager()
+        counts: dict[str, int] = {}
+        for tech in self.techniques:
+            counts[tech.name] = counts.get(tech.name, 0) + 1
+        for k, tech in reversed(list(enumerate(self.techniques))):
+            name = f"hook:{tech.name}" + (f"#{k}" if counts[tech.name] > 1 else "")
+            pm.register(tech, name=name)
+            self.names.append(name)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pm = manager()
+        for name in self.names:
+            pm.unregister(name=name)
+
+
+def iter_plugin_names() -> Iterator[str]:
+    pm = manager()
+    for plugin in pm.get_plugins():
+        yield pm.get_name(plugin)

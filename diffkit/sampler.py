@@ -1,0 +1,88 @@
+"""The Sampler: one loop for every technique, backend and stage.
+
+    x = noise (or the initial-state hook's start)
+    for t -> t' in timesteps:
+        est   = denoiser([Query(model_input(x), t, cond)])   # one batched model call
+        x, x0 = ddpm_step(x, t, t', est)                     # schedule.ddpm_step
+        after_step hooks re-impose constraints on x          # projectors
+        observe hooks and the caller see a StepState         # observers, UI
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from diffkit import plugins, schedule
+from diffkit.denoise import batched, compose
+from diffkit.state import Context, Denoiser, Query, Step, StepState
+from diffkit.technique import Combiner, Technique
+
+
+class Sampler:
+    """Samples one stage of a backend with a list of techniques (in ``--hook`` order).
+
+    ``run(ctx)`` is a generator: it yields a :class:`StepState` after every step and returns the
+    final ``x`` ``[N x C x H x W]`` (``StopIteration.value``; :meth:`sample` hands it back directly).
+    """
+
+    def __init__(self, techniques: list[Technique] = (), max_batch: int | None = None):
+        self.techniques = list(techniques)
+        self.max_batch = max_batch
+
+    def denoiser(self, ctx: Context) -> Denoiser:
+        combiners = [t for t in self.techniques if isinstance(t, Combiner)]
+        return compose(combiners, batched(ctx.backend, self.max_batch))
+
+    def run(self, ctx: Context) -> Iterator[StepState]:
+        backend, ts = ctx.backend, ctx.timesteps
+        for tech in self.techniques:
+            try:
+                tech.setup(ctx)
+            except Exception as e:
+                raise plugins.PluginError(f"hook {tech.name!r} failed in setup: {type(e).__name__}: {e}") from e
+        denoise = self.denoiser(ctx)
+        with plugins.activated(self.techniques), torch.inference_mode():
+            x = ctx.randn()
+            start = plugins.call("diffkit_initial_state", first=True, ctx=ctx, noise=x)
+            if start is not None:
+                x, ctx.i_start = start
+            observe = plugins.has_impls("diffkit_observe")
+            project = plugins.has_impls("diffkit_after_step")
+            for i in range(ctx.i_start, len(ts)):
+                t, t_next = ts[i], (ts[i + 1] if i + 1 < len(ts) else -1)
+
+                def redo(x: Tensor, t: int = t, t_next: int = t_next) -> Tensor:
+                    return self._step(ctx, denoise, x, t, t_next)[0]
+
+                x, x0, eps = self._step(ctx, denoise, x, t, t_next)
+                if project:
+                    step = Step(i, t, t_next, x, x0, redo)
+                    plugins.call("diffkit_after_step", ctx=ctx, step=step)
+                    x = step.x
+                state = StepState(ctx.stage, i, len(ts), t, t_next, x, x0, eps)
+                if observe:
+                    plugins.call("diffkit_observe", ctx=ctx, state=state)
+                yield state
+        return x
+
+    @staticmethod
+    def _step(ctx: Context, denoise: Denoiser, x: Tensor, t: int, t_next: int) -> tuple[Tensor, Tensor, Tensor]:
+        backend = ctx.backend
+        (est,) = denoise([Query(backend.model_input(x), t, ctx.cond)])
+        c = x.shape[1]
+        eps, var = est[:, :c], (est[:, c: 2 * c] if est.shape[1] >= 2 * c else None)
+        noise = ctx.randn() if t_next >= 0 else None
+        x, x0 = schedule.ddpm_step(x, t, t_next, eps, ctx.alphas_cumprod, noise, var, backend.step_config)
+        return x, x0, eps
+
+    def sample(self, ctx: Context) -> Tensor:
+        """Run to the end and return the final ``x``."""
+        gen = self.run(ctx)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value

@@ -1,0 +1,168 @@
+"""Noise-schedule math as small pure functions.
+
+Names follow DDPM (Ho et al. 2020): ``t`` indexes ``0 .. T-1``, ``abar = alphas_cumprod[t]``,
+``abar(-1) = 1`` (the clean image). All tensors are ``[N x C x H x W]`` unless said otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def linear_betas(T: int = 300, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+    """Linear beta schedule, betas ``[T]`` in float64 (DDPM section 4)."""
+    return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+
+
+def cosine_betas(T: int = 1000, max_beta: float = 0.999) -> Tensor:
+    """Cosine schedule ``abar(t) = cos^2((t/T + s)/(1 + s) pi/2)``, s = 0.008 (Nichol & Dhariwal eq. 17).
+
+    Computed in float64 and returned as ``[T]``, the same values as diffusers'
+    ``betas_for_alpha_bar(..., alpha_transform_type="cosine")`` (``squaredcos_cap_v2``).
+    """
+
+    def abar(u: float) -> float:
+        return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    return torch.tensor(
+        [min(1 - abar((i + 1) / T) / abar(i / T), max_beta) for i in range(T)], dtype=torch.float64
+    )
+
+
+def alphas_cumprod(betas: Tensor) -> Tensor:
+    """``abar_t = prod_{s<=t} (1 - beta_s)``, ``[T]``."""
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def betas_from_config(config: dict) -> Tensor:
+    """Betas ``[T]`` from a diffusers scheduler config (``beta_schedule``, ``num_train_timesteps``)."""
+    T = int(config.get("num_train_timesteps", 1000))
+    kind = config.get("beta_schedule", "linear")
+    if kind == "linear":
+        # diffusers computes linear betas in float32; match it so schedules agree bit for bit.
+        return torch.linspace(
+            config.get("beta_start", 1e-4), config.get("beta_end", 0.02), T, dtype=torch.float32
+        ).double()
+    if kind == "squaredcos_cap_v2":
+        return cosine_betas(T).float().double()
+    raise ValueError(f"unsupported beta_schedule {kind!r} (diffkit knows 'linear' and 'squaredcos_cap_v2')")
+
+
+def alphas_cumprod_from_config(config: dict) -> Tensor:
+    """``abar`` ``[T]`` for a diffusers scheduler config, accumulated in float32 as diffusers does.
+
+    At IF's largest timesteps ``abar`` is ~1e-4 and x0 = x / sqrt(abar) amplifies any difference,
+    so matching diffusers' pipelines needs its rounding, not a more exact product.
+    """
+    betas = betas_from_config(config).float()
+    return torch.cumprod(1.0 - betas, dim=0).double()
+
+
+def abar_at(alphas_cumprod: Tensor, t: int) -> Tensor:
+    """``abar_t``, with ``abar_{-1} = 1`` for the step that lands on the clean image."""
+    return alphas_cumprod[t] if t >= 0 else alphas_cumprod.new_ones(())
+
+
+def strided_timesteps(T: int, stride: int, start: int | None = None) -> list[int]:
+    """Timesteps ``start, start - stride, ..., >= 0`` (IF default: 990, 960, ..., 0)."""
+    start = (T - 1) // stride * stride if start is None else start
+    return list(range(start, -1, -stride))
+
+
+def forward(x0: Tensor, t: int, eps: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """Forward process ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (DDPM eq. 4)."""
+    a = abar_at(alphas_cumprod, t)
+    return (a.sqrt() * x0 + (1 - a).sqrt() * eps).to(x0.dtype)
+
+
+def x0_from_eps(x: Tensor, t: int, eps: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """Clean-image estimate ``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (DDPM eq. 15)."""
+    a = abar_at(alphas_cumprod, t)
+    return ((x - (1 - a).sqrt() * eps) / a.sqrt()).to(x.dtype)
+
+
+def eps_from_x0(x: Tensor, t: int, x0: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """Noise implied by a clean-image estimate, the inverse of :func:`x0_from_eps`."""
+    a = abar_at(alphas_cumprod, t)
+    return ((x - a.sqrt() * x0) / (1 - a).sqrt()).to(x.dtype)
+
+
+def dynamic_threshold(x0: Tensor, ratio: float = 0.995, max_value: float = 1.0) -> Tensor:
+    """Imagen's dynamic thresholding: clamp to the ``ratio`` quantile ``s`` (>= 1), divide by ``s``."""
+    flat = x0.float().reshape(x0.shape[0], -1)
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value)[:, None]
+    return (flat.clamp(-s, s) / s).reshape(x0.shape).to(x0.dtype)
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """How a DDPM step treats the estimate: what diffusers' ``DDPMScheduler`` config calls the same."""
+
+    variance_type: str = "fixed_small"  # or "learned_range" (IF: the model predicts the variance)
+    clip_sample: bool = False
+    clip_sample_range: float = 1.0
+    thresholding: bool = False
+    dynamic_thresholding_ratio: float = 0.995
+    sample_max_value: float = 1.0
+
+    @classmethod
+    def from_scheduler_config(cls, config: dict) -> StepConfig:
+        """Read the fields of a diffusers ``scheduler_config.json`` that change the step."""
+        names = cls.__dataclass_fields__
+        return cls(**{k: config[k] for k in names if k in config})
+
+
+def posterior_log_variance(
+    t: int, t_prev: int, alphas_cumprod: Tensor, var: Tensor | None, variance_type: str
+) -> Tensor:
+    """Log variance of ``q(x_t' | x_t, x0)``: fixed ``beta_tilde`` or IF's learned range (IDDPM eq. 15)."""
+    a, a_prev = abar_at(alphas_cumprod, t), abar_at(alphas_cumprod, t_prev)
+    beta = 1 - a / a_prev
+    beta_tilde = ((1 - a_prev) / (1 - a) * beta).clamp(min=1e-20)
+    if variance_type == "learned_range":
+        if var is None:
+            raise ValueError("variance_type 'learned_range' needs the model's variance channels")
+        frac = (var + 1) / 2
+        return frac * beta.log() + (1 - frac) * beta_tilde.log()
+    if variance_type == "fixed_small":
+        return beta_tilde.log()
+    if variance_type == "fixed_large":
+        return beta.log()
+    raise ValueError(f"unknown variance_type {variance_type!r}")
+
+
+def ddpm_step(
+    x: Tensor,
+    t: int,
+    t_prev: int,
+    eps: Tensor,
+    alphas_cumprod: Tensor,
+    noise: Tensor | None,
+    var: Tensor | None = None,
+    config: StepConfig = StepConfig(),
+) -> tuple[Tensor, Tensor]:
+    """DDPM posterior step ``x_t -> x_t'`` for any ``t > t'`` (DDPM eq. 7, strided).
+
+    ``x_t' = sqrt(abar_t') beta_t / (1 - abar_t) x0 + sqrt(alpha_t) (1 - abar_t') / (1 - abar_t) x_t + v``
+    with ``alpha_t = abar_t / abar_t'``, ``beta_t = 1 - alpha_t``; ``v = exp(logvar / 2) noise``, and no
+    noise when ``t' < 0`` or ``noise`` is None. ``x, eps, noise, var``: ``[N x C x H x W]``.
+    Returns ``(x_t', x0)``.
+    """
+    a, a_prev = abar_at(alphas_cumprod, t), abar_at(alphas_cumprod, t_prev)
+    alpha = a / a_prev
+    beta = 1 - alpha
+    x0 = x0_from_eps(x, t, eps, alphas_cumprod)
+    if config.thresholding:
+        x0 = dynamic_threshold(x0, config.dynamic_thresholding_ratio, config.sample_max_value)
+    elif config.clip_sample:
+        x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
+    mean = (a_prev.sqrt() * beta / (1 - a)) * x0 + (alpha.sqrt() * (1 - a_prev) / (1 - a)) * x
+    mean = mean.to(x.dtype)
+    if t_prev < 0 or noise is None:
+        return mean, x0
+    logvar = posterior_log_variance(t, t_prev, alphas_cumprod, var, config.variance_type)
+    return (mean + torch.exp(0.5 * logvar).to(x.dtype) * noise).to(x.dtype), x0

@@ -1,0 +1,136 @@
+"""The values that flow through a sampling run: conditions, queries, the run context, step states."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Hashable
+
+import torch
+from torch import Tensor
+
+from diffkit import schedule
+
+if TYPE_CHECKING:
+    from diffkit.backends.base import Backend
+
+
+@dataclass(frozen=True, eq=False)
+class Cond:
+    """Conditioning for the N samples of a run: ``value`` ``[N x ...]`` as the backend's model takes it.
+
+    ``key`` identifies it (one label a sample; None is the null label), so that equal conditions
+    made by different combiners are evaluated once.
+    """
+
+    key: tuple[Hashable, ...]
+    value: Tensor | None
+
+    @property
+    def is_null(self) -> bool:
+        return all(k is None for k in self.key)
+
+
+@dataclass(frozen=True, eq=False)
+class Query:
+    """One branch the model is asked for: input ``x`` ``[N x C x H x W]`` at timestep ``t`` under ``cond``.
+
+    ``view`` names the transforms applied to the step's state to make ``x``, outermost last; together
+    with ``t`` and ``cond.key`` it is the identity used to evaluate equal queries once.
+    """
+
+    x: Tensor
+    t: int
+    cond: Cond
+    view: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple:
+        return (self.t, self.view, self.cond.key)
+
+    def with_cond(self, cond: Cond) -> Query:
+        return Query(self.x, self.t, cond, self.view)
+
+
+# A denoiser answers a list of queries with one estimate each, ``[N x C' x H x W]``: the noise in the
+# first ``eps_channels`` channels, then whatever else the backend predicts (IF: the variance).
+Denoiser = Callable[[list[Query]], list[Tensor]]
+
+
+@dataclass
+class Context:
+    """What techniques may read about the run: the backend, schedule, samples and their randomness."""
+
+    backend: Backend
+    timesteps: list[int]
+    labels: list[Any]  # one prompt / class a sample
+    seeds: list[int]
+    cond: Cond
+    null: Cond
+    generators: list[torch.Generator] = field(repr=False, default_factory=list)
+    stage: int = 0
+    i_start: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # for plugins to share per-run data
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        return self.backend.alphas_cumprod
+
+    @property
+    def eps_channels(self) -> int:
+        return self.backend.sample_shape[0]
+
+    @staticmethod
+    def make_cond(backend: Backend, labels: list[Any]) -> Cond:
+        """Condition for one label a sample (None: the null condition)."""
+        return Cond(tuple(labels), backend.encode(labels))
+
+    def encode(self, labels: list[Any]) -> Cond:
+        """Condition for one label a sample (None: the null condition)."""
+        return self.make_cond(self.backend, labels)
+
+    def encode_all(self, label: Any) -> Cond:
+        """The same label for every sample."""
+        return self.encode([label] * self.n)
+
+    def randn(self, shape: tuple[int, ...] | None = None) -> Tensor:
+        """Standard normal ``[N x ...]``, sample i drawn from its own generator (so batches match single runs)."""
+        shape = tuple(shape or self.backend.sample_shape)
+        # Drawn on the CPU in the model's dtype, as diffusers' randn_tensor does with a CPU generator, so
+        # a seed gives the same image on any device and the same noise as diffusers' pipelines.
+        dt = self.backend.dtype
+        return torch.cat([torch.randn((1, *shape), generator=g, dtype=dt) for g in self.generators]).to(self.backend.device)
+
+    def forward(self, x0: Tensor, t: int, eps: Tensor | None = None) -> Tensor:
+        """``x_t`` from ``x0`` (fresh per-sample noise unless ``eps`` is given)."""
+        eps = self.randn(x0.shape[1:]) if eps is None else eps
+        return schedule.forward(x0, t, eps, self.alphas_cumprod)
+
+
+@dataclass
+class Step:
+    """The mutable step a projector may change: set ``x`` to re-impose a constraint."""
+
+    i: int
+    t: int
+    t_next: int  # -1 after the last step
+    x: Tensor  # [N x C x H x W] state at t_next
+    x0: Tensor  # the step's clean-image estimate
+    redo: Callable[[Tensor], Tensor] = field(repr=False, default=lambda x: x)  # denoise+step again from x at t
+
+
+@dataclass(frozen=True)
+class StepState:
+    """Read-only state yielded after every step, for observers and UIs."""
+
+    stage: int
+    i: int
+    n_steps: int
+    t: int
+    t_next: int
+    x: Tensor
+    x0: Tensor
+    eps: Tensor

@@ -1,0 +1,99 @@
+"""How a technique declares itself: name, kind, parameters, supported backends; and its three kinds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from torch import Tensor
+
+from diffkit.state import Context, Query
+
+REQUIRED: Any = object()
+
+
+def to_bool(text: str) -> bool:
+    v = text.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+TYPE_NAMES: dict[Callable[[str], Any], str] = {int: "int", float: "float", str: "str", to_bool: "bool", Path: "path"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a technique: ``type`` converts the spec's text; ``multiple`` collects repeats."""
+
+    name: str
+    type: Callable[[str], Any] = str
+    default: Any = REQUIRED
+    help: str = ""
+    multiple: bool = False
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    @property
+    def type_name(self) -> str:
+        name = TYPE_NAMES.get(self.type, getattr(self.type, "__name__", "value"))
+        return f"{name}..." if self.multiple else name
+
+
+class Technique:
+    """Base of every technique. Subclasses set the class attributes and take their params as kwargs.
+
+    ``setup(ctx)`` runs once per stage before sampling (encode extra prompts, load images).
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[str]  # "combiner" | "projector" | "observer"
+    help: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+    backends: ClassVar[tuple[str, ...]] = ("*",)  # names of supported backends, "*" for all
+
+    def __init__(self, **args: Any):
+        self.args = args
+
+    def __repr__(self) -> str:
+        return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.args.items())})"
+
+    def setup(self, ctx: Context) -> None:
+        pass
+
+    @classmethod
+    def supports(cls, backend: str) -> bool:
+        return "*" in cls.backends or backend in cls.backends
+
+
+class Combiner(Technique):
+    """Changes how the estimate is made: one query -> several (``expand``) -> one estimate (``reduce``).
+
+    Nest in the order given (first outermost). Every expanded query of every combiner goes into the
+    same batched model call.
+    """
+
+    kind = "combiner"
+
+    def expand(self, query: Query) -> list[Query]:
+        raise NotImplementedError
+
+    def reduce(self, query: Query, estimates: list[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+
+class Projector(Technique):
+    """Changes the state: implements ``diffkit_initial_state`` and/or ``diffkit_after_step`` (hookspecs)."""
+
+    kind = "projector"
+
+
+class Observer(Technique):
+    """Sees every step and changes nothing: implements ``diffkit_observe``."""
+
+    kind = "observer"

@@ -1,0 +1,29 @@
+"""Built-in backends: mnist (diffkit's own UNet), gaussian (exact denoiser, for tests), if (DeepFloyd IF)."""
+
+from __future__ import annotations
+
+from diffkit.backends.base import BackendInfo
+from diffkit.hookspecs import hookimpl
+
+
+def _mnist(checkpoint: str | None = None, device: str = "cpu", stride: int = 1, **_: object):
+    from diffkit.backends.mnist import MnistBackend
+
+    return MnistBackend(checkpoint, device or "cpu", stride)
+
+
+def _gaussian(stride: int = 1, **_: object):
+    from diffkit.backends.gaussian import GaussianBackend
+
+    return GaussianBackend(means=(0.2, 0.8), std=0.15, stride=stride)
+
+
+@hookimpl
+def diffkit_backends() -> list[BackendInfo]:
+    return [
+        BackendInfo("mnist", "diffkit's class-conditioned MNIST DDPM (28x28, T=300); ships with diffkit.",
+                    _mnist, {"checkpoint": "checkpoint folder (default: the shipped model)", "device": "cpu or cuda"},
+                    label_kind="class"),
+        BackendInfo("gaussian", "exact denoiser of a 2-class Gaussian mixture (8x8): for tests and teaching.",
+                    _gaussian, {}, label_kind="class"),
+    ]
