@@ -134,11 +134,16 @@ def sample(
     checkpoint: Optional[str] = typer.Option(None, help="Checkpoint (mnist: a folder written by `diffkit train`)."),
     device: Optional[str] = typer.Option(None, help="Device: cpu, cuda, cuda:1 ..."),
     max_batch: Optional[int] = typer.Option(None, help="Split the step's model call above this many rows."),
+    sweep: Optional[str] = typer.Option(None, help="NAME=v1,v2,...: one run per value of a hook parameter "
+                                                   "(or i_start, seed); writes NAME-v/ folders and sweep.png."),
 ) -> None:
     """Sample images with any composition of techniques."""
     import diffkit
     from diffkit.api import Run, check_out
 
+    if sweep:
+        return _sweep(sweep, backend, _labels(prompt, classes), hook or [], seed, num, steps, stride, timesteps,
+                      i_start, out, overwrite, max_batch, {"checkpoint": checkpoint, "device": device})
     run = _make_run(backend, _labels(prompt, classes), hook or [], seed, num, steps, stride, timesteps, i_start,
                     save_every, max_batch, {"checkpoint": checkpoint, "device": device})
     try:
@@ -148,6 +153,55 @@ def sample(
     _execute(run)
     diffkit.save(run.result, out, overwrite=overwrite)
     console.print(f"wrote {len(run.labels)} samples, grid.png and run.json to {out}")
+
+
+def _sweep(sweep, backend, labels, hooks, seed, num, steps, stride, timesteps, i_start, out, overwrite, max_batch,
+           options) -> None:
+    """One run per value; every run is checked before the first starts, and all outputs land together."""
+    import diffkit
+    from diffkit import io, plugins
+    from diffkit.api import check_out
+    from diffkit.spec import format_spec, parse
+
+    name, eq, values = sweep.partition("=")
+    name, values = name.strip(), [v.strip() for v in values.split(",") if v.strip()]
+    if not eq or not name or not values:
+        fail(f"--sweep must look like NAME=v1,v2,..., got {sweep!r}", 2)
+    runs = []
+    for value in values:
+        specs, used = [], False
+        for h in hooks:
+            hname, args = parse(h)
+            cls = plugins.techniques().get(hname)
+            if cls is not None and any(p.name == name for p in cls.params):
+                args = [(k, v) for k, v in args if k != name] + [(name, value)]
+                used = True
+            specs.append(format_spec(hname, args))
+        kw = {"seed": seed, "i_start": i_start}
+        if not used:
+            if name not in kw:
+                fail(f"--sweep {name}: no --hook has a parameter {name!r}, and it is not i_start or seed", 2)
+            kw[name] = int(_ints(value, f"--sweep {name}")[0])
+        run = _make_run(backend, labels, specs, kw["seed"], num, steps, stride, timesteps, kw["i_start"], 0,
+                        max_batch, options)
+        folder = out / f"{name}-{value}"
+        try:
+            check_out(folder, len(run.labels), False, overwrite)
+        except FileExistsError as e:
+            fail(str(e), 2)
+        if (out / "sweep.png").exists() and not overwrite:
+            fail(f"{out / 'sweep.png'} exists; pass --overwrite to replace it", 2)
+        runs.append((value, run, folder))
+    results = []
+    for value, run, folder in runs:
+        console.print(f"{name} = {value}")
+        _execute(run)
+        results.append(run.result)
+    columns = [r.images for r in results]
+    for (value, run, folder), res in zip(runs, results):
+        diffkit.save(res, folder, overwrite=overwrite, extra={"sweep": {name: value}})
+    io.save_png(io.labelled_columns(columns, [f"{name}={v}" for v in values]), out / "sweep.png")
+    console.print(f"wrote {len(values)} runs and sweep.png to {out}")
 
 
 def _make_run(backend, labels, hooks, seed, num, steps, stride, timesteps, i_start, save_every, max_batch, options):

@@ -119,3 +119,21 @@ def load_image(path: str | os.PathLike, size: tuple[int, int], channels: int) ->
     img = img.crop((left, top, left + cw, top + ch)).resize((W, H), Image.Resampling.LANCZOS)
     t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).float() / 255
     return t.reshape(H, W, channels).permute(2, 0, 1).contiguous()
+
+
+def labelled_columns(columns: list[Tensor], titles: list[str], pad: int = 2, scale: int = 2) -> Tensor:
+    """Comparison figure: column k shows ``columns[k]`` ``[N x C x H x W]`` top to bottom under ``titles[k]``."""
+    from PIL import ImageDraw
+
+    w = columns[0].shape[-1]
+    cols = torch.cat([grid(col, 1, pad) for col in columns], dim=2)  # [C x H' x W']
+    img = to_pil(cols.float()).convert("RGB")
+    img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    head = 14
+    out = Image.new("RGB", (img.width, img.height + head), "white")
+    out.paste(img, (0, head))
+    draw = ImageDraw.Draw(out)
+    for k, title in enumerate(titles):
+        draw.text((k * (w + 2 * pad) * scale + 2, 1), title, fill="black")
+    arr = torch.frombuffer(bytearray(out.tobytes()), dtype=torch.uint8).reshape(out.height, out.width, 3)
+    return arr.permute(2, 0, 1).float() / 255

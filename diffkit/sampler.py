@@ -51,11 +51,12 @@ class Sampler:
                 x, ctx.i_start = start
             observe = plugins.has_impls("diffkit_observe")
             project = plugins.has_impls("diffkit_after_step")
+
+            def redo(x: Tensor, t: int, t_next: int) -> Tensor:
+                return self._step(ctx, denoise, x, t, t_next)[0]
+
             for i in range(ctx.i_start, len(ts)):
                 t, t_next = ts[i], (ts[i + 1] if i + 1 < len(ts) else -1)
-
-                def redo(x: Tensor, t: int = t, t_next: int = t_next) -> Tensor:
-                    return self._step(ctx, denoise, x, t, t_next)[0]
 
                 x, x0, eps = self._step(ctx, denoise, x, t, t_next)
                 if project:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Hashable
 
@@ -70,6 +71,7 @@ class Context:
     stage: int = 0
     i_start: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # for plugins to share per-run data
+    streams: dict[str, list[torch.Generator]] = field(default_factory=dict, repr=False)
 
     @property
     def n(self) -> int:
@@ -96,13 +98,40 @@ class Context:
         """The same label for every sample."""
         return self.encode([label] * self.n)
 
-    def randn(self, shape: tuple[int, ...] | None = None) -> Tensor:
-        """Standard normal ``[N x ...]``, sample i drawn from its own generator (so batches match single runs)."""
+    def randn(self, shape: tuple[int, ...] | None = None, stream: str | None = None) -> Tensor:
+        """Standard normal ``[N x ...]``, sample i drawn from its own generator (so batches match single runs).
+
+        ``stream``: a plugin's own named noise stream (seeded from the sample's seed and the name), so
+        that its draws leave the sampler's noise, and so every other result, unchanged.
+        """
         shape = tuple(shape or self.backend.sample_shape)
+        if stream is None:
+            gens = self.generators
+        else:
+            if stream not in self.streams:
+                self.streams[stream] = [torch.Generator().manual_seed(s * 1_000_003 + zlib.crc32(stream.encode()))
+                                        for s in self.seeds]
+            gens = self.streams[stream]
         # Drawn on the CPU in the model's dtype, as diffusers' randn_tensor does with a CPU generator, so
         # a seed gives the same image on any device and the same noise as diffusers' pipelines.
         dt = self.backend.dtype
-        return torch.cat([torch.randn((1, *shape), generator=g, dtype=dt) for g in self.generators]).to(self.backend.device)
+        return torch.cat([torch.randn((1, *shape), generator=g, dtype=dt) for g in gens]).to(self.backend.device)
+
+    def load_image(self, image: Any, what: str = "image") -> Tensor:
+        """A path or an image tensor in [0, 1] -> this backend's state scale ``[N x C x H x W]``."""
+        C, H, W = self.backend.sample_shape
+        if isinstance(image, Tensor):
+            img = image.float()
+            img = img[None] if img.dim() == 3 else img
+            if tuple(img.shape[-2:]) != (H, W) or img.shape[1] not in (1, C):
+                raise ValueError(f"{what} tensor has shape {tuple(img.shape)}, backend {self.backend.name!r} "
+                                 f"needs [N x {C} x {H} x {W}]")
+        else:
+            from diffkit.io import load_image
+
+            img = load_image(image, (H, W), C)[None]
+        x = self.backend.from_image(img.expand(-1, C, -1, -1).to(self.backend.device))
+        return x.expand(self.n, -1, -1, -1) if x.shape[0] == 1 else x
 
     def forward(self, x0: Tensor, t: int, eps: Tensor | None = None) -> Tensor:
         """``x_t`` from ``x0`` (fresh per-sample noise unless ``eps`` is given)."""
@@ -119,7 +148,8 @@ class Step:
     t_next: int  # -1 after the last step
     x: Tensor  # [N x C x H x W] state at t_next
     x0: Tensor  # the step's clean-image estimate
-    redo: Callable[[Tensor], Tensor] = field(repr=False, default=lambda x: x)  # denoise+step again from x at t
+    # One more denoise-and-step ``(x, t, t_next) -> x_t_next`` with the same combiners (RePaint-style resampling).
+    redo: Callable[[Tensor, int, int], Tensor] = field(repr=False, default=None)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,82 @@
+"""Inpainting by replacement (RePaint, Lugmayr et al. 2022), with optional resampling."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from diffkit import schedule
+from diffkit.hookspecs import hookimpl
+from diffkit.io import load_image
+from diffkit.state import Context, Step
+from diffkit.technique import Param, Projector
+
+
+class Inpaint(Projector):
+    name = "inpaint"
+    help = ("After every step keep the known region: x = m x + (1 - m) forward(x_orig, t'); "
+            "mask white = make new.")
+    params = (
+        Param("image", str, help="the original image (any size and mode; cropped and resized)"),
+        Param("mask", str, help="mask image, same size as image: white = generate, black = keep"),
+        Param("resample", int, 1, "RePaint: times each jump is sampled (1 = plain replacement)"),
+        Param("jump", int, 1, "RePaint: steps to go back before each resampling"),
+    )
+
+    def __init__(self, **args):
+        super().__init__(**args)
+        if args["resample"] < 1 or args["jump"] < 1:
+            raise ValueError("resample and jump must be at least 1")
+
+    def setup(self, ctx: Context) -> None:
+        image, mask = self.args["image"], self.args["mask"]
+        if not isinstance(mask, Tensor) and not isinstance(image, Tensor):
+            from PIL import Image
+
+            with Image.open(image) as a, Image.open(mask) as b:
+                if a.size != b.size:
+                    raise ValueError(f"mask {mask} is {b.size[0]}x{b.size[1]} but image {image} is "
+                                     f"{a.size[0]}x{a.size[1]}: they must match")
+        self.x_orig = ctx.load_image(image, "image")
+        C, H, W = ctx.backend.sample_shape
+        if isinstance(mask, Tensor):
+            m = mask.float()
+            while m.dim() < 4:
+                m = m[None]
+            if tuple(m.shape[-2:]) != (H, W) or m.shape[1] != 1:
+                raise ValueError(f"mask tensor has shape {tuple(mask.shape)}, needs [1 x {H} x {W}] or [{H} x {W}]")
+        else:
+            m = load_image(mask, (H, W), 1)[None]
+        self.mask = (m > 0.5).to(ctx.backend.device, ctx.backend.dtype)  # [1|N x 1 x H x W]
+
+    def known(self, ctx: Context, t: int) -> Tensor:
+        """The original noised to ``t`` (the original itself after the last step)."""
+        if t < 0:
+            return self.x_orig
+        return schedule.forward(self.x_orig, t, ctx.randn(stream="inpaint"), ctx.alphas_cumprod)
+
+    def paste(self, ctx: Context, x: Tensor, t: int) -> Tensor:
+        return self.mask * x + (1 - self.mask) * self.known(ctx, t)
+
+    @hookimpl
+    def diffkit_after_step(self, ctx: Context, step: Step) -> None:
+        step.x = self.paste(ctx, step.x, step.t_next)
+        r, j = self.args["resample"], self.args["jump"]
+        if r == 1 or step.t_next < 0 or (step.i + 1) % j:
+            return
+        ts = ctx.timesteps
+        lo = max(ctx.i_start, step.i + 1 - j)  # go back to ts[lo], then step forward to t_next again
+        for _ in range(r - 1):
+            a_hi, a_lo = schedule.abar_at(ctx.alphas_cumprod, ts[lo]), schedule.abar_at(ctx.alphas_cumprod, step.t_next)
+            ratio = (a_hi / a_lo).to(step.x.dtype)
+            x = ratio.sqrt() * step.x + (1 - ratio).sqrt() * ctx.randn(stream="inpaint")  # q(x_hi | x_lo)
+            for k in range(lo, step.i + 1):
+                x = self.paste(ctx, step.redo(x, ts[k], ts[k + 1]), ts[k + 1])
+            step.x = x
+
+
+@hookimpl
+def diffkit_techniques():
+    return [Inpaint]

@@ -1,0 +1,54 @@
+"""SDEdit (Meng et al. 2022): start from an image noised to t[i_start] instead of pure noise."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from diffkit import schedule
+from diffkit.hookspecs import hookimpl
+from diffkit.state import Context
+from diffkit.technique import Param, Projector
+
+
+class SDEdit(Projector):
+    name = "sdedit"
+    help = "x = forward(x_orig, t[i_start], noise), then sample from i_start; with a prompt: image-to-image."
+    params = (
+        Param("image", str, help="the input image (any size and mode; cropped and resized)"),
+        Param("i_start", int, None, "index into the timesteps to start from (0 = pure noise)"),
+        Param("strength", float, None, "alternative to i_start: 1 = pure noise, 0 = the image unchanged"),
+    )
+
+    def __init__(self, **args):
+        super().__init__(**args)
+        if args["i_start"] is None and args["strength"] is None:
+            args["i_start"] = 10
+        if args["i_start"] is not None and args["strength"] is not None:
+            raise ValueError("give i_start or strength, not both")
+        if args["strength"] is not None and not 0 <= args["strength"] <= 1:
+            raise ValueError(f"strength must be in [0, 1], got {args['strength']}")
+
+    def start_index(self, n_steps: int) -> int:
+        if self.args["strength"] is not None:
+            return round((1 - self.args["strength"]) * (n_steps - 1))
+        return self.args["i_start"]
+
+    def setup(self, ctx: Context) -> None:
+        self.x_orig = ctx.load_image(self.args["image"], "image") if ctx.stage == 0 else None
+        i = self.start_index(len(ctx.timesteps))
+        if not 0 <= i < len(ctx.timesteps):
+            raise ValueError(f"i_start {i} is outside 0..{len(ctx.timesteps) - 1}")
+
+    @hookimpl
+    def diffkit_initial_state(self, ctx: Context, noise: Tensor):
+        if ctx.stage != 0:  # later stages refine the first stage's output, not the input image
+            return None
+        i = self.start_index(len(ctx.timesteps))
+        if i == 0:  # strength 1: plain sampling from pure noise
+            return None
+        return schedule.forward(self.x_orig, ctx.timesteps[i], noise, ctx.alphas_cumprod), i
+
+
+@hookimpl
+def diffkit_techniques():
+    return [SDEdit]
