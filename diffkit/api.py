@@ -37,6 +37,7 @@ class Result:
     meta: dict[str, Any]
     x: Tensor | None = None  # the last stage's final state, unclamped
     stage_images: list[Tensor] = field(default_factory=list)  # one ``[N x C x H x W]`` a stage
+    stage_x: list[Tensor] = field(default_factory=list)  # each stage's final state, unclamped
     frames: list[Tensor] = field(default_factory=list)  # ``[N x C x H x W]`` x0 estimates every save_every steps
 
 
@@ -88,7 +89,8 @@ class Run:
     def __init__(self, backend: str | Backend = "mnist", *, prompts: Sequence[str] | None = None,
                  classes: Sequence[int | str] | None = None, hooks: Sequence[str | Technique] = (),
                  seed: int = 0, num: int = 1, steps: int | None = None, stride: int | None = None,
-                 timesteps: Sequence[int] | None = None, i_start: int = 0, save_every: int = 0,
+                 timesteps: Sequence[int] | None = None, timesteps2: Sequence[int] | None = None,
+                 i_start: int = 0, save_every: int = 0,
                  max_batch: int | None = None, backend_options: dict[str, Any] | None = None):
         self.backend_options = {k: v for k, v in (backend_options or {}).items() if v is not None}
         self.backend = load_backend(backend, **self.backend_options) if isinstance(backend, str) else backend
@@ -106,6 +108,8 @@ class Run:
         if not 0 <= i_start < len(self.timesteps):
             raise ValueError(f"i_start must be in 0..{len(self.timesteps) - 1}, got {i_start}")
         self.i_start = i_start
+        self.timesteps2 = list(timesteps2) if timesteps2 else None
+        self.n_steps, self.stride = steps, stride  # later stages use the same rule unless timesteps2 is given
         self.save_every = save_every
         # Encode now, so a label the backend cannot take fails before any work.
         self._conds = (Context.make_cond(self.backend, self.labels),
@@ -123,7 +127,7 @@ class Run:
 
     def steps(self) -> Iterator[StepState]:
         """Yield every step of every stage; afterwards :attr:`result` holds the images."""
-        backend, stage, stage_images, frames = self.backend, 0, [], []
+        backend, stage, stage_images, stage_x, frames = self.backend, 0, [], [], []
         timesteps, i_start = self.timesteps, self.i_start
         while backend is not None:
             ctx = self.context(backend, stage, timesteps, i_start)
@@ -140,12 +144,15 @@ class Run:
                 yield state
             images = backend.to_image(x).float().cpu()
             stage_images.append(images)
+            stage_x.append(x.detach().float().cpu().clone())
             final = x
             backend = backend.next_stage(x, self.labels)
             stage += 1
             if backend is not None:
-                timesteps, i_start = backend.default_timesteps(), 0
-        self.result = Result(stage_images[-1], self.labels, self.seeds, self.meta(), final, stage_images, frames)
+                timesteps = timesteps_for(backend, self.n_steps, self.stride, self.timesteps2)
+                i_start = 0
+        self.result = Result(stage_images[-1], self.labels, self.seeds, self.meta(), final, stage_images, stage_x,
+                             frames)
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -169,7 +176,7 @@ def sample(backend: str | Backend = "mnist", **kwargs: Any) -> Result:
 
 
 def output_names(n: int, frames: bool) -> list[str]:
-    names = [f"sample-{i:03d}.png" for i in range(n)] + ["grid.png", "run.json"]
+    names = [f"sample-{i:03d}.png" for i in range(n)] + ["grid.png", "run.json", "final.safetensors"]
     return names + (["trajectory.gif", "frames"] if frames else [])
 
 
@@ -211,6 +218,12 @@ def save(result: Result, out: str | os.PathLike, overwrite: bool = False, extra:
             for k, f in enumerate(result.frames):
                 io.save_png(io.grid(f, ncol), tmp / "frames" / f"frame-{k:03d}.png")
             io.save_gif([io.grid(f, ncol) for f in result.frames], tmp / "trajectory.gif")
+        from safetensors.torch import save_file
+
+        tensors = {"x": result.x.float().cpu().contiguous()} if result.x is not None else {}
+        tensors.update({f"stage{k + 1}_images": im.contiguous() for k, im in enumerate(result.stage_images)})
+        tensors.update({f"stage{k + 1}_x": x.contiguous() for k, x in enumerate(result.stage_x)})
+        save_file(tensors, tmp / "final.safetensors")
         meta = dict(result.meta, samples=samples, **(extra or {}))
         io.write_json(tmp / "run.json", meta)
         for name in os.listdir(tmp):

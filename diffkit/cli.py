@@ -127,12 +127,18 @@ def sample(
     steps: Optional[int] = typer.Option(None, help="Number of evenly strided steps (default: the backend's)."),
     stride: Optional[int] = typer.Option(None, help="Timestep stride (MNIST default 1, IF default 30)."),
     timesteps: Optional[str] = typer.Option(None, help="Explicit comma list of timesteps, descending."),
+    timesteps2: Optional[str] = typer.Option(None, help="Explicit timesteps of the second stage (IF II)."),
     i_start: int = typer.Option(0, "--i-start", help="Start at this index of the timesteps."),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder."),
     overwrite: bool = typer.Option(False, help="Replace files an earlier run left in --out."),
     save_every: int = typer.Option(0, help="Also save every K-th step's x0 estimate as frames and a GIF."),
     checkpoint: Optional[str] = typer.Option(None, help="Checkpoint (mnist: a folder written by `diffkit train`)."),
     device: Optional[str] = typer.Option(None, help="Device: cpu, cuda, cuda:1 ..."),
+    model: Optional[str] = typer.Option(None, help="IF stage I: hub id or local folder."),
+    upscaler: Optional[str] = typer.Option(None, help="IF stage II: hub id, local folder, or none."),
+    dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 (IF default: fp16 on CUDA)."),
+    embeddings: Optional[str] = typer.Option(None, help="Prompt embeddings from `diffkit embed` (IF: T5 not loaded)."),
+    offload: Optional[bool] = typer.Option(None, "--offload/--no-offload", help="IF: keep the UNet on the CPU between calls."),
     max_batch: Optional[int] = typer.Option(None, help="Split the step's model call above this many rows."),
     sweep: Optional[str] = typer.Option(None, help="NAME=v1,v2,...: one run per value of a hook parameter "
                                                    "(or i_start, seed); writes NAME-v/ folders and sweep.png."),
@@ -141,11 +147,13 @@ def sample(
     import diffkit
     from diffkit.api import Run, check_out
 
+    options = {"checkpoint": checkpoint, "device": device, "model": model, "upscaler": upscaler, "dtype": dtype,
+               "embeddings": embeddings, "offload": offload}
     if sweep:
         return _sweep(sweep, backend, _labels(prompt, classes), hook or [], seed, num, steps, stride, timesteps,
-                      i_start, out, overwrite, max_batch, {"checkpoint": checkpoint, "device": device})
+                      i_start, out, overwrite, max_batch, options)
     run = _make_run(backend, _labels(prompt, classes), hook or [], seed, num, steps, stride, timesteps, i_start,
-                    save_every, max_batch, {"checkpoint": checkpoint, "device": device})
+                    save_every, max_batch, options, timesteps2)
     try:
         check_out(out, len(run.labels), bool(save_every), overwrite)
     except FileExistsError as e:
@@ -204,7 +212,8 @@ def _sweep(sweep, backend, labels, hooks, seed, num, steps, stride, timesteps, i
     console.print(f"wrote {len(values)} runs and sweep.png to {out}")
 
 
-def _make_run(backend, labels, hooks, seed, num, steps, stride, timesteps, i_start, save_every, max_batch, options):
+def _make_run(backend, labels, hooks, seed, num, steps, stride, timesteps, i_start, save_every, max_batch, options,
+              timesteps2=None):
     from diffkit.api import Run
     from diffkit.backends.base import BackendError
     from diffkit.mnist.checkpoint import CheckpointError
@@ -213,7 +222,8 @@ def _make_run(backend, labels, hooks, seed, num, steps, stride, timesteps, i_sta
 
     try:
         return Run(backend, hooks=hooks, seed=seed, num=num, steps=steps, stride=stride,
-                   timesteps=_ints(timesteps, "--timesteps") or None, i_start=i_start, save_every=save_every,
+                   timesteps=_ints(timesteps, "--timesteps") or None,
+                   timesteps2=_ints(timesteps2, "--timesteps2") or None, i_start=i_start, save_every=save_every,
                    max_batch=max_batch, backend_options=options, **labels)
     except (UnknownName, SpecError, BackendError, CheckpointError, ValueError) as e:
         fail(str(e).strip("'\""), 2)
@@ -272,3 +282,275 @@ def backends() -> None:
         out.print(f"[bold]{name}[/] (labels: {info.label_kind})  {info.help}", highlight=False)
         for opt, text in info.options.items():
             out.print(f"    --{opt}: {text}", highlight=False)
+
+
+data_app = typer.Typer(help="Datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+eval_app = typer.Typer(help="Evaluate models.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@data_app.command("mnist")
+def data_mnist(
+    data: Optional[Path] = typer.Option(None, help="Folder (default: $DIFFKIT_MNIST or ~/.cache/diffkit/mnist)."),
+    verify: bool = typer.Option(False, "--verify", help="Only check the sha256 of files already there."),
+) -> None:
+    """Download the four MNIST files (checking their sha256), or verify a folder."""
+    from diffkit.mnist import data as mnist
+
+    folder = data or mnist.default_dir()
+    try:
+        if not verify:
+            with console.status(f"downloading MNIST to {folder}"):
+                mnist.download(folder)
+        ok = mnist.verify(folder)
+    except mnist.MnistNotFound as e:
+        fail(str(e), 2)
+    except OSError as e:
+        fail(f"{e}. Without network, copy the four files (raw or .gz) into {folder}", 1)
+    for name, good in ok.items():
+        console.print(f"{'ok ' if good else 'BAD'} {name}")
+    if not all(ok.values()):
+        fail(f"checksum mismatch in {folder}", 1)
+
+
+@train_app.command("classifier")
+def train_classifier(
+    out: Path = typer.Option(..., "--out", help="Folder for the classifier checkpoint."),
+    epochs: int = typer.Option(2, help="Epochs."),
+    data: Optional[Path] = typer.Option(None, help="MNIST folder."),
+    seed: int = typer.Option(0, help="Seed."),
+) -> None:
+    """Train the MNIST classifier that `diffkit eval mnist` measures samples with."""
+    import json
+
+    from diffkit.mnist.data import MnistNotFound
+    from diffkit.mnist.evaluate import train_classifier as run
+
+    try:
+        with progress() as bar:
+            task = None
+            for epoch, step, steps, loss in run(out, data, epochs, seed=seed):
+                task = task if task is not None else bar.add_task("train", total=epochs * steps, info="")
+                bar.update(task, advance=1, description=f"epoch {epoch}/{epochs}", info=f"loss {loss:.4f}")
+    except MnistNotFound as e:
+        fail(str(e), 2)
+    acc = json.loads((out / "config.json").read_text())["test_accuracy"]
+    console.print(f"test accuracy {acc:.4f}; classifier in {out}")
+
+
+@eval_app.command("mnist")
+def eval_mnist(
+    checkpoint: Optional[str] = typer.Option(None, help="Class-conditioned DDPM (default: the shipped model)."),
+    classifier: Optional[Path] = typer.Option(None, help="Classifier folder (default: the shipped one)."),
+    num: int = typer.Option(50, help="Samples per class."),
+    cfg: float = typer.Option(5.0, help="CFG scale of the samples."),
+    stride: int = typer.Option(1, help="Timestep stride of the sampling."),
+    seed: int = typer.Option(0, help="Seed of the first sample."),
+    data: Optional[Path] = typer.Option(None, help="MNIST folder (real test digits for the Frechet distance)."),
+    out: Optional[Path] = typer.Option(None, help="Write the report as JSON here."),
+) -> None:
+    """Accuracy of class-conditioned samples as judged by a classifier, and a Frechet distance to real digits."""
+    import json
+
+    import torch
+
+    from diffkit import io
+    from diffkit.mnist import data as mnist
+    from diffkit.mnist.checkpoint import CheckpointError
+    from diffkit.mnist.evaluate import evaluate, load_classifier
+
+    try:
+        clf = load_classifier(classifier)
+        real, _ = mnist.load("test", data)
+    except (CheckpointError, mnist.MnistNotFound) as e:
+        fail(str(e), 2)
+    run = _make_run("mnist", {"classes": list(range(10))}, [f"cfg:{cfg}"], seed, num, None, stride, None, 0, 0,
+                    None, {"checkpoint": checkpoint})
+    _execute(run)
+    labels = torch.tensor([int(c) for c in run.result.labels])
+    report = evaluate(run.result.images, labels, clf, real)
+    report.update({"checkpoint": run.result.meta["checkpoint"], "num_per_class": num, "cfg": cfg, "stride": stride,
+                   "seed": seed})
+    if out:
+        io.write_json(out, report)
+    console.print(f"accuracy {report['accuracy']:.4f}  frechet distance {report['frechet_distance']:.2f}")
+    print(json.dumps(report, indent=2))
+
+
+def _load_study_image(backend, image: Path):
+    from diffkit import io
+
+    C, H, W = backend.sample_shape
+    try:
+        return io.load_image(image, (H, W), C)[None].to(backend.device)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e), 2)
+
+
+@app.command()
+def noise(
+    image: Path = typer.Argument(..., help="Any image; cropped and resized to the backend's size."),
+    t: str = typer.Option("250,500,750", "--t", help="Comma list of timesteps."),
+    backend: str = typer.Option("mnist", "--backend", "-b", help="Backend whose schedule to use."),
+    checkpoint: Optional[str] = typer.Option(None, help="Backend checkpoint."),
+    seed: int = typer.Option(0, help="Seed of the noise."),
+    out: Path = typer.Option(Path("out/noise.png"), "--out", "-o", help="Figure path (PNG)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing figure."),
+) -> None:
+    """The forward process x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps at chosen timesteps, side by side."""
+    from diffkit import io, studies
+
+    be = _study_backend(backend, checkpoint)
+    ts = _timesteps_in(be, t)
+    _refuse(out, overwrite)
+    img = _load_study_image(be, image)
+    xs = studies.noisy_images(be, img, ts, seed)
+    cols = [img.cpu()] + [be.to_image(x[None]).float().cpu() for x in xs]
+    io.save_png(io.labelled_columns(cols, ["original"] + [f"t={v}" for v in ts]), out)
+    console.print(f"wrote {out}")
+
+
+def _study_backend(name: str, checkpoint: Optional[str]):
+    from diffkit.api import load_backend
+    from diffkit.backends.base import BackendError
+    from diffkit.mnist.checkpoint import CheckpointError
+    from diffkit.plugins import UnknownName
+
+    try:
+        return load_backend(name, checkpoint=checkpoint)
+    except (UnknownName, BackendError, CheckpointError) as e:
+        fail(str(e), 2)
+
+
+def _timesteps_in(backend, text: str) -> list[int]:
+    T = len(backend.alphas_cumprod)
+    ts = _ints(text, "--t")
+    bad = [v for v in ts if not 0 <= v < T]
+    if not ts or bad:
+        fail(f"--t must list timesteps in 0..{T - 1}, got {text!r}", 2)
+    return ts
+
+
+def _refuse(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        fail(f"{out} exists; pass --overwrite to replace it", 2)
+
+
+@app.command()
+def denoise(
+    image: Optional[Path] = typer.Argument(None, help="Image to noise and denoise (the Part A study)."),
+    t: str = typer.Option("250,500,750", "--t", help="Part A: comma list of timesteps."),
+    method: str = typer.Option("blur,onestep,iterative", help="Part A: any of blur, onestep, iterative."),
+    backend: str = typer.Option("mnist", "--backend", "-b", help="Part A: backend."),
+    prompt: Optional[str] = typer.Option(None, help="Part A: prompt or class of the model's estimate (default: none)."),
+    stride: Optional[int] = typer.Option(None, help="Part A: stride of the iterative run (default: the backend's)."),
+    checkpoint: Optional[str] = typer.Option(None, help="Part A: backend checkpoint. Part B: a one-step denoiser "
+                                                        "checkpoint (`diffkit train mnist --objective denoise`)."),
+    sigmas: str = typer.Option("0,0.2,0.4,0.5,0.6,0.8,1.0", help="Part B: noise levels."),
+    data: Optional[Path] = typer.Option(None, help="Part B: MNIST folder (test digits)."),
+    seed: int = typer.Option(0, help="Seed of the noise."),
+    out: Path = typer.Option(Path("out/denoise.png"), "--out", "-o", help="Figure path (PNG); JSON beside it."),
+    overwrite: bool = typer.Option(False, help="Replace an existing figure."),
+) -> None:
+    """Denoising studies: blur vs one-step vs iterative on IMAGE (Part A), or, with a one-step denoiser
+    checkpoint and no IMAGE, that denoiser on MNIST test digits across noise levels (Part B)."""
+    from diffkit import io, studies
+
+    _refuse(out, overwrite)
+    if image is None:
+        return _denoiser_study(checkpoint, sigmas, data, seed, out)
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    unknown = sorted(set(methods) - {"blur", "onestep", "iterative"})
+    if unknown or not methods:
+        fail(f"--method takes blur, onestep, iterative; got {', '.join(unknown) or 'nothing'}", 2)
+    be = _study_backend(backend, checkpoint)
+    ts = _timesteps_in(be, t)
+    img = _load_study_image(be, image)
+    xs = studies.noisy_images(be, img, ts, seed)
+    stride = stride or (be.default_timesteps()[0] - be.default_timesteps()[1] if len(be.default_timesteps()) > 1 else 1)
+    rows, names, frames = [], ["noisy"] + methods, {}
+    label = prompt
+    for t_, x in zip(ts, xs):
+        x = x[None]
+        row = [be.to_image(x).float().cpu()]
+        for m in methods:
+            if m == "blur":
+                row.append(be.to_image(studies.blur(x)).float().cpu())
+            elif m == "onestep":
+                row.append(be.to_image(studies.one_step(be, x, t_, label)).float().cpu())
+            else:
+                it = studies.iterative(be, x, t_, stride, label, seed=seed)
+                row.append(it.final)
+                frames[t_] = it.frames
+        rows.append(row)
+    cols = [torch_cat([r[k] for r in rows]) for k in range(len(names))]
+    io.save_png(io.labelled_columns(cols, names), out)
+    for t_, fr in frames.items():
+        io.save_png(io.labelled_columns(fr, [f"step {5 * k}" for k in range(len(fr))]),
+                    out.with_name(f"{out.stem}-iterative-t{t_}.png"))
+    io.write_json(out.with_suffix(".json"), {"image": str(image), "t": ts, "methods": methods, "backend": backend,
+                                             "prompt": prompt, "stride": stride, "seed": seed})
+    console.print(f"wrote {out}")
+
+
+def torch_cat(xs):
+    import torch
+
+    return torch.cat(xs)
+
+
+def _denoiser_study(checkpoint: Optional[str], sigmas: str, data: Optional[Path], seed: int, out: Path) -> None:
+    from diffkit import io, studies
+    from diffkit.mnist import checkpoint as ckpt
+    from diffkit.mnist import data as mnist
+
+    if not checkpoint:
+        fail("give an IMAGE (Part A study) or --checkpoint of a one-step denoiser (Part B study)", 2)
+    try:
+        model, config = ckpt.load_model(checkpoint)
+        x, _ = mnist.load("test", data)
+    except (ckpt.CheckpointError, mnist.MnistNotFound) as e:
+        fail(str(e), 2)
+    if config.get("objective") != "denoise":
+        fail(f"{checkpoint} is a {config.get('objective')} checkpoint; the sigma study needs a one-step denoiser", 2)
+    try:
+        levels = [float(v) for v in sigmas.split(",") if v.strip()]
+    except ValueError:
+        fail(f"--sigmas must be a comma list of numbers, got {sigmas!r}", 2)
+    noisy, den, mse = studies.denoiser_study(model, x, levels, seed)
+    cols = []
+    for k in range(len(levels)):
+        cols += [noisy[k], den[k]]
+    io.save_png(io.labelled_columns(cols, [f"s={s:g}" if j == 0 else "out" for s in levels for j in (0, 1)]), out)
+    io.write_json(out.with_suffix(".json"), {"checkpoint": checkpoint, "test_mse": {str(k): v for k, v in mse.items()},
+                                             "trained_sigma": config.get("sigma"), "seed": seed})
+    console.print("test MSE: " + ", ".join(f"sigma {s:g}: {v:.4f}" for s, v in mse.items()))
+    console.print(f"wrote {out}")
+
+
+@app.command()
+def embed(
+    prompt: list[str] = typer.Argument(..., help="Prompts to encode."),
+    out: Path = typer.Option(Path("embeddings.safetensors"), "--out", "-o", help="safetensors file to write."),
+    model: Optional[str] = typer.Option(None, help="IF stage I hub id or folder (its T5 and tokenizer)."),
+    device: Optional[str] = typer.Option(None, help="Device for T5."),
+    dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32."),
+    append: bool = typer.Option(True, help="Keep prompts already in --out."),
+) -> None:
+    """Encode prompts with IF's T5 once; `diffkit sample --embeddings FILE` then never loads T5."""
+    import torch
+
+    from diffkit.backends.base import BackendError
+    from diffkit.backends.deepfloyd import STAGE_I, TextEncoder, load_embeddings, resolve_dtype, save_embeddings
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        known = load_embeddings(out) if append and out.exists() else {}
+        text = TextEncoder(model or STAGE_I, dev, resolve_dtype(dtype, dev), known)
+        with console.status("encoding prompts with T5"):
+            text(list(prompt))
+        save_embeddings(out, text.cache, model or STAGE_I)
+    except BackendError as e:
+        fail(str(e), 2)
+    console.print(f"wrote {len(text.cache)} prompt embeddings to {out}")

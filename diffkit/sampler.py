@@ -46,6 +46,8 @@ class Sampler:
         denoise = self.denoiser(ctx)
         with plugins.activated(self.techniques), torch.inference_mode():
             x = ctx.randn()
+            if hasattr(backend, "start"):  # a stage that draws its own noise (IF II) does so next, as diffusers does
+                backend.start(ctx)
             start = plugins.call("diffkit_initial_state", first=True, ctx=ctx, noise=x)
             if start is not None:
                 x, ctx.i_start = start

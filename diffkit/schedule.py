@@ -62,9 +62,12 @@ def alphas_cumprod_from_config(config: dict) -> Tensor:
     return torch.cumprod(1.0 - betas, dim=0).double()
 
 
-def abar_at(alphas_cumprod: Tensor, t: int) -> Tensor:
-    """``abar_t``, with ``abar_{-1} = 1`` for the step that lands on the clean image."""
-    return alphas_cumprod[t] if t >= 0 else alphas_cumprod.new_ones(())
+def abar_at(alphas_cumprod: Tensor, t: int) -> float:
+    """``abar_t`` as a Python float, with ``abar_{-1} = 1`` for the step that lands on the clean image.
+
+    Scalars stay Python floats (double precision) so the per-step math costs no tensor ops.
+    """
+    return float(alphas_cumprod[t]) if t >= 0 else 1.0
 
 
 def strided_timesteps(T: int, stride: int, start: int | None = None) -> list[int]:
@@ -76,19 +79,19 @@ def strided_timesteps(T: int, stride: int, start: int | None = None) -> list[int
 def forward(x0: Tensor, t: int, eps: Tensor, alphas_cumprod: Tensor) -> Tensor:
     """Forward process ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (DDPM eq. 4)."""
     a = abar_at(alphas_cumprod, t)
-    return (a.sqrt() * x0 + (1 - a).sqrt() * eps).to(x0.dtype)
+    return math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
 
 
 def x0_from_eps(x: Tensor, t: int, eps: Tensor, alphas_cumprod: Tensor) -> Tensor:
     """Clean-image estimate ``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (DDPM eq. 15)."""
     a = abar_at(alphas_cumprod, t)
-    return ((x - (1 - a).sqrt() * eps) / a.sqrt()).to(x.dtype)
+    return (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
 
 
 def eps_from_x0(x: Tensor, t: int, x0: Tensor, alphas_cumprod: Tensor) -> Tensor:
     """Noise implied by a clean-image estimate, the inverse of :func:`x0_from_eps`."""
     a = abar_at(alphas_cumprod, t)
-    return ((x - a.sqrt() * x0) / (1 - a).sqrt()).to(x.dtype)
+    return (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
 
 
 def dynamic_threshold(x0: Tensor, ratio: float = 0.995, max_value: float = 1.0) -> Tensor:
@@ -118,20 +121,20 @@ class StepConfig:
 
 def posterior_log_variance(
     t: int, t_prev: int, alphas_cumprod: Tensor, var: Tensor | None, variance_type: str
-) -> Tensor:
+) -> Tensor | float:
     """Log variance of ``q(x_t' | x_t, x0)``: fixed ``beta_tilde`` or IF's learned range (IDDPM eq. 15)."""
     a, a_prev = abar_at(alphas_cumprod, t), abar_at(alphas_cumprod, t_prev)
     beta = 1 - a / a_prev
-    beta_tilde = ((1 - a_prev) / (1 - a) * beta).clamp(min=1e-20)
+    beta_tilde = max((1 - a_prev) / (1 - a) * beta, 1e-20)
     if variance_type == "learned_range":
         if var is None:
             raise ValueError("variance_type 'learned_range' needs the model's variance channels")
         frac = (var + 1) / 2
-        return frac * beta.log() + (1 - frac) * beta_tilde.log()
+        return frac * math.log(beta) + (1 - frac) * math.log(beta_tilde)
     if variance_type == "fixed_small":
-        return beta_tilde.log()
+        return math.log(beta_tilde)
     if variance_type == "fixed_large":
-        return beta.log()
+        return math.log(beta)
     raise ValueError(f"unknown variance_type {variance_type!r}")
 
 
@@ -160,9 +163,9 @@ def ddpm_step(
         x0 = dynamic_threshold(x0, config.dynamic_thresholding_ratio, config.sample_max_value)
     elif config.clip_sample:
         x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
-    mean = (a_prev.sqrt() * beta / (1 - a)) * x0 + (alpha.sqrt() * (1 - a_prev) / (1 - a)) * x
-    mean = mean.to(x.dtype)
+    mean = (math.sqrt(a_prev) * beta / (1 - a)) * x0 + (math.sqrt(alpha) * (1 - a_prev) / (1 - a)) * x
     if t_prev < 0 or noise is None:
         return mean, x0
     logvar = posterior_log_variance(t, t_prev, alphas_cumprod, var, config.variance_type)
-    return (mean + torch.exp(0.5 * logvar).to(x.dtype) * noise).to(x.dtype), x0
+    std = torch.exp(0.5 * logvar) if isinstance(logvar, Tensor) else math.exp(0.5 * logvar)
+    return mean + std * noise, x0

@@ -18,6 +18,12 @@ def _gaussian(stride: int = 1, **_: object):
     return GaussianBackend(means=(0.2, 0.8), std=0.15, stride=stride)
 
 
+def _if(**options: object):
+    from diffkit.backends.deepfloyd import load
+
+    return load(**options)
+
+
 @hookimpl
 def diffkit_backends() -> list[BackendInfo]:
     return [
@@ -26,4 +32,12 @@ def diffkit_backends() -> list[BackendInfo]:
                     label_kind="class"),
         BackendInfo("gaussian", "exact denoiser of a 2-class Gaussian mixture (8x8): for tests and teaching.",
                     _gaussian, {}, label_kind="class"),
+        BackendInfo("if", "DeepFloyd IF stage I (64x64) and stage II (x4) through diffusers; T5 prompts.",
+                    _if, {"model": "stage I: hub id or local folder (default DeepFloyd/IF-I-XL-v1.0)",
+                          "upscaler": "stage II: hub id, folder, or none (default DeepFloyd/IF-II-L-v1.0)",
+                          "device": "cpu, cuda, ... (default: cuda if available)",
+                          "dtype": "fp16, bf16 or fp32 (default: fp16 on CUDA, fp32 on CPU)",
+                          "embeddings": "safetensors file from `diffkit embed` (T5 is not loaded for its prompts)",
+                          "offload": "keep the UNet on the CPU between calls (small GPUs)"},
+                    label_kind="prompt"),
     ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 from diffkit import schedule
@@ -70,8 +69,8 @@ class Inpaint(Projector):
         lo = max(ctx.i_start, step.i + 1 - j)  # go back to ts[lo], then step forward to t_next again
         for _ in range(r - 1):
             a_hi, a_lo = schedule.abar_at(ctx.alphas_cumprod, ts[lo]), schedule.abar_at(ctx.alphas_cumprod, step.t_next)
-            ratio = (a_hi / a_lo).to(step.x.dtype)
-            x = ratio.sqrt() * step.x + (1 - ratio).sqrt() * ctx.randn(stream="inpaint")  # q(x_hi | x_lo)
+            ratio = a_hi / a_lo
+            x = math.sqrt(ratio) * step.x + math.sqrt(1 - ratio) * ctx.randn(stream="inpaint")  # q(x_hi | x_lo)
             for k in range(lo, step.i + 1):
                 x = self.paste(ctx, step.redo(x, ts[k], ts[k + 1]), ts[k + 1])
             step.x = x

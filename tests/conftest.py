@@ -50,3 +50,11 @@ class CountingBackend:
 @pytest.fixture
 def counting():
     return CountingBackend
+
+
+@pytest.fixture(scope="session")
+def tiny_if(tmp_path_factory):
+    """Stage I (16x16) and stage II (32x32) IF-shaped pipelines saved to folders."""
+    import tiny_if
+
+    return tiny_if.build(tmp_path_factory.mktemp("if"))

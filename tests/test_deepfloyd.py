@@ -1,0 +1,130 @@
+"""The IF backend against diffusers' own IFPipeline / IFSuperResolutionPipeline on tiny IF-shaped models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import diffkit
+from diffkit.backends.deepfloyd import IFStage, TextEncoder, load
+from diffkit.cli import app
+
+PROMPT = "An oil painting of people around a campfire"
+TS1 = list(range(990, -1, -90))  # 12 steps, each one model evaluation
+TS2 = list(range(990, -1, -110))
+
+
+def reference_stage1(folder, scale, seed=3):
+    from diffusers import IFPipeline
+
+    pipe = IFPipeline.from_pretrained(folder, safety_checker=None, watermarker=None, feature_extractor=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(PROMPT, timesteps=TS1, guidance_scale=scale, generator=torch.Generator().manual_seed(seed),
+                output_type="pt", clean_caption=False).images
+
+
+@pytest.mark.parametrize("scale", [7.0, 1.0])
+def test_stage1_equals_ifpipeline(tiny_if, scale):
+    f1, _ = tiny_if
+    ref = reference_stage1(f1, scale)
+    hooks = [f"cfg:{scale}"] if scale != 1 else []
+    ours = diffkit.sample(load(model=str(f1), upscaler="none"), prompts=[PROMPT], seed=3, timesteps=TS1, hooks=hooks)
+    assert (ours.x - ref).abs().max().item() < 1e-4
+
+
+def test_stage2_equals_ifsuperresolutionpipeline(tiny_if):
+    from diffusers import IFSuperResolutionPipeline
+
+    f1, f2 = tiny_if
+    low = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(9)).clamp(-1, 1)
+    pipe = IFSuperResolutionPipeline.from_pretrained(f2, safety_checker=None, watermarker=None, feature_extractor=None)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(prompt=PROMPT, image=low, timesteps=TS2, guidance_scale=4.0, noise_level=250,
+               generator=torch.Generator().manual_seed(5), output_type="pt", clean_caption=False).images
+    stage2 = IFStage(str(f2), TextEncoder(str(f2), "cpu", torch.float32), "cpu", torch.float32, 2)
+    stage2.low_res = low
+    ours = diffkit.sample(stage2, prompts=[PROMPT], seed=5, timesteps=TS2, hooks=["cfg:4"])
+    assert ours.x.shape == (1, 3, 32, 32)
+    assert (ours.x - ref).abs().max().item() < 1e-4
+
+
+def test_cli_two_stages_match_the_two_pipelines(tiny_if, tmp_path):
+    from diffusers import IFSuperResolutionPipeline
+
+    f1, f2 = tiny_if
+    out = tmp_path / "o"
+    r = CliRunner().invoke(app, ["sample", "--backend", "if", "--model", str(f1), "--upscaler", str(f2),
+                                 "--prompt", PROMPT, "--seed", "3", "--hook", "cfg:7", "--device", "cpu",
+                                 "--timesteps", ",".join(map(str, TS1)), "--timesteps2", ",".join(map(str, TS2)),
+                                 "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    saved = load_file(out / "final.safetensors")
+    ref1 = reference_stage1(f1, 7.0)
+    assert (saved["stage1_images"] - (ref1 / 2 + 0.5).clamp(0, 1)).abs().max() < 1e-4
+    pipe = IFSuperResolutionPipeline.from_pretrained(f2, safety_checker=None, watermarker=None, feature_extractor=None)
+    pipe.set_progress_bar_config(disable=True)
+    # Stage II from diffkit's own stage I output: each stage is compared on identical inputs (the random
+    # tiny UNet amplifies stage I's 1e-5 differences, which says nothing about stage II).
+    ref2 = pipe(prompt=PROMPT, image=saved["stage1_x"], timesteps=TS2, guidance_scale=7.0, generator=torch.Generator().manual_seed(3),
+                output_type="pt", clean_caption=False).images
+    assert (saved["x"] - ref2).abs().max() < 1e-4
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["timesteps"] == [TS1, TS2] and saved["x"].shape == (1, 3, 32, 32)
+
+
+def test_embeddings_file_replaces_t5(tiny_if, tmp_path, monkeypatch):
+    f1, _ = tiny_if
+    emb = tmp_path / "emb.safetensors"
+    r = CliRunner().invoke(app, ["embed", PROMPT, "", "--model", str(f1), "--out", str(emb), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    with_t5 = diffkit.sample(load(model=str(f1), upscaler="none"), prompts=[PROMPT], timesteps=TS1, hooks=["cfg:5"]).x
+
+    def no_t5(self):
+        raise AssertionError("T5 was loaded")
+
+    monkeypatch.setattr(TextEncoder, "load", no_t5)
+    cached = diffkit.sample(load(model=str(f1), upscaler="none", embeddings=str(emb)), prompts=[PROMPT],
+                            timesteps=TS1, hooks=["cfg:5"]).x
+    assert torch.equal(with_t5, cached)
+
+
+@pytest.mark.parametrize("hooks", [
+    ["cfg:7", "anagram:an old man,view=flip_v"],
+    ["cfg:7", "hybrid:a photo of a dog,kernel=9,sigma=1"],
+    ["anagram:a skull,a waterfall,view=rot90,view=negate"],
+])
+def test_techniques_run_through_both_stages(tiny_if, tmp_path, hooks):
+    f1, f2 = tiny_if
+    args = ["sample", "-b", "if", "--model", str(f1), "--upscaler", str(f2), "--prompt", PROMPT, "--device", "cpu",
+            "--stride", "200", "--out", str(tmp_path / "o")]
+    r = CliRunner().invoke(app, args + [a for h in hooks for a in ("--hook", h)])
+    assert r.exit_code == 0, r.output
+
+
+def test_if_inpaint_and_sdedit(tiny_if, tmp_path):
+    from diffkit import io
+
+    f1, _ = tiny_if
+    io.save_png(torch.rand(3, 40, 60), tmp_path / "photo.png")
+    m = torch.zeros(1, 40, 60)
+    m[:, :, 30:] = 1
+    io.save_png(m, tmp_path / "mask.png")
+    base = ["sample", "-b", "if", "--model", str(f1), "--upscaler", "none", "--prompt", PROMPT, "--device", "cpu",
+            "--stride", "100"]
+    r = CliRunner().invoke(app, base + ["--hook", "cfg:7", "--hook",
+                                        f"inpaint:image={tmp_path / 'photo.png'},mask={tmp_path / 'mask.png'}",
+                                        "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, base + ["--hook", f"sdedit:image={tmp_path / 'photo.png'},i_start=5",
+                                        "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path):
+    r = CliRunner().invoke(app, ["sample", "-b", "if", "--model", str(tmp_path), "--prompt", "x", "--device", "cpu",
+                                 "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "not a diffusers IF folder" in " ".join(r.output.split())
