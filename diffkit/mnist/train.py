@@ -111,11 +111,35 @@ def model_config(cfg: TrainConfig) -> dict:
     }
 
 
+def _merge_for_resume(saved: dict, requested: TrainConfig, folder: Path) -> TrainConfig:
+    """The saved run's options, with ``epochs``/``sample_epochs`` as newly asked; any other change is an error.
+
+    The learning-rate decay keeps the saved run's ``gamma``, so a longer run continues its schedule.
+    """
+    merged, changed = dict(saved), []
+    defaults = asdict(TrainConfig())
+    for k, v in asdict(requested).items():
+        if k in ("epochs", "sample_epochs"):
+            if v:
+                merged[k] = v
+        elif v is not None and v != saved.get(k) and v != defaults[k]:  # a default means "not given"
+            changed.append(k)
+    if changed:
+        raise ValueError(f"cannot resume {folder}: options differ from the saved run: {', '.join(changed)}")
+    return TrainConfig(**merged)
+
+
 def train(cfg: TrainConfig, out: str | Path, data_dir: str | Path | None = None, resume: bool = False,
           command: str = "") -> Iterator[TrainEvent]:
     """Train, yielding events; writes ``out/checkpoint/`` every epoch and ``out/loss.json``."""
-    cfg = cfg.resolved()
     out = Path(out)
+    ckpt = out / "checkpoint"
+    state = None
+    if resume:
+        folder = checkpoint.resolve(ckpt)
+        state = torch.load(folder / "state.pt", weights_only=False)
+        cfg = _merge_for_resume(state["config"], cfg, folder)
+    cfg = cfg.resolved()
     torch.manual_seed(cfg.seed)  # initial weights
     model = UNet(cfg.hidden, cfg.conditioning)
     if cfg.channels_last:
@@ -124,14 +148,7 @@ def train(cfg: TrainConfig, out: str | Path, data_dir: str | Path | None = None,
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, cfg.gamma) if cfg.gamma else None
     losses: list[float] = []
     start_epoch, elapsed = 0, 0.0
-    ckpt = out / "checkpoint"
-    if resume:
-        folder = checkpoint.resolve(ckpt)
-        state = torch.load(folder / "state.pt", weights_only=False)
-        if state["config"] != asdict(cfg):
-            changed = [k for k, v in asdict(cfg).items() if state["config"].get(k) != v and k != "epochs"]
-            if changed:
-                raise ValueError(f"cannot resume {folder}: options differ from the saved run: {', '.join(changed)}")
+    if state is not None:
         loaded, _ = checkpoint.load_model(folder)
         model.load_state_dict(loaded.state_dict())
         opt.load_state_dict(state["optimizer"])

@@ -1,0 +1,207 @@
+"""MNIST: model shapes, IDX data, training with resume and interruption, studies and evaluation."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from diffkit.cli import app
+from diffkit.mnist import checkpoint, data
+from diffkit.mnist import model as M
+from diffkit.mnist.train import TrainConfig, train
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("block,args,inp,out", [
+    (M.Conv, (1, 8), (2, 1, 28, 28), (2, 8, 28, 28)),
+    (M.DownConv, (8, 8), (2, 8, 28, 28), (2, 8, 14, 14)),
+    (M.UpConv, (8, 4), (2, 8, 7, 7), (2, 4, 14, 14)),
+    (M.Flatten, (), (2, 8, 7, 7), (2, 8, 1, 1)),
+    (M.Unflatten, (8,), (2, 8, 1, 1), (2, 8, 7, 7)),
+    (M.ConvBlock, (1, 8), (2, 1, 28, 28), (2, 8, 28, 28)),
+    (M.DownBlock, (8, 16), (2, 8, 14, 14), (2, 16, 7, 7)),
+    (M.UpBlock, (16, 8), (2, 16, 7, 7), (2, 8, 14, 14)),
+    (M.FCBlock, (10, 16), (2, 10), (2, 16)),
+])
+def test_block_shapes(block, args, inp, out):
+    assert block(*args)(torch.randn(inp)).shape == out
+
+
+def test_concat_and_model_shapes():
+    assert M.Concat()(torch.randn(2, 3, 7, 7), torch.randn(2, 5, 7, 7)).shape == (2, 8, 7, 7)
+    x, t, c = torch.randn(3, 1, 28, 28), torch.rand(3, 1), torch.eye(10)[:3]
+    assert M.UNet(8, "none")(x).shape == (3, 1, 28, 28)
+    assert M.UNet(8, "time")(x, t).shape == (3, 1, 28, 28)
+    assert M.UNet(8, "class")(x, t, c).shape == (3, 1, 28, 28)
+    # the class input matters, and all-zero is a distinct (unconditional) input
+    m = M.UNet(8, "class").eval()
+    assert not torch.allclose(m(x, t, c), m(x, t, torch.zeros_like(c)))
+    assert M.Classifier()(x).shape == (3, 10) and M.Classifier().features(x).shape == (3, 128)
+
+
+def test_idx_gzip_and_raw_and_checksums(mnist_dir, tmp_path):
+    x, y = data.load("test", mnist_dir)
+    assert x.shape == (10000, 1, 28, 28) and y.shape == (10000,) and 0 <= x.min() and x.max() <= 1
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in data.FILES:
+        (raw / name).write_bytes(gzip.decompress((mnist_dir / f"{name}.gz").read_bytes()))
+    x2, y2 = data.load("test", raw)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert all(data.verify(raw).values())
+    (raw / "t10k-labels-idx1-ubyte").write_bytes((raw / "t10k-labels-idx1-ubyte").read_bytes()[:-1] + b"\x00")
+    assert data.verify(raw)["t10k-labels-idx1-ubyte"] is False
+    _, yt = data.load("train", mnist_dir)
+    assert yt.bincount().tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+
+def test_missing_files_say_how_to_get_them(tmp_path):
+    with pytest.raises(data.MnistNotFound, match="diffkit data mnist"):
+        data.load("train", tmp_path)
+    r = runner.invoke(app, ["train", "mnist", "--out", str(tmp_path / "o"), "--data", str(tmp_path)])
+    assert r.exit_code == 2 and "diffkit data mnist" in r.output
+
+
+def test_download_checks_sha256_from_a_mirror(mnist_dir, tmp_path):
+    good = f"file://{mnist_dir}/"
+    files = data.download(tmp_path / "dl", mirrors=(good,))
+    assert len(files) == 4 and all(data.verify(tmp_path / "dl").values())
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in data.FILES:
+        (bad / f"{name}.gz").write_bytes(gzip.compress(b"not mnist"))
+    with pytest.raises(OSError, match="checksum mismatch"):
+        data.download(tmp_path / "dl2", mirrors=(f"file://{bad}/",))
+    assert not list((tmp_path / "dl2").glob("*.gz"))
+    r = runner.invoke(app, ["data", "mnist", "--data", str(mnist_dir), "--verify"])
+    assert r.exit_code == 0 and r.output.count("ok") == 4
+
+
+def small(**kw):
+    return TrainConfig(**{"objective": "ddpm", "conditioning": "class", "hidden": 8, "epochs": 2, "subset": 512,
+                          "batch_size": 128, **kw})
+
+
+def weights(folder):
+    return checkpoint.load_model(folder)[0].state_dict()
+
+
+def test_resume_continues_exactly(mnist_dir, tmp_path):
+    for _ in train(small(), tmp_path / "a", mnist_dir):
+        pass
+    cut = train(small(), tmp_path / "b", mnist_dir)
+    for ev in cut:  # stopped after the first epoch's checkpoint
+        if ev.kind == "epoch":
+            cut.close()
+            break
+    for _ in train(small(), tmp_path / "b", mnist_dir, resume=True):
+        pass
+    a, b = weights(tmp_path / "a" / "checkpoint"), weights(tmp_path / "b" / "checkpoint")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    la, lb = (json.loads((tmp_path / d / "loss.json").read_text())["loss"] for d in "ab")
+    assert la == lb and len(la) == 8
+    assert (tmp_path / "a" / "loss.png").stat().st_size > 1000
+
+
+def test_interrupt_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch):
+    run = train(small(epochs=3), tmp_path / "r", mnist_dir)
+    for ev in run:
+        if ev.kind == "epoch":
+            break
+    saved = weights(tmp_path / "r" / "checkpoint")
+    next(run)  # a step of epoch 2 ... then the process is killed
+    run.close()
+    assert all(torch.equal(saved[k], v) for k, v in weights(tmp_path / "r" / "checkpoint").items())
+
+    import safetensors.torch
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        for _ in train(small(epochs=3), tmp_path / "r", mnist_dir, resume=True):
+            pass
+    assert all(torch.equal(saved[k], v) for k, v in weights(tmp_path / "r" / "checkpoint").items())
+    assert not [p for p in (tmp_path / "r").iterdir() if p.name.startswith(".")]
+    monkeypatch.setattr(checkpoint, "save_file", safetensors.torch.save_file)
+    for _ in train(small(epochs=3), tmp_path / "r", mnist_dir, resume=True):
+        pass
+    assert json.loads((tmp_path / "r" / "checkpoint" / "config.json").read_text())["training"]["epochs_done"] == 3
+
+
+def test_half_swapped_checkpoint_is_still_found(tiny_mnist_ckpt, tmp_path):
+    old = tmp_path / "ck.old"
+    shutil.copytree(tiny_mnist_ckpt, old)
+    assert checkpoint.resolve(tmp_path / "ck") == old  # the crash came between the two renames
+
+
+def test_train_cli_resume_and_guards(mnist_dir, tmp_path):
+    out = tmp_path / "t"
+    args = ["train", "mnist", "--out", str(out), "--data", str(mnist_dir), "--conditioning", "class", "--hidden", "8",
+            "--subset", "256", "--epochs", "1", "--sample-epochs", "1"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert (out / "epoch-001" / "model.safetensors").exists() and (out / "samples-epoch-001.png").exists()
+    cfg = json.loads((out / "checkpoint" / "config.json").read_text())
+    assert cfg["training"]["command"].startswith("diffkit ") and cfg["hidden"] == 8
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "--resume" in r.output
+    r = runner.invoke(app, args[:-4] + ["--epochs", "2", "--resume"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, args[:-6] + ["--hidden", "16", "--epochs", "3", "--resume"])
+    assert r.exit_code == 1 and "hidden" in r.output
+    r = runner.invoke(app, ["train", "mnist", "--out", str(tmp_path / "u"), "--resume", "--data", str(mnist_dir)])
+    assert r.exit_code == 2 and "no MNIST checkpoint" in r.output
+
+
+def test_denoiser_study_cli(mnist_dir, tmp_path):
+    out = tmp_path / "d"
+    for _ in train(TrainConfig(objective="denoise", hidden=8, epochs=1, subset=512), out, mnist_dir):
+        pass
+    r = runner.invoke(app, ["denoise", "--checkpoint", str(out / "checkpoint"), "--data", str(mnist_dir),
+                            "--out", str(tmp_path / "ood.png")])
+    assert r.exit_code == 0, r.output
+    mse = json.loads((tmp_path / "ood.json").read_text())["test_mse"]
+    assert list(mse) == ["0.0", "0.2", "0.4", "0.5", "0.6", "0.8", "1.0"]
+    assert mse["1.0"] > mse["0.5"]  # the harder the noise, the worse
+    r = runner.invoke(app, ["sample", "-b", "mnist", "--checkpoint", str(out / "checkpoint"), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "one-step denoiser" in r.output
+
+
+def test_time_conditioned_model_samples_without_class(mnist_dir, tmp_path):
+    out = tmp_path / "tc"
+    for _ in train(TrainConfig(objective="ddpm", conditioning="time", hidden=8, epochs=1, subset=256), out, mnist_dir):
+        pass
+    args = ["sample", "-b", "mnist", "--checkpoint", str(out / "checkpoint"), "--steps", "5", "--num", "3"]
+    r = runner.invoke(app, args + ["--out", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, args + ["--class", "3", "--out", str(tmp_path / "s2")])
+    assert r.exit_code == 2 and "time-conditioned only" in r.output
+
+
+def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_shift():
+    from diffkit.mnist.evaluate import frechet_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(500, 4, generator=g, dtype=torch.float64)
+    assert abs(frechet_distance(a, a)) < 1e-8
+    assert frechet_distance(a, a + 1) == pytest.approx(4.0, rel=1e-6)  # |mu shift|^2, same covariance
+
+
+def test_eval_cli_reports_accuracy_and_distance(tiny_mnist_ckpt, mnist_dir, tmp_path):
+    from diffkit.mnist.evaluate import save_classifier
+    from diffkit.mnist.model import Classifier
+
+    save_classifier(tmp_path / "clf", Classifier(), {"kind": "mnist-classifier"})
+    r = runner.invoke(app, ["eval", "mnist", "--checkpoint", str(tiny_mnist_ckpt), "--classifier", str(tmp_path / "clf"),
+                            "--num", "2", "--stride", "100", "--data", str(mnist_dir), "--out", str(tmp_path / "e.json")])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "e.json").read_text())
+    assert 0 <= rep["accuracy"] <= 1 and rep["frechet_distance"] > 0 and len(rep["per_class_accuracy"]) == 10
