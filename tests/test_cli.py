@@ -62,7 +62,7 @@ def test_save_every_writes_frames_and_gif(tmp_path):
 
 
 @pytest.mark.parametrize("args,code,text", [
-    (["--backend", "nope"], 2, "unknown backend 'nope'; available: gaussian, mnist"),
+    (["--backend", "nope"], 2, "unknown backend 'nope'; available: gaussian, if, mnist"),
     (["-b", "gaussian", "--hook", "zzz"], 2, "unknown hook 'zzz'; available:"),
     (["-b", "gaussian", "--hook", "cfg:scale=abc"], 2, "hook 'cfg': parameter 'scale' expects float"),
     (["-b", "gaussian", "--hook", "cfg:1,2"], 2, "too many positional"),

@@ -46,6 +46,10 @@ class Backend(Protocol):
     def from_image(self, img: Tensor) -> Tensor:
         """Image in [0, 1] ``[N x C x H x W]`` -> state scale (the ``x0`` the model was trained on)."""
 
+    # Optional: ``start(ctx)``, called right after the run's initial noise draw, for a stage that draws
+    # noise of its own before the first step (IF II noises the upsampled stage I image), so draws come
+    # in the order diffusers' pipelines make them.
+
     def next_stage(self, images: Tensor, labels: list[Any]) -> Backend | None:
         """The backend that refines this stage's output ``[N x C x H x W]`` (IF II), or None."""
 

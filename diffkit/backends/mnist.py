@@ -34,6 +34,8 @@ class MnistBackend:
 
     def __init__(self, checkpoint_path: str | None = None, device: str = "cpu", stride: int = 1):
         self.model, self.config = checkpoint.load_model(checkpoint_path, device)
+        # channels_last: 631 vs 457 sample-steps/s on the CPU (benchmarks/mnist.py)
+        self.model = self.model.to(memory_format=torch.channels_last)
         if self.config.get("objective") != "ddpm":
             raise BackendError(f"checkpoint {checkpoint.resolve(checkpoint_path)} is a one-step denoiser, "
                                "not a DDPM: use it with `diffkit denoise`, or pick a ddpm checkpoint")
@@ -66,7 +68,8 @@ class MnistBackend:
         return x
 
     def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
-        return self.model(x, (t.to(x.dtype) / self.T)[:, None], cond)
+        x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x, (t.to(x.dtype) / self.T)[:, None], cond).contiguous()
 
     def to_image(self, x: Tensor) -> Tensor:
         return x.clamp(0, 1)
