@@ -19,13 +19,17 @@ def pip(*args):
 
 
 @pytest.fixture(scope="module")
-def installed():
+def installed(tmp_path_factory):
     try:
         import setuptools  # noqa: F401  (build without network when it is already here)
         flags = ["--no-build-isolation"]
     except ImportError:
         flags = []
-    r = pip("install", "-q", "--no-deps", *flags, str(EXAMPLE))
+    import shutil
+
+    src = tmp_path_factory.mktemp("example") / "pkg"
+    shutil.copytree(EXAMPLE, src)  # a build leaves build/ and egg-info beside the sources: not in the checkout
+    r = pip("install", "-q", "--no-deps", *flags, str(src))
     assert r.returncode == 0, r.stderr
     yield
     pip("uninstall", "-y", "-q", "diffkit-interval-guidance")
