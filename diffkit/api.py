@@ -91,7 +91,8 @@ class Run:
                  seed: int = 0, num: int = 1, steps: int | None = None, stride: int | None = None,
                  timesteps: Sequence[int] | None = None, timesteps2: Sequence[int] | None = None,
                  i_start: int = 0, save_every: int = 0,
-                 max_batch: int | None = None, backend_options: dict[str, Any] | None = None):
+                 max_batch: int | None = None, backend_options: dict[str, Any] | None = None,
+                 stages: int | None = None):
         self.backend_options = {k: v for k, v in (backend_options or {}).items() if v is not None}
         self.backend = load_backend(backend, **self.backend_options) if isinstance(backend, str) else backend
         if prompts and classes:
@@ -111,6 +112,7 @@ class Run:
         self.timesteps2 = list(timesteps2) if timesteps2 else None
         self.n_steps, self.stride = steps, stride  # later stages use the same rule unless timesteps2 is given
         self.save_every = save_every
+        self.stages = stages  # stop after this many stages (None: as many as the backend chains)
         # Encode now, so a label the backend cannot take fails before any work.
         self._conds = (Context.make_cond(self.backend, self.labels),
                        Context.make_cond(self.backend, [None] * len(self.labels)))
@@ -146,8 +148,8 @@ class Run:
             stage_images.append(images)
             stage_x.append(x.detach().float().cpu().clone())
             final = x
-            backend = backend.next_stage(x, self.labels)
             stage += 1
+            backend = None if self.stages and stage >= self.stages else backend.next_stage(x, self.labels)
             if backend is not None:
                 timesteps = timesteps_for(backend, self.n_steps, self.stride, self.timesteps2)
                 i_start = 0

@@ -391,9 +391,11 @@ def _load_study_image(backend, image: Path):
 @app.command()
 def noise(
     image: Path = typer.Argument(..., help="Any image; cropped and resized to the backend's size."),
-    t: str = typer.Option("250,500,750", "--t", help="Comma list of timesteps."),
+    t: Optional[str] = typer.Option(None, "--t", help="Comma list of timesteps (default: T/4, T/2, 3T/4)."),
     backend: str = typer.Option("mnist", "--backend", "-b", help="Backend whose schedule to use."),
-    checkpoint: Optional[str] = typer.Option(None, help="Backend checkpoint."),
+    checkpoint: Optional[str] = typer.Option(None, help="Backend checkpoint (mnist)."),
+    model: Optional[str] = typer.Option(None, help="Model hub id or folder (if)."),
+    device: Optional[str] = typer.Option(None, help="Device."),
     seed: int = typer.Option(0, help="Seed of the noise."),
     out: Path = typer.Option(Path("out/noise.png"), "--out", "-o", help="Figure path (PNG)."),
     overwrite: bool = typer.Option(False, help="Replace an existing figure."),
@@ -401,7 +403,7 @@ def noise(
     """The forward process x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps at chosen timesteps, side by side."""
     from diffkit import io, studies
 
-    be = _study_backend(backend, checkpoint)
+    be = _study_backend(backend, checkpoint, model, device)
     ts = _timesteps_in(be, t)
     _refuse(out, overwrite)
     img = _load_study_image(be, image)
@@ -411,20 +413,22 @@ def noise(
     console.print(f"wrote {out}")
 
 
-def _study_backend(name: str, checkpoint: Optional[str]):
+def _study_backend(name: str, checkpoint: Optional[str], model: Optional[str] = None, device: Optional[str] = None):
     from diffkit.api import load_backend
     from diffkit.backends.base import BackendError
     from diffkit.mnist.checkpoint import CheckpointError
     from diffkit.plugins import UnknownName
 
     try:
-        return load_backend(name, checkpoint=checkpoint)
+        return load_backend(name, checkpoint=checkpoint, model=model, device=device)
     except (UnknownName, BackendError, CheckpointError) as e:
         fail(str(e), 2)
 
 
-def _timesteps_in(backend, text: str) -> list[int]:
+def _timesteps_in(backend, text: Optional[str]) -> list[int]:
     T = len(backend.alphas_cumprod)
+    if not text:
+        return [T // 4, T // 2, 3 * T // 4]
     ts = _ints(text, "--t")
     bad = [v for v in ts if not 0 <= v < T]
     if not ts or bad:
@@ -440,13 +444,15 @@ def _refuse(out: Path, overwrite: bool) -> None:
 @app.command()
 def denoise(
     image: Optional[Path] = typer.Argument(None, help="Image to noise and denoise (the Part A study)."),
-    t: str = typer.Option("250,500,750", "--t", help="Part A: comma list of timesteps."),
+    t: Optional[str] = typer.Option(None, "--t", help="Part A: comma list of timesteps (default: T/4, T/2, 3T/4)."),
     method: str = typer.Option("blur,onestep,iterative", help="Part A: any of blur, onestep, iterative."),
     backend: str = typer.Option("mnist", "--backend", "-b", help="Part A: backend."),
     prompt: Optional[str] = typer.Option(None, help="Part A: prompt or class of the model's estimate (default: none)."),
     stride: Optional[int] = typer.Option(None, help="Part A: stride of the iterative run (default: the backend's)."),
     checkpoint: Optional[str] = typer.Option(None, help="Part A: backend checkpoint. Part B: a one-step denoiser "
                                                         "checkpoint (`diffkit train mnist --objective denoise`)."),
+    model: Optional[str] = typer.Option(None, help="Part A: model hub id or folder (if)."),
+    device: Optional[str] = typer.Option(None, help="Part A: device."),
     sigmas: str = typer.Option("0,0.2,0.4,0.5,0.6,0.8,1.0", help="Part B: noise levels."),
     data: Optional[Path] = typer.Option(None, help="Part B: MNIST folder (test digits)."),
     seed: int = typer.Option(0, help="Seed of the noise."),
@@ -464,7 +470,7 @@ def denoise(
     unknown = sorted(set(methods) - {"blur", "onestep", "iterative"})
     if unknown or not methods:
         fail(f"--method takes blur, onestep, iterative; got {', '.join(unknown) or 'nothing'}", 2)
-    be = _study_backend(backend, checkpoint)
+    be = _study_backend(backend, checkpoint, model, device)
     ts = _timesteps_in(be, t)
     img = _load_study_image(be, image)
     xs = studies.noisy_images(be, img, ts, seed)

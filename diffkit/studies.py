@@ -59,7 +59,7 @@ def iterative(backend: Any, x_t: Tensor, t: int, stride: int, label: Any = None,
     from diffkit.api import Run
 
     run = Run(backend, classes=[label] if label is not None else None, seed=seed,
-              timesteps=list(range(t, -1, -stride)), hooks=[*hooks, StartFrom(x=x_t)])
+              timesteps=list(range(t, -1, -stride)), hooks=[*hooks, StartFrom(x=x_t)], stages=1)
     frames = []
     for st in run.steps():
         if st.i % every == 0:

@@ -128,3 +128,52 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
     r = CliRunner().invoke(app, ["sample", "-b", "if", "--model", str(tmp_path), "--prompt", "x", "--device", "cpu",
                                  "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "not a diffusers IF folder" in " ".join(r.output.split())
+
+
+def test_stage2_without_cfg_equals_the_pipeline(tiny_if):
+    from diffusers import IFSuperResolutionPipeline
+
+    _, f2 = tiny_if
+    low = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    pipe = IFSuperResolutionPipeline.from_pretrained(f2, safety_checker=None, watermarker=None, feature_extractor=None)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(prompt=PROMPT, image=low, timesteps=TS2, guidance_scale=1.0, generator=torch.Generator().manual_seed(8),
+               output_type="pt", clean_caption=False).images
+    stage2 = IFStage(str(f2), TextEncoder(str(f2), "cpu", torch.float32), "cpu", torch.float32, 2)
+    stage2.low_res = low
+    ours = diffkit.sample(stage2, prompts=[PROMPT], seed=8, timesteps=TS2)
+    assert (ours.x - ref).abs().max().item() < 1e-4
+
+
+def test_half_precision_and_offload_paths_run_close_to_fp32(tiny_if):
+    f1, _ = tiny_if
+    ref = diffkit.sample(load(model=str(f1), upscaler="none", device="cpu"), prompts=[PROMPT], timesteps=TS1,
+                         hooks=["cfg:7"]).x
+    b = load(model=str(f1), upscaler="none", device="cpu", dtype="bf16", offload=True)
+    assert b.dtype == torch.bfloat16 and b.unet.dtype == torch.bfloat16
+    half = diffkit.sample(b, prompts=[PROMPT], timesteps=TS1, hooks=["cfg:7"]).x
+    assert half.dtype == torch.bfloat16 and torch.isfinite(half.float()).all()
+    assert (half.float() - ref).abs().mean() < 0.1  # bf16 keeps 8 bits of mantissa: close, not equal
+    from diffkit.backends.deepfloyd import resolve_dtype
+
+    assert resolve_dtype(None, "cuda") == torch.float16 and resolve_dtype(None, "cpu") == torch.float32
+
+
+def test_noise_and_denoise_studies_on_if(tiny_if, tmp_path):
+    from PIL import Image
+
+    from diffkit import io
+
+    f1, _ = tiny_if
+    io.save_png(torch.rand(3, 50, 70), tmp_path / "photo.png")
+    r = CliRunner().invoke(app, ["noise", str(tmp_path / "photo.png"), "--backend", "if", "--model", str(f1),
+                                 "--device", "cpu", "--t", "250,500,750", "--out", str(tmp_path / "n.png")])
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "n.png").size[0] > 4 * 16  # original + 3 timesteps
+    r = CliRunner().invoke(app, ["denoise", str(tmp_path / "photo.png"), "--backend", "if", "--model", str(f1),
+                                 "--device", "cpu", "--prompt", "a high quality photo", "--t", "300,690",
+                                 "--method", "blur,onestep,iterative", "--stride", "100", "--out", str(tmp_path / "d.png")])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "d.json").read_text())
+    assert meta["methods"] == ["blur", "onestep", "iterative"] and meta["t"] == [300, 690]
+    assert (tmp_path / "d-iterative-t690.png").exists()

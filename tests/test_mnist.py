@@ -205,3 +205,43 @@ def test_eval_cli_reports_accuracy_and_distance(tiny_mnist_ckpt, mnist_dir, tmp_
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "e.json").read_text())
     assert 0 <= rep["accuracy"] <= 1 and rep["frechet_distance"] > 0 and len(rep["per_class_accuracy"]) == 10
+
+
+def test_noise_and_part_a_denoise_on_mnist(tiny_mnist_ckpt, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from diffkit import io
+
+    img = torch.zeros(1, 28, 28)
+    img[:, 5:23, 12:16] = 1
+    io.save_png(img, tmp_path / "one.png")
+    r = runner.invoke(app, ["noise", str(tmp_path / "one.png"), "--checkpoint", str(tiny_mnist_ckpt),
+                            "--t", "0,150,299", "--out", str(tmp_path / "n.png")])
+    assert r.exit_code == 0, r.output
+    fig = np.array(Image.open(tmp_path / "n.png").convert("L")).astype(float)
+    assert fig.shape[1] == 2 * 4 * 32  # four 28+4 px columns, drawn at scale 2
+    r = runner.invoke(app, ["noise", str(tmp_path / "one.png"), "--checkpoint", str(tiny_mnist_ckpt),
+                            "--out", str(tmp_path / "n.png")])
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    r = runner.invoke(app, ["denoise", str(tmp_path / "one.png"), "--checkpoint", str(tiny_mnist_ckpt), "--prompt", "1",
+                            "--t", "100,200", "--stride", "50", "--out", str(tmp_path / "d.png")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "d.json").read_text())["stride"] == 50
+    assert (tmp_path / "d-iterative-t200.png").exists()
+
+
+@pytest.mark.parametrize("args,text", [
+    (["--t", "400"], "--t must list timesteps in 0..299"),
+    (["--method", "blur,magic"], "--method takes blur, onestep, iterative; got magic"),
+])
+def test_denoise_bad_input(tiny_mnist_ckpt, tmp_path, args, text):
+    from diffkit import io
+
+    io.save_png(torch.zeros(1, 28, 28), tmp_path / "z.png")
+    r = runner.invoke(app, ["denoise", str(tmp_path / "z.png"), "--checkpoint", str(tiny_mnist_ckpt), *args,
+                            "--out", str(tmp_path / "d.png")])
+    assert r.exit_code == 2 and text in " ".join(r.output.split())
+    r = runner.invoke(app, ["denoise", str(tmp_path / "missing.png"), "--checkpoint", str(tiny_mnist_ckpt),
+                            "--out", str(tmp_path / "d.png")])
+    assert r.exit_code == 2 and "missing.png" in r.output
