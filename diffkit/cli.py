@@ -145,7 +145,7 @@ def sample(
 ) -> None:
     """Sample images with any composition of techniques."""
     import diffkit
-    from diffkit.api import Run, check_out
+    from diffkit.api import check_out
 
     options = {"checkpoint": checkpoint, "device": device, "model": model, "upscaler": upscaler, "dtype": dtype,
                "embeddings": embeddings, "offload": offload}
@@ -175,6 +175,8 @@ def _sweep(sweep, backend, labels, hooks, seed, num, steps, stride, timesteps, i
     name, values = name.strip(), [v.strip() for v in values.split(",") if v.strip()]
     if not eq or not name or not values:
         fail(f"--sweep must look like NAME=v1,v2,..., got {sweep!r}", 2)
+    if (out / "sweep.png").exists() and not overwrite:
+        fail(f"{out / 'sweep.png'} exists; pass --overwrite to replace it", 2)
     runs = []
     for value in values:
         specs, used = [], False
@@ -197,8 +199,6 @@ def _sweep(sweep, backend, labels, hooks, seed, num, steps, stride, timesteps, i
             check_out(folder, len(run.labels), False, overwrite)
         except FileExistsError as e:
             fail(str(e), 2)
-        if (out / "sweep.png").exists() and not overwrite:
-            fail(f"{out / 'sweep.png'} exists; pass --overwrite to replace it", 2)
         runs.append((value, run, folder))
     results = []
     for value, run, folder in runs:
@@ -461,6 +461,8 @@ def denoise(
 ) -> None:
     """Denoising studies: blur vs one-step vs iterative on IMAGE (Part A), or, with a one-step denoiser
     checkpoint and no IMAGE, that denoiser on MNIST test digits across noise levels (Part B)."""
+    import torch
+
     from diffkit import io, studies
 
     _refuse(out, overwrite)
@@ -476,7 +478,6 @@ def denoise(
     xs = studies.noisy_images(be, img, ts, seed)
     stride = stride or (be.default_timesteps()[0] - be.default_timesteps()[1] if len(be.default_timesteps()) > 1 else 1)
     rows, names, frames = [], ["noisy"] + methods, {}
-    label = prompt
     for t_, x in zip(ts, xs):
         x = x[None]
         row = [be.to_image(x).float().cpu()]
@@ -484,13 +485,13 @@ def denoise(
             if m == "blur":
                 row.append(be.to_image(studies.blur(x)).float().cpu())
             elif m == "onestep":
-                row.append(be.to_image(studies.one_step(be, x, t_, label)).float().cpu())
+                row.append(be.to_image(studies.one_step(be, x, t_, prompt)).float().cpu())
             else:
-                it = studies.iterative(be, x, t_, stride, label, seed=seed)
+                it = studies.iterative(be, x, t_, stride, prompt, seed=seed)
                 row.append(it.final)
                 frames[t_] = it.frames
         rows.append(row)
-    cols = [torch_cat([r[k] for r in rows]) for k in range(len(names))]
+    cols = [torch.cat([r[k] for r in rows]) for k in range(len(names))]
     io.save_png(io.labelled_columns(cols, names), out)
     for t_, fr in frames.items():
         io.save_png(io.labelled_columns(fr, [f"step {5 * k}" for k in range(len(fr))]),
@@ -498,12 +499,6 @@ def denoise(
     io.write_json(out.with_suffix(".json"), {"image": str(image), "t": ts, "methods": methods, "backend": backend,
                                              "prompt": prompt, "stride": stride, "seed": seed})
     console.print(f"wrote {out}")
-
-
-def torch_cat(xs):
-    import torch
-
-    return torch.cat(xs)
 
 
 def _denoiser_study(checkpoint: Optional[str], sigmas: str, data: Optional[Path], seed: int, out: Path) -> None:

@@ -7,6 +7,7 @@ half-written checkpoint where the last good one was.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,7 @@ def save(folder: Path, model: torch.nn.Module, config: dict[str, Any], state: di
             torch.save(state, tmp / "state.pt")
         replace_dir(tmp, folder)
     finally:
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def resolve(folder: str | Path | None) -> Path:

@@ -4,7 +4,6 @@ diffkit's own MNIST classifier (trained on the training set, shipped beside the 
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -46,21 +45,8 @@ def train_classifier(out: str | Path, data_dir: str | Path | None = None, epochs
 
 
 def save_classifier(folder: Path, model: Classifier, config: dict) -> None:
-    import json
-    import shutil
-
-    from safetensors.torch import save_file
-
-    from diffkit.io import replace_dir
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        replace_dir(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """Atomically, in the same folder layout as the UNet checkpoints."""
+    checkpoint.save(folder, model, config)
 
 
 def load_classifier(folder: str | Path | None = None) -> Classifier:
