@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from diffkit import io, plugins, schedule
+from diffkit import interrupt, io, plugins, schedule
 from diffkit.backends.base import Backend, BackendError
 from diffkit.sampler import Sampler
 from diffkit.state import Context, StepState
@@ -51,13 +49,20 @@ def versions() -> dict[str, str]:
     return out
 
 
+def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
+    """Refuse (ValueError naming ``name`` and its range) anything but an integer in ``lo..hi``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        raise ValueError(f"{name} must be an integer in {lo}..{'' if hi is None else hi}, got {value!r}")
+
+
 def timesteps_for(backend: Backend, steps: int | None = None, stride: int | None = None,
                   timesteps: Sequence[int] | None = None) -> list[int]:
     """Explicit ``timesteps``, else ``steps`` evenly strided ones ending at 0, else ``stride``, else the backend's."""
     T = len(backend.alphas_cumprod)
     if timesteps:
-        ts = [int(t) for t in timesteps]
-        if any(a <= b for a, b in zip(ts, ts[1:])) or ts[0] >= T or ts[-1] < 0:
+        ts = list(timesteps)
+        if any(isinstance(t, bool) or not isinstance(t, int) for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])) \
+                or ts[0] >= T or ts[-1] < 0:
             raise ValueError(f"timesteps must be strictly decreasing within 0..{T - 1}, got {ts}")
         return ts
     if steps:
@@ -93,14 +98,27 @@ class Run:
                  i_start: int = 0, save_every: int = 0,
                  max_batch: int | None = None, backend_options: dict[str, Any] | None = None,
                  stages: int | None = None):
-        self.backend_options = {k: v for k, v in (backend_options or {}).items() if v is not None}
-        self.backend = load_backend(backend, **self.backend_options) if isinstance(backend, str) else backend
+        # Everything that can be checked without the model is checked before it loads.
+        check_int("seed", seed, 0, 2**63 - 1)
+        check_int("num", num, 1)
+        for name, value in (("steps", steps), ("stride", stride), ("max_batch", max_batch)):
+            if value is not None:
+                check_int(name, value, 1)
+        check_int("i_start", i_start, 0)
+        check_int("save_every", save_every, 0)
+        for name, ts in (("timesteps", timesteps), ("timesteps2", timesteps2)):
+            if ts is not None and (not len(ts) or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in ts)
+                                   or any(a <= b for a, b in zip(ts, ts[1:]))):
+                raise ValueError(f"{name} must be strictly decreasing integers >= 0, got {list(ts)}")
         if prompts and classes:
             raise ValueError("give prompts or classes, not both")
         base = list(prompts or classes or [None])
         self.labels = [lab for lab in base for _ in range(num)]
         self.seeds = [seed + i for i in range(len(self.labels))]
+        check_int("seed + number of samples", self.seeds[-1], 0, 2**63 - 1)
         self.techniques = [plugins.make_technique(h) if isinstance(h, str) else h for h in hooks]
+        self.backend_options = {k: v for k, v in (backend_options or {}).items() if v is not None}
+        self.backend = load_backend(backend, **self.backend_options) if isinstance(backend, str) else backend
         for tech in self.techniques:
             if not tech.supports(self.backend.name):
                 raise ValueError(f"hook {tech.name!r} does not support backend {self.backend.name!r} "
@@ -119,6 +137,9 @@ class Run:
         self.sampler = Sampler(self.techniques, max_batch)
         self.result: Result | None = None
         self.stage_timesteps: list[list[int]] = []
+        # Techniques set up now (prompts encoded, images read), so their bad input also fails before any work.
+        self._ctx0 = self.context(self.backend, 0, self.timesteps, self.i_start)
+        self.sampler.setup(self._ctx0)
 
     def context(self, backend: Backend, stage: int, timesteps: list[int], i_start: int) -> Context:
         cond, null = self._conds if backend is self.backend else (
@@ -132,7 +153,9 @@ class Run:
         backend, stage, stage_images, stage_x, frames = self.backend, 0, [], [], []
         timesteps, i_start = self.timesteps, self.i_start
         while backend is not None:
-            ctx = self.context(backend, stage, timesteps, i_start)
+            ctx = self._ctx0 if stage == 0 and self._ctx0 is not None else self.context(backend, stage, timesteps,
+                                                                                        i_start)
+            self._ctx0 = None  # its generators are being used: a second steps() starts afresh
             self.stage_timesteps.append(timesteps)
             run = self.sampler.run(ctx)
             while True:
@@ -193,48 +216,58 @@ def check_out(out: str | os.PathLike, n: int, frames: bool, overwrite: bool) -> 
                               "pass --overwrite to replace them, or choose another --out")
 
 
-def save(result: Result, out: str | os.PathLike, overwrite: bool = False, extra: dict[str, Any] | None = None) -> Path:
-    """Write sample PNGs, grid.png, run.json (and frames/ + trajectory.gif) to ``out``.
+def write_run(result: Result, folder: Path, extra: dict[str, Any] | None = None) -> None:
+    """Write sample PNGs, grid.png, final.safetensors, run.json (and frames/ + trajectory.gif) into ``folder``."""
+    from safetensors.torch import save_file
 
-    Everything is written to a temp folder first and moved in at the end: a failure leaves ``out``
-    as it was.
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(result.images)
+    samples = []
+    for i, (img, lab, seed) in enumerate(zip(result.images, result.labels, result.seeds)):
+        name = f"sample-{i:03d}.png"
+        io.save_png(img, folder / name)
+        samples.append({"file": name, "label": lab, "seed": seed})
+    ncol = max(1, min(n, 10 if n > 16 else int(n**0.5 + 0.999)))
+    per = n // max(1, len(dict.fromkeys(result.labels)))
+    if 1 < per <= 10 and n % per == 0:
+        ncol = per
+    io.save_png(io.grid(result.images, ncol), folder / "grid.png")
+    if result.frames:
+        (folder / "frames").mkdir()
+        for k, f in enumerate(result.frames):
+            io.save_png(io.grid(f, ncol), folder / "frames" / f"frame-{k:03d}.png")
+        io.save_gif([io.grid(f, ncol) for f in result.frames], folder / "trajectory.gif")
+    tensors = {"x": result.x.float().cpu().contiguous()} if result.x is not None else {}
+    tensors.update({f"stage{k + 1}_images": im.contiguous() for k, im in enumerate(result.stage_images)})
+    tensors.update({f"stage{k + 1}_x": x.contiguous() for k, x in enumerate(result.stage_x)})
+    save_file(tensors, folder / "final.safetensors")
+    io.write_json(folder / "run.json", dict(result.meta, samples=samples, **(extra or {})))
+
+
+def save(result: Result, out: str | os.PathLike, overwrite: bool = False, extra: dict[str, Any] | None = None) -> Path:
+    """Write a run's files (see :func:`write_run`) to ``out``: all of them appear, or none.
+
+    They are written to a temp folder beside ``out`` and renamed in at the end; an error or a signal
+    before that leaves ``out`` exactly as it was (not even created), and a signal during the renames
+    is held until they are done.
     """
     out = Path(out)
-    n = len(result.images)
-    check_out(out, n, bool(result.frames), overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".diffkit-", dir=out))
-    try:
-        samples = []
-        for i, (img, lab, seed) in enumerate(zip(result.images, result.labels, result.seeds)):
-            name = f"sample-{i:03d}.png"
-            io.save_png(img, tmp / name)
-            samples.append({"file": name, "label": lab, "seed": seed})
-        ncol = max(1, min(n, 10 if n > 16 else int(n**0.5 + 0.999)))
-        per = n // max(1, len(dict.fromkeys(result.labels)))
-        if 1 < per <= 10 and n % per == 0:
-            ncol = per
-        io.save_png(io.grid(result.images, ncol), tmp / "grid.png")
-        if result.frames:
-            (tmp / "frames").mkdir()
-            for k, f in enumerate(result.frames):
-                io.save_png(io.grid(f, ncol), tmp / "frames" / f"frame-{k:03d}.png")
-            io.save_gif([io.grid(f, ncol) for f in result.frames], tmp / "trajectory.gif")
-        from safetensors.torch import save_file
+    check_out(out, len(result.images), bool(result.frames), overwrite)
+    with io.staged_dir(out) as tmp:
+        write_run(result, tmp, extra)
+    return out
 
-        tensors = {"x": result.x.float().cpu().contiguous()} if result.x is not None else {}
-        tensors.update({f"stage{k + 1}_images": im.contiguous() for k, im in enumerate(result.stage_images)})
-        tensors.update({f"stage{k + 1}_x": x.contiguous() for k, x in enumerate(result.stage_x)})
-        save_file(tensors, tmp / "final.safetensors")
-        meta = dict(result.meta, samples=samples, **(extra or {}))
-        io.write_json(tmp / "run.json", meta)
-        for name in os.listdir(tmp):
-            dst = out / name
-            if dst.is_dir():
-                shutil.rmtree(dst)
-            os.replace(tmp / name, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+def save_sweep(name: str, runs: list[tuple[str, Result]], out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """A ``--sweep``: ``out/NAME-v/`` a run for each value and ``out/sweep.png`` side by side, all or none."""
+    out = Path(out)
+    for value, result in runs:
+        check_out(out / f"{name}-{value}", len(result.images), bool(result.frames), overwrite)
+    with io.staged_dir(out) as tmp:
+        for value, result in runs:
+            write_run(result, tmp / f"{name}-{value}", {"sweep": {name: value}})
+        io.save_png(io.labelled_columns([r.images for _, r in runs], [f"{name}={v}" for v, _ in runs]),
+                    tmp / "sweep.png")
     return out
 
 

@@ -5,26 +5,77 @@ The core yields state (sampling steps, training events); this module draws it.
 
 from __future__ import annotations
 
+import math
+import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from diffkit import interrupt
+
+# rich_markup_mode=None: click's plain usage errors, one line each, never boxed and wrapped at 80 columns.
 app = typer.Typer(help="Compose diffusion sampling techniques as plugins.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-train_app = typer.Typer(help="Train models.", no_args_is_help=True)
+                  pretty_exceptions_enable=False, rich_markup_mode=None)
+train_app = typer.Typer(help="Train models.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(train_app, name="train")
-console = Console(stderr=True)
+# soft_wrap: messages are never hard-wrapped (a terminal wraps them itself; logs stay greppable).
+console = Console(stderr=True, soft_wrap=True)
+
+# What the one line printed on SIGINT/SIGTERM says about the outputs; commands update it as they go.
+_on_interrupt = ["nothing was written"]
 
 
 def fail(message: str, code: int = 1) -> None:
     """Print ``message`` as an error and exit with ``code`` (2: bad usage, 1: failed run)."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
+
+
+def main() -> None:
+    """The ``diffkit`` console script: signals end a run cleanly, and no traceback reaches the user."""
+    interrupt.install()
+    try:
+        app()
+    except interrupt.Interrupted as e:
+        console.print(f"interrupted by {e}: {_on_interrupt[0]}", highlight=False)
+        sys.exit(e.exit_code)
+    except Exception as e:  # a bug in diffkit or a plugin: one line, the traceback only when asked for
+        if os.environ.get("DIFFKIT_DEBUG"):
+            raise
+        console.print(f"[bold red]internal error:[/] {escape(type(e).__name__)}: {escape(str(e))}. "
+                      "This is a bug in diffkit or a plugin; DIFFKIT_DEBUG=1 shows the traceback.", highlight=False)
+        sys.exit(1)
+
+
+# Numeric options: every int and float option declares a closed range, checked (with NaN and inf
+# refused) before the command runs, so nothing loads or is written. The check is ours, not typer's
+# min/max, so that the message states the whole valid range, not just the bound that was crossed.
+SEED_MAX = 2**62  # seeds seed..seed+N-1 must fit torch's 64-bit generator seed
+
+
+def _ranged(default: Any, decls: tuple[str, ...], lo: float, hi: float, help: str, what: str) -> Any:
+    def check(value: Optional[float]) -> Optional[float]:
+        if value is not None and not (math.isfinite(value) and lo <= value <= hi):
+            raise typer.BadParameter(f"{value} is not {what} in {lo:g}..{hi:g}")
+        return value
+
+    info = typer.Option(default, *decls, callback=check, help=f"{help} [{lo:g}..{hi:g}]")
+    info.range = (lo, hi)  # read by tests/test_refusals.py's walk over every option
+    return info
+
+
+def Int(default: Any, *decls: str, lo: int, hi: int, help: str) -> Any:
+    return _ranged(default, decls, lo, hi, help, "an integer")
+
+
+def Float(default: Any, *decls: str, lo: float, hi: float, help: str) -> Any:
+    return _ranged(default, decls, lo, hi, help, "a finite number")
 
 
 def progress() -> Progress:
@@ -33,14 +84,28 @@ def progress() -> Progress:
                     console=console, transient=False)
 
 
-def _ints(text: str | None, what: str) -> list[int]:
+def _ints(text: str | None, what: str, lo: int = 0, hi: int = 10**9) -> list[int]:
+    """A comma list of integers in ``lo..hi``; anything else exits 2 naming the option."""
     if not text:
         return []
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        fail(f"{what} must be a comma list of integers, got {text!r}", 2)
-        raise
+        values = None
+    if values is None or any(not lo <= v <= hi for v in values):
+        fail(f"{what} must be a comma list of integers in {lo}..{hi}, got {text!r}", 2)
+    return values
+
+
+def _floats(text: str, what: str, lo: float, hi: float) -> list[float]:
+    """A comma list of finite numbers in ``lo..hi``; anything else exits 2 naming the option."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = None
+    if not values or any(not (math.isfinite(v) and lo <= v <= hi) for v in values):
+        fail(f"{what} must be a comma list of finite numbers in {lo:g}..{hi:g}, got {text!r}", 2)
+    return values
 
 
 @train_app.command("mnist")
@@ -48,16 +113,16 @@ def train_mnist(
     out: Path = typer.Option(..., "--out", help="Run folder: checkpoint/, loss.json, loss.png, samples."),
     objective: str = typer.Option("ddpm", help="denoise (one-step denoiser, z = x + sigma eps) or ddpm."),
     conditioning: Optional[str] = typer.Option(None, help="ddpm: time or class (default time)."),
-    hidden: Optional[int] = typer.Option(None, help="UNet width D (default: denoise 128, ddpm 64)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs (default: denoise 5, ddpm 20)."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size (default: denoise 256, ddpm 128)."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate (default: denoise 1e-4, ddpm 1e-3)."),
-    sigma: float = typer.Option(0.5, help="Noise level of the denoise objective."),
-    seed: int = typer.Option(0, help="Seeds weights, shuffling and noise."),
-    subset: Optional[int] = typer.Option(None, help="Train on the first N images only (quick runs)."),
+    hidden: Optional[int] = Int(None, lo=1, hi=1024, help="UNet width D (default: denoise 128, ddpm 64)."),
+    epochs: Optional[int] = Int(None, lo=1, hi=10_000, help="Epochs (default: denoise 5, ddpm 20)."),
+    batch_size: Optional[int] = Int(None, lo=1, hi=60_000, help="Batch size (default: denoise 256, ddpm 128)."),
+    lr: Optional[float] = Float(None, lo=1e-8, hi=1.0, help="Adam learning rate (default: denoise 1e-4, ddpm 1e-3)."),
+    sigma: float = Float(0.5, lo=0.01, hi=10.0, help="Noise level of the denoise objective."),
+    seed: int = Int(0, lo=0, hi=SEED_MAX, help="Seeds weights, shuffling and noise."),
+    subset: Optional[int] = Int(None, lo=1, hi=60_000, help="Train on the first N images only (quick runs)."),
     sample_epochs: Optional[str] = typer.Option(None, help="Comma list: keep a snapshot and a sample grid after these epochs."),
     data: Optional[Path] = typer.Option(None, help="MNIST folder (default: $DIFFKIT_MNIST or ~/.cache/diffkit/mnist)."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    threads: Optional[int] = Int(None, lo=1, hi=1024, help="torch CPU threads (default: torch's choice)."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
 ) -> None:
     """Train the seed's MNIST UNet: one-step denoiser or time/class-conditioned DDPM."""
@@ -71,8 +136,10 @@ def train_mnist(
         torch.set_num_threads(threads)
     cfg = TrainConfig(objective=objective, conditioning=conditioning, hidden=hidden, epochs=epochs,
                       batch_size=batch_size, lr=lr, sigma=sigma, seed=seed, subset=subset,
-                      sample_epochs=_ints(sample_epochs, "--sample-epochs"))
+                      sample_epochs=_ints(sample_epochs, "--sample-epochs", 1, 10_000))
     command = "diffkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    _on_interrupt[0] = (f"the last finished epoch's checkpoint in {out / 'checkpoint'} is intact; "
+                        "continue with --resume")
     try:
         resolved = cfg.resolved()
         with progress() as bar:
@@ -90,8 +157,10 @@ def train_mnist(
                         _preview(ev.snapshot, resolved, out / f"samples-epoch-{ev.epoch:03d}.png")
     except (MnistNotFound, CheckpointError, FileExistsError) as e:
         fail(str(e), 2)
-    except (ValueError, FloatingPointError) as e:
+    except FloatingPointError as e:
         fail(str(e), 1)
+    except ValueError as e:  # options that contradict each other or the run being resumed
+        fail(str(e), 2)
     console.print(f"done: {out / 'checkpoint'}")
 
 
@@ -122,16 +191,17 @@ def sample(
     prompt: Optional[list[str]] = typer.Option(None, "--prompt", "-p", help="Prompt (repeatable)."),
     classes: Optional[str] = typer.Option(None, "--class", "-c", help="Comma list of classes, e.g. 0,1,2."),
     hook: Optional[list[str]] = typer.Option(None, "--hook", "-H", help="Technique spec name:ARGS (repeatable; first is outermost)."),
-    seed: int = typer.Option(0, help="Seed of the first sample; sample i uses seed + i."),
-    num: int = typer.Option(1, "--num", "-n", help="Samples per prompt or class."),
-    steps: Optional[int] = typer.Option(None, help="Number of evenly strided steps (default: the backend's)."),
-    stride: Optional[int] = typer.Option(None, help="Timestep stride (MNIST default 1, IF default 30)."),
+    seed: int = Int(0, lo=0, hi=SEED_MAX, help="Seed of the first sample; sample i uses seed + i."),
+    num: int = Int(1, "--num", "-n", lo=1, hi=100_000, help="Samples per prompt or class."),
+    steps: Optional[int] = Int(None, lo=1, hi=100_000, help="Number of evenly strided steps (default: the backend's)."),
+    stride: Optional[int] = Int(None, lo=1, hi=100_000, help="Timestep stride (MNIST default 1, IF default 30)."),
     timesteps: Optional[str] = typer.Option(None, help="Explicit comma list of timesteps, descending."),
     timesteps2: Optional[str] = typer.Option(None, help="Explicit timesteps of the second stage (IF II)."),
-    i_start: int = typer.Option(0, "--i-start", help="Start at this index of the timesteps."),
+    i_start: int = Int(0, "--i-start", lo=0, hi=100_000, help="Start at this index of the timesteps."),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder."),
     overwrite: bool = typer.Option(False, help="Replace files an earlier run left in --out."),
-    save_every: int = typer.Option(0, help="Also save every K-th step's x0 estimate as frames and a GIF."),
+    save_every: int = Int(0, lo=0, hi=100_000, help="Also save every K-th step's x0 estimate as frames and a GIF "
+                                                    "(0: none)."),
     checkpoint: Optional[str] = typer.Option(None, help="Checkpoint (mnist: a folder written by `diffkit train`)."),
     device: Optional[str] = typer.Option(None, help="Device: cpu, cuda, cuda:1 ..."),
     model: Optional[str] = typer.Option(None, help="IF stage I: hub id or local folder."),
@@ -139,7 +209,7 @@ def sample(
     dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 (IF default: fp16 on CUDA)."),
     embeddings: Optional[str] = typer.Option(None, help="Prompt embeddings from `diffkit embed` (IF: T5 not loaded)."),
     offload: Optional[bool] = typer.Option(None, "--offload/--no-offload", help="IF: keep the UNet on the CPU between calls."),
-    max_batch: Optional[int] = typer.Option(None, help="Split the step's model call above this many rows."),
+    max_batch: Optional[int] = Int(None, lo=1, hi=1_000_000, help="Split the step's model call above this many rows."),
     sweep: Optional[str] = typer.Option(None, help="NAME=v1,v2,...: one run per value of a hook parameter "
                                                    "(or i_start, seed); writes NAME-v/ folders and sweep.png."),
 ) -> None:
@@ -151,37 +221,54 @@ def sample(
                "embeddings": embeddings, "offload": offload}
     if sweep:
         return _sweep(sweep, backend, _labels(prompt, classes), hook or [], seed, num, steps, stride, timesteps,
-                      i_start, out, overwrite, max_batch, options)
+                      i_start, out, overwrite, max_batch, options, save_every, timesteps2)
     run = _make_run(backend, _labels(prompt, classes), hook or [], seed, num, steps, stride, timesteps, i_start,
                     save_every, max_batch, options, timesteps2)
     try:
         check_out(out, len(run.labels), bool(save_every), overwrite)
     except FileExistsError as e:
         fail(str(e), 2)
+    _on_interrupt[0] = f"nothing was written to {out}"
     _execute(run)
-    diffkit.save(run.result, out, overwrite=overwrite)
+    _publish(lambda: diffkit.save(run.result, out, overwrite=overwrite), out)
     console.print(f"wrote {len(run.labels)} samples, grid.png and run.json to {out}")
 
 
+def _publish(write, out: Path) -> None:
+    """Write the outputs; a signal during the final renames is answered once they are all in place."""
+    try:
+        write()
+    except interrupt.Interrupted:
+        if any(out.glob("run.json")) or any(out.glob("sweep.png")):
+            _on_interrupt[0] = f"the run had finished; its outputs are complete in {out}"
+        raise
+    except OSError as e:
+        fail(f"cannot write to {out}: {e}; nothing was written", 1)
+
+
 def _sweep(sweep, backend, labels, hooks, seed, num, steps, stride, timesteps, i_start, out, overwrite, max_batch,
-           options) -> None:
+           options, save_every=0, timesteps2=None) -> None:
     """One run per value; every run is checked before the first starts, and all outputs land together."""
-    import diffkit
-    from diffkit import io, plugins
-    from diffkit.api import check_out
-    from diffkit.spec import format_spec, parse
+    from diffkit import plugins
+    from diffkit.api import check_out, save_sweep
+    from diffkit.spec import SpecError, format_spec, parse
 
     name, eq, values = sweep.partition("=")
     name, values = name.strip(), [v.strip() for v in values.split(",") if v.strip()]
     if not eq or not name or not values:
         fail(f"--sweep must look like NAME=v1,v2,..., got {sweep!r}", 2)
+    if len(set(values)) != len(values):
+        fail(f"--sweep {name}: a value is given twice in {sweep!r}", 2)
     if (out / "sweep.png").exists() and not overwrite:
         fail(f"{out / 'sweep.png'} exists; pass --overwrite to replace it", 2)
     runs = []
     for value in values:
         specs, used = [], False
         for h in hooks:
-            hname, args = parse(h)
+            try:
+                hname, args = parse(h)
+            except SpecError as e:
+                fail(str(e), 2)
             cls = plugins.techniques().get(hname)
             if cls is not None and any(p.name == name for p in cls.params):
                 args = [(k, v) for k, v in args if k != name] + [(name, value)]
@@ -191,24 +278,20 @@ def _sweep(sweep, backend, labels, hooks, seed, num, steps, stride, timesteps, i
         if not used:
             if name not in kw:
                 fail(f"--sweep {name}: no --hook has a parameter {name!r}, and it is not i_start or seed", 2)
-            kw[name] = int(_ints(value, f"--sweep {name}")[0])
-        run = _make_run(backend, labels, specs, kw["seed"], num, steps, stride, timesteps, kw["i_start"], 0,
-                        max_batch, options)
+            kw[name] = _ints(value, f"--sweep {name}", 0, SEED_MAX if name == "seed" else 100_000)[0]
+        run = _make_run(backend, labels, specs, kw["seed"], num, steps, stride, timesteps, kw["i_start"], save_every,
+                        max_batch, options, timesteps2)
         folder = out / f"{name}-{value}"
         try:
-            check_out(folder, len(run.labels), False, overwrite)
+            check_out(folder, len(run.labels), bool(save_every), overwrite)
         except FileExistsError as e:
             fail(str(e), 2)
         runs.append((value, run, folder))
-    results = []
+    _on_interrupt[0] = f"nothing was written to {out}"
     for value, run, folder in runs:
         console.print(f"{name} = {value}")
         _execute(run)
-        results.append(run.result)
-    columns = [r.images for r in results]
-    for (value, run, folder), res in zip(runs, results):
-        diffkit.save(res, folder, overwrite=overwrite, extra={"sweep": {name: value}})
-    io.save_png(io.labelled_columns(columns, [f"{name}={v}" for v in values]), out / "sweep.png")
+    _publish(lambda: save_sweep(name, [(v, r.result) for v, r, _ in runs], out, overwrite=overwrite), out)
     console.print(f"wrote {len(values)} runs and sweep.png to {out}")
 
 
@@ -226,7 +309,7 @@ def _make_run(backend, labels, hooks, seed, num, steps, stride, timesteps, i_sta
                    timesteps2=_ints(timesteps2, "--timesteps2") or None, i_start=i_start, save_every=save_every,
                    max_batch=max_batch, backend_options=options, **labels)
     except (UnknownName, SpecError, BackendError, CheckpointError, ValueError) as e:
-        fail(str(e).strip("'\""), 2)
+        fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e), 2)
     except PluginError as e:
         fail(str(e), 1)
 
@@ -237,6 +320,8 @@ def _execute(run) -> None:
     from diffkit.denoise import NonFiniteError
     from diffkit.plugins import PluginError
 
+    n, steps = len(run.labels), len(run.timesteps) - run.i_start
+    console.print(f"sampling {n} sample{'s' if n != 1 else ''}, {steps} steps", highlight=False)
     try:
         with progress() as bar:
             tasks: dict[int, int] = {}
@@ -317,9 +402,9 @@ def data_mnist(
 @train_app.command("classifier")
 def train_classifier(
     out: Path = typer.Option(..., "--out", help="Folder for the classifier checkpoint."),
-    epochs: int = typer.Option(2, help="Epochs."),
+    epochs: int = Int(2, lo=1, hi=1000, help="Epochs."),
     data: Optional[Path] = typer.Option(None, help="MNIST folder."),
-    seed: int = typer.Option(0, help="Seed."),
+    seed: int = Int(0, lo=0, hi=SEED_MAX, help="Seed."),
 ) -> None:
     """Train the MNIST classifier that `diffkit eval mnist` measures samples with."""
     import json
@@ -343,10 +428,10 @@ def train_classifier(
 def eval_mnist(
     checkpoint: Optional[str] = typer.Option(None, help="Class-conditioned DDPM (default: the shipped model)."),
     classifier: Optional[Path] = typer.Option(None, help="Classifier folder (default: the shipped one)."),
-    num: int = typer.Option(50, help="Samples per class."),
-    cfg: float = typer.Option(5.0, help="CFG scale of the samples."),
-    stride: int = typer.Option(1, help="Timestep stride of the sampling."),
-    seed: int = typer.Option(0, help="Seed of the first sample."),
+    num: int = Int(50, lo=1, hi=10_000, help="Samples per class."),
+    cfg: float = Float(5.0, lo=-100.0, hi=100.0, help="CFG scale of the samples."),
+    stride: int = Int(1, lo=1, hi=299, help="Timestep stride of the sampling."),
+    seed: int = Int(0, lo=0, hi=SEED_MAX, help="Seed of the first sample."),
     data: Optional[Path] = typer.Option(None, help="MNIST folder (real test digits for the Frechet distance)."),
     out: Optional[Path] = typer.Option(None, help="Write the report as JSON here."),
 ) -> None:
@@ -396,7 +481,7 @@ def noise(
     checkpoint: Optional[str] = typer.Option(None, help="Backend checkpoint (mnist)."),
     model: Optional[str] = typer.Option(None, help="Model hub id or folder (if)."),
     device: Optional[str] = typer.Option(None, help="Device."),
-    seed: int = typer.Option(0, help="Seed of the noise."),
+    seed: int = Int(0, lo=0, hi=SEED_MAX, help="Seed of the noise."),
     out: Path = typer.Option(Path("out/noise.png"), "--out", "-o", help="Figure path (PNG)."),
     overwrite: bool = typer.Option(False, help="Replace an existing figure."),
 ) -> None:
@@ -429,9 +514,8 @@ def _timesteps_in(backend, text: Optional[str]) -> list[int]:
     T = len(backend.alphas_cumprod)
     if not text:
         return [T // 4, T // 2, 3 * T // 4]
-    ts = _ints(text, "--t")
-    bad = [v for v in ts if not 0 <= v < T]
-    if not ts or bad:
+    ts = _ints(text, "--t", 0, T - 1)
+    if not ts:
         fail(f"--t must list timesteps in 0..{T - 1}, got {text!r}", 2)
     return ts
 
@@ -448,14 +532,14 @@ def denoise(
     method: str = typer.Option("blur,onestep,iterative", help="Part A: any of blur, onestep, iterative."),
     backend: str = typer.Option("mnist", "--backend", "-b", help="Part A: backend."),
     prompt: Optional[str] = typer.Option(None, help="Part A: prompt or class of the model's estimate (default: none)."),
-    stride: Optional[int] = typer.Option(None, help="Part A: stride of the iterative run (default: the backend's)."),
+    stride: Optional[int] = Int(None, lo=1, hi=100_000, help="Part A: stride of the iterative run (default: the backend's)."),
     checkpoint: Optional[str] = typer.Option(None, help="Part A: backend checkpoint. Part B: a one-step denoiser "
                                                         "checkpoint (`diffkit train mnist --objective denoise`)."),
     model: Optional[str] = typer.Option(None, help="Part A: model hub id or folder (if)."),
     device: Optional[str] = typer.Option(None, help="Part A: device."),
     sigmas: str = typer.Option("0,0.2,0.4,0.5,0.6,0.8,1.0", help="Part B: noise levels."),
     data: Optional[Path] = typer.Option(None, help="Part B: MNIST folder (test digits)."),
-    seed: int = typer.Option(0, help="Seed of the noise."),
+    seed: int = Int(0, lo=0, hi=SEED_MAX, help="Seed of the noise."),
     out: Path = typer.Option(Path("out/denoise.png"), "--out", "-o", help="Figure path (PNG); JSON beside it."),
     overwrite: bool = typer.Option(False, help="Replace an existing figure."),
 ) -> None:
@@ -508,6 +592,7 @@ def _denoiser_study(checkpoint: Optional[str], sigmas: str, data: Optional[Path]
 
     if not checkpoint:
         fail("give an IMAGE (Part A study) or --checkpoint of a one-step denoiser (Part B study)", 2)
+    levels = _floats(sigmas, "--sigmas", 0.0, 10.0)
     try:
         model, config = ckpt.load_model(checkpoint)
         x, _ = mnist.load("test", data)
@@ -515,10 +600,6 @@ def _denoiser_study(checkpoint: Optional[str], sigmas: str, data: Optional[Path]
         fail(str(e), 2)
     if config.get("objective") != "denoise":
         fail(f"{checkpoint} is a {config.get('objective')} checkpoint; the sigma study needs a one-step denoiser", 2)
-    try:
-        levels = [float(v) for v in sigmas.split(",") if v.strip()]
-    except ValueError:
-        fail(f"--sigmas must be a comma list of numbers, got {sigmas!r}", 2)
     noisy, den, mse = studies.denoiser_study(model, x, levels, seed)
     cols = []
     for k in range(len(levels)):

@@ -44,11 +44,26 @@ def batched(backend: Backend, max_batch: int | None = None) -> Denoiser:
         else:
             out = backend.predict(x, t, c)
         if not torch.isfinite(out).all():
-            raise NonFiniteError(f"backend {backend.name!r} returned NaN or inf at t={unique[0].t}")
+            raise NonFiniteError(f"backend {backend.name!r} returned NaN or inf at t={unique[0].t} in "
+                                 f"{_bad_branch(out, unique, sizes)}")
         parts = out.split(sizes)
         return [parts[index[q.key]] for q in queries]
 
     return denoise
+
+
+def _bad_branch(out: Tensor, unique: list[Query], sizes: list[int]) -> str:
+    """Name the first branch (query) and sample whose estimate is not finite."""
+    bad = (~torch.isfinite(out.flatten(1))).any(1).nonzero()[0, 0].item()
+    k, start = 0, 0
+    while bad >= start + sizes[k]:
+        start += sizes[k]
+        k += 1
+    q, i = unique[k], bad - start
+    label = q.cond.key[i] if i < len(q.cond.key) else None
+    cond = "unconditional" if label is None else f"label {label!r}"
+    view = f", view {'+'.join(q.view)}" if q.view else ""
+    return f"branch {k + 1} of {len(unique)} ({cond}{view}), sample {i}"
 
 
 def wrap(combiner: Combiner, inner: Denoiser) -> Denoiser:

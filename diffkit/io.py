@@ -31,6 +31,50 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+@contextmanager
+def staged_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temp folder beside ``out``; when the block succeeds, move its entries into ``out``.
+
+    Entries replace those of the same name (a folder entry replaces the whole folder). The renames run
+    with SIGINT/SIGTERM held (:func:`diffkit.interrupt.deferred`), so ``out`` ends with all the new
+    entries or none; on any failure the temp folder, and any parent folder made for it, is removed.
+    """
+    from diffkit import interrupt
+
+    out = Path(out)
+    made = _missing_ancestor(out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    done = False
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        with interrupt.deferred():
+            if not out.exists():
+                os.replace(tmp, out)
+            else:
+                for name in sorted(os.listdir(tmp)):
+                    dst = out / name
+                    if dst.is_dir() and not dst.is_symlink():
+                        shutil.rmtree(dst)
+                    os.replace(tmp / name, dst)
+            done = True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not done and made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+
+
+def _missing_ancestor(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist yet (None: it exists)."""
+    top = None
+    for p in [folder, *folder.parents]:
+        if p.exists():
+            break
+        top = p
+    return top
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from diffkit import plugins, schedule
-from diffkit.denoise import batched, compose
+from diffkit.denoise import NonFiniteError, batched, compose
 from diffkit.state import Context, Denoiser, Query, Step, StepState
 from diffkit.technique import Combiner, Technique
 
@@ -36,13 +36,28 @@ class Sampler:
         combiners = [t for t in self.techniques if isinstance(t, Combiner)]
         return compose(combiners, batched(ctx.backend, self.max_batch))
 
-    def run(self, ctx: Context) -> Iterator[StepState]:
-        backend, ts = ctx.backend, ctx.timesteps
+    def setup(self, ctx: Context) -> None:
+        """Each technique's ``setup(ctx)`` (encode prompts, load images), once per context.
+
+        Bad input found there (a label the backend cannot take, an unreadable image) is a SpecError
+        naming the hook; anything else is the plugin's failure (PluginError).
+        """
+        if ctx.extra.get("_setup_done"):
+            return
+        from diffkit.spec import SpecError
+
         for tech in self.techniques:
             try:
                 tech.setup(ctx)
+            except (ValueError, LookupError, OSError) as e:
+                raise SpecError(f"hook {tech.name!r}: {e}") from e
             except Exception as e:
                 raise plugins.PluginError(f"hook {tech.name!r} failed in setup: {type(e).__name__}: {e}") from e
+        ctx.extra["_setup_done"] = True
+
+    def run(self, ctx: Context) -> Iterator[StepState]:
+        backend, ts = ctx.backend, ctx.timesteps
+        self.setup(ctx)
         denoise = self.denoiser(ctx)
         with plugins.activated(self.techniques), torch.inference_mode():
             x = ctx.randn()
@@ -60,7 +75,12 @@ class Sampler:
             for i in range(ctx.i_start, len(ts)):
                 t, t_next = ts[i], (ts[i + 1] if i + 1 < len(ts) else -1)
 
-                x, x0, eps = self._step(ctx, denoise, x, t, t_next)
+                try:
+                    x, x0, eps = self._step(ctx, denoise, x, t, t_next)
+                except NonFiniteError as e:
+                    stage = f"stage {ctx.stage + 1}, " if ctx.stage else ""
+                    raise NonFiniteError(f"{stage}step {i + 1} of {len(ts)}: {e} (in fp16 on a GPU this is "
+                                         "usually an overflow: try --dtype bf16 or fp32)") from None
                 if project:
                     step = Step(i, t, t_next, x, x0, redo)
                     plugins.call("diffkit_after_step", ctx=ctx, step=step)

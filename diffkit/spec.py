@@ -73,8 +73,12 @@ def bind(cls: type[Technique], args: list[tuple[str | None, str]]) -> dict[str, 
     def put(p: Param, text: str) -> None:
         try:
             value = p.type(text)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, OverflowError) as e:
             raise SpecError(f"hook {cls.name!r}: parameter {p.name!r} expects {p.type_name}, got {text!r} ({e})") from None
+        try:
+            p.check(value)
+        except ValueError as e:
+            raise SpecError(f"hook {cls.name!r}: parameter {p.name!r} {e}") from None
         if p.multiple:
             out.setdefault(p.name, []).append(value)
         elif p.name in out:

@@ -17,7 +17,7 @@ def guide(eps_u: Tensor, eps_c: Tensor, scale: float) -> Tensor:
 class CFG(Combiner):
     name = "cfg"
     help = "Classifier-free guidance: eps_u + scale (eps_c - eps_u); keeps the conditional variance."
-    params = (Param("scale", float, 7.0, "guidance scale g (1: no guidance, 0: unconditional)"),)
+    params = (Param("scale", float, 7.0, "guidance scale g (1: no guidance, 0: unconditional)", range=(-100.0, 100.0)),)
 
     def setup(self, ctx: Context) -> None:
         if not ctx.backend.conditional:

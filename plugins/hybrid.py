@@ -43,8 +43,8 @@ class Hybrid(Combiner):
     help = "eps = lowpass(eps_1) + highpass(eps_2): the image reads as prompt 1 from afar, prompt 2 up close."
     params = (
         Param("prompt", str, help="the high-frequency prompt (or class)"),
-        Param("kernel", int, 33, "Gaussian kernel size (odd)"),
-        Param("sigma", float, 2.0, "Gaussian standard deviation in pixels"),
+        Param("kernel", int, 33, "Gaussian kernel size (odd)", range=(1, 1023)),
+        Param("sigma", float, 2.0, "Gaussian standard deviation in pixels", range=(0.01, 1000.0)),
     )
 
     def __init__(self, **args):

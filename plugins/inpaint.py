@@ -20,8 +20,9 @@ class Inpaint(Projector):
     params = (
         Param("image", str, help="the original image (any size and mode; cropped and resized)"),
         Param("mask", str, help="mask image, same size as image: white = generate, black = keep"),
-        Param("resample", int, 1, "RePaint: times each jump is sampled (1 = plain replacement)"),
-        Param("jump", int, 1, "RePaint: steps to go back before each resampling"),
+        Param("resample", int, 1, "RePaint: times each jump is sampled (1 = plain replacement)",
+              range=(1, 1000)),
+        Param("jump", int, 1, "RePaint: steps to go back before each resampling", range=(1, 100_000)),
     )
 
     def __init__(self, **args):

@@ -15,8 +15,10 @@ class SDEdit(Projector):
     help = "x = forward(x_orig, t[i_start], noise), then sample from i_start; with a prompt: image-to-image."
     params = (
         Param("image", str, help="the input image (any size and mode; cropped and resized)"),
-        Param("i_start", int, None, "index into the timesteps to start from (0 = pure noise)"),
-        Param("strength", float, None, "alternative to i_start: 1 = pure noise, 0 = the image unchanged"),
+        Param("i_start", int, None, "index into the timesteps to start from (0 = pure noise)",
+              range=(0, 100_000)),
+        Param("strength", float, None, "alternative to i_start: 1 = pure noise, 0 = the image unchanged",
+              range=(0.0, 1.0)),
     )
 
     def __init__(self, **args):

@@ -7,6 +7,14 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+# Equivalence with diffusers, on IF's [-1, 1] state scale, where one 8-bit grey level is 2/255 = 7.8e-3.
+# Float32 summation order (another CPU's kernels, another thread count) moves the tiny random models'
+# outputs by 1e-5..1e-4 after a dozen steps (5e-5 here, 1.0e-4 measured on an Intel Xeon). IF_TOL, a
+# quarter of a grey level, is 20x that, and still 145x below the smallest real error we could make:
+# guidance 6.9 instead of 7 moves the output by 0.29, a timestep off by one by 0.88, another seed by 2.0
+# (test_deepfloyd.py::test_tolerance_catches_a_wrong_seed_scale_or_timestep measures these every run).
+IF_TOL = 2e-3
+
 MNIST = Path(os.environ.get("DIFFKIT_TEST_MNIST", ROOT.parent / "shared" / "data" / "mnist"))
 
 
@@ -15,6 +23,15 @@ def mnist_dir() -> Path:
     if not (MNIST / "train-labels-idx1-ubyte.gz").exists() and not (MNIST / "train-labels-idx1-ubyte").exists():
         pytest.skip(f"MNIST files not found at {MNIST}")
     return MNIST
+
+
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    """Run a float-sensitive test under 1 and under 2 torch threads (summation order differs), on any machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")

@@ -156,7 +156,7 @@ def test_train_cli_resume_and_guards(mnist_dir, tmp_path):
     r = runner.invoke(app, args[:-4] + ["--epochs", "2", "--resume"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, args[:-6] + ["--hidden", "16", "--epochs", "3", "--resume"])
-    assert r.exit_code == 1 and "hidden" in r.output
+    assert r.exit_code == 2 and "hidden" in r.output  # a contradicting option is bad usage
     r = runner.invoke(app, ["train", "mnist", "--out", str(tmp_path / "u"), "--resume", "--data", str(mnist_dir)])
     assert r.exit_code == 2 and "no MNIST checkpoint" in r.output
 
@@ -232,7 +232,7 @@ def test_noise_and_part_a_denoise_on_mnist(tiny_mnist_ckpt, tmp_path):
 
 
 @pytest.mark.parametrize("args,text", [
-    (["--t", "400"], "--t must list timesteps in 0..299"),
+    (["--t", "400"], "--t must be a comma list of integers in 0..299"),
     (["--method", "blur,magic"], "--method takes blur, onestep, iterative; got magic"),
 ])
 def test_denoise_bad_input(tiny_mnist_ckpt, tmp_path, args, text):

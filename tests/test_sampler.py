@@ -20,11 +20,13 @@ def test_batch_of_n_equals_n_single_runs_gaussian():
     assert torch.allclose(batch.x, torch.cat(singles), atol=1e-12)
 
 
-def test_batch_of_n_equals_n_single_runs_mnist(tiny_mnist_ckpt):
+def test_batch_of_n_equals_n_single_runs_mnist(tiny_mnist_ckpt, threads):
     opts = {"checkpoint": str(tiny_mnist_ckpt)}
     batch = diffkit.sample("mnist", classes=[3, 8], num=2, seed=11, steps=10, hooks=["cfg:5"], backend_options=opts)
     singles = [diffkit.sample("mnist", classes=[c], seed=11 + i, steps=10, hooks=["cfg:5"], backend_options=opts).x
                for i, c in enumerate([3, 3, 8, 8])]
+    # float32 convolutions of 8 rows and of 1 row may sum in another order: 1e-5 is ~100 ulps of values
+    # of order 1 after 10 steps; the 8-bit images a user gets must still be byte-identical.
     assert torch.allclose(batch.x, torch.cat(singles), atol=1e-5)
     assert torch.equal((batch.images * 255).round(), (torch.cat(singles).clamp(0, 1) * 255).round())
 

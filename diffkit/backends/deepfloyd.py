@@ -71,7 +71,8 @@ class TextEncoder:
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.model, subfolder="tokenizer")
-            self._t5 = T5EncoderModel.from_pretrained(self.model, subfolder="text_encoder", torch_dtype=self.dtype)
+            self._t5 = T5EncoderModel.from_pretrained(self.model, subfolder="text_encoder", torch_dtype=self.dtype,
+                                                      use_safetensors=True)  # never unpickle weights
         except OSError as e:
             raise BackendError(f"cannot load IF's T5 from {self.model}: {e}") from e
         self._t5.to(self.device).eval()
@@ -113,9 +114,13 @@ def load_embeddings(path: str | os.PathLike) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise BackendError(f"embeddings file not found: {path} (write one with `diffkit embed`)")
-    with safe_open(str(path), "pt") as f:
-        prompts = json.loads(f.metadata()["prompts"])
-        return {p: f.get_tensor(f"prompt_{i}") for i, p in enumerate(prompts)}
+    try:  # safetensors only: a pickled file is read as bytes and refused, never unpickled
+        with safe_open(str(path), "pt") as f:
+            prompts = json.loads((f.metadata() or {})["prompts"])
+            return {p: f.get_tensor(f"prompt_{i}") for i, p in enumerate(prompts)}
+    except Exception as e:
+        raise BackendError(f"{path} is not an embeddings file written by `diffkit embed` (a safetensors file "
+                           f"with its prompts in the metadata): {type(e).__name__}") from None
 
 
 class IFStage:
@@ -135,7 +140,7 @@ class IFStage:
         self.step_config = StepConfig.from_scheduler_config(self.sched_config)
         if self.sched_config.get("prediction_type", "epsilon") != "epsilon":
             raise BackendError(f"{model}: only epsilon prediction is supported")
-        kwargs: dict[str, Any] = {"torch_dtype": dtype}
+        kwargs: dict[str, Any] = {"torch_dtype": dtype, "use_safetensors": True}  # never unpickle weights
         if not _exists_local(model) and dtype == torch.float16:
             kwargs["variant"] = "fp16"
         try:

@@ -41,11 +41,30 @@ def save(folder: Path, model: torch.nn.Module, config: dict[str, Any], state: di
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def load_state(folder: Path) -> dict[str, Any]:
+    """The training state saved beside the weights (optimizer, epoch, losses, options).
+
+    ``weights_only=True``: tensors, numbers, strings and containers only, so a crafted ``state.pt``
+    cannot run code when a run is resumed.
+    """
+    path = Path(folder) / "state.pt"
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no state.pt: it is a finished or shipped model, not a run to resume")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for anything beyond plain data, or a damaged file
+        raise CheckpointError(f"refusing {path}: not a plain training state written by diffkit "
+                              f"({type(e).__name__}); nothing in it was run") from None
+
+
 def resolve(folder: str | Path | None) -> Path:
     """The checkpoint folder to read: ``folder``, or the shipped model; ``X.old`` if a swap was cut short."""
     folder = Path(folder) if folder else SHIPPED
     if folder.is_file() and folder.name in ("model.safetensors", "config.json"):
         folder = folder.parent
+    elif folder.is_file():
+        raise CheckpointError(f"{folder} is a file; an MNIST checkpoint is a folder with config.json and "
+                              "model.safetensors (pickled .pt/.pth/.ckpt files are never loaded)")
     if not (folder / "config.json").is_file():
         old = folder.with_name(folder.name + ".old")
         if (old / "config.json").is_file():
@@ -55,15 +74,29 @@ def resolve(folder: str | Path | None) -> Path:
 
 
 def load_config(folder: str | Path | None) -> dict[str, Any]:
-    return json.loads((resolve(folder) / "config.json").read_text())
+    return _read_config(resolve(folder))
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{folder / 'config.json'} is not valid JSON ({e})") from None
+    if not isinstance(config, dict) or not {"hidden", "conditioning"} <= set(config):
+        raise CheckpointError(f"{folder / 'config.json'} is not a diffkit MNIST config (no hidden/conditioning)")
+    return config
 
 
 def load_model(folder: str | Path | None, device: str = "cpu") -> tuple[UNet, dict[str, Any]]:
     """``(UNet in eval mode, config)`` from a checkpoint folder (default: the shipped class model)."""
     folder = resolve(folder)
-    config = json.loads((folder / "config.json").read_text())
+    config = _read_config(folder)
     if not (folder / "model.safetensors").is_file():
         raise CheckpointError(f"checkpoint {folder} has config.json but no model.safetensors")
     model = UNet(config["hidden"], config["conditioning"])
-    model.load_state_dict(load_file(folder / "model.safetensors", device=device))
+    try:
+        weights = load_file(folder / "model.safetensors", device=device)
+    except Exception as e:  # a pickle or anything else that is not safetensors: read as data, never run
+        raise CheckpointError(f"{folder / 'model.safetensors'} is not a safetensors file ({e})") from None
+    model.load_state_dict(weights)
     return model.to(device).eval(), config

@@ -56,7 +56,11 @@ def load_classifier(folder: str | Path | None = None) -> Classifier:
     if not (folder / "model.safetensors").is_file():
         raise checkpoint.CheckpointError(f"no MNIST classifier at {folder} (train one with `diffkit train classifier`)")
     model = Classifier()
-    model.load_state_dict(load_file(folder / "model.safetensors"))
+    try:
+        weights = load_file(folder / "model.safetensors")
+    except Exception as e:  # read as data, never unpickled
+        raise checkpoint.CheckpointError(f"{folder / 'model.safetensors'} is not a safetensors file ({e})") from None
+    model.load_state_dict(weights)
     return model.eval()
 
 

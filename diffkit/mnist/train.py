@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from diffkit import schedule
+from diffkit import interrupt, schedule
 from diffkit.io import write_json
 from diffkit.mnist import checkpoint, data
 from diffkit.mnist.model import UNet
@@ -137,7 +137,7 @@ def train(cfg: TrainConfig, out: str | Path, data_dir: str | Path | None = None,
     state = None
     if resume:
         folder = checkpoint.resolve(ckpt)
-        state = torch.load(folder / "state.pt", weights_only=False)
+        state = checkpoint.load_state(folder)
         cfg = _merge_for_resume(state["config"], cfg, folder)
     cfg = cfg.resolved()
     torch.manual_seed(cfg.seed)  # initial weights
@@ -195,12 +195,12 @@ def train(cfg: TrainConfig, out: str | Path, data_dir: str | Path | None = None,
         }
         state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
                  "epoch": epoch + 1, "losses": losses, "elapsed_s": elapsed, "config": asdict(cfg)}
-        checkpoint.save(ckpt, model, config, state)
-        write_json(out / "loss.json", {"steps_per_epoch": steps, "loss": losses})
-        loss_curve(losses, out / "loss.png", steps)
-        snapshot = None
-        if epoch + 1 in cfg.sample_epochs:
-            snapshot = out / f"epoch-{epoch + 1:03d}"
-            checkpoint.save(snapshot, model, config)
+        snapshot = out / f"epoch-{epoch + 1:03d}" if epoch + 1 in cfg.sample_epochs else None
+        with interrupt.deferred():  # a signal now lands after the epoch's files, never between them
+            checkpoint.save(ckpt, model, config, state)
+            write_json(out / "loss.json", {"steps_per_epoch": steps, "loss": losses})
+            loss_curve(losses, out / "loss.png", steps)
+            if snapshot is not None:
+                checkpoint.save(snapshot, model, config)
         yield TrainEvent("epoch", epoch + 1, steps, steps, config["training"]["final_loss"], checkpoint=ckpt,
                          snapshot=snapshot)

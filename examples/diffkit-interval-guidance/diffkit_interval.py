@@ -14,9 +14,9 @@ class IntervalGuidance(Combiner):
     name = "interval_cfg"
     help = "CFG with scale g only while t_min <= t <= t_max; the plain conditional estimate elsewhere."
     params = (
-        Param("scale", float, 7.0, "guidance scale inside the interval"),
-        Param("t_min", int, 0, "lowest guided timestep"),
-        Param("t_max", int, 10**9, "highest guided timestep"),
+        Param("scale", float, 7.0, "guidance scale inside the interval", range=(-100.0, 100.0)),
+        Param("t_min", int, 0, "lowest guided timestep", range=(0, 10**9)),
+        Param("t_max", int, 10**9, "highest guided timestep", range=(0, 10**9)),
     )
 
     def setup(self, ctx):
