@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from diffkit import interrupt, io, plugins, schedule
-from diffkit.backends.base import Backend, BackendError
+from diffkit.backends.base import Backend, BackendError, check_device
 from diffkit.sampler import Sampler
 from diffkit.state import Context, StepState
 from diffkit.technique import Technique
@@ -85,6 +85,8 @@ def load_backend(name: str, **options: Any) -> Backend:
     if unknown:
         raise BackendError(f"backend {name!r} takes no option {', '.join(unknown)} "
                            f"(it takes: {', '.join(sorted(info.options)) or 'none'})")
+    if "device" in given:
+        check_device(str(given["device"]))
     return info.load(**given)
 
 

@@ -251,7 +251,7 @@ def _sweep(sweep, backend, labels, hooks, seed, num, steps, stride, timesteps, i
     """One run per value; every run is checked before the first starts, and all outputs land together."""
     from diffkit import plugins
     from diffkit.api import check_out, save_sweep
-    from diffkit.spec import SpecError, format_spec, parse
+    from diffkit.spec import SpecError, format_spec, keyed, parse
 
     name, eq, values = sweep.partition("=")
     name, values = name.strip(), [v.strip() for v in values.split(",") if v.strip()]
@@ -271,7 +271,7 @@ def _sweep(sweep, backend, labels, hooks, seed, num, steps, stride, timesteps, i
                 fail(str(e), 2)
             cls = plugins.techniques().get(hname)
             if cls is not None and any(p.name == name for p in cls.params):
-                args = [(k, v) for k, v in args if k != name] + [(name, value)]
+                args = [(k, v) for k, v in keyed(cls, args) if k != name] + [(name, value)]
                 used = True
             specs.append(format_spec(hname, args))
         kw = {"seed": seed, "i_start": i_start}
@@ -626,8 +626,11 @@ def embed(
     from diffkit.backends.base import BackendError
     from diffkit.backends.deepfloyd import STAGE_I, TextEncoder, load_embeddings, resolve_dtype, save_embeddings
 
+    from diffkit.backends.base import check_device
+
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
+        check_device(dev)
         known = load_embeddings(out) if append and out.exists() else {}
         text = TextEncoder(model or STAGE_I, dev, resolve_dtype(dtype, dev), known)
         with console.status("encoding prompts with T5"):

@@ -108,6 +108,24 @@ def bind(cls: type[Technique], args: list[tuple[str | None, str]]) -> dict[str, 
     return out
 
 
+def keyed(cls: type[Technique], args: list[tuple[str | None, str]]) -> list[tuple[str | None, str]]:
+    """Name the positional args as :func:`bind` would (``cfg:3`` -> ``cfg:scale=3``); extras stay unnamed."""
+    positional, pos, seen, out = list(cls.params), 0, set(), []
+    for key, text in args:
+        if key is None:
+            while pos < len(positional) and positional[pos].name in seen and not positional[pos].multiple:
+                pos += 1
+            if pos >= len(positional):
+                out.append((None, text))  # bind() reports it
+                continue
+            key = positional[pos].name
+            if not positional[pos].multiple:
+                pos += 1
+        seen.add(key)
+        out.append((key, text))
+    return out
+
+
 def quote(value: Any) -> str:
     """Format one value so that :func:`split_args` reads it back unchanged."""
     text = str(value)

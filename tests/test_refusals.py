@@ -173,6 +173,16 @@ def test_the_issue_s_examples_are_refused_with_the_option_and_its_range(tmp_path
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("device,text", [("cuda:7", "--device cuda:7:"), ("gpu", "--device must be cpu, cuda, cuda:N or mps"),
+                                         ("cuda", "--device cuda:")])
+def test_a_device_torch_cannot_use_is_refused_before_the_model_loads(tmp_path, device, text):
+    if torch.cuda.is_available() and device != "gpu":
+        pytest.skip("this machine has CUDA")
+    r = runner.invoke(app, ["sample", "--device", device, "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and text in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_an_error_is_one_line_whatever_the_path_length(tmp_path):
     deep = tmp_path / ("a-rather-long-folder-name-" * 8) / ("and-another-one-" * 8) / "nothing-here"
     r = runner.invoke(app, ["sample", "-b", "mnist", "--checkpoint", str(deep), "--out", str(tmp_path / "o")])

@@ -71,3 +71,21 @@ class BackendInfo:
 
 class BackendError(ValueError):
     """Bad backend input: an unknown option, missing checkpoint, label it cannot encode."""
+
+
+def check_device(device: str) -> None:
+    """Refuse a device torch cannot use here with a BackendError, before any model is built on it."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise BackendError(f"--device must be cpu, cuda, cuda:N or mps, got {device!r}") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); "
+                               "use --device cpu") from None
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise BackendError(f"--device {device}: this machine has cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif d.type == "mps" and not torch.backends.mps.is_available():
+        raise BackendError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif d.type not in ("cpu", "cuda", "mps"):
+        raise BackendError(f"--device must be cpu, cuda, cuda:N or mps, got {device!r}")
