@@ -148,7 +148,8 @@ class Run:
             Context.make_cond(backend, self.labels), Context.make_cond(backend, [None] * len(self.labels)))
         return Context(
             backend=backend, timesteps=timesteps, labels=self.labels, seeds=self.seeds, cond=cond, null=null,
-            generators=[torch.Generator().manual_seed(s) for s in self.seeds], stage=stage, i_start=i_start)
+            generators=[torch.Generator().manual_seed(s) for s in self.seeds], stage=stage, i_start=i_start,
+            size_factor=backend.sample_shape[-1] / self.backend.sample_shape[-1])
 
     def steps(self) -> Iterator[StepState]:
         """Yield every step of every stage; afterwards :attr:`result` holds the images."""

@@ -66,21 +66,52 @@ def _bad_branch(out: Tensor, unique: list[Query], sizes: list[int]) -> str:
     return f"branch {k + 1} of {len(unique)} ({cond}{view}), sample {i}"
 
 
-def wrap(combiner: Combiner, inner: Denoiser) -> Denoiser:
-    """``combiner`` around ``inner``: expand every query, call ``inner`` once, reduce each group."""
+def wrap(combiner: Combiner, inner: Denoiser, eps_channels: int) -> Denoiser:
+    """``combiner`` around ``inner``: expand every query, call ``inner`` once, reduce each group.
+
+    ``reduce`` sees the first ``eps_channels`` channels (the noise) only; the channels after them (IF's
+    variance) are combined here by the combiner's declared ``extra_channels`` rule, each branch's first
+    mapped back through the pixel rearrangements of the views its query added (never their signs).
+    """
+    rule = combiner.extra_channels
+    if rule not in ("mean", "first"):
+        raise PluginError(f"hook {combiner.name!r}: extra_channels must be 'mean' or 'first', not {rule!r}")
+    k = eps_channels
 
     def denoise(queries: list[Query]) -> list[Tensor]:
         with _blame(combiner, "expand"):
             groups = [combiner.expand(q) for q in queries]
         estimates = inner([q for g in groups for q in g])
-        out, k = [], 0
-        with _blame(combiner, "reduce"):
-            for q, g in zip(queries, groups):
-                out.append(combiner.reduce(q, estimates[k: k + len(g)]))
-                k += len(g)
+        out, start = [], 0
+        for q, g in zip(queries, groups):
+            ests, start = estimates[start: start + len(g)], start + len(g)
+            with _blame(combiner, "reduce"):
+                eps = combiner.reduce(q, [e[:, :k] for e in ests])
+            if ests[0].shape[1] > k:
+                extras = [_unview_pixels(combiner, q, b, e[:, k:]) for b, e in zip(g, ests)]
+                extra = extras[0] if rule == "first" else torch.stack(extras).mean(0)
+                eps = torch.cat([eps, extra], dim=1)
+            out.append(eps)
         return out
 
     return denoise
+
+
+def _unview_pixels(combiner: Combiner, query: Query, branch: Query, extra: Tensor) -> Tensor:
+    """Map a branch's extra channels back to ``query``'s frame: undo the rearrangements of its added views."""
+    from diffkit.plugins import get_view
+
+    added = branch.view[len(query.view):]
+    if branch.view[: len(query.view)] != query.view:
+        raise PluginError(f"hook {combiner.name!r}: expand must keep the query's views {query.view} and add "
+                          f"to them, got {branch.view}")
+    for name in reversed(added):
+        try:
+            extra = get_view(name).unpermute(extra)
+        except LookupError:
+            raise PluginError(f"hook {combiner.name!r}: a branch names view {name!r}, which no plugin declares "
+                              "(register it with diffkit_views, so its estimate can be mapped back)") from None
+    return extra
 
 
 @contextmanager
@@ -91,8 +122,8 @@ def _blame(combiner: Combiner, method: str) -> Iterator[None]:
         raise PluginError(f"hook {combiner.name!r} failed in {method}: {type(e).__name__}: {e}") from e
 
 
-def compose(combiners: list[Combiner], inner: Denoiser) -> Denoiser:
+def compose(combiners: list[Combiner], inner: Denoiser, eps_channels: int) -> Denoiser:
     """Nest combiners, the first one outermost."""
     for c in reversed(combiners):
-        inner = wrap(c, inner)
+        inner = wrap(c, inner, eps_channels)
     return inner

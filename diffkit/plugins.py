@@ -80,8 +80,16 @@ def techniques() -> dict[str, type[Technique]]:
 
 @functools.lru_cache(maxsize=None)
 def views() -> dict[str, Any]:
-    """Every installed view by name."""
-    return _collect("diffkit_views", "view")
+    """Every installed view by name, each checked to declare its parts truthfully (views.check_view)."""
+    from diffkit.views import check_view
+
+    table = _collect("diffkit_views", "view")
+    for view in table.values():
+        try:
+            check_view(view)
+        except ValueError as e:
+            raise PluginError(str(e)) from None
+    return table
 
 
 @functools.lru_cache(maxsize=None)

@@ -34,7 +34,7 @@ class Sampler:
 
     def denoiser(self, ctx: Context) -> Denoiser:
         combiners = [t for t in self.techniques if isinstance(t, Combiner)]
-        return compose(combiners, batched(ctx.backend, self.max_batch))
+        return compose(combiners, batched(ctx.backend, self.max_batch), ctx.eps_channels)
 
     def setup(self, ctx: Context) -> None:
         """Each technique's ``setup(ctx)`` (encode prompts, load images), once per context.

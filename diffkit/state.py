@@ -70,6 +70,7 @@ class Context:
     generators: list[torch.Generator] = field(repr=False, default_factory=list)
     stage: int = 0
     i_start: int = 0
+    size_factor: float = 1.0  # this stage's image size over the first stage's (IF II: 4)
     extra: dict[str, Any] = field(default_factory=dict)  # for plugins to share per-run data
     streams: dict[str, list[torch.Generator]] = field(default_factory=dict, repr=False)
 

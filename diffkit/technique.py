@@ -103,14 +103,21 @@ class Combiner(Technique):
 
     Nest in the order given (first outermost). Every expanded query of every combiner goes into the
     same batched model call.
+
+    ``reduce`` combines noise only (``[N x eps_channels x H x W]`` each). What a backend predicts
+    besides the noise (IF's learned variance) is not an image, so no combiner touches it: diffkit maps
+    each branch's back through the pixel rearrangements of the views its query added and combines
+    them by ``extra_channels``: ``"mean"`` over the branches, or ``"first"`` (the first branch's).
     """
 
     kind = "combiner"
+    extra_channels: ClassVar[str] = "mean"
 
     def expand(self, query: Query) -> list[Query]:
         raise NotImplementedError
 
     def reduce(self, query: Query, estimates: list[Tensor]) -> Tensor:
+        """The branches' noise estimates, in ``expand``'s order -> one ``[N x eps_channels x H x W]``."""
         raise NotImplementedError
 
 

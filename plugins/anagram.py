@@ -14,7 +14,9 @@ from diffkit.technique import Combiner, Param
 class Anagram(Combiner):
     name = "anagram"
     help = ("Average the estimate with other prompts' estimates made on views of the image, mapped back: "
-            "eps = mean(eps_1, view_j^-1(eps_j(view_j(x)))).")
+            "eps = mean(eps_1, view_j^-1(eps_j(view_j(x)))); extra channels (IF's variance): mean, "
+            "moved back with their pixels, never negated.")
+    extra_channels = "mean"
     params = (
         Param("prompt", str, help="another prompt (or class); repeat for more views", multiple=True, default=()),
         Param("view", str, help="view for each extra prompt, in order (default flip_v for the first)", multiple=True,

@@ -16,6 +16,7 @@ def guide(eps_u: Tensor, eps_c: Tensor, scale: float) -> Tensor:
 
 class CFG(Combiner):
     name = "cfg"
+    extra_channels = "first"  # the conditional branch's variance, as diffusers' IF pipelines keep it
     help = "Classifier-free guidance: eps_u + scale (eps_c - eps_u); keeps the conditional variance."
     params = (Param("scale", float, 7.0, "guidance scale g (1: no guidance, 0: unconditional)", range=(-100.0, 100.0)),)
 
@@ -23,7 +24,6 @@ class CFG(Combiner):
         if not ctx.backend.conditional:
             raise ValueError(f"backend {ctx.backend.name!r} is unconditional: there is nothing to guide")
         self.null = ctx.null
-        self.k = ctx.eps_channels
 
     def expand(self, query: Query) -> list[Query]:
         # Scale 1 is the conditional estimate, and an unconditional query guides to itself.
@@ -35,9 +35,7 @@ class CFG(Combiner):
         if len(estimates) == 1:
             return estimates[0]
         c, u = estimates
-        out = c.clone()
-        out[:, : self.k] = guide(u[:, : self.k], c[:, : self.k], self.args["scale"])
-        return out
+        return guide(u, c, self.args["scale"])
 
 
 @hookimpl

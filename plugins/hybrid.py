@@ -10,7 +10,7 @@ from torch import Tensor
 
 from diffkit.hookspecs import hookimpl
 from diffkit.state import Context, Query
-from diffkit.technique import Combiner, Param
+from diffkit.technique import Combiner, Param, to_bool
 
 
 def gaussian_kernel(size: int, sigma: float) -> Tensor:
@@ -38,14 +38,27 @@ def highpass(x: Tensor, size: int = 33, sigma: float = 2.0) -> Tensor:
     return x - lowpass(x, size, sigma)
 
 
+def scaled_kernel(kernel: int, sigma: float, factor: float) -> tuple[int, float]:
+    """Kernel and sigma for an image ``factor`` times the size: the same cut-off in the picture's frequencies.
+
+    The kernel is rounded up to odd (33 at 64 px -> 133 at 256 px, as the factorized-diffusion code does).
+    """
+    k = round(kernel * factor)
+    return k + (k % 2 == 0), sigma * factor
+
+
 class Hybrid(Combiner):
     name = "hybrid"
-    help = "eps = lowpass(eps_1) + highpass(eps_2): the image reads as prompt 1 from afar, prompt 2 up close."
+    help = ("eps = lowpass(eps_1) + highpass(eps_2): the image reads as prompt 1 from afar, prompt 2 up close. "
+            "Filters the noise only; extra channels (IF's variance): mean of the two.")
     params = (
         Param("prompt", str, help="the high-frequency prompt (or class)"),
-        Param("kernel", int, 33, "Gaussian kernel size (odd)", range=(1, 1023)),
-        Param("sigma", float, 2.0, "Gaussian standard deviation in pixels", range=(0.01, 1000.0)),
+        Param("kernel", int, 33, "Gaussian kernel size (odd), in pixels of the first stage", range=(1, 1023)),
+        Param("sigma", float, 2.0, "Gaussian standard deviation, in pixels of the first stage", range=(0.01, 1000.0)),
+        Param("fixed", to_bool, False, "true: kernel and sigma in pixels of every stage (default: later "
+                                       "stages scale them with their size, IF II x4, so the cut stays put)"),
     )
+    extra_channels = "mean"
 
     def __init__(self, **args):
         super().__init__(**args)
@@ -56,14 +69,19 @@ class Hybrid(Combiner):
 
     def setup(self, ctx: Context) -> None:
         self.cond = ctx.encode_all(self.args["prompt"])
+        factor = 1.0 if self.args["fixed"] else ctx.size_factor
+        self.kernel, self.sigma = scaled_kernel(self.args["kernel"], self.args["sigma"], factor)
+        H, W = ctx.backend.sample_shape[1:]
+        if self.kernel // 2 >= min(H, W):
+            raise ValueError(f"kernel {self.kernel} (kernel={self.args['kernel']} scaled x{factor:g} for this "
+                             f"stage) is too large for {H}x{W} images: give a smaller kernel")
 
     def expand(self, query: Query) -> list[Query]:
         return [query, query if query.cond.is_null else query.with_cond(self.cond)]
 
     def reduce(self, query: Query, estimates: list[Tensor]) -> Tensor:
         e1, e2 = estimates
-        k, s = self.args["kernel"], self.args["sigma"]
-        return lowpass(e1, k, s) + highpass(e2, k, s)
+        return lowpass(e1, self.kernel, self.sigma) + highpass(e2, self.kernel, self.sigma)
 
 
 @hookimpl

@@ -60,7 +60,7 @@ def estimate(specs, backend, x, t, ctx, record=None):
     for tech in techs:
         tech.setup(ctx)
     inner = record or Recorder(backend)
-    (e,) = compose(techs, inner)([Query(x, t, ctx.cond)])
+    (e,) = compose(techs, inner, ctx.eps_channels)([Query(x, t, ctx.cond)])
     return e, inner
 
 
@@ -119,7 +119,7 @@ def test_cfg_with_two_view_anagram_is_one_call_of_four_branches_equal_to_branch_
     from diffkit.sampler import Sampler
 
     orig = Sampler.denoiser
-    Sampler.denoiser = lambda self, ctx: compose([t for t in self.techniques], Recorder(ctx.backend))
+    Sampler.denoiser = lambda self, ctx: compose([t for t in self.techniques], Recorder(ctx.backend), ctx.eps_channels)
     try:
         alone = diffkit.sample(GaussianBackend(stride=30), classes=[0, 1], hooks=["cfg:4", "anagram:1,view=flip_v"])
     finally:
@@ -179,3 +179,44 @@ def test_sdedit_at_i_start_zero_is_plain_sampling_and_later_starts_from_the_imag
     late = diffkit.sample(b, classes=[0], seed=2, hooks=[f"sdedit:image={tmp_path / 'img.png'},i_start=28", trace])
     assert len(trace.args["xs"]) == len(b.default_timesteps()) - 28
     assert late.x.mean() > plain.x.mean() + 0.3  # still near the bright input, far from class 0's mean 0.3
+
+
+def test_a_view_that_hides_a_sign_mixes_channels_or_does_not_undo_itself_is_refused():
+    from diffkit.views import View, check_view
+
+    for view, text in [(View("neg", lambda x: -x, lambda x: -x), "only rearrange pixels"),
+                       (View("swap", lambda x: x.flip(1), lambda x: x.flip(1)), "every channel alike"),
+                       (View("half", lambda x: x.flip(-1), lambda x: x), "does not undo")]:
+        with pytest.raises(ValueError, match=text):
+            check_view(view)
+    for view in plugins.views().values():
+        check_view(view)  # every registered view passes
+
+
+def test_a_branch_naming_an_unregistered_view_or_dropping_the_query_s_views_is_an_error():
+    from diffkit.denoise import wrap
+    from diffkit.plugins import PluginError
+    from diffkit.state import Cond
+    from diffkit.technique import Combiner
+
+    class Odd(Combiner):
+        name = "odd"
+
+        def __init__(self, view):
+            super().__init__()
+            self.view = view
+
+        def expand(self, q):
+            return [Query(q.x.flip(-1), q.t, q.cond, self.view)]
+
+        def reduce(self, q, estimates):
+            return estimates[0]
+
+    six = lambda queries: [torch.cat([q.x, q.x], 1) for q in queries]  # noqa: E731: noise + 3 extra channels
+    q = Query(torch.randn(1, 3, 4, 4), 5, Cond(("a",), None), ("flip_v",))
+    with pytest.raises(PluginError, match="names view 'mystery', which no plugin declares"):
+        wrap(Odd(("flip_v", "mystery")), six, 3)([q])
+    with pytest.raises(PluginError, match="expand must keep the query's views"):
+        wrap(Odd(("flip_h",)), six, 3)([q])
+    (est,) = wrap(Odd(("flip_v", "flip_h")), six, 3)([q])  # a registered view: its extras come back unflipped
+    assert torch.equal(est[:, 3:], q.x)

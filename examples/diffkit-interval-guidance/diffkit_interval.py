@@ -12,6 +12,7 @@ from diffkit.technique import Combiner, Param
 
 class IntervalGuidance(Combiner):
     name = "interval_cfg"
+    extra_channels = "first"  # the conditional branch's variance, as cfg
     help = "CFG with scale g only while t_min <= t <= t_max; the plain conditional estimate elsewhere."
     params = (
         Param("scale", float, 7.0, "guidance scale inside the interval", range=(-100.0, 100.0)),
@@ -20,7 +21,7 @@ class IntervalGuidance(Combiner):
     )
 
     def setup(self, ctx):
-        self.null, self.k = ctx.null, ctx.eps_channels
+        self.null = ctx.null
 
     def active(self, t: int) -> bool:
         return self.args["t_min"] <= t <= self.args["t_max"]
@@ -33,10 +34,8 @@ class IntervalGuidance(Combiner):
     def reduce(self, query, estimates):
         if len(estimates) == 1:
             return estimates[0]
-        c, u = estimates
-        out = c.clone()
-        out[:, : self.k] = u[:, : self.k] + self.args["scale"] * (c[:, : self.k] - u[:, : self.k])
-        return out
+        c, u = estimates  # noise channels only: diffkit keeps the variance by extra_channels
+        return u + self.args["scale"] * (c - u)
 
 
 @hookimpl
