@@ -17,7 +17,8 @@ class SDEdit(Projector):
         Param("image", str, help="the input image (any size and mode; cropped and resized)"),
         Param("i_start", int, None, "index into the timesteps to start from (0 = pure noise)",
               range=(0, 100_000)),
-        Param("strength", float, None, "alternative to i_start: 1 = pure noise, 0 = the image unchanged",
+        Param("strength", float, None, "alternative to i_start: 1 = pure noise; runs int(steps x strength) "
+                                       "steps, as diffusers' img2img pipelines do",
               range=(0.0, 1.0)),
     )
 
@@ -31,15 +32,20 @@ class SDEdit(Projector):
             raise ValueError(f"strength must be in [0, 1], got {args['strength']}")
 
     def start_index(self, n_steps: int) -> int:
+        """``i_start``, or from ``strength`` the index diffusers' img2img pipelines start at, so that
+        ``strength=s`` here is ``strength=s`` there: skip ``n - int(n s)`` of the ``n`` steps."""
         if self.args["strength"] is not None:
-            return round((1 - self.args["strength"]) * (n_steps - 1))
+            return n_steps - min(int(n_steps * self.args["strength"]), n_steps)
         return self.args["i_start"]
 
     def setup(self, ctx: Context) -> None:
         self.x_orig = ctx.load_image(self.args["image"], "image") if ctx.stage == 0 else None
-        i = self.start_index(len(ctx.timesteps))
-        if not 0 <= i < len(ctx.timesteps):
-            raise ValueError(f"i_start {i} is outside 0..{len(ctx.timesteps) - 1}")
+        n = len(ctx.timesteps)
+        i = self.start_index(n)
+        if self.args["strength"] is not None and i == n:
+            raise ValueError(f"strength {self.args['strength']} runs no step of {n}: give at least 1/{n} = {1 / n:.3g}")
+        if not 0 <= i < n:
+            raise ValueError(f"i_start {i} is outside 0..{n - 1}")
 
     @hookimpl
     def diffkit_initial_state(self, ctx: Context, noise: Tensor):

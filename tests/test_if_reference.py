@@ -77,37 +77,50 @@ class Stage:
                                           feature_extractor=None, requires_safety_checker=False)
         self.embed = {p: pipe.encode_prompt(p, do_classifier_free_guidance=True, clean_caption=False)
                       for p in (PROMPT, OTHER)}
-        self.folder = folder
+        self.folder, self.ts, self.size = folder, list(timesteps), self.unet.config.sample_size
+        self.up = None
 
-    @torch.no_grad()
-    def loop(self, combine, branches, gen, upscaled=None):
-        """``branches``: [(prompt, view name)]; ``combine(eps list, var list)`` -> (eps, var)."""
-        C = 3
-        H = self.unet.config.sample_size
+    def start(self, gen, upscaled=None):
+        """The first draw; stage II then noises the upscaled stage I image, in the pipelines' order."""
+        from diffusers import DDPMScheduler
         from diffusers.utils.torch_utils import randn_tensor
 
-        x = randn_tensor((1, C, H, H), generator=gen, dtype=torch.float32)
+        x = randn_tensor((1, 3, self.size, self.size), generator=gen, dtype=torch.float32)
+        self.up = None
         if upscaled is not None:
-            noising = __import__("diffusers").DDPMScheduler.from_pretrained(self.folder,
-                                                                           subfolder="image_noising_scheduler")
-            up = F.interpolate(upscaled, (H, H), mode="bilinear", align_corners=True)
+            noising = DDPMScheduler.from_pretrained(self.folder, subfolder="image_noising_scheduler")
+            up = F.interpolate(upscaled, (self.size, self.size), mode="bilinear", align_corners=True)
             noise = randn_tensor(up.shape, generator=gen, dtype=torch.float32)
-            up = noising.add_noise(up, noise, torch.tensor([250]))
-        for t in self.sched.timesteps:
-            eps_list, var_list = [], []
-            for prompt, view in branches:
-                move, unmove, sign = VIEWS[view]
-                inp = x if upscaled is None else torch.cat([x, up], 1)
-                inp = sign * move(inp)  # the view of the whole model input
-                cond, null = self.embed[prompt]
-                kw = {} if upscaled is None else {"class_labels": torch.tensor([250, 250])}
-                out = self.unet(torch.cat([inp, inp]), t, encoder_hidden_states=torch.cat([cond, null]), **kw).sample
-                c, u = out.chunk(2)
-                eps = u[:, :C] + SCALE * (c[:, :C] - u[:, :C])  # CFG per branch
-                eps_list.append(sign * unmove(eps))  # the view's exact inverse on the noise
-                var_list.append(unmove(c[:, C:]))  # the variance moves back with its pixels, no sign
-            eps, var = combine(eps_list, var_list)
-            x = self.sched.step(torch.cat([eps, var], 1), t, x, generator=gen).prev_sample
+            self.up = noising.add_noise(up, noise, torch.tensor([250]))
+        return x
+
+    @torch.no_grad()
+    def estimate(self, x, t, branches, combine):
+        """CFG per branch on its view of the model input; the views undone; ``combine(eps, var)``."""
+        C, eps_list, var_list = 3, [], []
+        for prompt, view in branches:
+            move, unmove, sign = VIEWS[view]
+            inp = x if self.up is None else torch.cat([x, self.up], 1)
+            inp = sign * move(inp)  # the view of the whole model input
+            cond, null = self.embed[prompt]
+            kw = {} if self.up is None else {"class_labels": torch.tensor([250, 250])}
+            out = self.unet(torch.cat([inp, inp]), t, encoder_hidden_states=torch.cat([cond, null]), **kw).sample
+            c, u = out.chunk(2)
+            eps = u[:, :C] + SCALE * (c[:, :C] - u[:, :C])  # CFG per branch
+            eps_list.append(sign * unmove(eps))  # the view's exact inverse on the noise
+            var_list.append(unmove(c[:, C:]))  # the variance moves back with its pixels, no sign
+        eps, var = combine(eps_list, var_list)
+        return torch.cat([eps, var], 1)
+
+    def step(self, x, t, gen, branches=((PROMPT, "identity"),), combine=None):
+        """One denoising step from ``t`` to the next timestep of the list, by DDPMScheduler.step."""
+        est = self.estimate(x, t, branches, combine or mean)
+        return self.sched.step(est, t, x, generator=gen).prev_sample
+
+    def loop(self, combine, branches, gen, upscaled=None):
+        x = self.start(gen, upscaled)
+        for t in self.ts:
+            x = self.step(x, t, gen, branches, combine)
         return x
 
 
@@ -204,3 +217,107 @@ def test_negate_keeps_the_sign_of_the_variance_and_moves_views_variance_with_the
         (est,) = compose([tech], model, 3)([Query(x, 5, Cond(("a",), None))])
         assert torch.allclose(est[:, :3], 10 * x)  # the views' exact inverses recover the noise
         assert torch.equal(est[:, 3:], index + 1), name  # variance mapped back, positive: not negated
+
+
+# ---- SDEdit ----
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    """A 16x16 colour image saved as PNG (stage I's size, so no resizing), and the same as IF input."""
+    from diffkit import io
+
+    folder = tmp_path_factory.mktemp("photo")
+    img = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(7))
+    io.save_png(img, folder / "photo.png")
+    exact = io.to_uint8(img).permute(2, 0, 1).float() / 255  # what the PNG holds
+    mask = torch.zeros(1, 16, 16)
+    mask[:, :, :9] = 1  # white: make new
+    io.save_png(mask, folder / "mask.png")
+    return folder, exact[None] * 2 - 1
+
+
+@pytest.mark.parametrize("strength", [0.25, 0.5, 0.8])
+def test_sdedit_strength_equals_diffusers_img2img_pipeline(tiny_if, photo, strength):
+    from diffusers import IFImg2ImgPipeline
+
+    f1, _ = tiny_if
+    folder, image = photo
+    pipe = IFImg2ImgPipeline.from_pretrained(f1, safety_checker=None, watermarker=None, feature_extractor=None)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(PROMPT, image=image, strength=strength, timesteps=TS1, guidance_scale=SCALE,
+               generator=torch.Generator().manual_seed(SEED), output_type="pt", clean_caption=False).images
+    ours = diffkit.sample(load(model=str(f1), upscaler="none", device="cpu"), prompts=[PROMPT], seed=SEED,
+                          timesteps=TS1, hooks=["cfg:7", f"sdedit:image={folder / 'photo.png'},strength={strength}"])
+    check(ours.x, ref)
+
+
+@pytest.mark.parametrize("i_start", [3, 8])
+def test_sdedit_i_start_equals_the_reference_loop(tiny_if, stages, photo, i_start):
+    s1, _ = stages
+    folder, image = photo
+    ours = diffkit.sample(load(model=str(tiny_if[0]), upscaler="none", device="cpu"), prompts=[PROMPT], seed=SEED,
+                          timesteps=TS1, hooks=["cfg:7", f"sdedit:image={folder / 'photo.png'},i_start={i_start}"])
+    gen = torch.Generator().manual_seed(SEED)
+    noise = s1.start(gen)
+    x = s1.sched.add_noise(image, noise, torch.tensor([TS1[i_start]]))  # SDEdit: the image noised to t[i_start]
+    for t in TS1[i_start:]:
+        x = s1.step(x, t, gen)
+    check(ours.x, x)
+
+
+# ---- inpainting and RePaint ----
+
+def inpaint_ref(stage, image, mask, resample, jump, upscaled=None):
+    """RePaint (Lugmayr et al. 2022, Alg. 1) with CFG: after every step the known region is the original
+    noised to the new timestep; every ``jump`` steps, go back ``jump`` steps by q(x_hi | x_lo) and sample
+    them again, ``resample - 1`` more times. The noise it adds comes from the sample's own stream,
+    seeded as diffkit seeds a plugin's named stream (a convention, not part of the algorithm)."""
+    import math
+    import zlib
+
+    gen = torch.Generator().manual_seed(SEED)
+    g_in = torch.Generator().manual_seed(SEED * 1_000_003 + zlib.crc32(b"inpaint"))
+    abar = stage.sched.alphas_cumprod.double()
+    ts, n = stage.ts, len(stage.ts)
+
+    def paste(x, t_next):
+        known = image if t_next < 0 else stage.sched.add_noise(
+            image, torch.randn(image.shape, generator=g_in), torch.tensor([t_next]))
+        return mask * x + (1 - mask) * known
+
+    x = stage.start(gen, upscaled)
+    for i, t in enumerate(ts):
+        t_next = ts[i + 1] if i + 1 < n else -1
+        x = paste(stage.step(x, t, gen), t_next)
+        if resample > 1 and t_next >= 0 and (i + 1) % jump == 0:
+            lo = i + 1 - jump
+            for _ in range(resample - 1):
+                a = (abar[ts[lo]] / abar[t_next]).item()
+                x = math.sqrt(a) * x + math.sqrt(1 - a) * torch.randn(x.shape, generator=g_in)
+                for k in range(lo, i + 1):
+                    x = paste(stage.step(x, ts[k], gen), ts[k + 1])
+    return x
+
+
+def load_at(path, size, channels):
+    from diffkit import io
+
+    return io.load_image(path, (size, size), channels)[None]
+
+
+@pytest.mark.parametrize("resample,jump", [(1, 1), (3, 2)])
+def test_inpaint_and_repaint_equal_the_reference_loop_on_both_stages(tiny_if, stages, photo, counting, resample,
+                                                                     jump):
+    s1, s2 = stages
+    folder, _ = photo
+    f1, f2 = tiny_if
+    hook = f"inpaint:image={folder / 'photo.png'},mask={folder / 'mask.png'},resample={resample},jump={jump}"
+    b = counting(load(model=str(f1), upscaler=str(f2), device="cpu"))
+    res = diffkit.sample(b, prompts=[PROMPT], seed=SEED, timesteps=TS1, timesteps2=TS2, hooks=["cfg:7", hook])
+    # RePaint's cost is part of its meaning: 12 steps, plus (R - 1) x J redone steps after every J-th
+    # step but the last: (3 - 1) x 2 x 5 = 20 more, each one batched call of both CFG branches.
+    assert len(b.calls) == 12 + (resample - 1) * jump * (11 // jump) and set(b.calls) == {2}
+    for stage, x_diffkit, up in ((s1, res.stage_x[0], None), (s2, res.x, res.stage_x[0])):
+        image = load_at(folder / "photo.png", stage.size, 3) * 2 - 1
+        mask = (load_at(folder / "mask.png", stage.size, 1) > 0.5).float()
+        check(x_diffkit, inpaint_ref(stage, image, mask, resample, jump, up))

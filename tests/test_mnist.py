@@ -245,3 +245,34 @@ def test_denoise_bad_input(tiny_mnist_ckpt, tmp_path, args, text):
     r = runner.invoke(app, ["denoise", str(tmp_path / "missing.png"), "--checkpoint", str(tiny_mnist_ckpt),
                             "--out", str(tmp_path / "d.png")])
     assert r.exit_code == 2 and "missing.png" in r.output
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_eval_cli_reports_the_known_accuracy_of_real_digits(mnist_dir, tmp_path, monkeypatch, shift):
+    """The samples are replaced by real test digits of class (label + shift) % 10: the report must give
+    exactly the shipped classifier's accuracy on them, overall and per class (about 1, then about 0)."""
+    import diffkit.cli as cli
+    from diffkit.api import Result
+    from diffkit.mnist import data
+    from diffkit.mnist.evaluate import load_classifier
+
+    x, y = data.load("test", mnist_dir)
+    num = 5
+
+    def real_digits(run):
+        labels = [int(c) for c in run.labels]
+        images = torch.stack([x[y == (k + shift) % 10][i % num] for i, k in enumerate(labels)])
+        run.result = Result(images, run.labels, run.seeds, run.meta())
+
+    monkeypatch.setattr(cli, "_execute", real_digits)
+    r = runner.invoke(app, ["eval", "mnist", "--num", str(num), "--data", str(mnist_dir),
+                            "--out", str(tmp_path / "e.json")])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "e.json").read_text())
+    labels = torch.arange(10).repeat_interleave(num)
+    images = torch.stack([x[y == (k + shift) % 10][i % num] for i, k in enumerate(labels.tolist())])
+    right = load_classifier()(images).argmax(1) == labels
+    assert rep["accuracy"] == pytest.approx(right.float().mean().item())
+    assert rep["per_class_accuracy"] == {str(k): pytest.approx(right[labels == k].float().mean().item())
+                                         for k in range(10)}
+    assert (rep["accuracy"] > 0.9) if shift == 0 else (rep["accuracy"] < 0.1)

@@ -220,3 +220,36 @@ def test_a_branch_naming_an_unregistered_view_or_dropping_the_query_s_views_is_a
         wrap(Odd(("flip_h",)), six, 3)([q])
     (est,) = wrap(Odd(("flip_v", "flip_h")), six, 3)([q])  # a registered view: its extras come back unflipped
     assert torch.equal(est[:, 3:], q.x)
+
+
+def test_anagram_expand_and_reduce_by_hand_with_a_view_that_is_not_its_own_inverse():
+    """rot90 turns [[1, 2], [3, 4]] into [[2, 4], [1, 3]]; its inverse turns [[1, 2], [3, 4]] into [[3, 1], [4, 2]]."""
+    from diffkit.state import Cond
+
+    tech = plugins.make_technique("anagram:b,view=rot90")
+    tech.conds = [Cond(("b",), None)]
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    plain, viewed = tech.expand(Query(x, 7, Cond(("a",), None)))
+    assert torch.equal(viewed.x, torch.tensor([[[[2.0, 4.0], [1.0, 3.0]]]])) and viewed.cond.key == ("b",)
+    assert viewed.view == ("rot90",) and viewed.t == 7 and plain.x is x
+    e0 = torch.tensor([[[[10.0, 20.0], [30.0, 40.0]]]])
+    e1 = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    out = tech.reduce(plain, [e0, e1])
+    assert torch.equal(out, (e0 + torch.tensor([[[[3.0, 1.0], [4.0, 2.0]]]])) / 2)
+
+
+def test_hybrid_takes_the_low_frequencies_of_the_first_prompt_and_the_high_of_the_second():
+    """Constant images have no high frequencies; a checkerboard is all highest frequency. The blur keeps a
+    constant exactly and scales the checkerboard by r = (sum_k g_k (-1)^k)^2 (separable, reflect-padded)."""
+    import math
+
+    tech = plugins.make_technique("hybrid:1,kernel=9,sigma=2")
+    tech.kernel, tech.sigma = 9, 2.0
+    g = [math.exp(-((k - 4) ** 2) / 8) for k in range(9)]
+    r = (sum(v * (-1) ** k for k, v in enumerate(g)) / sum(g)) ** 2
+    i = torch.arange(12)
+    checker = ((-1.0) ** (i[:, None] + i[None, :])).double()[None, None]
+    e1, e2 = 3.0 + 0.5 * checker, -2.0 + 4.0 * checker
+    out = tech.reduce(None, [e1, e2])
+    expected = 3.0 + 4.0 * checker + r * (0.5 * checker - 4.0 * checker)  # low(e1) + high(e2)
+    assert torch.allclose(out, expected, atol=1e-12) and r < 0.01

@@ -1,0 +1,107 @@
+"""The checked list of hand-made mutations: each breaks a technique's meaning on purpose; a test must fail.
+
+    .venv/bin/python tools/mutations.py            # all; about 3 minutes on 2 cores
+    .venv/bin/python tools/mutations.py sdedit     # those whose name contains "sdedit"
+
+Each mutation replaces one exact piece of source text, runs the tests named for it, and restores the
+file whatever happens. It prints KILLED (a test failed, as it should) or SURVIVED, and exits 1 if any
+survived. Not part of CI: it runs the suite once per mutation. tools/cosmic_ray.sh runs the
+automatic mutation tool over the same code; docs/testing.md reports both.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REF = "tests/test_if_reference.py"
+TECH = "tests/test_techniques.py"
+
+# (name, file, source text, replacement, tests that must catch it)
+MUTATIONS = [
+    ("anagram keeps only the first estimate", "plugins/anagram.py",
+     "return torch.stack(mapped).mean(0)", "return mapped[0]", [TECH, REF]),
+    ("anagram forgets to map back through the view", "plugins/anagram.py",
+     "[v.inverse(e) for v, e in", "[e for v, e in", [TECH, REF]),
+    ("anagram maps back with the forward view", "plugins/anagram.py",
+     "[v.inverse(e) for v, e in", "[v.forward(e) for v, e in", [TECH, REF]),
+    ("anagram: the other prompt's branch is unconditional", "plugins/anagram.py",
+     "query.cond if query.cond.is_null else c", "query.cond", [REF]),
+    ("variance negated with the view", "diffkit/denoise.py",
+     "extra = get_view(name).unpermute(extra)", "extra = get_view(name).inverse(extra)", [REF]),
+    ("variance not moved back with its pixels", "diffkit/denoise.py",
+     "extra = get_view(name).unpermute(extra)", "extra = extra", [REF]),
+    ("variance of the first branch instead of the mean", "diffkit/denoise.py",
+     'extra = extras[0] if rule == "first" else torch.stack(extras).mean(0)', "extra = extras[0]", [REF]),
+    ("hybrid swaps the low and the high prompt", "plugins/hybrid.py",
+     "return lowpass(e1, self.kernel, self.sigma) + highpass(e2, self.kernel, self.sigma)",
+     "return lowpass(e2, self.kernel, self.sigma) + highpass(e1, self.kernel, self.sigma)", [TECH, REF]),
+    ("hybrid does not scale its cut in stage II", "plugins/hybrid.py",
+     'factor = 1.0 if self.args["fixed"] else ctx.size_factor', "factor = 1.0", [REF]),
+    ("hybrid kernel scaled but not made odd", "plugins/hybrid.py",
+     "return k + (k % 2 == 0), sigma * factor", "return k, sigma * factor", [REF]),
+    ("cfg: guidance sign inverted", "plugins/cfg.py",
+     "return eps_u + scale * (eps_c - eps_u)", "return eps_u - scale * (eps_c - eps_u)", ["tests/test_cfg.py", REF]),
+    ("cfg keeps the unconditional variance", "plugins/cfg.py",
+     'extra_channels = "first"', 'extra_channels = "mean"', ["tests/test_deepfloyd.py"]),
+    ("RePaint resampling is a no-op", "plugins/inpaint.py",
+     "for _ in range(r - 1):", "for _ in range(0):", [REF]),
+    ("RePaint goes back one step too few", "plugins/inpaint.py",
+     "lo = max(ctx.i_start, step.i + 1 - j)", "lo = max(ctx.i_start, step.i + 2 - j)", [REF]),
+    ("inpaint pastes the original without noise", "plugins/inpaint.py",
+     "if t < 0:\n            return self.x_orig", "if True:\n            return self.x_orig", [REF, TECH]),
+    ("inpaint mask inverted", "plugins/inpaint.py",
+     "return self.mask * x + (1 - self.mask) * self.known(ctx, t)",
+     "return (1 - self.mask) * x + self.mask * self.known(ctx, t)", [REF, TECH]),
+    ("sdedit reads strength as 1 - strength", "plugins/sdedit.py",
+     'min(int(n_steps * self.args["strength"]), n_steps)', 'min(int(n_steps * (1 - self.args["strength"])), n_steps)',
+     [REF]),
+    ("sdedit starts one step late", "plugins/sdedit.py",
+     "return schedule.forward(self.x_orig, ctx.timesteps[i], noise, ctx.alphas_cumprod), i",
+     "return schedule.forward(self.x_orig, ctx.timesteps[i], noise, ctx.alphas_cumprod), i + 1", [REF]),
+    ("IF from_image loses the [0, 1] -> [-1, 1] mapping", "diffkit/backends/deepfloyd.py",
+     "return (img * 2 - 1).to(self.device, self.dtype)", "return img.to(self.device, self.dtype)", [REF]),
+    ("eval reports 1 - accuracy", "diffkit/mnist/evaluate.py",
+     '{"accuracy": float((pred == labels).float().mean())', '{"accuracy": 1 - float((pred == labels).float().mean())',
+     ["tests/test_mnist.py"]),
+    ("eval zeroes the per-class accuracy", "diffkit/mnist/evaluate.py",
+     "per_class = {int(k): float((pred[labels == k] == k).float().mean())", "per_class = {int(k): 0.0",
+     ["tests/test_mnist.py"]),
+    ("a step's noise drawn from one generator for all samples", "diffkit/state.py",
+     "torch.randn((1, *shape), generator=g, dtype=dt) for g in gens",
+     "torch.randn((1, *shape), generator=gens[0], dtype=dt) for g in gens", ["tests/test_sampler.py"]),
+]
+
+
+def run(mutation: tuple) -> tuple[str, float]:
+    name, path, old, new, tests = mutation
+    file = ROOT / path
+    source = file.read_text()
+    if source.count(old) != 1:
+        return f"STALE (the text to mutate is not in {path} exactly once)", 0.0
+    t0 = time.perf_counter()
+    try:
+        file.write_text(source.replace(old, new))
+        r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                           cwd=ROOT, capture_output=True, text=True)
+    finally:
+        file.write_text(source)
+    return ("KILLED" if r.returncode == 1 else f"SURVIVED (pytest exit {r.returncode})"), time.perf_counter() - t0
+
+
+def main() -> int:
+    chosen = [m for m in MUTATIONS if not sys.argv[1:] or any(a in m[0] for a in sys.argv[1:])]
+    bad = 0
+    for m in chosen:
+        verdict, seconds = run(m)
+        bad += not verdict.startswith("KILLED")
+        print(f"{verdict:<10} {seconds:5.1f} s  {m[0]}  ({m[1]})", flush=True)
+    print(f"{len(chosen) - bad} of {len(chosen)} killed")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
