@@ -495,7 +495,9 @@ def noise(
     xs = studies.noisy_images(be, img, ts, seed)
     cols = [img.cpu()] + [be.to_image(x[None]).float().cpu() for x in xs]
     io.save_png(io.labelled_columns(cols, ["original"] + [f"t={v}" for v in ts]), out)
-    console.print(f"wrote {out}")
+    io.write_json(out.with_suffix(".json"), {"image": str(image), "t": ts, "backend": backend, "seed": seed,
+                                             "checkpoint": getattr(be, "checkpoint", None) or model})
+    console.print(f"wrote {out} and {out.with_suffix('.json').name}")
 
 
 def _study_backend(name: str, checkpoint: Optional[str], model: Optional[str] = None, device: Optional[str] = None):

@@ -134,9 +134,16 @@ class Context:
         x = self.backend.from_image(img.expand(-1, C, -1, -1).to(self.backend.device))
         return x.expand(self.n, -1, -1, -1) if x.shape[0] == 1 else x
 
-    def forward(self, x0: Tensor, t: int, eps: Tensor | None = None) -> Tensor:
-        """``x_t`` from ``x0`` (fresh per-sample noise unless ``eps`` is given)."""
-        eps = self.randn(x0.shape[1:]) if eps is None else eps
+    def forward(self, x0: Tensor, t: int, eps: Tensor | None = None, *, stream: str | None = None) -> Tensor:
+        """``x_t`` from ``x0``: with ``eps``, or fresh per-sample noise from the named ``stream``.
+
+        A plugin's noise must come from a stream of its own: drawing from the sampler's generators
+        would shift every later draw of the run, so the stream is required when ``eps`` is not given.
+        """
+        if eps is None:
+            if stream is None:
+                raise ValueError("ctx.forward needs eps= or stream=NAME (a plugin draws from its own stream)")
+            eps = self.randn(x0.shape[1:], stream=stream)
         return schedule.forward(x0, t, eps, self.alphas_cumprod)
 
 

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from diffkit import plugins
 from diffkit.cli import app
 
 runner = CliRunner()
@@ -62,7 +63,7 @@ def test_save_every_writes_frames_and_gif(tmp_path):
 
 
 @pytest.mark.parametrize("args,code,text", [
-    (["--backend", "nope"], 2, "unknown backend 'nope'; available: gaussian, if, mnist"),
+    (["--backend", "nope"], 2, f"unknown backend 'nope'; available: {', '.join(sorted(plugins.backends()))}"),
     (["-b", "gaussian", "--hook", "zzz"], 2, "unknown hook 'zzz'; available:"),
     (["-b", "gaussian", "--hook", "cfg:scale=abc"], 2, "hook 'cfg': parameter 'scale' expects float"),
     (["-b", "gaussian", "--hook", "cfg:1,2"], 2, "too many positional"),
@@ -80,7 +81,7 @@ def test_errors_exit_nonzero_with_the_culprit_named(tmp_path, args, code, text):
     assert not (tmp_path / "o").exists()
 
 
-def test_nan_and_plugin_failures_write_nothing(tmp_path, monkeypatch):
+def test_nan_from_the_model_writes_nothing(tmp_path, monkeypatch):
     from diffkit.backends.gaussian import GaussianBackend
 
     monkeypatch.setattr(GaussianBackend, "predict", lambda self, x, t, c: x * float("nan"))

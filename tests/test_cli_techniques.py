@@ -104,6 +104,15 @@ def test_bad_technique_input_is_a_clear_error(tmp_path, tiny_mnist_ckpt, images,
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_sweep_keeps_save_every_and_every_other_option(tmp_path, tiny_mnist_ckpt):
+    r, out = sample(tmp_path, tiny_mnist_ckpt, "--hook", "cfg:2", "--sweep", "scale=1,3", "--save-every", "3")
+    assert r.exit_code == 0, r.output
+    for v in ("1", "3"):
+        assert len(list((out / f"scale-{v}" / "frames").iterdir())) == 4 and (out / f"scale-{v}" / "trajectory.gif").exists()
+    meta = json.loads((out / "scale-3" / "run.json").read_text())
+    assert meta["hooks"] == [{"name": "cfg", "args": {"scale": 3.0}}] and len(meta["timesteps"][0]) == 8
+
+
 def test_sweep_of_unknown_parameter_is_refused(tmp_path, tiny_mnist_ckpt):
     r, _ = sample(tmp_path, tiny_mnist_ckpt, "--hook", "cfg:2", "--sweep", "bogus=1,2")
     assert r.exit_code == 2 and "no --hook has a parameter 'bogus'" in " ".join(r.output.split())

@@ -88,6 +88,16 @@ def test_cli_two_stages_match_the_two_pipelines(tiny_if, tmp_path, threads):
     assert meta["timesteps"] == [TS1, TS2] and saved["x"].shape == (1, 3, 32, 32)
 
 
+def test_sweep_keeps_the_second_stage_s_timesteps(tiny_if, tmp_path):
+    f1, f2 = tiny_if
+    r = CliRunner().invoke(app, ["sample", "-b", "if", "--model", str(f1), "--upscaler", str(f2), "--prompt", PROMPT,
+                                 "--device", "cpu", "--timesteps", "990,500,0", "--timesteps2", "990,0",
+                                 "--sweep", "seed=1,2", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "o" / "seed-2" / "run.json").read_text())
+    assert meta["timesteps"] == [[990, 500, 0], [990, 0]] and meta["samples"][0]["seed"] == 2
+
+
 def test_embeddings_file_replaces_t5(tiny_if, tmp_path, monkeypatch):
     f1, _ = tiny_if
     emb = tmp_path / "emb.safetensors"
@@ -157,11 +167,14 @@ def test_stage2_without_cfg_equals_the_pipeline(tiny_if, threads):
     assert (ours.x - ref).abs().max().item() < IF_TOL
 
 
-def test_half_precision_and_offload_paths_run_close_to_fp32(tiny_if):
+def test_half_precision_runs_close_to_fp32_and_offload_on_the_cpu_is_refused(tiny_if, tmp_path):
     f1, _ = tiny_if
     ref = diffkit.sample(load(model=str(f1), upscaler="none", device="cpu"), prompts=[PROMPT], timesteps=TS1,
                          hooks=["cfg:7"]).x
-    b = load(model=str(f1), upscaler="none", device="cpu", dtype="bf16", offload=True)
+    r = CliRunner().invoke(app, ["sample", "-b", "if", "--model", str(f1), "--device", "cpu", "--offload",
+                                 "--prompt", PROMPT, "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "with --device cpu it is there already" in r.output
+    b = load(model=str(f1), upscaler="none", device="cpu", dtype="bf16")
     assert b.dtype == torch.bfloat16 and b.unet.dtype == torch.bfloat16
     half = diffkit.sample(b, prompts=[PROMPT], timesteps=TS1, hooks=["cfg:7"]).x
     assert half.dtype == torch.bfloat16 and torch.isfinite(half.float()).all()

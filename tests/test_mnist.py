@@ -221,6 +221,8 @@ def test_noise_and_part_a_denoise_on_mnist(tiny_mnist_ckpt, tmp_path):
     assert r.exit_code == 0, r.output
     fig = np.array(Image.open(tmp_path / "n.png").convert("L")).astype(float)
     assert fig.shape[1] == 2 * 4 * 32  # four 28+4 px columns, drawn at scale 2
+    meta = json.loads((tmp_path / "n.json").read_text())  # like every other output, a JSON record beside it
+    assert meta["t"] == [0, 150, 299] and meta["seed"] == 0 and meta["checkpoint"].endswith("tiny")
     r = runner.invoke(app, ["noise", str(tmp_path / "one.png"), "--checkpoint", str(tiny_mnist_ckpt),
                             "--out", str(tmp_path / "n.png")])
     assert r.exit_code == 2 and "--overwrite" in r.output

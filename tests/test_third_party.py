@@ -20,6 +20,8 @@ def pip(*args):
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
+    """The example package installed with pip into a throwaway folder (``--target``), found through
+    PYTHONPATH: the test environment itself is never changed, even by an aborted run."""
     try:
         import setuptools  # noqa: F401  (build without network when it is already here)
         flags = ["--no-build-isolation"]
@@ -27,32 +29,34 @@ def installed(tmp_path_factory):
         flags = []
     import shutil
 
-    src = tmp_path_factory.mktemp("example") / "pkg"
+    root = tmp_path_factory.mktemp("example")
+    src = root / "pkg"
     shutil.copytree(EXAMPLE, src)  # a build leaves build/ and egg-info beside the sources: not in the checkout
-    r = pip("install", "-q", "--no-deps", *flags, str(src))
+    r = pip("install", "-q", "--no-deps", "--target", str(root / "site"), *flags, str(src))
     assert r.returncode == 0, r.stderr
-    yield
-    pip("uninstall", "-y", "-q", "diffkit-interval-guidance")
+    return root / "site"
 
 
-def diffkit(*args, env=None):
+def diffkit(*args, env=None, site=None):
+    path = os.pathsep.join(p for p in (str(site or ""), os.environ.get("PYTHONPATH", "")) if p)
     return subprocess.run([str(BIN / "diffkit"), *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, "PYTHONPATH": path, **(env or {})})
 
 
 def test_example_plugin_is_listed_and_runs(installed, tmp_path):
-    r = diffkit("hooks")
+    assert "interval_cfg" not in diffkit("hooks").stdout  # not installed in the test environment itself
+    r = diffkit("hooks", site=installed)
     assert r.returncode == 0 and "interval_cfg" in r.stdout and "t_min" in r.stdout
     out = tmp_path / "o"
     r = diffkit("sample", "-b", "gaussian", "-c", "0,1", "--stride", "30", "--hook", "interval_cfg:4,t_min=100,t_max=500",
-                "--out", out)
+                "--out", out, site=installed)
     assert r.returncode == 0, r.stderr
     meta = json.loads((out / "run.json").read_text())
     assert meta["hooks"] == [{"name": "interval_cfg", "args": {"scale": 4.0, "t_min": 100, "t_max": 500}}]
 
 
 def test_autoload_switch_keeps_third_party_plugins_out(installed):
-    r = diffkit("hooks", env={"DIFFKIT_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    r = diffkit("hooks", env={"DIFFKIT_DISABLE_PLUGIN_AUTOLOAD": "1"}, site=installed)
     assert r.returncode == 0 and "interval_cfg" not in r.stdout and "anagram" in r.stdout
 
 

@@ -211,6 +211,9 @@ def load(model: str | None = None, upscaler: str | None = None, device: str | No
          embeddings: str | None = None, offload: bool | None = None, stride: int = 30, **_: Any) -> IFStage:
     """``--backend if``: stage I from ``model`` (default the IF-I-XL hub id), stage II from ``upscaler``."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if offload and torch.device(device).type == "cpu":
+        raise BackendError("--offload keeps the UNet on the CPU between calls to free GPU memory; with --device "
+                           "cpu it is there already: drop --offload")
     dt = resolve_dtype(dtype, device)
     model = model or STAGE_I
     upscaler = STAGE_II if upscaler is None else upscaler
