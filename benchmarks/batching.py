@@ -1,6 +1,13 @@
-"""One batched model call a step against branch-by-branch calls, for cfg + 2-view anagram and cfg + hybrid.
+"""What one batched model call a step buys, apart from what computing identical branches once buys.
 
-    python benchmarks/batching.py [--hidden 32] [--num 4] [--steps 50]
+Three ways to evaluate the same combiners (cfg + 2-view anagram: 4 distinct branches; cfg + hybrid:
+4 branches of which 3 are distinct):
+
+- diffkit: distinct branches only, all in one model call;
+- one call per distinct branch (deduplicated, not batched);
+- one call per branch (neither).
+
+    python benchmarks/batching.py [--hidden 32] [--num 4] [--steps 50] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -15,19 +22,29 @@ from diffkit.denoise import compose
 from diffkit.sampler import Sampler
 from diffkit.technique import Combiner
 
-from common import interleaved, small_checkpoint
+from common import interleaved, ratio, small_checkpoint, spread
 
 
-class BranchByBranch(Sampler):
-    """The same combiners around a denoiser that calls the model once per branch (the naive way)."""
+class OneCallPerBranch(Sampler):
+    """The same combiners around a denoiser that calls the model once per branch (``dedup``: per distinct one)."""
+
+    def __init__(self, techniques, dedup: bool):
+        super().__init__(techniques)
+        self.dedup = dedup
 
     def denoiser(self, ctx):
-        backend = ctx.backend
+        backend, dedup = ctx.backend, self.dedup
 
         def one_by_one(queries):
-            return [backend.predict(q.x, torch.full((q.x.shape[0],), q.t), q.cond.value) for q in queries]
+            done: dict = {}
+            out = []
+            for q in queries:
+                if not dedup or q.key not in done:
+                    done[q.key] = backend.predict(q.x, torch.full((q.x.shape[0],), q.t), q.cond.value)
+                out.append(done[q.key])
+            return out
 
-        return compose([t for t in self.techniques if isinstance(t, Combiner)], one_by_one)
+        return compose([t for t in self.techniques if isinstance(t, Combiner)], one_by_one, ctx.eps_channels)
 
 
 def main() -> None:
@@ -39,24 +56,30 @@ def main() -> None:
     args = ap.parse_args()
     backend = MnistBackend(str(small_checkpoint(args.hidden)))
     classes = [i % 10 for i in range(args.num)]
-    cases = {"cfg + 2-view anagram (4 branches)": ["cfg:5", "anagram:6,view=rot180"],
-             "cfg + hybrid (3 distinct branches)": ["cfg:5", "hybrid:1,kernel=9,sigma=2"]}
+    cases = {"cfg + 2-view anagram (4 branches, 4 distinct)": ["cfg:5", "anagram:6,view=rot180"],
+             "cfg + hybrid (4 branches, 3 distinct)": ["cfg:5", "hybrid:1,kernel=9,sigma=2"]}
     print(f"MNIST UNet hidden={args.hidden}, {args.num} samples, {args.steps} steps, {torch.get_num_threads()} threads")
     for name, hooks in cases.items():
         def batched():
             return diffkit.sample(backend, classes=classes, hooks=hooks, steps=args.steps).x
 
-        def naive():
-            run = diffkit.Run(backend, classes=classes, hooks=hooks, steps=args.steps)
-            run.sampler = BranchByBranch(run.techniques)
-            for _ in run.steps():
-                pass
-            return run.result.x
+        def one_by_one(dedup):
+            def run_it():
+                run = diffkit.Run(backend, classes=classes, hooks=hooks, steps=args.steps)
+                run.sampler = OneCallPerBranch(run.techniques, dedup)
+                for _ in run.steps():
+                    pass
+                return run.result.x
+            return run_it
 
-        diff = (batched() - naive()).abs().max().item()
-        t = interleaved({"batched": batched, "branch-by-branch": naive}, args.repeats)
-        print(f"{name}: batched {t['batched'] * 1000:.0f} ms, branch-by-branch {t['branch-by-branch'] * 1000:.0f} ms, "
-              f"ratio batched/branch = {t['batched'] / t['branch-by-branch']:.3f}  (max |diff| {diff:.1e})")
+        sides = {"batched": batched, "per distinct branch": one_by_one(True), "per branch": one_by_one(False)}
+        diff = max((batched() - f()).abs().max().item() for f in sides.values())
+        t = interleaved(sides, args.repeats)
+        print(f"{name}  (max |diff| between the three {diff:.1e})")
+        for k, v in t.items():
+            print(f"  {k:20s} {spread(v)}")
+        print(f"  batching:      batched / per distinct branch = {ratio(t['batched'], t['per distinct branch'])}")
+        print(f"  deduplication: per distinct / per branch     = {ratio(t['per distinct branch'], t['per branch'])}")
 
 
 if __name__ == "__main__":

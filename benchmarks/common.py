@@ -24,14 +24,30 @@ def small_checkpoint(hidden: int = 32) -> Path:
     return folder
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 7) -> dict[str, float]:
-    """Median seconds of each callable, run in turn ``repeats`` times (so drift hits all alike)."""
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 7) -> dict[str, list[float]]:
+    """Seconds of each callable in each of ``repeats`` rounds, after one warm-up call each.
+
+    Every round runs every callable once, in turn, so that drift on a shared machine hits all alike;
+    ratios are then taken round by round (:func:`ratio`).
+    """
     times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
-        fn()  # warm up
+        fn()  # warm-up: first-call allocations, lazy imports, kernel selection
     for _ in range(repeats):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def spread(seconds: list[float], unit: float = 1000.0, suffix: str = "ms") -> str:
+    """``median (min-max, n)`` of a list of timings."""
+    v = [s * unit for s in seconds]
+    return f"{statistics.median(v):8.1f} {suffix} ({min(v):.1f}-{max(v):.1f}, n={len(v)})"
+
+
+def ratio(a: list[float], b: list[float]) -> str:
+    """Median and range of the round-by-round ratios a/b (each round timed both sides back to back)."""
+    r = [x / y for x, y in zip(a, b)]
+    return f"{statistics.median(r):.3f} (range {min(r):.3f}-{max(r):.3f} over {len(r)} rounds)"

@@ -1,15 +1,17 @@
 """MNIST: `diffkit train` against a bare PyTorch loop (same model, batch, data), sampling throughput,
 peak memory, and the CPU setup choices (threads, channels_last, torch.compile, bf16 autocast).
 
-    python benchmarks/mnist.py [--hidden 32] [--images 5120]
+    python benchmarks/mnist.py [--hidden 32] [--images 5120] [--repeats 3]
 
-Each configuration runs in its own subprocess so that its peak RSS is its own.
+Each configuration runs in its own subprocess so that its peak RSS is its own; the configurations
+compared run in turn, ``--repeats`` rounds, and each line gives the median and the range.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,8 +58,7 @@ elif cfg["kind"] == "bare-train":
 else:
     import diffkit
     from diffkit.backends.mnist import MnistBackend
-    b = MnistBackend(cfg["ckpt"])
-    if cfg["channels_last"]: b.model = b.model.to(memory_format=torch.channels_last)
+    b = MnistBackend(cfg["ckpt"], channels_last=cfg["channels_last"])  # the backend's own layout switch
     diffkit.sample(b, classes=list(range(10)), num=1, hooks=["cfg:5"], steps=5)
     t0 = time.perf_counter()
     diffkit.sample(b, classes=list(range(10)), num=cfg["num"] // 10, hooks=["cfg:5"], steps=cfg["steps"])
@@ -73,6 +74,23 @@ def run(cfg: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def rounds(cfgs: dict[str, dict], repeats: int) -> dict[str, list[dict]]:
+    """Every configuration once a round, in turn, ``repeats`` rounds (drift on a shared machine hits all)."""
+    results: dict[str, list[dict]] = {k: [] for k in cfgs}
+    for _ in range(repeats):
+        for name, cfg in cfgs.items():
+            results[name].append(run(cfg))
+    return results
+
+
+def rate(results: list[dict], unit: str) -> str:
+    if any("error" in r for r in results):
+        return "failed: " + next(r["error"] for r in results if "error" in r)[:80]
+    v = [r["per_s"] for r in results]
+    rss = statistics.median(r["peak_rss_mb"] for r in results)
+    return f"{statistics.median(v):7.0f} {unit} ({min(v):.0f}-{max(v):.0f}, n={len(v)})  peak RSS {rss:.0f} MB"
+
+
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from common import small_checkpoint
@@ -80,26 +98,32 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--images", type=int, default=5120)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data", default=str(DATA))
     args = ap.parse_args()
     base = {"hidden": args.hidden, "images": args.images, "data": args.data, "threads": 2, "channels_last": True,
             "compile": False, "bf16": False}
-    print(f"training: class-conditioned DDPM UNet hidden={args.hidden}, batch 128, {args.images} images")
-    ours, bare = run({**base, "kind": "diffkit-train"}), run({**base, "kind": "bare-train"})
-    print(f"  diffkit train   {ours['per_s']:7.0f} img/s  peak RSS {ours['peak_rss_mb']:.0f} MB")
-    print(f"  bare loop       {bare['per_s']:7.0f} img/s  peak RSS {bare['peak_rss_mb']:.0f} MB")
-    print(f"  ratio diffkit/bare = {ours['per_s'] / bare['per_s']:.3f}")
-    print("CPU setup choices (bare loop, img/s):")
-    for name, change in [("2 threads, channels_last (default)", {}), ("1 thread", {"threads": 1}),
-                         ("contiguous (no channels_last)", {"channels_last": False}),
-                         ("bf16 autocast", {"bf16": True}), ("torch.compile", {"compile": True})]:
-        r = run({**base, "kind": "bare-train", **change})
-        print(f"  {name:36s} " + (f"{r['per_s']:7.0f}" if "per_s" in r else f"failed: {r['error'][:80]}"))
+    print(f"training: class-conditioned DDPM UNet hidden={args.hidden}, batch 128, {args.images} images, "
+          f"{args.repeats} rounds")
+    res = rounds({"diffkit": {**base, "kind": "diffkit-train"}, "bare": {**base, "kind": "bare-train"}}, args.repeats)
+    print(f"  diffkit train   {rate(res['diffkit'], 'img/s')}")
+    print(f"  bare loop       {rate(res['bare'], 'img/s')}")
+    r = [a["per_s"] / b["per_s"] for a, b in zip(res["diffkit"], res["bare"])]
+    print(f"  ratio diffkit/bare = {statistics.median(r):.3f} (range {min(r):.3f}-{max(r):.3f} over {len(r)} rounds)")
+    print("CPU setup choices (bare loop):")
+    choices = {"2 threads, channels_last (default)": {}, "1 thread": {"threads": 1},
+               "contiguous (no channels_last)": {"channels_last": False}, "bf16 autocast": {"bf16": True},
+               "torch.compile": {"compile": True}}
+    res = rounds({k: {**base, "kind": "bare-train", **v} for k, v in choices.items()}, args.repeats)
+    for name in choices:
+        print(f"  {name:36s} {rate(res[name], 'img/s')}")
     ckpt = str(small_checkpoint(args.hidden))
-    print("sampling (CFG 5, 2 branches, 100 samples x 50 steps):")
-    for name, change in [("channels_last", {}), ("contiguous", {"channels_last": False})]:
-        r = run({**base, "kind": "sample", "ckpt": ckpt, "num": 100, "steps": 50, **change})
-        print(f"  {name:14s} {r['per_s']:7.0f} sample-steps/s  peak RSS {r['peak_rss_mb']:.0f} MB")
+    print("sampling (CFG 5, 2 branches, 100 samples x 50 steps), the backend's layout switched:")
+    sample = {"channels_last": {}, "contiguous": {"channels_last": False}}
+    res = rounds({k: {**base, "kind": "sample", "ckpt": ckpt, "num": 100, "steps": 50, **v} for k, v in sample.items()},
+                 args.repeats)
+    for name in sample:
+        print(f"  {name:14s} {rate(res[name], 'sample-steps/s')}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import diffkit
 from diffkit import schedule
 from diffkit.backends.mnist import MnistBackend
 
-from common import interleaved, small_checkpoint
+from common import interleaved, ratio, small_checkpoint, spread
 
 
 def hand_loop(backend: MnistBackend, classes: list[int], seeds: list[int], timesteps: list[int], g: float) -> torch.Tensor:
@@ -65,8 +65,8 @@ def main() -> None:
     print(f"MNIST UNet hidden={args.hidden}, {args.num} samples x 2 branches, {args.steps} steps, "
           f"{torch.get_num_threads()} threads; max |diffkit - hand| = {diff:.2e}")
     for k, v in t.items():
-        print(f"  {k:14s} {v * 1000:8.1f} ms  ({v / args.steps * 1000:.2f} ms/step)")
-    print(f"ratio diffkit / hand-written = {t['diffkit'] / t['hand-written']:.3f}  (target <= 1.03)")
+        print(f"  {k:14s} {spread(v)}")
+    print(f"ratio diffkit / hand-written = {ratio(t['diffkit'], t['hand-written'])}  (target <= 1.03)")
 
 
 if __name__ == "__main__":

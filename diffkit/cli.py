@@ -346,11 +346,12 @@ def hooks() -> None:
         out.print(f"[bold]{name}[/] ({cls.kind}; backends: {', '.join(cls.backends)})  {cls.help}", highlight=False)
         if cls.params:
             table = Table(show_header=True, box=None, padding=(0, 2))
-            for col in ("parameter", "type", "default", "help"):
+            for col in ("parameter", "type", "default", "range", "help"):
                 table.add_column(col)
             for p in cls.params:
                 default = "required" if p.required else repr(p.default)
-                table.add_row(p.name, p.type_name, default, p.help)
+                span = f"{p.range[0]:g}..{p.range[1]:g}" if p.range else ""
+                table.add_row(p.name, p.type_name, default, span, p.help)
             out.print(table)
     views = plugins.views()
     if views:

@@ -97,6 +97,7 @@ def test_hooks_lists_techniques_with_parameters():
     r = invoke("hooks")
     assert r.exit_code == 0
     assert "cfg" in r.output and "scale" in r.output and "float" in r.output and "7.0" in r.output
+    assert "-100..100" in r.output  # the declared range
 
 
 def test_backends_lists_backends_with_options():

@@ -321,3 +321,11 @@ def test_inpaint_and_repaint_equal_the_reference_loop_on_both_stages(tiny_if, st
         image = load_at(folder / "photo.png", stage.size, 3) * 2 - 1
         mask = (load_at(folder / "mask.png", stage.size, 1) > 0.5).float()
         check(x_diffkit, inpaint_ref(stage, image, mask, resample, jump, up))
+
+
+def test_sdedit_in_a_two_stage_run_leaves_stage_ii_a_plain_super_resolution(tiny_if, stages, photo):
+    """SDEdit edits the first stage; stage II refines that result like any other (no image is re-noised)."""
+    _, s2 = stages
+    folder, _ = photo
+    res = run_diffkit(tiny_if, ["cfg:7", f"sdedit:image={folder / 'photo.png'},strength=0.5"])
+    check(res.x, s2.loop(mean, [(PROMPT, "identity")], torch.Generator().manual_seed(SEED), upscaled=res.stage_x[0]))

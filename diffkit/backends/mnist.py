@@ -32,10 +32,13 @@ class MnistBackend:
     name = "mnist"
     sample_shape = (1, 28, 28)
 
-    def __init__(self, checkpoint_path: str | None = None, device: str = "cpu", stride: int = 1):
+    def __init__(self, checkpoint_path: str | None = None, device: str = "cpu", stride: int = 1,
+                 channels_last: bool = True):
         self.model, self.config = checkpoint.load_model(checkpoint_path, device)
-        # channels_last: 631 vs 457 sample-steps/s on the CPU (benchmarks/mnist.py)
-        self.model = self.model.to(memory_format=torch.channels_last)
+        # channels_last: faster convolutions on the CPU (benchmarks/mnist.py measures both layouts)
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         if self.config.get("objective") != "ddpm":
             raise BackendError(f"checkpoint {checkpoint.resolve(checkpoint_path)} is a one-step denoiser, "
                                "not a DDPM: use it with `diffkit denoise`, or pick a ddpm checkpoint")
@@ -68,7 +71,8 @@ class MnistBackend:
         return x
 
     def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x, (t.to(x.dtype) / self.T)[:, None], cond).contiguous()
 
     def to_image(self, x: Tensor) -> Tensor:
