@@ -305,7 +305,7 @@ def load_at(path, size, channels):
     return io.load_image(path, (size, size), channels)[None]
 
 
-@pytest.mark.parametrize("resample,jump", [(1, 1), (3, 2)])
+@pytest.mark.parametrize("resample,jump", [(1, 1), (2, 3), (3, 2)])
 def test_inpaint_and_repaint_equal_the_reference_loop_on_both_stages(tiny_if, stages, photo, counting, resample,
                                                                      jump):
     s1, s2 = stages
