@@ -51,6 +51,8 @@ MUTATIONS = [
      "for _ in range(r - 1):", "for _ in range(0):", [REF]),
     ("RePaint skips resample=2 (cosmic-ray found this one)", "plugins/inpaint.py",
      "if r == 1 or step.t_next < 0", "if r <= 2 or step.t_next < 0", [REF]),
+    ("RePaint does not resample the step into t=0 (cosmic-ray found this one)", "plugins/inpaint.py",
+     "or step.t_next < 0 or", "or step.t_next <= 0 or", [REF]),
     ("RePaint goes back one step too few", "plugins/inpaint.py",
      "lo = max(ctx.i_start, step.i + 1 - j)", "lo = max(ctx.i_start, step.i + 2 - j)", [REF]),
     ("inpaint pastes the original without noise", "plugins/inpaint.py",
