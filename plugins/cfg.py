@@ -1,4 +1,6 @@
-"""Classifier-free guidance (Ho & Salimans 2022)."""
+"""Classifier-free guidance (Ho & Salimans 2022), optionally only in an interval of noise levels
+(Kynkaanniemi et al. 2024, "Applying guidance in a limited interval improves sample and distribution
+quality")."""
 
 from __future__ import annotations
 
@@ -16,18 +18,32 @@ def guide(eps_u: Tensor, eps_c: Tensor, scale: float) -> Tensor:
 
 class CFG(Combiner):
     name = "cfg"
+    help = ("Classifier-free guidance: eps_u + scale (eps_c - eps_u); keeps the conditional variance. With lo/hi, "
+            "only while lo <= t/T <= hi: elsewhere the conditional estimate alone, and no unconditional call.")
+    params = (
+        Param("scale", float, 7.0, "guidance scale g (1: no guidance, 0: unconditional)", range=(-100.0, 100.0)),
+        Param("lo", float, 0.0, "guide only from this fraction t/T of the noise schedule up", range=(0.0, 1.0)),
+        Param("hi", float, 1.0, "guide only up to this fraction t/T of the noise schedule", range=(0.0, 1.0)),
+    )
     extra_channels = "first"  # the conditional branch's variance, as diffusers' IF pipelines keep it
-    help = "Classifier-free guidance: eps_u + scale (eps_c - eps_u); keeps the conditional variance."
-    params = (Param("scale", float, 7.0, "guidance scale g (1: no guidance, 0: unconditional)", range=(-100.0, 100.0)),)
+
+    def __init__(self, **args):
+        super().__init__(**{"lo": 0.0, "hi": 1.0, **args})
+        lo, hi = self.args["lo"], self.args["hi"]
+        if lo > hi:
+            raise ValueError(f"the guidance interval lo={lo:g}..hi={hi:g} is empty: give lo <= hi")
 
     def setup(self, ctx: Context) -> None:
         if not ctx.backend.conditional:
             raise ValueError(f"backend {ctx.backend.name!r} is unconditional: there is nothing to guide")
         self.null = ctx.null
+        T = len(ctx.alphas_cumprod)
+        self.t_lo, self.t_hi = self.args["lo"] * T, self.args["hi"] * T
 
     def expand(self, query: Query) -> list[Query]:
-        # Scale 1 is the conditional estimate, and an unconditional query guides to itself.
-        if self.args["scale"] == 1 or query.cond.is_null:
+        # Scale 1 is the conditional estimate, an unconditional query guides to itself, and outside the
+        # interval the step costs one branch, not two.
+        if self.args["scale"] == 1 or query.cond.is_null or not self.t_lo <= query.t <= self.t_hi:
             return [query]
         return [query, query.with_cond(self.null)]
 

@@ -17,6 +17,7 @@ class Ctx:
     def __init__(self, channels):
         self.null = Cond((None,), torch.zeros(1, 1))
         self.eps_channels = channels
+        self.alphas_cumprod = torch.linspace(1, 0, 1000)
 
         class B:
             conditional = True

@@ -26,7 +26,7 @@ def test_sample_writes_pngs_grid_and_run_json(tmp_path):
     meta = json.loads((out / "run.json").read_text())
     assert [s["seed"] for s in meta["samples"]] == [7, 8, 9, 10]
     assert [s["label"] for s in meta["samples"]] == ["0", "0", "1", "1"]
-    assert meta["hooks"] == [{"name": "cfg", "args": {"scale": 3.0}}]
+    assert meta["hooks"] == [{"name": "cfg", "args": {"scale": 3.0, "lo": 0.0, "hi": 1.0}}]
     assert meta["timesteps"][0][0] == 270 and len(meta["timesteps"][0]) == 10
     assert {"torch", "diffusers", "python"} <= set(meta["versions"])
     for s in meta["samples"]:
@@ -66,7 +66,7 @@ def test_save_every_writes_frames_and_gif(tmp_path):
     (["--backend", "nope"], 2, f"unknown backend 'nope'; available: {', '.join(sorted(plugins.backends()))}"),
     (["-b", "gaussian", "--hook", "zzz"], 2, "unknown hook 'zzz'; available:"),
     (["-b", "gaussian", "--hook", "cfg:scale=abc"], 2, "hook 'cfg': parameter 'scale' expects float"),
-    (["-b", "gaussian", "--hook", "cfg:1,2"], 2, "too many positional"),
+    (["-b", "gaussian", "--hook", "cfg:1,0,1,2"], 2, "too many positional"),
     (["-b", "gaussian", "--class", "5"], 2, "class '5' is not in 0..1"),
     (["-b", "gaussian", "--checkpoint", "x"], 2, "takes no option checkpoint"),
     (["-b", "mnist", "--checkpoint", "/nonexistent/ckpt"], 2, "no MNIST checkpoint at /nonexistent/ckpt"),

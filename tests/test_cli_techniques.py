@@ -110,7 +110,7 @@ def test_sweep_keeps_save_every_and_every_other_option(tmp_path, tiny_mnist_ckpt
     for v in ("1", "3"):
         assert len(list((out / f"scale-{v}" / "frames").iterdir())) == 4 and (out / f"scale-{v}" / "trajectory.gif").exists()
     meta = json.loads((out / "scale-3" / "run.json").read_text())
-    assert meta["hooks"] == [{"name": "cfg", "args": {"scale": 3.0}}] and len(meta["timesteps"][0]) == 8
+    assert meta["hooks"] == [{"name": "cfg", "args": {"scale": 3.0, "lo": 0.0, "hi": 1.0}}] and len(meta["timesteps"][0]) == 8
 
 
 def test_sweep_of_unknown_parameter_is_refused(tmp_path, tiny_mnist_ckpt):

@@ -253,3 +253,24 @@ def test_hybrid_takes_the_low_frequencies_of_the_first_prompt_and_the_high_of_th
     out = tech.reduce(None, [e1, e2])
     expected = 3.0 + 4.0 * checker + r * (0.5 * checker - 4.0 * checker)  # low(e1) + high(e2)
     assert torch.allclose(out, expected, atol=1e-12) and r < 0.01
+
+
+def test_cfg_interval_guides_only_inside_and_makes_no_unconditional_call_outside(counting):
+    """stride 30 on T=300 visits t = 270, 240, ..., 0; lo=0.5 guides t >= 150: 5 steps of 2 branches, 5 of 1."""
+    b = counting(GaussianBackend(stride=30))
+    half = diffkit.sample(b, classes=[0, 1], num=1, seed=2, hooks=["cfg:3,lo=0.5"]).x
+    assert b.calls == [4] * 5 + [2] * 5
+    g = GaussianBackend(stride=30)
+    assert torch.equal(diffkit.sample(g, classes=[0, 1], seed=2, hooks=["cfg:3,lo=0,hi=1"]).x,
+                       diffkit.sample(g, classes=[0, 1], seed=2, hooks=["cfg:3"]).x)  # the whole schedule
+    nowhere = diffkit.sample(g, classes=[0, 1], seed=2, hooks=["cfg:3,lo=0.95"]).x  # t >= 285: no step
+    assert torch.equal(nowhere, diffkit.sample(g, classes=[0, 1], seed=2).x)
+    everywhere = diffkit.sample(g, classes=[0, 1], seed=2, hooks=["cfg:3"]).x
+    assert not torch.equal(half, everywhere) and not torch.equal(half, nowhere)
+
+
+def test_an_empty_cfg_interval_is_refused():
+    from diffkit.spec import SpecError
+
+    with pytest.raises(SpecError, match=r"hook 'cfg': the guidance interval lo=0.7..hi=0.2 is empty"):
+        plugins.make_technique("cfg:3,lo=0.7,hi=0.2")

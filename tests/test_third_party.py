@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "diffkit-interval-guidance"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "diffkit-negative-prompt"
 BIN = Path(sys.executable).parent
 
 
@@ -44,33 +44,37 @@ def diffkit(*args, env=None, site=None):
 
 
 def test_example_plugin_is_listed_and_runs(installed, tmp_path):
-    assert "interval_cfg" not in diffkit("hooks").stdout  # not installed in the test environment itself
+    assert "negative" not in diffkit("hooks").stdout  # not installed in the test environment itself
     r = diffkit("hooks", site=installed)
-    assert r.returncode == 0 and "interval_cfg" in r.stdout and "t_min" in r.stdout
+    assert r.returncode == 0 and "negative" in r.stdout and "avoid" in r.stdout
     out = tmp_path / "o"
-    r = diffkit("sample", "-b", "gaussian", "-c", "0,1", "--stride", "30", "--hook", "interval_cfg:4,t_min=100,t_max=500",
+    r = diffkit("sample", "-b", "gaussian", "-c", "0,1", "--stride", "30", "--hook", "negative:1,scale=4",
                 "--out", out, site=installed)
     assert r.returncode == 0, r.stderr
     meta = json.loads((out / "run.json").read_text())
-    assert meta["hooks"] == [{"name": "interval_cfg", "args": {"scale": 4.0, "t_min": 100, "t_max": 500}}]
+    assert meta["hooks"] == [{"name": "negative", "args": {"prompt": "1", "scale": 4.0}}]
 
 
 def test_autoload_switch_keeps_third_party_plugins_out(installed):
     r = diffkit("hooks", env={"DIFFKIT_DISABLE_PLUGIN_AUTOLOAD": "1"}, site=installed)
-    assert r.returncode == 0 and "interval_cfg" not in r.stdout and "anagram" in r.stdout
+    assert r.returncode == 0 and "negative" not in r.stdout and "anagram" in r.stdout
 
 
-def test_interval_guidance_matches_cfg_inside_and_conditional_outside(installed):
+def test_negative_prompt_moves_samples_away_from_the_negative_class():
+    """Exact Gaussian backend (class means 0.3 and 0.7): scale 1, or the sample's own class as the negative,
+    is plain sampling; class 0 guided away from class 1 lands below class 0's plain samples."""
     import torch
 
     import diffkit as dk
     from diffkit.backends.gaussian import GaussianBackend
 
     sys.path.insert(0, str(EXAMPLE))
-    from diffkit_interval import IntervalGuidance
+    from diffkit_negative import Negative
 
     b = GaussianBackend(stride=30)
-    everywhere = dk.sample(b, classes=[0], hooks=[IntervalGuidance(scale=3.0, t_min=0, t_max=10**9)], seed=1).x
-    assert torch.equal(everywhere, dk.sample(b, classes=[0], hooks=["cfg:3"], seed=1).x)
-    nowhere = dk.sample(b, classes=[0], hooks=[IntervalGuidance(scale=3.0, t_min=2000, t_max=3000)], seed=1).x
-    assert torch.equal(nowhere, dk.sample(b, classes=[0], seed=1).x)
+    plain = dk.sample(b, classes=[0], num=64, seed=1).x
+    assert torch.equal(dk.sample(b, classes=[0], num=64, seed=1, hooks=[Negative(prompt="1", scale=1.0)]).x, plain)
+    assert torch.allclose(dk.sample(b, classes=[0], num=64, seed=1, hooks=[Negative(prompt="0", scale=3.0)]).x,
+                          plain, atol=1e-12)
+    away = dk.sample(b, classes=[0], num=64, seed=1, hooks=[Negative(prompt="1", scale=3.0)]).x
+    assert away.mean() < plain.mean() - 0.05
