@@ -430,7 +430,10 @@ def eval_mnist(
     checkpoint: Optional[str] = typer.Option(None, help="Class-conditioned DDPM (default: the shipped model)."),
     classifier: Optional[Path] = typer.Option(None, help="Classifier folder (default: the shipped one)."),
     num: int = Int(50, lo=1, hi=10_000, help="Samples per class."),
-    cfg: float = Float(5.0, lo=-100.0, hi=100.0, help="CFG scale of the samples."),
+    cfg: float = Float(5.0, lo=-100.0, hi=100.0, help="CFG scale of the samples (when no --hook is given)."),
+    hook: Optional[list[str]] = typer.Option(None, "--hook", "-H", help="Techniques to sample with, as in "
+                                             "`diffkit sample` (repeatable; replaces --cfg)."),
+    steps: Optional[int] = Int(None, lo=1, hi=300, help="Number of evenly strided steps (instead of --stride)."),
     stride: int = Int(1, lo=1, hi=299, help="Timestep stride of the sampling."),
     seed: int = Int(0, lo=0, hi=SEED_MAX, help="Seed of the first sample."),
     data: Optional[Path] = typer.Option(None, help="MNIST folder (real test digits for the Frechet distance)."),
@@ -444,23 +447,28 @@ def eval_mnist(
     from diffkit import io
     from diffkit.mnist import data as mnist
     from diffkit.mnist.checkpoint import CheckpointError
-    from diffkit.mnist.evaluate import evaluate, load_classifier
+    from diffkit.mnist.evaluate import evaluate, load_classifier, real_floor
 
     try:
         clf = load_classifier(classifier)
         real, _ = mnist.load("test", data)
+        train_x, _ = mnist.load("train", data)
     except (CheckpointError, mnist.MnistNotFound) as e:
         fail(str(e), 2)
-    run = _make_run("mnist", {"classes": list(range(10))}, [f"cfg:{cfg}"], seed, num, None, stride, None, 0, 0,
-                    None, {"checkpoint": checkpoint})
+    hooks = list(hook) if hook else [f"cfg:{cfg}"]
+    run = _make_run("mnist", {"classes": list(range(10))}, hooks, seed, num, steps, None if steps else stride, None,
+                    0, 0, None, {"checkpoint": checkpoint})
     _execute(run)
     labels = torch.tensor([int(c) for c in run.result.labels])
     report = evaluate(run.result.images, labels, clf, real)
-    report.update({"checkpoint": run.result.meta["checkpoint"], "num_per_class": num, "cfg": cfg, "stride": stride,
-                   "seed": seed})
+    floor = real_floor(clf, train_x, len(labels), real, seed)
+    report.update({"real_data_floor": floor, "times_floor": report["frechet_distance"] / floor,
+                   "checkpoint": run.result.meta["checkpoint"], "num_per_class": num, "hooks": hooks,
+                   "timesteps": len(run.timesteps), "seed": seed})
     if out:
         io.write_json(out, report)
-    console.print(f"accuracy {report['accuracy']:.4f}  frechet distance {report['frechet_distance']:.2f}")
+    console.print(f"accuracy {report['accuracy']:.4f}  frechet distance {report['frechet_distance']:.2f} "
+                  f"({report['times_floor']:.1f}x the {floor:.2f} of {len(labels)} real training digits)")
     print(json.dumps(report, indent=2))
 
 

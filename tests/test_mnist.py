@@ -278,3 +278,15 @@ def test_eval_cli_reports_the_known_accuracy_of_real_digits(mnist_dir, tmp_path,
     assert rep["per_class_accuracy"] == {str(k): pytest.approx(right[labels == k].float().mean().item())
                                          for k in range(10)}
     assert (rep["accuracy"] > 0.9) if shift == 0 else (rep["accuracy"] < 0.1)
+    # Real digits against real digits: their distance is about the floor's (50 real training digits).
+    assert rep["real_data_floor"] > 0 and 0.5 < rep["times_floor"] < 2.0, rep["times_floor"]
+
+
+def test_eval_cli_passes_hooks_and_steps_through_and_reports_the_floor(tiny_mnist_ckpt, mnist_dir, tmp_path):
+    r = runner.invoke(app, ["eval", "mnist", "--checkpoint", str(tiny_mnist_ckpt), "--num", "1", "--steps", "3",
+                            "--hook", "cfg:2,lo=0.5", "--data", str(mnist_dir), "--out", str(tmp_path / "e.json")])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "e.json").read_text())
+    assert rep["hooks"] == ["cfg:2,lo=0.5"] and rep["timesteps"] == 3
+    assert rep["times_floor"] == pytest.approx(rep["frechet_distance"] / rep["real_data_floor"])
+    assert "x the" in " ".join(r.output.split())

@@ -85,6 +85,13 @@ def frechet_distance(f1: Tensor, f2: Tensor) -> float:
     return float((mu1 - mu2).pow(2).sum() + s1.trace() + s2.trace() - 2 * cross)
 
 
+def real_floor(classifier: Classifier, train: Tensor, n: int, real: Tensor, seed: int = 0) -> float:
+    """FD of ``n`` real training digits (a seeded random choice) to ``real``: what the same number of
+    samples would score if they were as good as real data (the yardstick's floor, not zero at finite n)."""
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
+    return frechet_distance(features(classifier, train[pick]), features(classifier, real))
+
+
 def evaluate(samples: Tensor, labels: Tensor, classifier: Classifier, real: Tensor) -> dict[str, float]:
     """Accuracy of ``samples`` ``[N x 1 x 28 x 28]`` as ``labels``, and FD to ``real`` digits in feature space."""
     with torch.inference_mode():
