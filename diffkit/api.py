@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from diffkit import interrupt, io, plugins, schedule
+from diffkit import io, plugins, schedule
 from diffkit.backends.base import Backend, BackendError, check_device
 from diffkit.sampler import Sampler
 from diffkit.state import Context, StepState

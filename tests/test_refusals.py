@@ -7,7 +7,6 @@ added later is covered without touching this file.
 from __future__ import annotations
 
 import math
-import os
 import re
 import tempfile
 from pathlib import Path

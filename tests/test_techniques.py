@@ -12,7 +12,7 @@ from diffkit import plugins, schedule
 from diffkit.backends.gaussian import GaussianBackend
 from diffkit.denoise import compose
 from diffkit.hookspecs import hookimpl
-from diffkit.state import Context, Query
+from diffkit.state import Query
 from diffkit.technique import Observer
 
 VIEWS = sorted(plugins.views())
