@@ -216,8 +216,9 @@ def test_a_branch_naming_an_unregistered_view_or_dropping_the_query_s_views_is_a
     q = Query(torch.randn(1, 3, 4, 4), 5, Cond(("a",), None), ("flip_v",))
     with pytest.raises(PluginError, match="names view 'mystery', which no plugin declares"):
         wrap(Odd(("flip_v", "mystery")), six, 3)([q])
-    with pytest.raises(PluginError, match="expand must keep the query's views"):
-        wrap(Odd(("flip_h",)), six, 3)([q])
+    for dropped in (("flip_h",), ("identity",), ("rot90",), ()):  # before and after flip_v in any order
+        with pytest.raises(PluginError, match="expand must keep the query's views"):
+            wrap(Odd(dropped), six, 3)([q])
     (est,) = wrap(Odd(("flip_v", "flip_h")), six, 3)([q])  # a registered view: its extras come back unflipped
     assert torch.equal(est[:, 3:], q.x)
 
