@@ -55,16 +55,21 @@ def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
         raise ValueError(f"{name} must be an integer in {lo}..{'' if hi is None else hi}, got {value!r}")
 
 
+def check_timesteps(name: str, ts: Sequence[int], T: int | None = None) -> None:
+    """Refuse anything but strictly decreasing integers >= 0 (and below ``T`` once the schedule is known)."""
+    if (not len(ts) or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in ts)
+            or any(a <= b for a, b in zip(ts, ts[1:])) or (T is not None and ts[0] >= T)):
+        span = "integers >= 0" if T is None else f"within 0..{T - 1}"
+        raise ValueError(f"{name} must be strictly decreasing {span}, got {list(ts)}")
+
+
 def timesteps_for(backend: Backend, steps: int | None = None, stride: int | None = None,
                   timesteps: Sequence[int] | None = None) -> list[int]:
     """Explicit ``timesteps``, else ``steps`` evenly strided ones ending at 0, else ``stride``, else the backend's."""
     T = len(backend.alphas_cumprod)
     if timesteps:
-        ts = list(timesteps)
-        if any(isinstance(t, bool) or not isinstance(t, int) for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])) \
-                or ts[0] >= T or ts[-1] < 0:
-            raise ValueError(f"timesteps must be strictly decreasing within 0..{T - 1}, got {ts}")
-        return ts
+        check_timesteps("timesteps", timesteps, T)
+        return list(timesteps)
     if steps:
         if not 1 <= steps <= T:
             raise ValueError(f"steps must be in 1..{T}, got {steps}")
@@ -109,9 +114,8 @@ class Run:
         check_int("i_start", i_start, 0)
         check_int("save_every", save_every, 0)
         for name, ts in (("timesteps", timesteps), ("timesteps2", timesteps2)):
-            if ts is not None and (not len(ts) or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in ts)
-                                   or any(a <= b for a, b in zip(ts, ts[1:]))):
-                raise ValueError(f"{name} must be strictly decreasing integers >= 0, got {list(ts)}")
+            if ts is not None:
+                check_timesteps(name, ts)
         if prompts and classes:
             raise ValueError("give prompts or classes, not both")
         base = list(prompts or classes or [None])

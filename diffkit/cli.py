@@ -238,8 +238,8 @@ def _publish(write, out: Path) -> None:
     """Write the outputs; a signal during the final renames is answered once they are all in place."""
     try:
         write()
-    except interrupt.Interrupted:
-        if any(out.glob("run.json")) or any(out.glob("sweep.png")):
+    except interrupt.Interrupted as e:
+        if e.committed:
             _on_interrupt[0] = f"the run had finished; its outputs are complete in {out}"
         raise
     except OSError as e:
@@ -309,7 +309,7 @@ def _make_run(backend, labels, hooks, seed, num, steps, stride, timesteps, i_sta
                    timesteps2=_ints(timesteps2, "--timesteps2") or None, i_start=i_start, save_every=save_every,
                    max_batch=max_batch, backend_options=options, **labels)
     except (UnknownName, SpecError, BackendError, CheckpointError, ValueError) as e:
-        fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e), 2)
+        fail(str(e), 2)
     except PluginError as e:
         fail(str(e), 1)
 

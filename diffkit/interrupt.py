@@ -21,6 +21,7 @@ class Interrupted(BaseException):
 
     def __init__(self, signum: int):
         self.signum = signum
+        self.committed = False  # set by io.staged_dir when the signal was held until its outputs were in
         super().__init__(signal.Signals(signum).name)
 
     @property

@@ -49,16 +49,20 @@ def staged_dir(out: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
-        with interrupt.deferred():
-            if not out.exists():
-                os.replace(tmp, out)
-            else:
-                for name in sorted(os.listdir(tmp)):
-                    dst = out / name
-                    if dst.is_dir() and not dst.is_symlink():
-                        shutil.rmtree(dst)
-                    os.replace(tmp / name, dst)
-            done = True
+        try:
+            with interrupt.deferred():
+                if not out.exists():
+                    os.replace(tmp, out)
+                else:
+                    for name in sorted(os.listdir(tmp)):
+                        dst = out / name
+                        if dst.is_dir() and not dst.is_symlink():
+                            shutil.rmtree(dst)
+                        os.replace(tmp / name, dst)
+                done = True
+        except interrupt.Interrupted as e:
+            e.committed = done
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if not done and made is not None:

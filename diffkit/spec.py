@@ -67,8 +67,6 @@ def bind(cls: type[Technique], args: list[tuple[str | None, str]]) -> dict[str, 
     """Match parsed args to the technique's params, converting types; errors name hook and parameter."""
     params = {p.name: p for p in cls.params}
     out: dict[str, Any] = {}
-    positional = [p for p in cls.params]
-    pos = 0
 
     def put(p: Param, text: str) -> None:
         try:
@@ -86,20 +84,13 @@ def bind(cls: type[Technique], args: list[tuple[str | None, str]]) -> dict[str, 
         else:
             out[p.name] = value
 
-    for key, text in args:
+    for key, text in keyed(cls, args):
         if key is None:
-            while pos < len(positional) and positional[pos].name in out and not positional[pos].multiple:
-                pos += 1
-            if pos >= len(positional):
-                raise SpecError(f"hook {cls.name!r}: too many positional arguments at {text!r} "
-                                f"(parameters: {', '.join(params) or 'none'})")
-            put(positional[pos], text)
-            if not positional[pos].multiple:
-                pos += 1
-        else:
-            if key not in params:
-                raise SpecError(f"hook {cls.name!r}: unknown parameter {key!r} (parameters: {', '.join(params) or 'none'})")
-            put(params[key], text)
+            raise SpecError(f"hook {cls.name!r}: too many positional arguments at {text!r} "
+                            f"(parameters: {', '.join(params) or 'none'})")
+        if key not in params:
+            raise SpecError(f"hook {cls.name!r}: unknown parameter {key!r} (parameters: {', '.join(params) or 'none'})")
+        put(params[key], text)
     for p in cls.params:
         if p.name not in out:
             if p.required:
@@ -109,7 +100,8 @@ def bind(cls: type[Technique], args: list[tuple[str | None, str]]) -> dict[str, 
 
 
 def keyed(cls: type[Technique], args: list[tuple[str | None, str]]) -> list[tuple[str | None, str]]:
-    """Name the positional args as :func:`bind` would (``cfg:3`` -> ``cfg:scale=3``); extras stay unnamed."""
+    """Name the positional args (``cfg:3`` -> ``cfg:scale=3``): each fills the next parameter not yet given
+    (a ``multiple`` one keeps taking them). Positional args beyond the last parameter stay unnamed."""
     positional, pos, seen, out = list(cls.params), 0, set(), []
     for key, text in args:
         if key is None:

@@ -41,6 +41,14 @@ def save(folder: Path, model: torch.nn.Module, config: dict[str, Any], state: di
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def load_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; anything else (a pickle included) is refused, read as data, never run."""
+    try:
+        return load_file(path, device=device)
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a safetensors file ({e})") from None
+
+
 def load_state(folder: Path) -> dict[str, Any]:
     """The training state saved beside the weights (optimizer, epoch, losses, options).
 
@@ -94,9 +102,5 @@ def load_model(folder: str | Path | None, device: str = "cpu") -> tuple[UNet, di
     if not (folder / "model.safetensors").is_file():
         raise CheckpointError(f"checkpoint {folder} has config.json but no model.safetensors")
     model = UNet(config["hidden"], config["conditioning"])
-    try:
-        weights = load_file(folder / "model.safetensors", device=device)
-    except Exception as e:  # a pickle or anything else that is not safetensors: read as data, never run
-        raise CheckpointError(f"{folder / 'model.safetensors'} is not a safetensors file ({e})") from None
-    model.load_state_dict(weights)
+    model.load_state_dict(load_weights(folder / "model.safetensors", device))
     return model.to(device).eval(), config

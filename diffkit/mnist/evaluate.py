@@ -50,17 +50,11 @@ def save_classifier(folder: Path, model: Classifier, config: dict) -> None:
 
 
 def load_classifier(folder: str | Path | None = None) -> Classifier:
-    from safetensors.torch import load_file
-
     folder = Path(folder) if folder else SHIPPED_CLASSIFIER
     if not (folder / "model.safetensors").is_file():
         raise checkpoint.CheckpointError(f"no MNIST classifier at {folder} (train one with `diffkit train classifier`)")
     model = Classifier()
-    try:
-        weights = load_file(folder / "model.safetensors")
-    except Exception as e:  # read as data, never unpickled
-        raise checkpoint.CheckpointError(f"{folder / 'model.safetensors'} is not a safetensors file ({e})") from None
-    model.load_state_dict(weights)
+    model.load_state_dict(checkpoint.load_weights(folder / "model.safetensors"))
     return model.eval()
 
 
