@@ -20,6 +20,7 @@ from torch import Tensor
 
 from diffkit import io, plugins, schedule
 from diffkit.backends.base import Backend, BackendError, check_device
+from diffkit.rules import RuleError, Stepper, StepRule
 from diffkit.sampler import Sampler
 from diffkit.state import Context, StepState
 from diffkit.technique import Technique
@@ -104,7 +105,7 @@ class Run:
                  timesteps: Sequence[int] | None = None, timesteps2: Sequence[int] | None = None,
                  i_start: int = 0, save_every: int = 0,
                  max_batch: int | None = None, backend_options: dict[str, Any] | None = None,
-                 stages: int | None = None):
+                 stages: int | None = None, sampler: str | StepRule | None = None):
         # Everything that can be checked without the model is checked before it loads.
         check_int("seed", seed, 0, 2**63 - 1)
         check_int("num", num, 1)
@@ -123,18 +124,21 @@ class Run:
         self.seeds = [seed + i for i in range(len(self.labels))]
         check_int("seed + number of samples", self.seeds[-1], 0, 2**63 - 1)
         self.techniques = [plugins.make_technique(h) if isinstance(h, str) else h for h in hooks]
+        self.rule = sampler if isinstance(sampler, StepRule) else plugins.make_sampler(sampler)
         self.backend_options = {k: v for k, v in (backend_options or {}).items() if v is not None}
         self.backend = load_backend(backend, **self.backend_options) if isinstance(backend, str) else backend
         for tech in self.techniques:
             if not tech.supports(self.backend.name):
                 raise ValueError(f"hook {tech.name!r} does not support backend {self.backend.name!r} "
                                  f"(it supports: {', '.join(tech.backends)})")
-        self.timesteps = timesteps_for(self.backend, steps, stride, timesteps)
+        self.stride, self._timesteps_arg = stride, timesteps
+        stepper = self.plan(self.backend, steps, timesteps)
+        self.timesteps = stepper.timesteps
         if not 0 <= i_start < len(self.timesteps):
             raise ValueError(f"i_start must be in 0..{len(self.timesteps) - 1}, got {i_start}")
         self.i_start = i_start
         self.timesteps2 = list(timesteps2) if timesteps2 else None
-        self.n_steps, self.stride = steps, stride  # later stages use the same rule unless timesteps2 is given
+        self.n_steps = steps  # later stages use the same rule and steps unless timesteps2 is given
         self.save_every = save_every
         self.stages = stages  # stop after this many stages (None: as many as the backend chains)
         # Encode now, so a label the backend cannot take fails before any work.
@@ -144,26 +148,39 @@ class Run:
         self.result: Result | None = None
         self.stage_timesteps: list[list[int]] = []
         # Techniques set up now (prompts encoded, images read), so their bad input also fails before any work.
-        self._ctx0 = self.context(self.backend, 0, self.timesteps, self.i_start)
+        self._ctx0 = self.context(self.backend, 0, stepper, self.i_start)
         self.sampler.setup(self._ctx0)
 
-    def context(self, backend: Backend, stage: int, timesteps: list[int], i_start: int) -> Context:
+    def plan(self, backend: Backend, steps: int | None, timesteps: Sequence[int] | None) -> Stepper:
+        """The sampler's walk for one stage; what it cannot do is a ValueError naming it."""
+        try:
+            return self.rule.plan(backend, steps, timesteps, self.stride)
+        except RuleError:
+            raise
+        except ValueError as e:
+            raise RuleError(f"sampler {self.rule.name!r}: {e}") from None
+
+    def context(self, backend: Backend, stage: int, stepper: Stepper, i_start: int) -> Context:
         cond, null = self._conds if backend is self.backend else (
             Context.make_cond(backend, self.labels), Context.make_cond(backend, [None] * len(self.labels)))
         return Context(
-            backend=backend, timesteps=timesteps, labels=self.labels, seeds=self.seeds, cond=cond, null=null,
-            generators=[torch.Generator().manual_seed(s) for s in self.seeds], stage=stage, i_start=i_start,
-            size_factor=backend.sample_shape[-1] / self.backend.sample_shape[-1])
+            backend=backend, timesteps=stepper.timesteps, labels=self.labels, seeds=self.seeds, cond=cond,
+            null=null, generators=[torch.Generator().manual_seed(s) for s in self.seeds], stage=stage,
+            i_start=i_start, size_factor=backend.sample_shape[-1] / self.backend.sample_shape[-1], stepper=stepper)
 
     def steps(self) -> Iterator[StepState]:
         """Yield every step of every stage; afterwards :attr:`result` holds the images."""
         backend, stage, stage_images, stage_x, frames = self.backend, 0, [], [], []
-        timesteps, i_start = self.timesteps, self.i_start
+        self.stage_timesteps = []
+        stepper, i_start = None, self.i_start
         while backend is not None:
-            ctx = self._ctx0 if stage == 0 and self._ctx0 is not None else self.context(backend, stage, timesteps,
-                                                                                        i_start)
+            if stage == 0 and self._ctx0 is not None:
+                ctx = self._ctx0
+            else:
+                stepper = stepper or self.plan(backend, self.n_steps, self._timesteps_arg)
+                ctx = self.context(backend, stage, stepper, i_start)
             self._ctx0 = None  # its generators are being used: a second steps() starts afresh
-            self.stage_timesteps.append(timesteps)
+            self.stage_timesteps.append(ctx.timesteps)
             run = self.sampler.run(ctx)
             while True:
                 try:
@@ -181,10 +198,13 @@ class Run:
             stage += 1
             backend = None if self.stages and stage >= self.stages else backend.next_stage(x, self.labels)
             if backend is not None:
-                timesteps = timesteps_for(backend, self.n_steps, self.stride, self.timesteps2)
-                i_start = 0
+                stepper, i_start = self.plan(backend, self.n_steps, self.timesteps2), 0
         self.result = Result(stage_images[-1], self.labels, self.seeds, self.meta(), final, stage_images, stage_x,
                              frames)
+
+    def model_calls_per_sample(self) -> float:
+        """Images the model has seen per sample so far, every branch counted (CFG: 2 an evaluation)."""
+        return self.sampler.stats.get("rows", 0) / len(self.labels)
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -192,6 +212,7 @@ class Run:
             "backend_options": self.backend_options,
             "checkpoint": getattr(self.backend, "checkpoint", None),
             "hooks": [{"name": t.name, "args": t.args} for t in self.techniques],
+            "sampler": self.rule.spec,
             "timesteps": self.stage_timesteps,
             "i_start": self.i_start,
             "versions": versions(),

@@ -193,9 +193,13 @@ def sample(
     hook: Optional[list[str]] = typer.Option(None, "--hook", "-H", help="Technique spec name:ARGS (repeatable; first is outermost)."),
     seed: int = Int(0, lo=0, hi=SEED_MAX, help="Seed of the first sample; sample i uses seed + i."),
     num: int = Int(1, "--num", "-n", lo=1, hi=100_000, help="Samples per prompt or class."),
-    steps: Optional[int] = Int(None, lo=1, hi=100_000, help="Number of evenly strided steps (default: the backend's)."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", "-s", help="Step rule NAME[:ARGS] (see `diffkit samplers`; "
+                                                                         "default ddpm)."),
+    steps: Optional[int] = Int(None, lo=1, hi=100_000, help="Number of steps, spaced as the sampler spaces them "
+                                                            "(default: as many as the backend's default stride makes)."),
     stride: Optional[int] = Int(None, lo=1, hi=100_000, help="Timestep stride (MNIST default 1, IF default 30)."),
-    timesteps: Optional[str] = typer.Option(None, help="Explicit comma list of timesteps, descending."),
+    timesteps: Optional[str] = typer.Option(None, help="Explicit comma list of timesteps, descending (samplers that "
+                                                       "take a list: ddpm, euler, heun, dpmpp_2m, ...)."),
     timesteps2: Optional[str] = typer.Option(None, help="Explicit timesteps of the second stage (IF II)."),
     i_start: int = Int(0, "--i-start", lo=0, hi=100_000, help="Start at this index of the timesteps."),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder."),
@@ -210,8 +214,9 @@ def sample(
     embeddings: Optional[str] = typer.Option(None, help="Prompt embeddings from `diffkit embed` (IF: T5 not loaded)."),
     offload: Optional[bool] = typer.Option(None, "--offload/--no-offload", help="IF: keep the UNet on the CPU between calls."),
     max_batch: Optional[int] = Int(None, lo=1, hi=1_000_000, help="Split the step's model call above this many rows."),
-    sweep: Optional[str] = typer.Option(None, help="NAME=v1,v2,...: one run per value of a hook parameter "
-                                                   "(or i_start, seed); writes NAME-v/ folders and sweep.png."),
+    sweep: Optional[str] = typer.Option(None, help="NAME=v1,v2,...: one run per value of a hook or sampler parameter "
+                                                   "(or steps, sampler, i_start, seed); writes NAME-v/ folders "
+                                                   "and sweep.png."),
 ) -> None:
     """Sample images with any composition of techniques."""
     import diffkit
@@ -221,9 +226,9 @@ def sample(
                "embeddings": embeddings, "offload": offload}
     if sweep:
         return _sweep(sweep, backend, _labels(prompt, classes), hook or [], seed, num, steps, stride, timesteps,
-                      i_start, out, overwrite, max_batch, options, save_every, timesteps2)
+                      i_start, out, overwrite, max_batch, options, save_every, timesteps2, sampler)
     run = _make_run(backend, _labels(prompt, classes), hook or [], seed, num, steps, stride, timesteps, i_start,
-                    save_every, max_batch, options, timesteps2)
+                    save_every, max_batch, options, timesteps2, sampler)
     try:
         check_out(out, len(run.labels), bool(save_every), overwrite)
     except FileExistsError as e:
@@ -247,7 +252,7 @@ def _publish(write, out: Path) -> None:
 
 
 def _sweep(sweep, backend, labels, hooks, seed, num, steps, stride, timesteps, i_start, out, overwrite, max_batch,
-           options, save_every=0, timesteps2=None) -> None:
+           options, save_every=0, timesteps2=None, sampler=None) -> None:
     """One run per value; every run is checked before the first starts, and all outputs land together."""
     from diffkit import plugins
     from diffkit.api import check_out, save_sweep
@@ -274,13 +279,26 @@ def _sweep(sweep, backend, labels, hooks, seed, num, steps, stride, timesteps, i
                 args = [(k, v) for k, v in keyed(cls, args) if k != name] + [(name, value)]
                 used = True
             specs.append(format_spec(hname, args))
-        kw = {"seed": seed, "i_start": i_start}
-        if not used:
+        rule = sampler
+        if not used and name != "sampler":
+            try:
+                sname, sargs = parse(sampler or plugins.DEFAULT_SAMPLER)
+            except SpecError as e:
+                fail(f"--sampler: {e}", 2)
+            scls = plugins.samplers().get(sname)
+            if scls is not None and any(p.name == name for p in scls.params):
+                rule, used = format_spec(sname, [(k, v) for k, v in keyed(scls, sargs) if k != name] + [(name, value)]), True
+        kw = {"seed": seed, "i_start": i_start, "steps": steps}
+        if name == "sampler":
+            rule = value
+        elif not used:
             if name not in kw:
-                fail(f"--sweep {name}: no --hook has a parameter {name!r}, and it is not i_start or seed", 2)
-            kw[name] = _ints(value, f"--sweep {name}", 0, SEED_MAX if name == "seed" else 100_000)[0]
-        run = _make_run(backend, labels, specs, kw["seed"], num, steps, stride, timesteps, kw["i_start"], save_every,
-                        max_batch, options, timesteps2)
+                fail(f"--sweep {name}: no --hook or --sampler has a parameter {name!r}, and it is not steps, "
+                     "sampler, i_start or seed", 2)
+            kw[name] = _ints(value, f"--sweep {name}", 1 if name == "steps" else 0,
+                             SEED_MAX if name == "seed" else 100_000)[0]
+        run = _make_run(backend, labels, specs, kw["seed"], num, kw["steps"], stride, timesteps, kw["i_start"],
+                        save_every, max_batch, options, timesteps2, rule)
         folder = out / f"{name}-{value}"
         try:
             check_out(folder, len(run.labels), bool(save_every), overwrite)
@@ -296,7 +314,7 @@ def _sweep(sweep, backend, labels, hooks, seed, num, steps, stride, timesteps, i
 
 
 def _make_run(backend, labels, hooks, seed, num, steps, stride, timesteps, i_start, save_every, max_batch, options,
-              timesteps2=None):
+              timesteps2=None, sampler=None):
     from diffkit.api import Run
     from diffkit.backends.base import BackendError
     from diffkit.mnist.checkpoint import CheckpointError
@@ -307,7 +325,7 @@ def _make_run(backend, labels, hooks, seed, num, steps, stride, timesteps, i_sta
         return Run(backend, hooks=hooks, seed=seed, num=num, steps=steps, stride=stride,
                    timesteps=_ints(timesteps, "--timesteps") or None,
                    timesteps2=_ints(timesteps2, "--timesteps2") or None, i_start=i_start, save_every=save_every,
-                   max_batch=max_batch, backend_options=options, **labels)
+                   max_batch=max_batch, backend_options=options, sampler=sampler, **labels)
     except (UnknownName, SpecError, BackendError, CheckpointError, ValueError) as e:
         fail(str(e), 2)
     except PluginError as e:
@@ -334,28 +352,46 @@ def _execute(run) -> None:
         fail(f"{e}; nothing was written", 1)
 
 
+def _print_params(out: Console, params: tuple) -> None:
+    from rich.table import Table
+
+    if not params:
+        return
+    table = Table(show_header=True, box=None, padding=(0, 2))
+    for col in ("parameter", "type", "default", "range", "help"):
+        table.add_column(col)
+    for p in params:
+        default = "required" if p.required else repr(p.default)
+        span = f"{p.range[0]:g}..{p.range[1]:g}" if p.range else ""
+        table.add_row(p.name, p.type_name, default, span, p.help)
+    out.print(table)
+
+
 @app.command()
 def hooks() -> None:
     """List installed techniques with their parameters."""
-    from rich.table import Table
-
     from diffkit import plugins
 
     out = Console()
     for name, cls in sorted(plugins.techniques().items()):
         out.print(f"[bold]{name}[/] ({cls.kind}; backends: {', '.join(cls.backends)})  {cls.help}", highlight=False)
-        if cls.params:
-            table = Table(show_header=True, box=None, padding=(0, 2))
-            for col in ("parameter", "type", "default", "range", "help"):
-                table.add_column(col)
-            for p in cls.params:
-                default = "required" if p.required else repr(p.default)
-                span = f"{p.range[0]:g}..{p.range[1]:g}" if p.range else ""
-                table.add_row(p.name, p.type_name, default, span, p.help)
-            out.print(table)
+        _print_params(out, cls.params)
     views = plugins.views()
     if views:
         out.print(f"[bold]views[/] (for anagram): {', '.join(sorted(views))}", highlight=False)
+
+
+@app.command()
+def samplers() -> None:
+    """List installed samplers (step rules) with their parameters."""
+    from diffkit import plugins
+
+    out = Console()
+    for name, cls in sorted(plugins.samplers().items()):
+        scheduler = getattr(cls, "scheduler", None)
+        origin = f"diffusers {scheduler}" if isinstance(scheduler, str) else "diffkit"
+        out.print(f"[bold]{name}[/] ({origin})  {cls.help}", highlight=False)
+        _print_params(out, cls.params)
 
 
 @app.command()
@@ -433,7 +469,9 @@ def eval_mnist(
     cfg: float = Float(5.0, lo=-100.0, hi=100.0, help="CFG scale of the samples (when no --hook is given)."),
     hook: Optional[list[str]] = typer.Option(None, "--hook", "-H", help="Techniques to sample with, as in "
                                              "`diffkit sample` (repeatable; replaces --cfg)."),
-    steps: Optional[int] = Int(None, lo=1, hi=300, help="Number of evenly strided steps (instead of --stride)."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", "-s", help="Step rule NAME[:ARGS], as in `diffkit sample` "
+                                                                         "(default ddpm)."),
+    steps: Optional[int] = Int(None, lo=1, hi=300, help="Number of steps of the sampler (instead of --stride)."),
     stride: int = Int(1, lo=1, hi=299, help="Timestep stride of the sampling."),
     seed: int = Int(0, lo=0, hi=SEED_MAX, help="Seed of the first sample."),
     data: Optional[Path] = typer.Option(None, help="MNIST folder (real test digits for the Frechet distance)."),
@@ -457,14 +495,15 @@ def eval_mnist(
         fail(str(e), 2)
     hooks = list(hook) if hook else [f"cfg:{cfg}"]
     run = _make_run("mnist", {"classes": list(range(10))}, hooks, seed, num, steps, None if steps else stride, None,
-                    0, 0, None, {"checkpoint": checkpoint})
+                    0, 0, None, {"checkpoint": checkpoint}, None, sampler)
     _execute(run)
     labels = torch.tensor([int(c) for c in run.result.labels])
     report = evaluate(run.result.images, labels, clf, real)
     floor = real_floor(clf, train_x, len(labels), real, seed)
     report.update({"real_data_floor": floor, "times_floor": report["frechet_distance"] / floor,
                    "checkpoint": run.result.meta["checkpoint"], "num_per_class": num, "hooks": hooks,
-                   "timesteps": len(run.timesteps), "seed": seed})
+                   "sampler": run.rule.spec, "timesteps": len(run.timesteps),
+                   "model_calls_per_sample": run.model_calls_per_sample(), "seed": seed})
     if out:
         io.write_json(out, report)
     console.print(f"accuracy {report['accuracy']:.4f}  frechet distance {report['frechet_distance']:.2f} "

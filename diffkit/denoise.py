@@ -22,8 +22,11 @@ class NonFiniteError(FloatingPointError):
     """The model returned NaN or inf."""
 
 
-def batched(backend: Backend, max_batch: int | None = None) -> Denoiser:
-    """One ``backend.predict`` call for all distinct queries (chunked only above ``max_batch`` rows)."""
+def batched(backend: Backend, max_batch: int | None = None, stats: dict[str, int] | None = None) -> Denoiser:
+    """One ``backend.predict`` call for all distinct queries (chunked only above ``max_batch`` rows).
+
+    ``stats``: counts ``evaluations`` (calls of this denoiser) and ``rows`` (images the model saw).
+    """
 
     def denoise(queries: list[Query]) -> list[Tensor]:
         index: dict[tuple, int] = {}
@@ -34,9 +37,14 @@ def batched(backend: Backend, max_batch: int | None = None) -> Denoiser:
                 unique.append(q)
         sizes = [q.x.shape[0] for q in unique]
         x = torch.cat([q.x for q in unique]) if len(unique) > 1 else unique[0].x
-        t = torch.cat([torch.full((n,), q.t, dtype=torch.long) for q, n in zip(unique, sizes)]).to(x.device)
+        # Integer timesteps as int64, a rule's fractional ones (Euler, Heun) as float32, as diffusers passes them.
+        dt = torch.long if all(isinstance(q.t, int) for q in unique) else torch.float32
+        t = torch.cat([torch.full((n,), q.t, dtype=dt) for q, n in zip(unique, sizes)]).to(x.device)
         conds = [q.cond.value for q in unique]
         c = None if conds[0] is None else (torch.cat(conds) if len(conds) > 1 else conds[0])
+        if stats is not None:
+            stats["evaluations"] = stats.get("evaluations", 0) + 1
+            stats["rows"] = stats.get("rows", 0) + x.shape[0]
         if max_batch and x.shape[0] > max_batch:
             out = torch.cat([backend.predict(x[i: i + max_batch], t[i: i + max_batch],
                                              None if c is None else c[i: i + max_batch])

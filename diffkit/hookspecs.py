@@ -4,7 +4,7 @@ Hooks are called with keyword arguments only; an implementation takes just the a
 (pluggy matches them by name). Two groups:
 
 Registration hooks, called on every installed plugin module (entry-point group ``diffkit``):
-``diffkit_techniques``, ``diffkit_views``, ``diffkit_backends``.
+``diffkit_techniques``, ``diffkit_views``, ``diffkit_backends``, ``diffkit_samplers``.
 
 Run hooks, called on the techniques the user turned on (``--hook``), in the order given, and on
 always-on plugin modules after them: ``diffkit_initial_state``, ``diffkit_after_step``,
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from diffkit.backends.base import BackendInfo
+    from diffkit.rules import StepRule
     from diffkit.state import Context, Step, StepState
     from diffkit.technique import Technique
     from diffkit.views import View
@@ -48,6 +49,11 @@ def diffkit_backends() -> list[BackendInfo]:
     """Declare backends by name with a loader. Collected; names must be unique."""
 
 
+@hookspec
+def diffkit_samplers() -> list[type[StepRule]]:
+    """Declare samplers (step rules, :class:`diffkit.rules.StepRule` classes). Collected; names must be unique."""
+
+
 @hookspec(firstresult=True)
 def diffkit_initial_state(ctx: Context, noise: Tensor) -> tuple[Tensor, int] | None:
     """Choose where sampling starts. ``noise``: the run's first draw, ``[N x C x H x W]``.
@@ -59,7 +65,7 @@ def diffkit_initial_state(ctx: Context, noise: Tensor) -> tuple[Tensor, int] | N
 
 @hookspec
 def diffkit_after_step(ctx: Context, step: Step) -> None:
-    """Re-impose a constraint after each DDPM step, in place: set ``step.x`` (inpainting).
+    """Re-impose a constraint after each step, in place: set ``step.x`` (inpainting).
 
     Called in order; each implementation sees the ``step.x`` left by the one before.
     """

@@ -98,6 +98,12 @@ def backends() -> dict[str, BackendInfo]:
     return _collect("diffkit_backends", "backend")
 
 
+@functools.lru_cache(maxsize=None)
+def samplers() -> dict[str, Any]:
+    """Every installed sampler (step rule class) by name."""
+    return _collect("diffkit_samplers", "sampler")
+
+
 def get_view(name: str) -> Any:
     try:
         return views()[name]
@@ -126,6 +132,41 @@ def make_technique(spec: str) -> Technique:
         raise
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise SpecError(f"hook {name!r}: {e}") from e
+
+
+DEFAULT_SAMPLER = "ddpm"
+
+
+def make_sampler(spec: str | None = None) -> Any:
+    """``'ddim:eta=0.5'`` -> a configured step rule (None: ``ddpm``); unknown names and bad args raise clear errors.
+
+    ``diffusers:CLASS,key=value,...`` takes any ``key=value`` as an entry of the scheduler's config.
+    """
+    from diffkit.rules import RuleError, literal
+
+    name, args = parse(spec or DEFAULT_SAMPLER)
+    table = samplers()
+    if name not in table:
+        raise UnknownName(f"unknown sampler {name!r}; available: {', '.join(sorted(table))}")
+    cls = table[name]
+    config = {}
+    if name == "diffusers":
+        declared = {p.name for p in cls.params}
+        for key, text in [a for a in args if a[0] is not None and a[0] not in declared]:
+            try:
+                config[key] = literal(text)
+            except ValueError as e:
+                raise SpecError(f"sampler 'diffusers': {key}: {e}") from None
+        args = [a for a in args if a[0] is None or a[0] in declared]
+    kwargs = bind(cls, args, "sampler")
+    if config:
+        kwargs["config"] = config
+    try:
+        return cls(**kwargs)
+    except (SpecError, UnknownName):
+        raise
+    except (RuleError, ValueError, TypeError) as e:
+        raise SpecError(f"sampler {name!r}: {e}" if not str(e).startswith("sampler") else str(e)) from e
 
 
 def call(hook: str, first: bool = False, **kwargs: Any) -> Any:

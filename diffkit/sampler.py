@@ -1,9 +1,10 @@
 """The Sampler: one loop for every technique, backend and stage.
 
     x = noise (or the initial-state hook's start)
-    for t -> t' in timesteps:
-        est   = denoiser([Query(model_input(x), t, cond)])   # one batched model call
-        x, x0 = ddpm_step(x, t, t', est)                     # schedule.ddpm_step
+    for step i (t -> t') of the sampler's walk (ctx.stepper, rules.py):
+        x, x0 = stepper.step(i, x, evaluate)                 # evaluate(x, t) = denoiser([Query(model_input(x), t,
+                                                             #   cond)]): one batched model call, once per
+                                                             #   evaluation of the rule (Heun: twice a step)
         after_step hooks re-impose constraints on x          # projectors
         observe hooks and the caller see a StepState         # observers, UI
 """
@@ -15,7 +16,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from diffkit import plugins, schedule
+from diffkit import plugins
 from diffkit.denoise import NonFiniteError, batched, compose
 from diffkit.state import Context, Denoiser, Query, Step, StepState
 from diffkit.technique import Combiner, Technique
@@ -31,10 +32,11 @@ class Sampler:
     def __init__(self, techniques: list[Technique] = (), max_batch: int | None = None):
         self.techniques = list(techniques)
         self.max_batch = max_batch
+        self.stats: dict[str, int] = {}  # model evaluations and rows, summed over runs (denoise.batched)
 
     def denoiser(self, ctx: Context) -> Denoiser:
         combiners = [t for t in self.techniques if isinstance(t, Combiner)]
-        return compose(combiners, batched(ctx.backend, self.max_batch), ctx.eps_channels)
+        return compose(combiners, batched(ctx.backend, self.max_batch, self.stats), ctx.eps_channels)
 
     def setup(self, ctx: Context) -> None:
         """Each technique's ``setup(ctx)`` (encode prompts, load images), once per context.
@@ -56,9 +58,13 @@ class Sampler:
         ctx.extra["_setup_done"] = True
 
     def run(self, ctx: Context) -> Iterator[StepState]:
-        backend, ts = ctx.backend, ctx.timesteps
+        backend, ts, stepper = ctx.backend, ctx.timesteps, ctx.stepper
         self.setup(ctx)
         denoise = self.denoiser(ctx)
+
+        def evaluate(x: Tensor, t: int | float) -> Tensor:
+            return denoise([Query(backend.model_input(x), t, ctx.cond)])[0]
+
         with plugins.activated(self.techniques), torch.inference_mode():
             x = ctx.randn()
             if hasattr(backend, "start"):  # a stage that draws its own noise (IF II) does so next, as diffusers does
@@ -66,23 +72,26 @@ class Sampler:
             start = plugins.call("diffkit_initial_state", first=True, ctx=ctx, noise=x)
             if start is not None:
                 x, ctx.i_start = start
+            elif stepper.init_scale != 1.0:  # a sigma-space rule's own starting noise (rules.DiffusersStepper)
+                x = x * stepper.init_scale
+            stepper.begin(ctx.i_start)
             observe = plugins.has_impls("diffkit_observe")
             project = plugins.has_impls("diffkit_after_step")
 
-            def redo(x: Tensor, t: int, t_next: int) -> Tensor:
-                return self._step(ctx, denoise, x, t, t_next)[0]
+            def redo(x: Tensor, k: int) -> Tensor:
+                return stepper.step(ctx, k, x, evaluate)[0]
 
             for i in range(ctx.i_start, len(ts)):
                 t, t_next = ts[i], (ts[i + 1] if i + 1 < len(ts) else -1)
 
                 try:
-                    x, x0, eps = self._step(ctx, denoise, x, t, t_next)
+                    x, x0, eps = stepper.step(ctx, i, x, evaluate)
                 except NonFiniteError as e:
                     stage = f"stage {ctx.stage + 1}, " if ctx.stage else ""
                     raise NonFiniteError(f"{stage}step {i + 1} of {len(ts)}: {e} (in fp16 on a GPU this is "
                                          "usually an overflow: try --dtype bf16 or fp32)") from None
                 if project:
-                    step = Step(i, t, t_next, x, x0, redo)
+                    step = Step(i, t, t_next, x, x0, redo if stepper.can_redo else None)
                     plugins.call("diffkit_after_step", ctx=ctx, step=step)
                     x = step.x
                 state = StepState(ctx.stage, i, len(ts), t, t_next, x, x0, eps)
@@ -90,16 +99,6 @@ class Sampler:
                     plugins.call("diffkit_observe", ctx=ctx, state=state)
                 yield state
         return x
-
-    @staticmethod
-    def _step(ctx: Context, denoise: Denoiser, x: Tensor, t: int, t_next: int) -> tuple[Tensor, Tensor, Tensor]:
-        backend = ctx.backend
-        (est,) = denoise([Query(backend.model_input(x), t, ctx.cond)])
-        c = x.shape[1]
-        eps, var = est[:, :c], (est[:, c: 2 * c] if est.shape[1] >= 2 * c else None)
-        noise = ctx.randn() if t_next >= 0 else None
-        x, x0 = schedule.ddpm_step(x, t, t_next, eps, ctx.alphas_cumprod, noise, var, backend.step_config)
-        return x, x0, eps
 
     def sample(self, ctx: Context) -> Tensor:
         """Run to the end and return the final ``x``."""

@@ -76,16 +76,24 @@ def strided_timesteps(T: int, stride: int, start: int | None = None) -> list[int
     return list(range(start, -1, -stride))
 
 
+def noised(x0: Tensor, abar: float, eps: Tensor) -> Tensor:
+    """Forward process at a noise level: ``sqrt(abar) x0 + sqrt(1 - abar) eps`` (DDPM eq. 4)."""
+    return math.sqrt(abar) * x0 + math.sqrt(1 - abar) * eps
+
+
 def forward(x0: Tensor, t: int, eps: Tensor, alphas_cumprod: Tensor) -> Tensor:
     """Forward process ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (DDPM eq. 4)."""
-    a = abar_at(alphas_cumprod, t)
-    return math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
+    return noised(x0, abar_at(alphas_cumprod, t), eps)
+
+
+def x0_from_eps_abar(x: Tensor, abar: float, eps: Tensor) -> Tensor:
+    """``x0 = (x - sqrt(1 - abar) eps) / sqrt(abar)`` at a noise level (DDPM eq. 15)."""
+    return (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
 
 
 def x0_from_eps(x: Tensor, t: int, eps: Tensor, alphas_cumprod: Tensor) -> Tensor:
     """Clean-image estimate ``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (DDPM eq. 15)."""
-    a = abar_at(alphas_cumprod, t)
-    return (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
+    return x0_from_eps_abar(x, abar_at(alphas_cumprod, t), eps)
 
 
 def eps_from_x0(x: Tensor, t: int, x0: Tensor, alphas_cumprod: Tensor) -> Tensor:

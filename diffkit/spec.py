@@ -63,8 +63,8 @@ def parse(spec: str) -> tuple[str, list[tuple[str | None, str]]]:
         raise SpecError(f"hook {name!r}: {e}") from None
 
 
-def bind(cls: type[Technique], args: list[tuple[str | None, str]]) -> dict[str, Any]:
-    """Match parsed args to the technique's params, converting types; errors name hook and parameter."""
+def bind(cls: type[Technique], args: list[tuple[str | None, str]], what: str = "hook") -> dict[str, Any]:
+    """Match parsed args to the technique's (or sampler's) params, converting types; errors name it and the parameter."""
     params = {p.name: p for p in cls.params}
     out: dict[str, Any] = {}
 
@@ -72,29 +72,29 @@ def bind(cls: type[Technique], args: list[tuple[str | None, str]]) -> dict[str, 
         try:
             value = p.type(text)
         except (ValueError, TypeError, OverflowError) as e:
-            raise SpecError(f"hook {cls.name!r}: parameter {p.name!r} expects {p.type_name}, got {text!r} ({e})") from None
+            raise SpecError(f"{what} {cls.name!r}: parameter {p.name!r} expects {p.type_name}, got {text!r} ({e})") from None
         try:
             p.check(value)
         except ValueError as e:
-            raise SpecError(f"hook {cls.name!r}: parameter {p.name!r} {e}") from None
+            raise SpecError(f"{what} {cls.name!r}: parameter {p.name!r} {e}") from None
         if p.multiple:
             out.setdefault(p.name, []).append(value)
         elif p.name in out:
-            raise SpecError(f"hook {cls.name!r}: parameter {p.name!r} given twice")
+            raise SpecError(f"{what} {cls.name!r}: parameter {p.name!r} given twice")
         else:
             out[p.name] = value
 
     for key, text in keyed(cls, args):
         if key is None:
-            raise SpecError(f"hook {cls.name!r}: too many positional arguments at {text!r} "
+            raise SpecError(f"{what} {cls.name!r}: too many positional arguments at {text!r} "
                             f"(parameters: {', '.join(params) or 'none'})")
         if key not in params:
-            raise SpecError(f"hook {cls.name!r}: unknown parameter {key!r} (parameters: {', '.join(params) or 'none'})")
+            raise SpecError(f"{what} {cls.name!r}: unknown parameter {key!r} (parameters: {', '.join(params) or 'none'})")
         put(params[key], text)
     for p in cls.params:
         if p.name not in out:
             if p.required:
-                raise SpecError(f"hook {cls.name!r}: missing required parameter {p.name!r} ({p.help})")
+                raise SpecError(f"{what} {cls.name!r}: missing required parameter {p.name!r} ({p.help})")
             out[p.name] = list(p.default) if p.multiple else p.default
     return out
 

@@ -40,7 +40,7 @@ class Query:
     """
 
     x: Tensor
-    t: int
+    t: int | float
     cond: Cond
     view: tuple[str, ...] = ()
 
@@ -73,6 +73,13 @@ class Context:
     size_factor: float = 1.0  # this stage's image size over the first stage's (IF II: 4)
     extra: dict[str, Any] = field(default_factory=dict)  # for plugins to share per-run data
     streams: dict[str, list[torch.Generator]] = field(default_factory=dict, repr=False)
+    stepper: Any = field(default=None, repr=False)  # the sampler's walk (rules.Stepper); None: ddpm over timesteps
+
+    def __post_init__(self) -> None:
+        if self.stepper is None:
+            from diffkit.rules import DdpmStepper
+
+            self.stepper = DdpmStepper(self.backend, self.timesteps)
 
     @property
     def n(self) -> int:
@@ -85,6 +92,14 @@ class Context:
     @property
     def eps_channels(self) -> int:
         return self.backend.sample_shape[0]
+
+    def abar(self, t: int | float) -> float:
+        """``abar`` of the state at timestep ``t`` of this run (``t < 0``: the clean image, 1).
+
+        The sampler decides: a rule with interpolated (Karras) sigmas visits noise levels between
+        the training timesteps, so this is not always ``alphas_cumprod[t]``.
+        """
+        return self.stepper.abar(t)
 
     @staticmethod
     def make_cond(backend: Backend, labels: list[Any]) -> Cond:
@@ -135,7 +150,8 @@ class Context:
         return x.expand(self.n, -1, -1, -1) if x.shape[0] == 1 else x
 
     def forward(self, x0: Tensor, t: int, eps: Tensor | None = None, *, stream: str | None = None) -> Tensor:
-        """``x_t`` from ``x0``: with ``eps``, or fresh per-sample noise from the named ``stream``.
+        """``x_t`` from ``x0`` at this run's noise level for ``t`` (:meth:`abar`): with ``eps``, or fresh
+        per-sample noise from the named ``stream``.
 
         A plugin's noise must come from a stream of its own: drawing from the sampler's generators
         would shift every later draw of the run, so the stream is required when ``eps`` is not given.
@@ -144,7 +160,7 @@ class Context:
             if stream is None:
                 raise ValueError("ctx.forward needs eps= or stream=NAME (a plugin draws from its own stream)")
             eps = self.randn(x0.shape[1:], stream=stream)
-        return schedule.forward(x0, t, eps, self.alphas_cumprod)
+        return schedule.noised(x0, self.abar(t), eps)
 
 
 @dataclass
@@ -152,12 +168,14 @@ class Step:
     """The mutable step a projector may change: set ``x`` to re-impose a constraint."""
 
     i: int
-    t: int
-    t_next: int  # -1 after the last step
+    t: int | float
+    t_next: int | float  # -1 after the last step
     x: Tensor  # [N x C x H x W] state at t_next
     x0: Tensor  # the step's clean-image estimate
-    # One more denoise-and-step ``(x, t, t_next) -> x_t_next`` with the same combiners (RePaint-style resampling).
-    redo: Callable[[Tensor, int, int], Tensor] = field(repr=False, default=None)
+    # ``redo(x, k)``: step ``k`` once more from state ``x`` at ``timesteps[k]``, with the same combiners
+    # and sampler; returns the state at ``timesteps[k + 1]`` (RePaint's resampling). None when the
+    # sampler keeps a history and cannot step again from an earlier index (``ctx.stepper.can_redo``).
+    redo: Callable[[Tensor, int], Tensor] | None = field(repr=False, default=None)
 
 
 @dataclass(frozen=True)
@@ -167,8 +185,8 @@ class StepState:
     stage: int
     i: int
     n_steps: int
-    t: int
-    t_next: int
+    t: int | float
+    t_next: int | float
     x: Tensor
     x0: Tensor
     eps: Tensor

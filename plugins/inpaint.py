@@ -6,7 +6,6 @@ import math
 
 from torch import Tensor
 
-from diffkit import schedule
 from diffkit.hookspecs import hookimpl
 from diffkit.io import load_image
 from diffkit.state import Context, Step
@@ -31,6 +30,10 @@ class Inpaint(Projector):
             raise ValueError("resample and jump must be at least 1")
 
     def setup(self, ctx: Context) -> None:
+        if self.args["resample"] > 1 and not ctx.stepper.can_redo:
+            raise ValueError(f"resample={self.args['resample']} (RePaint) steps again from re-noised states, which "
+                             "needs a sampler without a history: ddpm or ddim (this one keeps a position or "
+                             "earlier estimates); use resample=1 with it")
         image, mask = self.args["image"], self.args["mask"]
         if not isinstance(mask, Tensor) and not isinstance(image, Tensor):
             from PIL import Image
@@ -51,11 +54,11 @@ class Inpaint(Projector):
             m = load_image(mask, (H, W), 1)[None]
         self.mask = (m > 0.5).to(ctx.backend.device, ctx.backend.dtype)  # [1|N x 1 x H x W]
 
-    def known(self, ctx: Context, t: int) -> Tensor:
-        """The original noised to ``t`` (the original itself after the last step)."""
+    def known(self, ctx: Context, t: int | float) -> Tensor:
+        """The original noised to the run's noise level at ``t`` (the original itself after the last step)."""
         if t < 0:
             return self.x_orig
-        return schedule.forward(self.x_orig, t, ctx.randn(stream="inpaint"), ctx.alphas_cumprod)
+        return ctx.forward(self.x_orig, t, stream="inpaint")
 
     def paste(self, ctx: Context, x: Tensor, t: int) -> Tensor:
         return self.mask * x + (1 - self.mask) * self.known(ctx, t)
@@ -69,11 +72,10 @@ class Inpaint(Projector):
         ts = ctx.timesteps
         lo = max(ctx.i_start, step.i + 1 - j)  # go back to ts[lo], then step forward to t_next again
         for _ in range(r - 1):
-            a_hi, a_lo = schedule.abar_at(ctx.alphas_cumprod, ts[lo]), schedule.abar_at(ctx.alphas_cumprod, step.t_next)
-            ratio = a_hi / a_lo
+            ratio = ctx.abar(ts[lo]) / ctx.abar(step.t_next)
             x = math.sqrt(ratio) * step.x + math.sqrt(1 - ratio) * ctx.randn(stream="inpaint")  # q(x_hi | x_lo)
             for k in range(lo, step.i + 1):
-                x = self.paste(ctx, step.redo(x, ts[k], ts[k + 1]), ts[k + 1])
+                x = self.paste(ctx, step.redo(x, k), ts[k + 1])
             step.x = x
 
 

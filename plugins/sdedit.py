@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from diffkit import schedule
 from diffkit.hookspecs import hookimpl
 from diffkit.state import Context
 from diffkit.technique import Param, Projector
@@ -54,7 +53,7 @@ class SDEdit(Projector):
         i = self.start_index(len(ctx.timesteps))
         if i == 0:  # strength 1: plain sampling from pure noise
             return None
-        return schedule.forward(self.x_orig, ctx.timesteps[i], noise, ctx.alphas_cumprod), i
+        return ctx.forward(self.x_orig, ctx.timesteps[i], noise), i
 
 
 @hookimpl

@@ -41,7 +41,7 @@ def make_ctx(backend, labels=(0,), seed=0):
     from diffkit.api import Run
 
     run = Run(backend, classes=list(labels), seed=seed)
-    return run.context(backend, 0, backend.default_timesteps(), 0)
+    return run.context(backend, 0, run.plan(backend, None, None), 0)
 
 
 class Recorder:

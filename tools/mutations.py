@@ -19,6 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 REF = "tests/test_if_reference.py"
 TECH = "tests/test_techniques.py"
+SAMP = "tests/test_samplers.py"
+IFS = "tests/test_if_samplers.py"
 
 # (name, file, source text, replacement, tests that must catch it)
 MUTATIONS = [
@@ -83,6 +85,31 @@ MUTATIONS = [
     ("a step's noise drawn from one generator for all samples", "diffkit/state.py",
      "torch.randn((1, *shape), generator=g, dtype=dt) for g in gens",
      "torch.randn((1, *shape), generator=gens[0], dtype=dt) for g in gens", ["tests/test_sampler.py"]),
+    # samplers (step rules)
+    ("sigma-space rule stepped in the variance-preserving state", "diffkit/rules.py",
+     "self.sigma_space = self.sigmas is not None and init != 1.0", "self.sigma_space = False", [SAMP, IFS]),
+    ("sigma-space rule starts from unit noise", "diffkit/rules.py",
+     "self.init_scale = init * math.sqrt(self.abars[0]) if self.sigma_space else 1.0", "self.init_scale = 1.0",
+     [SAMP]),
+    ("a stochastic rule draws one generator's noise for the whole batch", "diffkit/rules.py",
+     'kwargs["generator"] = ctx.generators', 'kwargs["generator"] = ctx.generators[0]', [SAMP]),
+    ("Heun makes one evaluation a step", "diffkit/rules.py",
+     "for k in range(i * self.order, min((i + 1) * self.order, len(self.evals))):",
+     "for k in range(i * self.order, i * self.order + 1):", [SAMP, IFS]),
+    ("a rule's noise level is the training timestep's, not its own sigma", "diffkit/rules.py",
+     "self.abars = [1 / (1 + v * v) for v in self.sigmas]",
+     "self.abars = [schedule.abar_at(self.alphas_cumprod, round(t)) for t in self.timesteps] + [1.0]", [SAMP]),
+    ("a start after step 0 does not tell the scheduler where it is", "diffkit/rules.py",
+     "self.sched.set_begin_index(i_start * self.order)", "self.sched.set_begin_index(0)", [SAMP]),
+    ("the variance goes to a rule that does not read it", "diffkit/rules.py",
+     "self.uses_variance = cls.__name__ in USES_VARIANCE", "self.uses_variance = True", [IFS]),
+    ("DDIM's eta is not passed to its step", "diffkit/rules.py",
+     "step_kwargs = {k: self.args[k] for k in self.step_keys if self.args.get(k) is not None}",
+     "step_kwargs = {}", [SAMP, IFS]),
+    ("karras ignored", "diffkit/rules.py",
+     'SIGMA_KEYS = {"karras": "use_karras_sigmas"', 'SIGMA_KEYS = {"karras_": "use_karras_sigmas"', [SAMP]),
+    ("RePaint allowed under a multistep rule", "plugins/inpaint.py",
+     'if self.args["resample"] > 1 and not ctx.stepper.can_redo:', "if False:", [SAMP]),
 ]
 
 

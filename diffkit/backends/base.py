@@ -18,6 +18,8 @@ class Backend(Protocol):
     - ``alphas_cumprod``: ``[T]`` float64 on the CPU (the schedule the model was trained with).
     - ``sample_shape``: ``(C, H, W)`` of the state ``x``; the first ``C`` channels of an estimate are noise.
     - ``step_config``: how the DDPM step reads the estimate (variance type, clipping, thresholding).
+    - ``scheduler_config`` (optional): the diffusers scheduler config of the training schedule, from
+      which every sampler but ``ddpm`` is built; without it, ``alphas_cumprod`` as ``trained_betas``.
     """
 
     name: str

@@ -135,10 +135,10 @@ class IFStage:
         self.name = "if"
         self.model_id, self.text, self.stage = model, text, stage
         self.device, self.dtype = torch.device(device), dtype
-        self.sched_config = _load_json(model, "scheduler", "scheduler_config.json")
-        self.alphas_cumprod = schedule.alphas_cumprod_from_config(self.sched_config)
-        self.step_config = StepConfig.from_scheduler_config(self.sched_config)
-        if self.sched_config.get("prediction_type", "epsilon") != "epsilon":
+        self.scheduler_config = _load_json(model, "scheduler", "scheduler_config.json")
+        self.alphas_cumprod = schedule.alphas_cumprod_from_config(self.scheduler_config)
+        self.step_config = StepConfig.from_scheduler_config(self.scheduler_config)
+        if self.scheduler_config.get("prediction_type", "epsilon") != "epsilon":
             raise BackendError(f"{model}: only epsilon prediction is supported")
         kwargs: dict[str, Any] = {"torch_dtype": dtype, "use_safetensors": True}  # never unpickle weights
         if not _exists_local(model) and dtype == torch.float16:

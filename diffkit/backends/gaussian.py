@@ -52,8 +52,20 @@ class GaussianBackend:
     def model_input(self, x: Tensor) -> Tensor:
         return x
 
+    def abar(self, t: Tensor) -> Tensor:
+        """``abar`` at timesteps ``[B]``; between training timesteps, sigma = sqrt((1 - abar) / abar) is
+        interpolated linearly, as diffusers' sigma-space schedulers place their fractional timesteps."""
+        if not t.is_floating_point():
+            return self.alphas_cumprod[t]
+        sig = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
+        t = t.double().clamp(0, len(sig) - 1)
+        lo = t.floor().long()
+        hi = (lo + 1).clamp(max=len(sig) - 1)
+        s = sig[lo] + (t - lo) * (sig[hi] - sig[lo])
+        return 1 / (1 + s * s)
+
     def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
-        a = self.alphas_cumprod[t].to(x.dtype)[:, None, None, None]  # [B x 1 x 1 x 1]
+        a = self.abar(t.cpu()).to(x.dtype)[:, None, None, None]  # [B x 1 x 1 x 1]
         var = a * self.std**2 + 1 - a
         mu = self.means.to(x.dtype)[None, :, None, None, None]  # [1 x K x 1 x 1 x 1]
         resid = x[:, None] - a.sqrt()[:, None] * mu  # [B x K x C x H x W]

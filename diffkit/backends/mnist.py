@@ -48,6 +48,11 @@ class MnistBackend:
             schedule.linear_betas(self.T, self.config["beta_start"], self.config["beta_end"]))
         self.conditional = self.config["conditioning"] == "class"
         self.step_config = StepConfig()
+        # What diffusers' schedulers (every sampler but ddpm) are configured from. No clipping: the
+        # model's x0 lives in [0, 1], not the [-1, 1] that diffusers' clip_sample assumes.
+        self.scheduler_config = {"num_train_timesteps": self.T, "beta_schedule": "linear",
+                                 "beta_start": self.config["beta_start"], "beta_end": self.config["beta_end"],
+                                 "prediction_type": "epsilon", "clip_sample": False, "thresholding": False}
         self.device = torch.device(device)
         self.dtype = torch.float32
         self.stride = stride

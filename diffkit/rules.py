@@ -1,0 +1,367 @@
+"""Step rules ("samplers"): how the state moves from one noise level to the next.
+
+A :class:`StepRule` is declared like a technique (name, help, ``Param`` list) and registered by the
+``diffkit_samplers`` hook. For one stage of one run, ``rule.plan(backend, steps, timesteps, stride)``
+returns a :class:`Stepper`: the timesteps it visits, the noise level before each step, and
+``step(ctx, i, x, evaluate)``, which calls ``evaluate(x, t)`` (one batched model call for every
+branch of every combiner) once per model evaluation the rule needs and returns the next state.
+
+The state ``x`` the Sampler, projectors, starts and observers see is always variance-preserving,
+``x = sqrt(abar) x0 + sqrt(1 - abar) eps`` ``[N x C x H x W]``, whatever the rule's own
+parameterisation: a rule that steps in sigma space (Euler, Heun: ``x0 + sigma eps``) is converted
+in and out here, so inpainting and SDEdit need not know which rule runs.
+
+Every rule but ``ddpm`` is a diffusers scheduler (:class:`DiffusersRule`), configured from the
+backend's own training schedule (``backend.scheduler_config``: IF's ``scheduler_config.json``,
+MNIST's linear betas with T=300). ``ddpm`` stays the seed's hand-written strided formula
+(``schedule.ddpm_step``) so that every earlier output is unchanged bit for bit.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+from torch import Tensor
+
+from diffkit import schedule
+from diffkit.technique import TYPE_NAMES, Param, to_bool
+
+# evaluate(x, t): the combined estimate for state x at model timestep t, ``[N x C' x H x W]``: noise in
+# the first C channels, then whatever else the backend predicts (IF: its variance).
+Evaluate = Callable[[Tensor, "int | float"], Tensor]
+
+
+class RuleError(ValueError):
+    """A step rule cannot serve this request (steps it cannot take, explicit timesteps, an option)."""
+
+
+class Stepper:
+    """One stage's walk through the noise levels, for one run.
+
+    - ``timesteps``: the model timestep of each step's first evaluation (ints, or floats for rules
+      that interpolate between the training timesteps).
+    - ``abars``: ``abar`` of the state before each step, and ``1.0`` (clean) after the last: ``n + 1``.
+    - ``init_scale``: factor on the initial unit noise (1 but for rules that start at their own sigma).
+    - ``can_redo``: ``step`` may be called again at any earlier index (RePaint's resampling);
+      False for rules that keep a history (multistep solvers) or a position.
+    """
+
+    timesteps: list[int | float]
+    abars: list[float]
+    init_scale: float = 1.0
+    can_redo: bool = False
+    evals_per_step: int = 1
+
+    def begin(self, i_start: int) -> None:
+        """Reset for a walk that starts at step ``i_start``."""
+
+    def step(self, ctx: Any, i: int, x: Tensor, evaluate: Evaluate) -> tuple[Tensor, Tensor, Tensor]:
+        """State before step ``i`` -> ``(x_next, x0, eps)``: the state after it, the clean-image and noise estimates."""
+        raise NotImplementedError
+
+    def abar(self, t: int | float) -> float:
+        """``abar`` at one of this walk's timesteps, or at a training timestep; ``t < 0`` is the clean image."""
+        if t < 0:
+            return 1.0
+        table = getattr(self, "_abar_of", None)
+        if table is None:
+            table = self._abar_of = dict(zip(self.timesteps, self.abars))
+        if t in table:
+            return table[t]
+        return schedule.abar_at(self.alphas_cumprod, int(t))
+
+
+class StepRule:
+    """Base of every step rule. Subclasses set the class attributes and take their params as kwargs.
+
+    ``takes_timesteps``: whether ``--timesteps`` (an explicit list) is accepted.
+    """
+
+    name: ClassVar[str]
+    help: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+    kind: ClassVar[str] = "sampler"
+
+    def __init__(self, **args: Any):
+        self.args = args
+
+    def __repr__(self) -> str:
+        return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.args.items())})"
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """What run.json records: name, args, and ``spec``, the ``--sampler`` text that makes the rule again."""
+        from diffkit.spec import format_spec
+
+        args = [(k, v) for k, v in self.args.items() if v is not None and k != "config"]
+        args += list(self.args.get("config", {}).items())
+        return {"name": self.name, "args": self.args, "spec": format_spec(self.name, args)}
+
+    def plan(self, backend: Any, steps: int | None = None, timesteps: Sequence[int] | None = None,
+             stride: int | None = None) -> Stepper:
+        raise NotImplementedError
+
+
+def default_steps(backend: Any, steps: int | None, stride: int | None) -> int:
+    """``steps``, else as many as ``stride`` (or the backend's default timesteps) would make."""
+    if steps:
+        return steps
+    if stride:
+        return len(schedule.strided_timesteps(len(backend.alphas_cumprod), stride))
+    return len(backend.default_timesteps())
+
+
+# ---------------------------------------------------------------------------------------------- ddpm
+
+
+class DdpmStepper(Stepper):
+    can_redo = True
+
+    def __init__(self, backend: Any, timesteps: list[int]):
+        self.backend, self.alphas_cumprod = backend, backend.alphas_cumprod
+        self.timesteps = list(timesteps)
+        self.abars = [schedule.abar_at(self.alphas_cumprod, t) for t in self.timesteps] + [1.0]
+
+    def step(self, ctx: Any, i: int, x: Tensor, evaluate: Evaluate) -> tuple[Tensor, Tensor, Tensor]:
+        ts = self.timesteps
+        t, t_next = ts[i], (ts[i + 1] if i + 1 < len(ts) else -1)
+        est = evaluate(x, t)
+        c = x.shape[1]
+        eps, var = est[:, :c], (est[:, c: 2 * c] if est.shape[1] >= 2 * c else None)
+        noise = ctx.randn() if t_next >= 0 else None
+        x, x0 = schedule.ddpm_step(x, t, t_next, eps, self.alphas_cumprod, noise, var, self.backend.step_config)
+        return x, x0, eps
+
+
+class Ddpm(StepRule):
+    name = "ddpm"
+    help = ("The seed's DDPM posterior step, strided (DDPM eq. 7; IF's learned variance when the backend "
+            "predicts one). Stochastic; steps evenly strided, or --stride, or explicit --timesteps.")
+
+    def plan(self, backend, steps=None, timesteps=None, stride=None) -> Stepper:
+        from diffkit.api import timesteps_for
+
+        return DdpmStepper(backend, timesteps_for(backend, steps, stride, timesteps))
+
+
+# ------------------------------------------------------------------------------------------ diffusers
+
+# Schedulers whose step reads the model's predicted variance; every other rule gets the noise channels
+# only (diffusers' IFPipeline passes all six of IF's channels to any scheduler, and DDIM, Euler or UniPC
+# then fail on "size of tensor a (3) must match ... (6)").
+USES_VARIANCE = {"DDPMScheduler", "DDPMParallelScheduler", "UnCLIPScheduler"}
+# Schedulers whose step is a pure function of (timestep, sample): they can step again from any index.
+STATELESS = {"DDIMScheduler", "DDPMScheduler"}
+
+
+def scheduler_config(backend: Any) -> dict[str, Any]:
+    """The backend's diffusers scheduler config; without one, its betas as ``trained_betas``."""
+    config = getattr(backend, "scheduler_config", None)
+    if config is not None:
+        return dict(config)
+    abar = backend.alphas_cumprod.double()
+    betas = 1 - abar / torch.cat([abar.new_ones(1), abar[:-1]])
+    return {"num_train_timesteps": len(abar), "trained_betas": betas.tolist(), "prediction_type": "epsilon",
+            "clip_sample": False}
+
+
+def scheduler_class(name: str) -> type:
+    """A diffusers scheduler class by name; anything else is a RuleError listing what exists."""
+    import diffusers
+
+    names = sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("_")
+                   and n not in ("SchedulerMixin",))
+    if name not in names:
+        raise RuleError(f"diffusers has no scheduler {name!r}; it has: {', '.join(names)}")
+    try:
+        cls = getattr(diffusers, name)
+    except ImportError as e:  # a scheduler needing an optional package (LMS needs scipy)
+        raise RuleError(f"diffusers' {name} cannot load here: {str(e).strip().splitlines()[0]}") from None
+    if not hasattr(cls, "set_timesteps") or not hasattr(cls, "step"):
+        raise RuleError(f"diffusers' {name} is not a noise scheduler with set_timesteps and step")
+    return cls
+
+
+def _number(t: Tensor) -> int | float:
+    return int(t) if not t.is_floating_point() else float(t)
+
+
+class DiffusersStepper(Stepper):
+    """A diffusers scheduler driven as diffusers' pipelines drive it, in diffkit's variance-preserving state."""
+
+    def __init__(self, cls: type, config: dict[str, Any], overrides: dict[str, Any], steps: int,
+                 timesteps: Sequence[int] | None, step_kwargs: dict[str, Any], what: str):
+        self.cls, self.config, self.overrides, self.what = cls, config, overrides, what
+        self.n_request, self.custom = steps, list(timesteps) if timesteps else None
+        self.step_kwargs = step_kwargs
+        self.sched = self._fresh()
+        s = self.sched
+        self.alphas_cumprod = s.alphas_cumprod.double()
+        self.order = int(getattr(s, "order", 1))
+        self.evals = list(s.timesteps)  # one per model evaluation (Heun: t0, t1, t1, t2, t2, ...)
+        n = (len(self.evals) + self.order - 1) // self.order
+        self.evals_per_step = self.order
+        self.timesteps = [_number(self.evals[i * self.order]) for i in range(n)]
+        sigmas = getattr(s, "sigmas", None)
+        if sigmas is not None and len(sigmas) == len(self.evals) + 1:
+            sig = [float(v) for v in sigmas]
+            self.sigmas = [sig[i * self.order] for i in range(n)] + [sig[-1]]
+            self.abars = [1 / (1 + v * v) for v in self.sigmas]
+        else:
+            self.sigmas = None
+            self.abars = [schedule.abar_at(self.alphas_cumprod, int(t)) for t in self.timesteps] + [1.0]
+        self.abars[-1] = 1.0  # the walk ends at the clean image
+        # Rules that step x0 + sigma eps start from noise * init_noise_sigma (diffusers' convention);
+        # every rule diffusers parameterises by alphas starts at 1.
+        init = float(getattr(s, "init_noise_sigma", 1.0))
+        self.sigma_space = self.sigmas is not None and init != 1.0
+        self.init_scale = init * math.sqrt(self.abars[0]) if self.sigma_space else 1.0
+        self.uses_variance = cls.__name__ in USES_VARIANCE
+        self.can_redo = cls.__name__ in STATELESS
+        self.takes = set(inspect.signature(s.step).parameters)
+
+    def _fresh(self) -> Any:
+        try:
+            s = self.cls.from_config(self.config, **self.overrides)
+            if self.custom:
+                s.set_timesteps(timesteps=self.custom)
+            else:
+                s.set_timesteps(self.n_request)
+        except (ValueError, TypeError, AssertionError, IndexError) as e:
+            raise RuleError(f"{self.what}: {e}") from None
+        return s
+
+    def begin(self, i_start: int) -> None:
+        self.sched = self._fresh()
+        if hasattr(self.sched, "set_begin_index"):
+            self.sched.set_begin_index(i_start * self.order)
+
+    def _scale(self, i: int) -> float:
+        """sigma-space sample over variance-preserving state at step ``i``: ``sqrt(1 + sigma^2)``."""
+        return math.sqrt(1 + self.sigmas[i] ** 2)
+
+    def step(self, ctx: Any, i: int, x: Tensor, evaluate: Evaluate) -> tuple[Tensor, Tensor, Tensor]:
+        s, c = self.sched, x.shape[1]
+        sample = x * self._scale(i) if self.sigma_space else x
+        kwargs = dict(self.step_kwargs)
+        if "generator" in self.takes:  # one generator a sample: a sample's noise is the same alone or in a batch
+            kwargs["generator"] = ctx.generators
+        x0 = eps0 = None
+        for k in range(i * self.order, min((i + 1) * self.order, len(self.evals))):
+            t = self.evals[k]
+            model_in = s.scale_model_input(sample, t)  # variance-preserving x for the model
+            est = evaluate(model_in, _number(t))
+            eps = est if self.uses_variance else est[:, :c]
+            out = s.step(eps, t, sample, return_dict=True, **kwargs)
+            if eps0 is None:
+                eps0 = est[:, :c]
+                x0 = getattr(out, "pred_original_sample", None)
+                if x0 is None:
+                    x0 = schedule.x0_from_eps_abar(model_in, self.abars[i], eps0)
+            sample = out.prev_sample
+        if (i + 1) * self.order < len(self.evals) and not getattr(s, "state_in_first_order", True):
+            raise RuntimeError(f"{self.what}: a step ended half-way through the scheduler's "
+                               f"{self.order} evaluations")
+        x_next = sample / self._scale(i + 1) if self.sigma_space else sample
+        return x_next, x0, eps0
+
+
+class DiffusersRule(StepRule):
+    """A rule backed by a diffusers scheduler class.
+
+    Subclasses set ``scheduler`` (the class name), ``fixed`` (config entries that define the rule) and
+    map their params to config entries in ``config_keys``; params named in ``step_keys`` go to
+    ``scheduler.step`` instead (DDIM's ``eta``).
+    """
+
+    scheduler: ClassVar[str]
+    fixed: ClassVar[dict[str, Any]] = {}
+    config_keys: ClassVar[dict[str, str]] = {}
+    step_keys: ClassVar[tuple[str, ...]] = ()
+
+    def overrides(self) -> dict[str, Any]:
+        out = dict(self.fixed)
+        for p, key in self.config_keys.items():
+            if self.args.get(p) is not None:
+                out[key] = self.args[p]
+        return out
+
+    def plan(self, backend, steps=None, timesteps=None, stride=None) -> Stepper:
+        cls = scheduler_class(self.scheduler)
+        what = f"sampler {self.name!r}"
+        if timesteps:
+            if "timesteps" not in inspect.signature(cls.set_timesteps).parameters:
+                raise RuleError(f"{what} spaces its own timesteps ({self.scheduler} takes no explicit list): "
+                                "give --steps instead of --timesteps")
+            from diffkit.api import check_timesteps
+
+            check_timesteps("timesteps", timesteps, len(backend.alphas_cumprod))
+        n = default_steps(backend, steps, stride)
+        T = len(backend.alphas_cumprod)
+        if not timesteps and not 1 <= n <= T:
+            raise RuleError(f"{what}: steps must be in 1..{T} (the backend was trained with {T} timesteps), got {n}")
+        step_kwargs = {k: self.args[k] for k in self.step_keys if self.args.get(k) is not None}
+        return DiffusersStepper(cls, scheduler_config(backend), self.overrides(), n, timesteps, step_kwargs, what)
+
+
+SPACINGS = ("linspace", "leading", "trailing")
+
+
+def _spacing(text: str) -> str:
+    if text not in SPACINGS:
+        raise ValueError(f"must be one of {', '.join(SPACINGS)}")
+    return text
+
+
+TYPE_NAMES[_spacing] = "str"
+
+SIGMA_PARAMS = (
+    Param("karras", to_bool, False, "Karras et al. (2022) sigma spacing"),
+    Param("exponential", to_bool, False, "exponential sigma spacing"),
+)
+SPACING_PARAM = Param("spacing", _spacing, None, "timestep spacing: linspace, leading or trailing "
+                                                 "(default: the scheduler's)")
+SIGMA_KEYS = {"karras": "use_karras_sigmas", "exponential": "use_exponential_sigmas", "spacing": "timestep_spacing"}
+
+
+class Generic(DiffusersRule):
+    """``diffusers:CLASS,key=value,...``: any diffusers scheduler by class name, config entries as args."""
+
+    name = "diffusers"
+    help = ("Any diffusers scheduler by class name, e.g. diffusers:DPMSolverSinglestepScheduler,solver_order=3; "
+            "key=value pairs override its config (numbers, true/false, or text).")
+    params = (Param("cls", str, help="diffusers scheduler class name"),)
+
+    def __init__(self, **args: Any):
+        super().__init__(**args)
+        self.scheduler = args["cls"]
+        cls = scheduler_class(self.scheduler)
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
+        unknown = sorted(set(args.get("config", {})) - accepted)
+        if unknown:
+            raise RuleError(f"sampler 'diffusers': {self.scheduler} has no config entry "
+                            f"{', '.join(map(repr, unknown))} (it has: {', '.join(sorted(accepted))})")
+
+    def overrides(self) -> dict[str, Any]:
+        return dict(self.args.get("config", {}))
+
+
+def literal(text: str) -> Any:
+    """A ``key=value`` value for a diffusers config: int, float, true/false/none, or the text itself."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for conv in (int, float):
+        try:
+            value = conv(text)
+        except ValueError:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{text!r} is not a finite number")
+        return value
+    return text

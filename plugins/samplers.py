@@ -1,0 +1,77 @@
+"""Built-in samplers (step rules), named as ComfyUI's KSampler names them; all but ddpm are diffusers'."""
+
+from __future__ import annotations
+
+from diffkit.hookspecs import hookimpl
+from diffkit.rules import SIGMA_KEYS, SIGMA_PARAMS, SPACING_PARAM, Ddpm, DiffusersRule, Generic
+from diffkit.technique import Param
+
+
+class Ddim(DiffusersRule):
+    name = "ddim"
+    help = "DDIM (Song et al. 2021): deterministic at eta=0, DDPM-like noise at eta=1."
+    scheduler = "DDIMScheduler"
+    params = (Param("eta", float, 0.0, "noise of each step: 0 deterministic, 1 as DDPM", range=(0.0, 1.0)),
+              SPACING_PARAM)
+    config_keys = {"spacing": "timestep_spacing"}
+    step_keys = ("eta",)
+
+
+class Euler(DiffusersRule):
+    name = "euler"
+    help = "Euler's method on the probability-flow ODE in sigma space (Karras et al. 2022, alg. 1). Deterministic."
+    scheduler = "EulerDiscreteScheduler"
+    params = (*SIGMA_PARAMS, SPACING_PARAM)
+    config_keys = SIGMA_KEYS
+
+
+class EulerAncestral(DiffusersRule):
+    name = "euler_ancestral"
+    help = "Euler step to a lower sigma, then fresh noise back up (k-diffusion's ancestral sampling). Stochastic."
+    scheduler = "EulerAncestralDiscreteScheduler"
+    params = (SPACING_PARAM,)
+    config_keys = {"spacing": "timestep_spacing"}
+
+
+class Heun(DiffusersRule):
+    name = "heun"
+    help = "Heun's second-order method (Karras et al. 2022, alg. 1): two model evaluations a step."
+    scheduler = "HeunDiscreteScheduler"
+    params = (*SIGMA_PARAMS, SPACING_PARAM)
+    config_keys = SIGMA_KEYS
+
+
+class DpmPP2M(DiffusersRule):
+    name = "dpmpp_2m"
+    help = "DPM-Solver++(2M) (Lu et al. 2022): second-order multistep on x0 predictions. Deterministic."
+    scheduler = "DPMSolverMultistepScheduler"
+    fixed = {"algorithm_type": "dpmsolver++", "solver_order": 2}
+    params = (*SIGMA_PARAMS, SPACING_PARAM)
+    config_keys = SIGMA_KEYS
+
+
+class DpmPP2MSde(DpmPP2M):
+    name = "dpmpp_2m_sde"
+    help = "SDE variant of DPM-Solver++(2M): fresh noise every step. Stochastic."
+    fixed = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
+
+
+class UniPC(DiffusersRule):
+    name = "uni_pc"
+    help = "UniPC (Zhao et al. 2023): multistep predictor with a corrector that reuses the next evaluation."
+    scheduler = "UniPCMultistepScheduler"
+    params = (*SIGMA_PARAMS, SPACING_PARAM)
+    config_keys = SIGMA_KEYS
+
+
+class Deis(DiffusersRule):
+    name = "deis"
+    help = "DEIS (Zhang & Chen 2023): exponential-integrator multistep solver. Deterministic."
+    scheduler = "DEISMultistepScheduler"
+    params = (*SIGMA_PARAMS, SPACING_PARAM)
+    config_keys = SIGMA_KEYS
+
+
+@hookimpl
+def diffkit_samplers():
+    return [Ddpm, Ddim, Euler, EulerAncestral, Heun, DpmPP2M, DpmPP2MSde, UniPC, Deis, Generic]
