@@ -2,6 +2,11 @@
 work (stage I, or stage I + II with --upscaler), same prompt, seed, steps and guidance.
 
     python benchmarks/if_gpu.py --model DeepFloyd/IF-I-XL-v1.0 [--upscaler DeepFloyd/IF-II-L-v1.0]
+    python benchmarks/if_gpu.py --sampler dpmpp_2m --steps 20    # the pipelines with the scheduler swapped in
+
+With ``--sampler`` other than ddpm, the pipelines get the same diffusers scheduler
+(``from_config`` of IF's, as in tests/test_if_samplers.py). IFPipeline cannot run rules that do not
+read IF's variance channels (it hands all six to the scheduler): only diffkit is timed for those.
 
 Times: both sides resident, one warm-up call each, then ``--repeats`` rounds interleaved; median,
 range and the round-by-round ratio. Peak memory: each side alone on the GPU (the other's weights
@@ -31,14 +36,38 @@ TS1 = list(range(990, -1, -30))  # 34 steps, each one model call of both CFG bra
 TS2 = list(range(990, -1, -30))
 
 
+def schedule_kw(args) -> dict:
+    """diffkit's words for the steps: the explicit lists for ddpm, else --steps of the sampler."""
+    if args.steps:
+        return {"steps": args.steps}
+    return {"timesteps": TS1, "timesteps2": TS2}
+
+
 def diffkit_side(args):
     backend = load(model=args.model, upscaler=args.upscaler, device="cuda", dtype="fp16")
     backend.text([PROMPT, ""])  # embeddings once, as the pipelines get theirs
 
     def call():
-        return diffkit.sample(backend, prompts=[PROMPT], seed=0, timesteps=TS1, timesteps2=TS2,
-                              hooks=["cfg:7"]).x
+        return diffkit.sample(backend, prompts=[PROMPT], seed=0, hooks=["cfg:7"], sampler=args.sampler,
+                              **schedule_kw(args)).x
     return backend, call
+
+
+def swap_scheduler(pipe, args) -> None:
+    import diffusers
+
+    from diffkit import plugins
+
+    rule = plugins.make_sampler(args.sampler)
+    if rule.name != "ddpm":
+        pipe.scheduler = getattr(diffusers, rule.scheduler).from_config(pipe.scheduler.config, **rule.overrides())
+
+
+def pipeline_can_run(args) -> bool:
+    from diffkit import plugins
+
+    rule = plugins.make_sampler(args.sampler)
+    return rule.name == "ddpm" or getattr(rule, "scheduler", "") in ("DPMSolverMultistepScheduler", "DDPMScheduler")
 
 
 def diffusers_side(args):
@@ -47,17 +76,21 @@ def diffusers_side(args):
     kw = dict(variant="fp16", torch_dtype=torch.float16, safety_checker=None, watermarker=None, feature_extractor=None)
     pipe1 = IFPipeline.from_pretrained(args.model, **kw).to("cuda")
     pipe1.set_progress_bar_config(disable=True)
+    swap_scheduler(pipe1, args)
+    steps1 = {"num_inference_steps": args.steps} if args.steps else {"timesteps": TS1}
+    steps2 = {"num_inference_steps": args.steps} if args.steps else {"timesteps": TS2}
     cond, null = pipe1.encode_prompt(PROMPT, do_classifier_free_guidance=True, clean_caption=False)
     pipe2 = None
     if args.upscaler != "none":
         pipe2 = IFSuperResolutionPipeline.from_pretrained(args.upscaler, text_encoder=None, **kw).to("cuda")
         pipe2.set_progress_bar_config(disable=True)
+        swap_scheduler(pipe2, args)
 
     def call():
-        x = pipe1(prompt_embeds=cond, negative_prompt_embeds=null, timesteps=TS1, guidance_scale=7.0,
+        x = pipe1(prompt_embeds=cond, negative_prompt_embeds=null, **steps1, guidance_scale=7.0,
                   generator=torch.Generator().manual_seed(0), output_type="pt").images
         if pipe2 is not None:
-            x = pipe2(image=x, prompt_embeds=cond, negative_prompt_embeds=null, timesteps=TS2, guidance_scale=7.0,
+            x = pipe2(image=x, prompt_embeds=cond, negative_prompt_embeds=null, **steps2, guidance_scale=7.0,
                       noise_level=250, generator=torch.Generator().manual_seed(0), output_type="pt").images
         return x
     return (pipe1, pipe2), call
@@ -93,23 +126,32 @@ def main() -> None:
     ap.add_argument("--model", default="DeepFloyd/IF-I-XL-v1.0")
     ap.add_argument("--upscaler", default="none")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--sampler", default="ddpm", help="diffkit sampler spec (diffkit samplers)")
+    ap.add_argument("--steps", type=int, default=None, help="steps of the sampler (default: ddpm's 34-step lists)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA device")
     what = "stage I" if args.upscaler == "none" else "stage I + II"
-    print(f"{what}, fp16, {len(TS1)} + {len(TS2) if args.upscaler != 'none' else 0} steps, CFG 7, "
-          f"{torch.cuda.get_device_name()}")
-    peaks = {"diffkit": peak_alone(diffkit_side, args), "diffusers": peak_alone(diffusers_side, args)}
-    (_, ours), (_, theirs) = diffkit_side(args), diffusers_side(args)
-    a, b = ours(), theirs()  # warm-up, and the outputs compared
-    times = {"diffkit": [], "diffusers": []}
+    n1 = args.steps or len(TS1)
+    n2 = (args.steps or len(TS2)) if args.upscaler != "none" else 0
+    print(f"{what}, fp16, sampler {args.sampler}, {n1} + {n2} steps, CFG 7, {torch.cuda.get_device_name()}")
+    both = pipeline_can_run(args)
+    if not both:
+        print(f"  IFPipeline cannot run {args.sampler} on IF (it hands the six channels to the scheduler): "
+              "diffkit alone")
+    sides = {"diffkit": diffkit_side} | ({"diffusers": diffusers_side} if both else {})
+    peaks = {k: peak_alone(make, args) for k, make in sides.items()}
+    calls = {k: make(args)[1] for k, make in sides.items()}
+    outs = {k: call() for k, call in calls.items()}  # warm-up, and the outputs compared
+    times = {k: [] for k in calls}
     for _ in range(args.repeats):
-        times["diffkit"].append(timed(ours)[1])
-        times["diffusers"].append(timed(theirs)[1])
+        for k, call in calls.items():
+            times[k].append(timed(call)[1])
     for k in times:
         print(f"  {k:10s} {spread(times[k], 1.0, 's')}  peak alone {peaks[k]:.2f} GiB")
-    print(f"ratio diffkit / diffusers = {ratio(times['diffkit'], times['diffusers'])}; "
-          f"max |diff| {(a.float() - b.float()).abs().max().item():.2e}")
+    if both:
+        print(f"ratio diffkit / diffusers = {ratio(times['diffkit'], times['diffusers'])}; "
+              f"max |diff| {(outs['diffkit'].float() - outs['diffusers'].float()).abs().max().item():.2e}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ import argparse
 import torch
 
 import diffkit
-from diffkit import schedule
 from diffkit.backends.mnist import MnistBackend
 
 from common import interleaved, ratio, small_checkpoint, spread

@@ -168,21 +168,26 @@ def scheduler_config(backend: Any) -> dict[str, Any]:
             "clip_sample": False}
 
 
+def scheduler_names() -> list[str]:
+    """diffusers' schedulers for noise-predicting models (its ``KarrasDiffusionSchedulers`` list). EDM's
+    Euler is left out: it brings its own sigmas rather than the backend's training schedule."""
+    from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
+
+    return sorted(e.name for e in KarrasDiffusionSchedulers if not e.name.startswith("EDM"))
+
+
 def scheduler_class(name: str) -> type:
-    """A diffusers scheduler class by name; anything else is a RuleError listing what exists."""
+    """A diffusers scheduler class by name; anything else is a RuleError listing what can be used."""
     import diffusers
 
-    names = sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("_")
-                   and n not in ("SchedulerMixin",))
+    names = scheduler_names()
     if name not in names:
-        raise RuleError(f"diffusers has no scheduler {name!r}; it has: {', '.join(names)}")
+        raise RuleError(f"{name!r} is not a diffusers scheduler for noise-predicting models; use one of: "
+                        f"{', '.join(names)}")
     try:
-        cls = getattr(diffusers, name)
+        return getattr(diffusers, name)
     except ImportError as e:  # a scheduler needing an optional package (LMS needs scipy)
         raise RuleError(f"diffusers' {name} cannot load here: {str(e).strip().splitlines()[0]}") from None
-    if not hasattr(cls, "set_timesteps") or not hasattr(cls, "step"):
-        raise RuleError(f"diffusers' {name} is not a noise scheduler with set_timesteps and step")
-    return cls
 
 
 def _number(t: Tensor) -> int | float:
@@ -206,9 +211,9 @@ class DiffusersStepper(Stepper):
         self.evals_per_step = self.order
         self.timesteps = [_number(self.evals[i * self.order]) for i in range(n)]
         sigmas = getattr(s, "sigmas", None)
-        if sigmas is not None and len(sigmas) == len(self.evals) + 1:
+        if sigmas is not None and len(sigmas) > len(self.evals):  # one a step's first evaluation, then the end
             sig = [float(v) for v in sigmas]
-            self.sigmas = [sig[i * self.order] for i in range(n)] + [sig[-1]]
+            self.sigmas = [sig[i * self.order] for i in range(n)] + [sig[min(n * self.order, len(sig) - 1)]]
             self.abars = [1 / (1 + v * v) for v in self.sigmas]
         else:
             self.sigmas = None

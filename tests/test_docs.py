@@ -37,6 +37,14 @@ def test_every_installed_technique_is_documented():
         assert f"{name}:" in text or f"`{name}`" in text, f"technique {name} missing from docs/"
 
 
+def test_every_installed_sampler_is_documented():
+    text = (DOCS / "samplers.md").read_text()
+    for name, cls in plugins.samplers().items():
+        assert f"`{name}`" in text, f"sampler {name} missing from docs/samplers.md"
+        for p in cls.params:
+            assert f"`{p.name}`" in text, f"parameter {p.name} of sampler {name} missing from docs/samplers.md"
+
+
 def python_blocks(name: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", (DOCS / name).read_text(), re.S)
 

@@ -303,7 +303,9 @@ runner = CliRunner()
 
 @pytest.mark.parametrize("args, words", [
     (["--sampler", "dpm_fast"], ["unknown sampler 'dpm_fast'", "dpmpp_2m", "euler"]),
-    (["--sampler", "diffusers:NoSuchScheduler"], ["no scheduler 'NoSuchScheduler'", "DDIMScheduler"]),
+    (["--sampler", "diffusers:NoSuchScheduler"], ["'NoSuchScheduler' is not a diffusers scheduler", "DDIMScheduler"]),
+    (["--sampler", "diffusers:FlowMatchEulerDiscreteScheduler"], ["not a diffusers scheduler for noise-predicting",
+                                                                  "PNDMScheduler"]),
     (["--sampler", "diffusers:DDIMScheduler,solver_order=3"], ["no config entry 'solver_order'"]),
     (["--sampler", "ddim:eta=2"], ["'eta'", "0..1"]),
     (["--sampler", "ddim:eta=much"], ["'eta' expects float"]),
@@ -370,3 +372,23 @@ def test_eval_mnist_takes_a_sampler_and_reports_model_calls(tmp_path, mnist_dir)
     rep = json.loads((tmp_path / "e.json").read_text())
     assert rep["sampler"]["name"] == "heun" and rep["timesteps"] == 3
     assert rep["model_calls_per_sample"] == 2 * (2 * 3 - 1)  # cfg: 2 branches; heun: 5 evaluations
+
+
+@pytest.mark.parametrize("cls, config", [("PNDMScheduler", {}), ("KDPM2DiscreteScheduler", {}),
+                                         ("KDPM2AncestralDiscreteScheduler", {}),
+                                         ("DPMSolverSinglestepScheduler", {"solver_order": 3}),
+                                         ("UniPCMultistepScheduler", {"solver_order": 3, "timestep_spacing": "trailing"})])
+def test_any_diffusers_scheduler_by_class_name_equals_its_plain_loop(cls, config):
+    spec = ",".join([f"diffusers:{cls}"] + [f"{k}={v}" for k, v in config.items()])
+    b = gaussian()
+    ref = hand_loop(b, cls, config, 8, 2, 1)
+    ours = diffkit.sample(b, classes=[1], seed=2, sampler=spec, steps=8)
+    assert (ours.x - ref).abs().max().item() < 1e-9
+    assert ours.meta["sampler"]["spec"] == spec.replace("diffusers:", "diffusers:cls=")
+    assert plugins.make_sampler(ours.meta["sampler"]["spec"]).overrides() == config
+
+
+@pytest.mark.parametrize("name", ["euler", "heun", "dpmpp_2m"])
+def test_explicit_timesteps_reach_the_rules_that_take_a_list(name):
+    r = diffkit.sample(gaussian(), classes=[0], sampler=name, timesteps=[250, 150, 50])
+    assert r.meta["timesteps"] == [[250, 150, 50]]
