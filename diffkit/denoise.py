@@ -22,19 +22,15 @@ class NonFiniteError(FloatingPointError):
     """The model returned NaN or inf."""
 
 
-def batched(backend: Backend, max_batch: int | None = None, stats: dict[str, int] | None = None) -> Denoiser:
+def batched(backend: Backend, max_batch: int | None = None, stats: dict[str, int] | None = None,
+            models: dict[str, Backend] | None = None) -> Denoiser:
     """One ``backend.predict`` call for all distinct queries (chunked only above ``max_batch`` rows).
 
-    ``stats``: counts ``evaluations`` (calls of this denoiser) and ``rows`` (images the model saw).
+    A query naming another model (``Query.model``, registered in ``models``) goes to that model's
+    call: one call a model a step. ``stats`` counts ``evaluations`` (model calls) and ``rows``.
     """
 
-    def denoise(queries: list[Query]) -> list[Tensor]:
-        index: dict[tuple, int] = {}
-        unique: list[Query] = []
-        for q in queries:
-            if q.key not in index:
-                index[q.key] = len(unique)
-                unique.append(q)
+    def call(be: Backend, unique: list[Query]) -> Tensor:
         sizes = [q.x.shape[0] for q in unique]
         x = torch.cat([q.x for q in unique]) if len(unique) > 1 else unique[0].x
         # Integer timesteps as int64, a rule's fractional ones (Euler, Heun) as float32, as diffusers passes them.
@@ -46,15 +42,32 @@ def batched(backend: Backend, max_batch: int | None = None, stats: dict[str, int
             stats["evaluations"] = stats.get("evaluations", 0) + 1
             stats["rows"] = stats.get("rows", 0) + x.shape[0]
         if max_batch and x.shape[0] > max_batch:
-            out = torch.cat([backend.predict(x[i: i + max_batch], t[i: i + max_batch],
-                                             None if c is None else c[i: i + max_batch])
+            out = torch.cat([be.predict(x[i: i + max_batch], t[i: i + max_batch],
+                                        None if c is None else c[i: i + max_batch])
                              for i in range(0, x.shape[0], max_batch)])
         else:
-            out = backend.predict(x, t, c)
+            out = be.predict(x, t, c)
         if not torch.isfinite(out).all():
-            raise NonFiniteError(f"backend {backend.name!r} returned NaN or inf at t={unique[0].t} in "
-                                 f"{_bad_branch(out, unique, sizes)}")
-        parts = out.split(sizes)
+            which = "" if unique[0].model is None else f"model {unique[0].model!r}, "
+            raise NonFiniteError(f"backend {be.name!r} returned NaN or inf at t={unique[0].t} in "
+                                 f"{which}{_bad_branch(out, unique, sizes)}")
+        return out.split(sizes)
+
+    def denoise(queries: list[Query]) -> list[Tensor]:
+        index: dict[tuple, int] = {}
+        unique: list[Query] = []
+        for q in queries:
+            if q.key not in index:
+                index[q.key] = len(unique)
+                unique.append(q)
+        parts: list[Tensor] = [None] * len(unique)  # type: ignore[list-item]
+        for name in dict.fromkeys(q.model for q in unique):
+            mine = [k for k, q in enumerate(unique) if q.model == name]
+            be = backend if name is None else (models or {}).get(name)
+            if be is None:
+                raise PluginError(f"a query names model {name!r}, which no technique registered in ctx.models")
+            for k, part in zip(mine, call(be, [unique[k] for k in mine])):
+                parts[k] = part
         return [parts[index[q.key]] for q in queries]
 
     return denoise

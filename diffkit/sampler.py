@@ -36,7 +36,7 @@ class Sampler:
 
     def denoiser(self, ctx: Context) -> Denoiser:
         combiners = [t for t in self.techniques if isinstance(t, Combiner)]
-        return compose(combiners, batched(ctx.backend, self.max_batch, self.stats), ctx.eps_channels)
+        return compose(combiners, batched(ctx.backend, self.max_batch, self.stats, ctx.models), ctx.eps_channels)
 
     def setup(self, ctx: Context) -> None:
         """Each technique's ``setup(ctx)`` (encode prompts, load images), once per context.

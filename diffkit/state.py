@@ -35,21 +35,31 @@ class Cond:
 class Query:
     """One branch the model is asked for: input ``x`` ``[N x C x H x W]`` at timestep ``t`` under ``cond``.
 
-    ``view`` names the transforms applied to the step's state to make ``x``, outermost last; together
-    with ``t`` and ``cond.key`` it is the identity used to evaluate equal queries once.
+    ``view`` names the transforms applied to the step's state to make ``x``, outermost last; ``model``
+    names a second model a technique registered in ``ctx.models`` (None: the run's backend). With
+    ``t`` and ``cond.key`` they are the identity used to evaluate equal queries once.
     """
 
     x: Tensor
     t: int | float
     cond: Cond
     view: tuple[str, ...] = ()
+    model: str | None = None
 
     @property
     def key(self) -> tuple:
-        return (self.t, self.view, self.cond.key)
+        return (self.model, self.t, self.view, self.cond.key)
 
     def with_cond(self, cond: Cond) -> Query:
-        return Query(self.x, self.t, cond, self.view)
+        return Query(self.x, self.t, cond, self.view, self.model)
+
+    def with_view(self, view: Any, cond: Cond | None = None) -> Query:
+        """This query seen through ``view`` (a :class:`diffkit.views.View`), optionally under another condition."""
+        return Query(view.forward(self.x), self.t, self.cond if cond is None else cond, self.view + (view.name,),
+                     self.model)
+
+    def with_model(self, model: str | None) -> Query:
+        return Query(self.x, self.t, self.cond, self.view, model)
 
 
 # A denoiser answers a list of queries with one estimate each, ``[N x C' x H x W]``: the noise in the
@@ -74,6 +84,7 @@ class Context:
     extra: dict[str, Any] = field(default_factory=dict)  # for plugins to share per-run data
     streams: dict[str, list[torch.Generator]] = field(default_factory=dict, repr=False)
     stepper: Any = field(default=None, repr=False)  # the sampler's walk (rules.Stepper); None: ddpm over timesteps
+    models: dict[str, Any] = field(default_factory=dict, repr=False)  # second models by name (autoguide's weak one)
 
     def __post_init__(self) -> None:
         if self.stepper is None:

@@ -42,10 +42,8 @@ class Anagram(Combiner):
 
     def expand(self, query: Query) -> list[Query]:
         # An unconditional query stays unconditional in every view: CFG around or inside commutes.
-        return [query] + [
-            Query(v.forward(query.x), query.t, query.cond if query.cond.is_null else c, query.view + (v.name,))
-            for v, c in zip(self.views, self.conds)
-        ]
+        return [query] + [query.with_view(v, query.cond if query.cond.is_null else c)
+                          for v, c in zip(self.views, self.conds)]
 
     def reduce(self, query: Query, estimates: list[Tensor]) -> Tensor:
         mapped = [estimates[0]] + [v.inverse(e) for v, e in zip(self.views, estimates[1:])]

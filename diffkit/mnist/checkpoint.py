@@ -19,6 +19,7 @@ from diffkit.io import replace_dir
 from diffkit.mnist.model import UNet
 
 SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "mnist-class"
+SHIPPED_WEAK = SHIPPED.parent / "mnist-weak"  # autoguide's default weak model: smaller, shorter-trained
 
 
 class CheckpointError(FileNotFoundError):

@@ -1,0 +1,98 @@
+"""Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"):
+guide the model away from a weaker version of itself instead of from its unconditional estimate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import Tensor
+
+from diffkit.hookspecs import hookimpl
+from diffkit.state import Context, Query
+from diffkit.technique import Combiner, Param
+
+WEAK = "autoguide"  # the name the weak model is registered under in ctx.models
+
+
+def autoguide(eps_weak: Tensor, eps_main: Tensor, scale: float) -> Tensor:
+    """``eps = eps_weak + w (eps_main - eps_weak)`` (autoguidance, Karras et al. 2024, eq. 2)."""
+    return eps_weak + scale * (eps_main - eps_weak)
+
+
+def _weak_mnist(ctx: Context, model: str | None):
+    from diffkit.backends.mnist import MnistBackend
+    from diffkit.mnist import checkpoint
+
+    path = Path(model) if model else checkpoint.SHIPPED_WEAK
+    if not (path / "config.json").is_file():
+        raise ValueError(f"model={path}: no MNIST checkpoint there (a folder written by `diffkit train mnist`)"
+                         + ("; the shipped weak model is missing from this install" if not model else ""))
+    weak, main = checkpoint.load_config(path), ctx.backend.config
+    for key in ("objective", "conditioning", "T", "beta_start", "beta_end"):
+        if weak.get(key) != main.get(key):
+            raise ValueError(f"model={path} has {key} {weak.get(key)!r} but the main model has {main.get(key)!r}: "
+                             "the weak model must be trained like the main one, only smaller or shorter")
+    return MnistBackend(str(path), str(ctx.backend.device))
+
+
+def _weak_if(ctx: Context, model: str | None):
+    from diffkit.backends.deepfloyd import IFStage
+
+    if not model:
+        raise ValueError("on IF give the weak stage I as model= (a hub id or folder, e.g. DeepFloyd/IF-I-M-v1.0)")
+    main = ctx.backend
+    weak = IFStage(model, main.text, str(main.device), main.dtype, 1, stride=main.stride, offload=main.offload)
+    if weak.sample_shape != main.sample_shape:
+        raise ValueError(f"model={model} makes {weak.sample_shape} images but the main model "
+                         f"{main.sample_shape}: give a stage I of the same size")
+    if not bool((weak.alphas_cumprod == main.alphas_cumprod).all()):
+        raise ValueError(f"model={model} was trained with another noise schedule than the main model")
+    return weak
+
+
+class Autoguide(Combiner):
+    name = "autoguide"
+    help = ("Autoguidance: eps_weak + scale (eps_main - eps_weak), the weak model (smaller, shorter-trained) "
+            "conditioned like the main one. One more model call a step; with lo/hi only in that interval.")
+    params = (
+        Param("scale", float, 2.0, "guidance weight w (1: the main model alone)", range=(-100.0, 100.0)),
+        Param("model", str, None, "the weak model: an MNIST checkpoint folder (default: the shipped weak "
+                                  "model) or an IF stage I hub id or folder"),
+        Param("lo", float, 0.0, "guide only from this fraction t/T of the noise schedule up", range=(0.0, 1.0)),
+        Param("hi", float, 1.0, "guide only up to this fraction t/T of the noise schedule", range=(0.0, 1.0)),
+    )
+    backends = ("mnist", "if")
+    extra_channels = "first"  # IF's variance: the main model's
+
+    def __init__(self, **args):
+        super().__init__(**{"lo": 0.0, "hi": 1.0, **args})
+        lo, hi = self.args["lo"], self.args["hi"]
+        if lo > hi:
+            raise ValueError(f"the guidance interval lo={lo:g}..hi={hi:g} is empty: give lo <= hi")
+
+    def setup(self, ctx: Context) -> None:
+        # IF stage II has no weak counterpart given: it refines stage I's output unguided by a weak model.
+        self.active = ctx.stage == 0 and self.args["scale"] != 1
+        if not self.active:
+            return
+        if WEAK not in ctx.models:
+            load = _weak_mnist if ctx.backend.name == "mnist" else _weak_if
+            ctx.models[WEAK] = load(ctx, self.args["model"])
+        T = len(ctx.alphas_cumprod)
+        self.t_lo, self.t_hi = self.args["lo"] * T, self.args["hi"] * T
+
+    def expand(self, query: Query) -> list[Query]:
+        if not self.active or not self.t_lo <= query.t <= self.t_hi:
+            return [query]
+        return [query, query.with_model(WEAK)]
+
+    def reduce(self, query: Query, estimates: list[Tensor]) -> Tensor:
+        if len(estimates) == 1:
+            return estimates[0]
+        main, weak = estimates
+        return autoguide(weak, main, self.args["scale"])
+
+
+@hookimpl
+def diffkit_techniques():
+    return [Autoguide]
