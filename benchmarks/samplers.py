@@ -30,16 +30,20 @@ DATA = ROOT.parent / "shared" / "data" / "mnist"
 RULES = ["ddpm", "ddim", "euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde", "uni_pc", "deis"]
 
 
-def measure(guidance: str, rule: str, steps: int, num: int, clf, real, batch: int) -> dict:
-    """``num`` samples a class, made ``batch`` a class at a time from consecutive seeds."""
+def measure(guidance: str | list[str], rule: str, steps: int, num: int, clf, real, batch: int) -> dict:
+    """``num`` samples a class, made ``batch`` a class at a time from consecutive seeds, with ``guidance``
+    (one hook spec or a list of them)."""
     import diffkit
     from diffkit.mnist.evaluate import evaluate
+
+    hooks = [guidance] if isinstance(guidance, str) else list(guidance)
+    guidance = " ".join(hooks)
 
     images, labels, calls, seconds = [], [], 0.0, 0.0
     for start in range(0, num, batch):  # seeds are per sample, so splitting into batches changes nothing
         n = min(batch, num - start)
         t0 = time.perf_counter()
-        run = diffkit.api.Run("mnist", classes=list(range(10)), num=n, seed=start * 10, hooks=[guidance],
+        run = diffkit.api.Run("mnist", classes=list(range(10)), num=n, seed=start * 10, hooks=hooks,
                               sampler=rule, steps=steps)
         for _ in run.steps():
             pass
