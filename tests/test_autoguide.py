@@ -45,7 +45,7 @@ def test_scale_one_is_the_main_model_alone_without_a_weak_call(ckpts):
 
 
 def test_a_weak_model_equal_to_the_main_one_gives_the_main_model_exactly(ckpts):
-    for outer in ([], ["cfg:3"], ["anagram:7,view=flip_v"]):
+    for outer in ([], ["cfg:3"], ["anagram:7,view=flip_v"], ["hybrid:7"]):
         plain = run(ckpts, outer).result.x
         same = run(ckpts, outer + [f"autoguide:4,model={ckpts['main']}"]).result.x
         assert torch.equal(plain, same), outer
