@@ -53,7 +53,6 @@ class Stepper:
     abars: list[float]
     init_scale: float = 1.0
     can_redo: bool = False
-    evals_per_step: int = 1
 
     def begin(self, i_start: int) -> None:
         """Reset for a walk that starts at step ``i_start``."""
@@ -208,7 +207,6 @@ class DiffusersStepper(Stepper):
         self.order = int(getattr(s, "order", 1))
         self.evals = list(s.timesteps)  # one per model evaluation (Heun: t0, t1, t1, t2, t2, ...)
         n = (len(self.evals) + self.order - 1) // self.order
-        self.evals_per_step = self.order
         self.timesteps = [_number(self.evals[i * self.order]) for i in range(n)]
         sigmas = getattr(s, "sigmas", None)
         if sigmas is not None and len(sigmas) > len(self.evals):  # one a step's first evaluation, then the end
