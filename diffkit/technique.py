@@ -72,6 +72,27 @@ class Param:
         return f"{name}..." if self.multiple else name
 
 
+# Guidance limited to an interval of noise levels (Kynkaanniemi et al. 2024), shared by cfg and autoguide.
+INTERVAL = (
+    Param("lo", float, 0.0, "guide only from this fraction t/T of the noise schedule up", range=(0.0, 1.0)),
+    Param("hi", float, 1.0, "guide only up to this fraction t/T of the noise schedule", range=(0.0, 1.0)),
+)
+
+
+def check_interval(args: dict[str, Any]) -> None:
+    """Fill in ``lo``/``hi`` defaults and refuse an empty interval (ValueError)."""
+    args.setdefault("lo", 0.0)
+    args.setdefault("hi", 1.0)
+    if args["lo"] > args["hi"]:
+        raise ValueError(f"the guidance interval lo={args['lo']:g}..hi={args['hi']:g} is empty: give lo <= hi")
+
+
+def interval_timesteps(ctx: Context, args: dict[str, Any]) -> tuple[float, float]:
+    """``(lo T, hi T)``: the timesteps between which a query is guided."""
+    T = len(ctx.alphas_cumprod)
+    return args["lo"] * T, args["hi"] * T
+
+
 class Technique:
     """Base of every technique. Subclasses set the class attributes and take their params as kwargs.
 

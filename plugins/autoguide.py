@@ -9,7 +9,7 @@ from torch import Tensor
 
 from diffkit.hookspecs import hookimpl
 from diffkit.state import Context, Query
-from diffkit.technique import Combiner, Param
+from diffkit.technique import INTERVAL, Combiner, Param, check_interval, interval_timesteps
 
 WEAK = "autoguide"  # the name the weak model is registered under in ctx.models
 
@@ -58,17 +58,14 @@ class Autoguide(Combiner):
         Param("scale", float, 2.0, "guidance weight w (1: the main model alone)", range=(-100.0, 100.0)),
         Param("model", str, None, "the weak model: an MNIST checkpoint folder (default: the shipped weak "
                                   "model) or an IF stage I hub id or folder"),
-        Param("lo", float, 0.0, "guide only from this fraction t/T of the noise schedule up", range=(0.0, 1.0)),
-        Param("hi", float, 1.0, "guide only up to this fraction t/T of the noise schedule", range=(0.0, 1.0)),
+        *INTERVAL,
     )
     backends = ("mnist", "if")
     extra_channels = "first"  # IF's variance: the main model's
 
     def __init__(self, **args):
-        super().__init__(**{"lo": 0.0, "hi": 1.0, **args})
-        lo, hi = self.args["lo"], self.args["hi"]
-        if lo > hi:
-            raise ValueError(f"the guidance interval lo={lo:g}..hi={hi:g} is empty: give lo <= hi")
+        super().__init__(**args)
+        check_interval(self.args)
 
     def setup(self, ctx: Context) -> None:
         # IF stage II has no weak counterpart given: it refines stage I's output unguided by a weak model.
@@ -78,8 +75,7 @@ class Autoguide(Combiner):
         if WEAK not in ctx.models:
             load = _weak_mnist if ctx.backend.name == "mnist" else _weak_if
             ctx.models[WEAK] = load(ctx, self.args["model"])
-        T = len(ctx.alphas_cumprod)
-        self.t_lo, self.t_hi = self.args["lo"] * T, self.args["hi"] * T
+        self.t_lo, self.t_hi = interval_timesteps(ctx, self.args)
 
     def expand(self, query: Query) -> list[Query]:
         if not self.active or not self.t_lo <= query.t <= self.t_hi:

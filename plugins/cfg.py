@@ -8,7 +8,7 @@ from torch import Tensor
 
 from diffkit.hookspecs import hookimpl
 from diffkit.state import Context, Query
-from diffkit.technique import Combiner, Param
+from diffkit.technique import INTERVAL, Combiner, Param, check_interval, interval_timesteps
 
 
 def guide(eps_u: Tensor, eps_c: Tensor, scale: float) -> Tensor:
@@ -22,23 +22,19 @@ class CFG(Combiner):
             "only while lo <= t/T <= hi: elsewhere the conditional estimate alone, and no unconditional call.")
     params = (
         Param("scale", float, 7.0, "guidance scale g (1: no guidance, 0: unconditional)", range=(-100.0, 100.0)),
-        Param("lo", float, 0.0, "guide only from this fraction t/T of the noise schedule up", range=(0.0, 1.0)),
-        Param("hi", float, 1.0, "guide only up to this fraction t/T of the noise schedule", range=(0.0, 1.0)),
+        *INTERVAL,
     )
     extra_channels = "first"  # the conditional branch's variance, as diffusers' IF pipelines keep it
 
     def __init__(self, **args):
-        super().__init__(**{"lo": 0.0, "hi": 1.0, **args})
-        lo, hi = self.args["lo"], self.args["hi"]
-        if lo > hi:
-            raise ValueError(f"the guidance interval lo={lo:g}..hi={hi:g} is empty: give lo <= hi")
+        super().__init__(**args)
+        check_interval(self.args)
 
     def setup(self, ctx: Context) -> None:
         if not ctx.backend.conditional:
             raise ValueError(f"backend {ctx.backend.name!r} is unconditional: there is nothing to guide")
         self.null = ctx.null
-        T = len(ctx.alphas_cumprod)
-        self.t_lo, self.t_hi = self.args["lo"] * T, self.args["hi"] * T
+        self.t_lo, self.t_hi = interval_timesteps(ctx, self.args)
 
     def expand(self, query: Query) -> list[Query]:
         # Scale 1 is the conditional estimate, an unconditional query guides to itself, and outside the
