@@ -6,6 +6,15 @@ from diffkit.hookspecs import hookimpl
 from diffkit.rules import SIGMA_KEYS, SIGMA_PARAMS, SPACING_PARAM, Ddpm, DiffusersRule, Generic
 from diffkit.technique import Param
 
+SPACING_KEYS = {"spacing": "timestep_spacing"}
+
+
+class SigmaRule(DiffusersRule):
+    """A diffusers scheduler with diffusers' sigma spacings (karras, exponential) and timestep spacing."""
+
+    params = (*SIGMA_PARAMS, SPACING_PARAM)
+    config_keys = SIGMA_KEYS
+
 
 class Ddim(DiffusersRule):
     name = "ddim"
@@ -13,16 +22,14 @@ class Ddim(DiffusersRule):
     scheduler = "DDIMScheduler"
     params = (Param("eta", float, 0.0, "noise of each step: 0 deterministic, 1 as DDPM", range=(0.0, 1.0)),
               SPACING_PARAM)
-    config_keys = {"spacing": "timestep_spacing"}
+    config_keys = SPACING_KEYS
     step_keys = ("eta",)
 
 
-class Euler(DiffusersRule):
+class Euler(SigmaRule):
     name = "euler"
     help = "Euler's method on the probability-flow ODE in sigma space (Karras et al. 2022, alg. 1). Deterministic."
     scheduler = "EulerDiscreteScheduler"
-    params = (*SIGMA_PARAMS, SPACING_PARAM)
-    config_keys = SIGMA_KEYS
 
 
 class EulerAncestral(DiffusersRule):
@@ -30,24 +37,20 @@ class EulerAncestral(DiffusersRule):
     help = "Euler step to a lower sigma, then fresh noise back up (k-diffusion's ancestral sampling). Stochastic."
     scheduler = "EulerAncestralDiscreteScheduler"
     params = (SPACING_PARAM,)
-    config_keys = {"spacing": "timestep_spacing"}
+    config_keys = SPACING_KEYS
 
 
-class Heun(DiffusersRule):
+class Heun(SigmaRule):
     name = "heun"
     help = "Heun's second-order method (Karras et al. 2022, alg. 1): two model evaluations a step."
     scheduler = "HeunDiscreteScheduler"
-    params = (*SIGMA_PARAMS, SPACING_PARAM)
-    config_keys = SIGMA_KEYS
 
 
-class DpmPP2M(DiffusersRule):
+class DpmPP2M(SigmaRule):
     name = "dpmpp_2m"
     help = "DPM-Solver++(2M) (Lu et al. 2022): second-order multistep on x0 predictions. Deterministic."
     scheduler = "DPMSolverMultistepScheduler"
     fixed = {"algorithm_type": "dpmsolver++", "solver_order": 2}
-    params = (*SIGMA_PARAMS, SPACING_PARAM)
-    config_keys = SIGMA_KEYS
 
 
 class DpmPP2MSde(DpmPP2M):
@@ -56,20 +59,16 @@ class DpmPP2MSde(DpmPP2M):
     fixed = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
 
 
-class UniPC(DiffusersRule):
+class UniPC(SigmaRule):
     name = "uni_pc"
     help = "UniPC (Zhao et al. 2023): multistep predictor with a corrector that reuses the next evaluation."
     scheduler = "UniPCMultistepScheduler"
-    params = (*SIGMA_PARAMS, SPACING_PARAM)
-    config_keys = SIGMA_KEYS
 
 
-class Deis(DiffusersRule):
+class Deis(SigmaRule):
     name = "deis"
     help = "DEIS (Zhang & Chen 2023): exponential-integrator multistep solver. Deterministic."
     scheduler = "DEISMultistepScheduler"
-    params = (*SIGMA_PARAMS, SPACING_PARAM)
-    config_keys = SIGMA_KEYS
 
 
 @hookimpl
