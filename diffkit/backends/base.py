@@ -91,3 +91,22 @@ def check_device(device: str) -> None:
         raise BackendError(f"--device {device}: MPS is not available here; use --device cpu")
     elif d.type not in ("cpu", "cuda", "mps"):
         raise BackendError(f"--device must be cpu, cuda, cuda:N or mps, got {device!r}")
+
+
+def in_fixed_chunks(f: Callable[..., Tensor], rows: int, *args: Tensor | None) -> Tensor:
+    """``f(*args)`` evaluated ``rows`` rows at a time, the last chunk padded with copies of its last row.
+
+    CPU kernels (oneDNN convolutions, small-matrix GEMMs) pick their algorithm, and so the order of
+    their float sums, by batch size and thread count: a sample's estimate then differs in the last bits
+    between a call of 2 rows and one of 64. Every call of exactly ``rows`` rows makes a sample's numbers
+    independent of the samples that share its call, so a run gives the same bytes in any --batch-size
+    and over any number of processes. (benchmarks/scale.py measures the cost: none from 16 rows up.)
+    """
+    n = next(a for a in args if a is not None).shape[0]
+    pad = (-n) % rows
+    if pad:
+        args = tuple(None if a is None else torch.cat([a, a[-1:].expand(pad, *a.shape[1:])]) for a in args)
+    if n + pad == rows:
+        return f(*args)[:n]
+    return torch.cat([f(*(None if a is None else a[i: i + rows] for a in args))
+                      for i in range(0, n + pad, rows)])[:n]

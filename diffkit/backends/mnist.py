@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from diffkit import schedule
-from diffkit.backends.base import BackendError
+from diffkit.backends.base import BackendError, in_fixed_chunks
 from diffkit.mnist import checkpoint
 from diffkit.schedule import StepConfig
 
@@ -24,6 +24,11 @@ def parse_class(label: Any) -> int | None:
     if not 0 <= k <= 9:
         raise BackendError(f"mnist backend: class must be a digit 0-9, got {label!r}")
     return k
+
+
+# Rows a model call: every call has exactly this many (base.in_fixed_chunks), so a sample's bytes do not
+# depend on the batch it is in. 16 is as fast a row as larger calls on the CPU (benchmarks/scale.py).
+CHUNK_ROWS = 16
 
 
 class MnistBackend:
@@ -76,6 +81,9 @@ class MnistBackend:
         return x
 
     def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        return in_fixed_chunks(self._predict, CHUNK_ROWS, x, t, cond)
+
+    def _predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x, (t.to(x.dtype) / self.T)[:, None], cond).contiguous()
