@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from diffkit import io, plugins, schedule
+from diffkit.folder import assemble, check_out, write_batch
 from diffkit.backends.base import Backend, BackendError, check_device
 from diffkit.rules import RuleError, Stepper, StepRule
 from diffkit.sampler import Sampler
@@ -38,6 +39,23 @@ class Result:
     stage_images: list[Tensor] = field(default_factory=list)  # one ``[N x C x H x W]`` a stage
     stage_x: list[Tensor] = field(default_factory=list)  # each stage's final state, unclamped
     frames: list[Tensor] = field(default_factory=list)  # ``[N x C x H x W]`` x0 estimates every save_every steps
+
+
+    @staticmethod
+    def concat(parts: list[Result]) -> Result:
+        """The batches of one run, in order, as one result."""
+        if len(parts) == 1:
+            return parts[0]
+
+        def cat(xs: list[Tensor]) -> Tensor:
+            return torch.cat(xs)
+
+        return Result(cat([p.images for p in parts]), [lab for p in parts for lab in p.labels],
+                      [s for p in parts for s in p.seeds], parts[0].meta,
+                      None if parts[0].x is None else cat([p.x for p in parts]),
+                      [cat(st) for st in zip(*(p.stage_images for p in parts))],
+                      [cat(st) for st in zip(*(p.stage_x for p in parts))],
+                      [cat(f) for f in zip(*(p.frames for p in parts))])
 
 
 def versions() -> dict[str, str]:
@@ -105,11 +123,13 @@ class Run:
                  timesteps: Sequence[int] | None = None, timesteps2: Sequence[int] | None = None,
                  i_start: int = 0, save_every: int = 0,
                  max_batch: int | None = None, backend_options: dict[str, Any] | None = None,
-                 stages: int | None = None, sampler: str | StepRule | None = None):
+                 stages: int | None = None, sampler: str | StepRule | None = None,
+                 batch_size: int | None = None):
         # Everything that can be checked without the model is checked before it loads.
         check_int("seed", seed, 0, 2**63 - 1)
         check_int("num", num, 1)
-        for name, value in (("steps", steps), ("stride", stride), ("max_batch", max_batch)):
+        for name, value in (("steps", steps), ("stride", stride), ("max_batch", max_batch),
+                            ("batch_size", batch_size)):
             if value is not None:
                 check_int(name, value, 1)
         check_int("i_start", i_start, 0)
@@ -123,6 +143,10 @@ class Run:
         self.labels = [lab for lab in base for _ in range(num)]
         self.seeds = [seed + i for i in range(len(self.labels))]
         check_int("seed + number of samples", self.seeds[-1], 0, 2**63 - 1)
+        self._asked = {"labels": base, "num": num, "seed": seed, "steps": steps, "stride": stride,
+                       "timesteps": list(timesteps) if timesteps else None,
+                       "timesteps2": list(timesteps2) if timesteps2 else None, "i_start": i_start,
+                       "save_every": save_every, "stages": stages}
         self.techniques = [plugins.make_technique(h) if isinstance(h, str) else h for h in hooks]
         self.rule = sampler if isinstance(sampler, StepRule) else plugins.make_sampler(sampler)
         self.backend_options = {k: v for k, v in (backend_options or {}).items() if v is not None}
@@ -141,15 +165,23 @@ class Run:
         self.n_steps = steps  # later stages use the same rule and steps unless timesteps2 is given
         self.save_every = save_every
         self.stages = stages  # stop after this many stages (None: as many as the backend chains)
-        # Encode now, so a label the backend cannot take fails before any work.
-        self._conds = (Context.make_cond(self.backend, self.labels),
-                       Context.make_cond(self.backend, [None] * len(self.labels)))
+        # Samples go through the Sampler batch_size at a time (all of them by default); per-sample seeds
+        # and fixed-size model calls (backends/base.in_fixed_chunks) make the bytes the same for any size.
+        self.batch_size = min(batch_size or len(self.labels), len(self.labels))
+        # Encode every distinct label now, so one the backend cannot take fails before any work.
+        Context.make_cond(self.backend, list(dict.fromkeys(self.labels)) + [None])
         self.sampler = Sampler(self.techniques, max_batch)
         self.result: Result | None = None
         self.stage_timesteps: list[list[int]] = []
+        self.samples_done = 0
         # Techniques set up now (prompts encoded, images read), so their bad input also fails before any work.
-        self._ctx0 = self.context(self.backend, 0, stepper, self.i_start)
+        self._ctx0 = self.context(self.backend, 0, stepper, self.i_start, self.batches()[0])
         self.sampler.setup(self._ctx0)
+
+    def batches(self) -> list[range]:
+        """The sample indices of each batch, in order: ``batch_size`` samples each, the last one shorter."""
+        n = len(self.labels)
+        return [range(a, min(a + self.batch_size, n)) for a in range(0, n, self.batch_size)]
 
     def plan(self, backend: Backend, steps: int | None, timesteps: Sequence[int] | None) -> Stepper:
         """The sampler's walk for one stage; what it cannot do is a ValueError naming it."""
@@ -160,26 +192,47 @@ class Run:
         except ValueError as e:
             raise RuleError(f"sampler {self.rule.name!r}: {e}") from None
 
-    def context(self, backend: Backend, stage: int, stepper: Stepper, i_start: int) -> Context:
-        cond, null = self._conds if backend is self.backend else (
-            Context.make_cond(backend, self.labels), Context.make_cond(backend, [None] * len(self.labels)))
+    def context(self, backend: Backend, stage: int, stepper: Stepper, i_start: int,
+                batch: range | None = None) -> Context:
+        """The context of one stage of one batch (the samples ``batch`` of the run; default all)."""
+        batch = range(len(self.labels)) if batch is None else batch
+        labels, seeds = self.labels[batch.start: batch.stop], self.seeds[batch.start: batch.stop]
         return Context(
-            backend=backend, timesteps=stepper.timesteps, labels=self.labels, seeds=self.seeds, cond=cond,
-            null=null, generators=[torch.Generator().manual_seed(s) for s in self.seeds], stage=stage,
-            i_start=i_start, size_factor=backend.sample_shape[-1] / self.backend.sample_shape[-1], stepper=stepper)
+            backend=backend, timesteps=stepper.timesteps, labels=labels, seeds=seeds,
+            cond=Context.make_cond(backend, labels), null=Context.make_cond(backend, [None] * len(labels)),
+            generators=[torch.Generator().manual_seed(s) for s in seeds], stage=stage, i_start=i_start,
+            size_factor=backend.sample_shape[-1] / self.backend.sample_shape[-1], stepper=stepper)
 
-    def steps(self) -> Iterator[StepState]:
-        """Yield every step of every stage; afterwards :attr:`result` holds the images."""
+    def steps(self, batch: range | None = None) -> Iterator[StepState]:
+        """Yield every step of every stage; afterwards :attr:`result` holds the images.
+
+        ``batch``: only those samples (one of :meth:`batches`), and :attr:`result` holds just them.
+        Without it, every batch in turn, and :attr:`result` holds the whole run.
+        """
+        if batch is not None:
+            yield from self._batch_steps(batch)
+            return
+        parts = []
+        for b in self.batches():
+            yield from self._batch_steps(b)
+            parts.append(self.result)
+        self.result = Result.concat(parts)
+
+    def _batch_steps(self, batch: range) -> Iterator[StepState]:
         backend, stage, stage_images, stage_x, frames = self.backend, 0, [], [], []
         self.stage_timesteps = []
         stepper, i_start = None, self.i_start
+        labels = self.labels[batch.start: batch.stop]
         while backend is not None:
-            if stage == 0 and self._ctx0 is not None:
+            if stage == 0 and self._ctx0 is not None and list(self._ctx0.seeds) == self.seeds[batch.start: batch.stop]:
                 ctx = self._ctx0
             else:
                 stepper = stepper or self.plan(backend, self.n_steps, self._timesteps_arg)
-                ctx = self.context(backend, stage, stepper, i_start)
-            self._ctx0 = None  # its generators are being used: a second steps() starts afresh
+                ctx = self.context(backend, stage, stepper, i_start, batch)
+                if stage == 0:
+                    self.sampler.setup(ctx)
+            if stage == 0:
+                self._ctx0 = None  # its generators are being used: a second steps() starts afresh
             self.stage_timesteps.append(ctx.timesteps)
             run = self.sampler.run(ctx)
             while True:
@@ -196,15 +249,25 @@ class Run:
             stage_x.append(x.detach().float().cpu().clone())
             final = x
             stage += 1
-            backend = None if self.stages and stage >= self.stages else backend.next_stage(x, self.labels)
+            backend = None if self.stages and stage >= self.stages else backend.next_stage(x, labels)
             if backend is not None:
                 stepper, i_start = self.plan(backend, self.n_steps, self.timesteps2), 0
-        self.result = Result(stage_images[-1], self.labels, self.seeds, self.meta(), final, stage_images, stage_x,
-                             frames)
+        self.samples_done += len(batch)
+        self.result = Result(stage_images[-1], labels, self.seeds[batch.start: batch.stop], self.meta(),
+                             final, stage_images, stage_x, frames)
+
+    def request(self) -> dict[str, Any]:
+        """What was asked, everything that decides the samples' bytes (not how the work is split: the
+        batch size, the number of processes, --max-batch). A --resume must ask the same."""
+        options = dict(self.backend_options)
+        if str(options.get("device", "")).startswith("cuda:"):  # torchrun gives each rank its own GPU
+            options["device"] = "cuda"
+        return dict(self._asked, backend=self.backend.name, backend_options=options,
+                    hooks=[{"name": t.name, "args": t.args} for t in self.techniques], sampler=self.rule.spec)
 
     def model_calls_per_sample(self) -> float:
         """Images the model has seen per sample so far, every branch counted (CFG: 2 an evaluation)."""
-        return self.sampler.stats.get("rows", 0) / len(self.labels)
+        return self.sampler.stats.get("rows", 0) / max(1, self.samples_done)
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -228,48 +291,11 @@ def sample(backend: str | Backend = "mnist", **kwargs: Any) -> Result:
     return run.result
 
 
-def output_names(n: int, frames: bool) -> list[str]:
-    names = [f"sample-{i:03d}.png" for i in range(n)] + ["grid.png", "run.json", "final.safetensors"]
-    return names + (["trajectory.gif", "frames"] if frames else [])
-
-
-def check_out(out: str | os.PathLike, n: int, frames: bool, overwrite: bool) -> None:
-    """Refuse (FileExistsError) before any work if the run would overwrite files in ``out``."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a folder")
-    clash = [name for name in output_names(n, frames) if (out / name).exists()]
-    if clash and not overwrite:
-        raise FileExistsError(f"{out} already holds {', '.join(clash[:3])}{' ...' if len(clash) > 3 else ''}; "
-                              "pass --overwrite to replace them, or choose another --out")
-
-
 def write_run(result: Result, folder: Path, extra: dict[str, Any] | None = None) -> None:
     """Write sample PNGs, grid.png, final.safetensors, run.json (and frames/ + trajectory.gif) into ``folder``."""
-    from safetensors.torch import save_file
-
     folder.mkdir(parents=True, exist_ok=True)
-    n = len(result.images)
-    samples = []
-    for i, (img, lab, seed) in enumerate(zip(result.images, result.labels, result.seeds)):
-        name = f"sample-{i:03d}.png"
-        io.save_png(img, folder / name)
-        samples.append({"file": name, "label": lab, "seed": seed})
-    ncol = max(1, min(n, 10 if n > 16 else int(n**0.5 + 0.999)))
-    per = n // max(1, len(dict.fromkeys(result.labels)))
-    if 1 < per <= 10 and n % per == 0:
-        ncol = per
-    io.save_png(io.grid(result.images, ncol), folder / "grid.png")
-    if result.frames:
-        (folder / "frames").mkdir()
-        for k, f in enumerate(result.frames):
-            io.save_png(io.grid(f, ncol), folder / "frames" / f"frame-{k:03d}.png")
-        io.save_gif([io.grid(f, ncol) for f in result.frames], folder / "trajectory.gif")
-    tensors = {"x": result.x.float().cpu().contiguous()} if result.x is not None else {}
-    tensors.update({f"stage{k + 1}_images": im.contiguous() for k, im in enumerate(result.stage_images)})
-    tensors.update({f"stage{k + 1}_x": x.contiguous() for k, x in enumerate(result.stage_x)})
-    save_file(tensors, folder / "final.safetensors")
-    io.write_json(folder / "run.json", dict(result.meta, samples=samples, **(extra or {})))
+    write_batch(folder, 0, 0, result, len(result.images))
+    assemble(folder, result.labels, extra)
 
 
 def save(result: Result, out: str | os.PathLike, overwrite: bool = False, extra: dict[str, Any] | None = None) -> Path:

@@ -185,3 +185,12 @@ def labelled_columns(columns: list[Tensor], titles: list[str], pad: int = 2, sca
         draw.text((k * (w + 2 * pad) * scale + 2, 1), title, fill="black")
     arr = torch.frombuffer(bytearray(out.tobytes()), dtype=torch.uint8).reshape(out.height, out.width, 3)
     return arr.permute(2, 0, 1).float() / 255
+
+
+def load_png(path: str | os.PathLike) -> Tensor:
+    """A PNG this module wrote -> ``[C x H x W]`` in [0, 1], exactly its 8-bit values (no resizing)."""
+    with Image.open(path) as img:
+        img.load()
+        c = 1 if img.mode == "L" else 3
+        arr = torch.frombuffer(bytearray(img.convert("L" if c == 1 else "RGB").tobytes()), dtype=torch.uint8)
+        return arr.reshape(img.height, img.width, c).permute(2, 0, 1).float() / 255
