@@ -27,8 +27,10 @@ app.add_typer(train_app, name="train")
 # soft_wrap: messages are never hard-wrapped (a terminal wraps them itself; logs stay greppable).
 console = Console(stderr=True, soft_wrap=True)
 
-# What the one line printed on SIGINT/SIGTERM says about the outputs; commands update it as they go.
-_on_interrupt = ["nothing was written"]
+# What the one line printed on SIGINT/SIGTERM says about the outputs (or a function that cleans up and
+# says it); commands update it as they go.
+_on_interrupt: list[Any] = ["nothing was written"]
+DEFAULT_BATCH = 256  # samples through the Sampler at a time when --batch-size is not given
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -41,9 +43,14 @@ def main() -> None:
     """The ``diffkit`` console script: signals end a run cleanly, and no traceback reaches the user."""
     interrupt.install()
     try:
-        app()
+        try:
+            app()
+        except SystemExit as e:
+            _leave(e.code)
+            raise
     except interrupt.Interrupted as e:
-        console.print(f"interrupted by {e}: {_on_interrupt[0]}", highlight=False)
+        said = _on_interrupt[0]
+        console.print(f"interrupted by {e}: {said() if callable(said) else said}", highlight=False)
         sys.exit(e.exit_code)
     except Exception as e:  # a bug in diffkit or a plugin: one line, the traceback only when asked for
         if os.environ.get("DIFFKIT_DEBUG"):
@@ -51,6 +58,18 @@ def main() -> None:
         console.print(f"[bold red]internal error:[/] {escape(type(e).__name__)}: {escape(str(e))}. "
                       "This is a bug in diffkit or a plugin; DIFFKIT_DEBUG=1 shows the traceback.", highlight=False)
         sys.exit(1)
+
+
+def _leave(code: Any) -> None:
+    """A process of a torchrun world ends here, skipping the interpreter's teardown: gloo's worker threads,
+    torn down during finalization, now and then abort a process that has finished its work ("terminate
+    called without an active exception", exit -6), which fails the whole launch. Files are all closed."""
+    from diffkit import dist
+
+    if dist.joined():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else (0 if code is None else 1))
 
 
 # Numeric options: every int and float option declares a closed range, checked (with NaN and inf
@@ -78,10 +97,10 @@ def Float(default: Any, *decls: str, lo: float, hi: float, help: str) -> Any:
     return _ranged(default, decls, lo, hi, help, "a finite number")
 
 
-def progress() -> Progress:
+def progress(disable: bool = False) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=console, transient=False)
+                    console=console, transient=False, disable=disable)
 
 
 def _ints(text: str | None, what: str, lo: int = 0, hi: int = 10**9) -> list[int]:
@@ -134,6 +153,7 @@ def train_mnist(
 
     if threads:
         torch.set_num_threads(threads)
+    shard = _shard("cpu")  # under torchrun: DistributedDataParallel over gloo
     cfg = TrainConfig(objective=objective, conditioning=conditioning, hidden=hidden, epochs=epochs,
                       batch_size=batch_size, lr=lr, sigma=sigma, seed=seed, subset=subset,
                       sample_epochs=_ints(sample_epochs, "--sample-epochs", 1, 10_000))
@@ -142,26 +162,30 @@ def train_mnist(
                         "continue with --resume")
     try:
         resolved = cfg.resolved()
-        with progress() as bar:
+        with progress(disable=shard.rank != 0) as bar:
             task = None
-            for ev in train(cfg, out, data, resume=resume, command=command):
+            for ev in train(cfg, out, data, resume=resume, command=command, shard=shard):
                 if task is None:
                     task = bar.add_task("train", total=resolved.epochs * ev.steps_per_epoch, info="",
                                         completed=(ev.epoch - 1) * ev.steps_per_epoch)
                 if ev.kind == "step":
                     bar.update(task, advance=1, description=f"epoch {ev.epoch}/{resolved.epochs}",
                                info=f"loss {ev.loss:.4f}  {ev.images_per_s:.0f} img/s")
-                else:
+                elif shard.rank == 0:
                     bar.console.print(f"epoch {ev.epoch}: mean loss {ev.loss:.4f}, checkpoint {ev.checkpoint}")
                     if ev.snapshot is not None:
                         _preview(ev.snapshot, resolved, out / f"samples-epoch-{ev.epoch:03d}.png")
     except (MnistNotFound, CheckpointError, FileExistsError) as e:
-        fail(str(e), 2)
+        fail(f"{shard.who()}{e}", 2)
     except FloatingPointError as e:
         fail(str(e), 1)
     except ValueError as e:  # options that contradict each other or the run being resumed
-        fail(str(e), 2)
-    console.print(f"done: {out / 'checkpoint'}")
+        fail(f"{shard.who()}{e}", 2)
+    from diffkit import dist
+
+    dist.finish(shard)
+    if shard.rank == 0:
+        console.print(f"done: {out / 'checkpoint'}")
 
 
 def _preview(snapshot: Path, cfg, path: Path) -> None:
@@ -217,26 +241,80 @@ def sample(
     sweep: Optional[str] = typer.Option(None, help="NAME=v1,v2,...: one run per value of a hook or sampler parameter "
                                                    "(or steps, sampler, i_start, seed); writes NAME-v/ folders "
                                                    "and sweep.png."),
+    batch_size: Optional[int] = Int(None, lo=1, hi=100_000, help=f"Samples through the model at a time; each batch "
+                                    f"is written as it finishes and memory holds one (default {DEFAULT_BATCH}). "
+                                    "Any size gives the same bytes."),
+    resume: bool = typer.Option(False, help="Continue the interrupted run of this same command in --out, skipping "
+                                            "the batches it finished."),
 ) -> None:
-    """Sample images with any composition of techniques."""
-    import diffkit
-    from diffkit.api import check_out
+    """Sample images with any composition of techniques.
+
+    Under `torchrun --nproc-per-node K -m diffkit sample ...` the batches are shared among the K processes
+    and the output is the same bytes as one process writes.
+    """
+    from diffkit import dist
+    from diffkit.folder import AlreadyDone, ResumeError, RunFolder
 
     options = {"checkpoint": checkpoint, "device": device, "model": model, "upscaler": upscaler, "dtype": dtype,
                "embeddings": embeddings, "offload": offload}
     if sweep:
+        for flag, given in (("--batch-size", batch_size), ("--resume", resume), ("torchrun", dist.launched())):
+            if given:
+                fail(f"--sweep runs each value whole, in one process: it takes no {flag}", 2)
         return _sweep(sweep, backend, _labels(prompt, classes), hook or [], seed, num, steps, stride, timesteps,
                       i_start, out, overwrite, max_batch, options, save_every, timesteps2, sampler)
+    shard = _shard(device)
+    options["device"] = dist.local_device(shard, device)
     run = _make_run(backend, _labels(prompt, classes), hook or [], seed, num, steps, stride, timesteps, i_start,
-                    save_every, max_batch, options, timesteps2, sampler)
+                    save_every, max_batch, options, timesteps2, sampler, batch_size or DEFAULT_BATCH)
+    request = run.request()
+    # Rank 0 alone looks at and prepares the folder; every rank then follows its answer.
+    answer = None
+    if shard.rank == 0:
+        try:
+            folder, note = RunFolder.start(out, request, len(run.labels), run.batch_size, bool(save_every),
+                                           resume=resume, overwrite=overwrite)
+            answer = ("ok", note, folder.batch_size, sorted(folder.done()))
+        except (FileExistsError, ResumeError) as e:
+            answer = ("fail", str(e))
+        except AlreadyDone as e:
+            answer = ("done", str(e))
+        except OSError as e:
+            answer = ("fail", f"cannot write beside {out}: {e}")
+    answer = dist.broadcast(shard, answer)
+    if answer[0] != "ok":
+        dist.finish(shard)
+        if answer[0] == "done":
+            console.print(answer[1]) if shard.rank == 0 else None
+            raise typer.Exit(0)
+        if shard.rank == 0:
+            fail(answer[1], 2)
+        raise typer.Exit(2)
+    _, note, run.batch_size, done = answer
+    if shard.rank:
+        folder = RunFolder(out, request, len(run.labels), run.batch_size, bool(save_every))
+    elif note:
+        console.print(note)
+    after = folder.abandon if shard.rank == 0 else (lambda: f"samples of finished batches are kept in {folder.path}")
+    _on_interrupt[0] = after
+    todo = [k for k in shard.mine(range(len(run.batches()))) if k not in done]
+    _execute(run, todo, folder.write_batch, shard, after)
+    if not dist.all_ok(shard, True):  # not reached by a rank that failed: the launcher stops the others
+        raise typer.Exit(1)
+    if shard.rank == 0:
+        _publish(lambda: folder.publish(run.labels), out)
+        console.print(f"wrote {len(run.labels)} samples, grid.png and run.json to {out}")
+    dist.finish(shard)
+
+
+def _shard(device: Optional[str]):
+    """This process's shard of the run (one process: the whole run); a broken launch exits 2."""
+    from diffkit import dist
+
     try:
-        check_out(out, len(run.labels), bool(save_every), overwrite)
-    except FileExistsError as e:
+        return dist.init(device)
+    except dist.LaunchError as e:
         fail(str(e), 2)
-    _on_interrupt[0] = f"nothing was written to {out}"
-    _execute(run)
-    _publish(lambda: diffkit.save(run.result, out, overwrite=overwrite), out)
-    console.print(f"wrote {len(run.labels)} samples, grid.png and run.json to {out}")
 
 
 def _publish(write, out: Path) -> None:
@@ -314,7 +392,7 @@ def _sweep(sweep, backend, labels, hooks, seed, num, steps, stride, timesteps, i
 
 
 def _make_run(backend, labels, hooks, seed, num, steps, stride, timesteps, i_start, save_every, max_batch, options,
-              timesteps2=None, sampler=None):
+              timesteps2=None, sampler=None, batch_size=None):
     from diffkit.api import Run
     from diffkit.backends.base import BackendError
     from diffkit.mnist.checkpoint import CheckpointError
@@ -325,31 +403,49 @@ def _make_run(backend, labels, hooks, seed, num, steps, stride, timesteps, i_sta
         return Run(backend, hooks=hooks, seed=seed, num=num, steps=steps, stride=stride,
                    timesteps=_ints(timesteps, "--timesteps") or None,
                    timesteps2=_ints(timesteps2, "--timesteps2") or None, i_start=i_start, save_every=save_every,
-                   max_batch=max_batch, backend_options=options, sampler=sampler, **labels)
+                   max_batch=max_batch, backend_options=options, sampler=sampler, batch_size=batch_size, **labels)
     except (UnknownName, SpecError, BackendError, CheckpointError, ValueError) as e:
         fail(str(e), 2)
     except PluginError as e:
         fail(str(e), 1)
 
 
-def _execute(run) -> None:
-    """Drive a run with a progress bar; failures exit 1 with the culprit's name and write nothing."""
+def _execute(run, todo=None, on_batch=None, shard=None, after=None) -> None:
+    """Drive batches ``todo`` of a run (all of them by default) with progress bars, handing each finished
+    batch's result to ``on_batch(k, result)``. A failure exits 1 naming the culprit (and the rank), and
+    says what ``after()`` left of the run."""
     from diffkit.backends.base import BackendError
     from diffkit.denoise import NonFiniteError
+    from diffkit.dist import Shard
     from diffkit.plugins import PluginError
 
-    n, steps = len(run.labels), len(run.timesteps) - run.i_start
-    console.print(f"sampling {n} sample{'s' if n != 1 else ''}, {steps} steps", highlight=False)
+    shard = shard or Shard()
+    batches = run.batches()
+    todo = list(range(len(batches))) if todo is None else list(todo)
+    n, steps = sum(len(batches[k]) for k in todo), len(run.timesteps) - run.i_start
+    split = f", {len(todo)} batches of up to {run.batch_size}" if len(batches) > 1 else ""
+    console.print(f"{shard.who()}sampling {n} sample{'s' if n != 1 else ''}, {steps} steps{split}", highlight=False)
     try:
-        with progress() as bar:
-            tasks: dict[int, int] = {}
-            for st in run.steps():
-                if st.stage not in tasks:
-                    tasks[st.stage] = bar.add_task(f"stage {st.stage + 1}" if st.stage else "sample",
-                                                   total=st.n_steps, completed=st.i, info="")
-                bar.update(tasks[st.stage], completed=st.i + 1, info=f"t={st.t}")
+        with progress(disable=shard.rank != 0) as bar:  # one set of bars under torchrun: rank 0's
+            whole = bar.add_task("samples", total=n, info="") if len(batches) > 1 else None
+            for j, k in enumerate(todo):
+                tasks: dict[int, int] = {}
+                for st in run.steps(batches[k]):
+                    if st.stage not in tasks:
+                        name = f"stage {st.stage + 1}" if st.stage else "sample"
+                        tasks[st.stage] = bar.add_task(name if whole is None else f"  batch {j + 1}/{len(todo)} {name}",
+                                                       total=st.n_steps, completed=st.i, info="")
+                    bar.update(tasks[st.stage], completed=st.i + 1, info=f"t={st.t}")
+                if on_batch is not None:
+                    on_batch(k, run.result)
+                if whole is not None:
+                    bar.update(whole, advance=len(batches[k]))
+                    for task in tasks.values():
+                        bar.remove_task(task)
     except (PluginError, NonFiniteError, BackendError, ValueError) as e:
-        fail(f"{e}; nothing was written", 1)
+        fail(f"{shard.who()}{e}; {after() if after else 'nothing was written'}", 1)
+    except OSError as e:
+        fail(f"{shard.who()}cannot write the samples: {e}; {after() if after else 'nothing was written'}", 1)
 
 
 def _print_params(out: Console, params: tuple) -> None:
@@ -465,7 +561,7 @@ def train_classifier(
 def eval_mnist(
     checkpoint: Optional[str] = typer.Option(None, help="Class-conditioned DDPM (default: the shipped model)."),
     classifier: Optional[Path] = typer.Option(None, help="Classifier folder (default: the shipped one)."),
-    num: int = Int(50, lo=1, hi=10_000, help="Samples per class."),
+    num: int = Int(50, "--num", "-n", lo=1, hi=10_000, help="Samples per class."),
     cfg: float = Float(5.0, lo=-100.0, hi=100.0, help="CFG scale of the samples (when no --hook is given)."),
     hook: Optional[list[str]] = typer.Option(None, "--hook", "-H", help="Techniques to sample with, as in "
                                              "`diffkit sample` (repeatable; replaces --cfg)."),
@@ -476,8 +572,15 @@ def eval_mnist(
     seed: int = Int(0, lo=0, hi=SEED_MAX, help="Seed of the first sample."),
     data: Optional[Path] = typer.Option(None, help="MNIST folder (real test digits for the Frechet distance)."),
     out: Optional[Path] = typer.Option(None, help="Write the report as JSON here."),
+    batch_size: Optional[int] = Int(None, lo=1, hi=100_000, help=f"Samples through the model at a time; only their "
+                                    f"classifier features are kept (default {DEFAULT_BATCH}). Any size gives the "
+                                    "same report."),
 ) -> None:
-    """Accuracy of class-conditioned samples as judged by a classifier, and a Frechet distance to real digits."""
+    """Accuracy of class-conditioned samples as judged by a classifier, and a Frechet distance to real digits.
+
+    Under `torchrun --nproc-per-node K -m diffkit eval mnist ...` the batches are shared among the K
+    processes, and rank 0 reports on all of them: the same numbers as one process.
+    """
     import json
 
     import torch
@@ -485,8 +588,10 @@ def eval_mnist(
     from diffkit import io
     from diffkit.mnist import data as mnist
     from diffkit.mnist.checkpoint import CheckpointError
-    from diffkit.mnist.evaluate import evaluate, load_classifier, real_floor
+    from diffkit import dist
+    from diffkit.mnist.evaluate import features, judge, load_classifier, real_floor, report
 
+    shard = _shard("cpu")
     try:
         clf = load_classifier(classifier)
         real, _ = mnist.load("test", data)
@@ -495,20 +600,29 @@ def eval_mnist(
         fail(str(e), 2)
     hooks = list(hook) if hook else [f"cfg:{cfg}"]
     run = _make_run("mnist", {"classes": list(range(10))}, hooks, seed, num, steps, None if steps else stride, None,
-                    0, 0, None, {"checkpoint": checkpoint}, None, sampler)
-    _execute(run)
-    labels = torch.tensor([int(c) for c in run.result.labels])
-    report = evaluate(run.result.images, labels, clf, real)
+                    0, 0, None, {"checkpoint": checkpoint}, None, sampler, batch_size or DEFAULT_BATCH)
+    judged: dict[int, tuple] = {}  # batch -> (predictions, features): all that is kept of the samples
+    _execute(run, shard.mine(range(len(run.batches()))), lambda k, res: judged.update({k: judge(clf, res.images)}),
+             shard)
+    everything = dist.gather(shard, (judged, run.sampler.stats.get("rows", 0)))
+    dist.finish(shard)
+    if shard.rank:
+        return
+    judged = {k: v for part, _ in everything for k, v in part.items()}
+    pred = torch.cat([judged[k][0] for k in sorted(judged)])
+    feats = torch.cat([judged[k][1] for k in sorted(judged)])
+    labels = torch.tensor([int(c) for c in run.labels])
+    result = report(pred, feats, labels, features(clf, real))
     floor = real_floor(clf, train_x, len(labels), real, seed)
-    report.update({"real_data_floor": floor, "times_floor": report["frechet_distance"] / floor,
-                   "checkpoint": run.result.meta["checkpoint"], "num_per_class": num, "hooks": hooks,
+    result.update({"real_data_floor": floor, "times_floor": result["frechet_distance"] / floor,
+                   "checkpoint": run.meta()["checkpoint"], "num_per_class": num, "hooks": hooks,
                    "sampler": run.rule.spec, "timesteps": len(run.timesteps),
-                   "model_calls_per_sample": run.model_calls_per_sample(), "seed": seed})
+                   "model_calls_per_sample": sum(rows for _, rows in everything) / len(labels), "seed": seed})
     if out:
-        io.write_json(out, report)
-    console.print(f"accuracy {report['accuracy']:.4f}  frechet distance {report['frechet_distance']:.2f} "
-                  f"({report['times_floor']:.1f}x the {floor:.2f} of {len(labels)} real training digits)")
-    print(json.dumps(report, indent=2))
+        io.write_json(out, result)
+    console.print(f"accuracy {result['accuracy']:.4f}  frechet distance {result['frechet_distance']:.2f} "
+                  f"({result['times_floor']:.1f}x the {floor:.2f} of {len(labels)} real training digits)")
+    print(json.dumps(result, indent=2))
 
 
 def _load_study_image(backend, image: Path):

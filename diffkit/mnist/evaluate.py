@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -65,10 +66,26 @@ def accuracy(model: Classifier, x: Tensor, y: Tensor, batch: int = 1000) -> floa
 
 
 @torch.inference_mode()
-def features(model: Classifier, x: Tensor, batch: int = 1000) -> Tensor:
-    return torch.cat([model.features(x[i: i + batch]) for i in range(0, len(x), batch)]).double()
+def features(model: Classifier, x: Tensor) -> Tensor:
+    """Features ``[N x 128]`` (float64), in fixed 16-row calls (see :func:`judge`)."""
+    from diffkit.backends.base import in_fixed_chunks
+
+    return in_fixed_chunks(model.features, 16, x).double()
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Float64 linear algebra sums in an order that depends on the thread count: pin it, so the report
+    is the same in one process with many threads as in torchrun's processes of one thread each."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@_one_thread()
 def frechet_distance(f1: Tensor, f2: Tensor) -> float:
     """``|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))`` between feature sets ``[N x D]`` (Heusel et al. 2017)."""
     mu1, mu2 = f1.mean(0), f2.mean(0)
@@ -86,10 +103,31 @@ def real_floor(classifier: Classifier, train: Tensor, n: int, real: Tensor, seed
     return frechet_distance(features(classifier, train[pick]), features(classifier, real))
 
 
-def evaluate(samples: Tensor, labels: Tensor, classifier: Classifier, real: Tensor) -> dict[str, float]:
-    """Accuracy of ``samples`` ``[N x 1 x 28 x 28]`` as ``labels``, and FD to ``real`` digits in feature space."""
-    with torch.inference_mode():
-        pred = classifier(samples).argmax(1)
+@torch.inference_mode()
+def judge(classifier: Classifier, images: Tensor) -> tuple[Tensor, Tensor]:
+    """Predicted class ``[N]`` and features ``[N x 128]`` (float64) of samples ``[N x 1 x 28 x 28]``.
+
+    In fixed calls of 16 rows (backends/base.in_fixed_chunks), so a sample's numbers do not depend on
+    the batch it came in: a run split into batches or over processes is judged identically.
+    """
+    from diffkit.backends.base import in_fixed_chunks
+
+    def both(x: Tensor) -> Tensor:
+        f = classifier.features(x)
+        return torch.cat([f, classifier.head(f)], dim=1)
+
+    out = in_fixed_chunks(both, 16, images)
+    return out[:, 128:].argmax(1), out[:, :128].double()
+
+
+def report(pred: Tensor, feats: Tensor, labels: Tensor, real_feats: Tensor) -> dict[str, float]:
+    """Accuracy of predictions ``pred`` as ``labels``, and FD of ``feats`` to the real digits' features."""
     per_class = {int(k): float((pred[labels == k] == k).float().mean()) for k in labels.unique()}
     return {"accuracy": float((pred == labels).float().mean()), "per_class_accuracy": per_class,
-            "frechet_distance": frechet_distance(features(classifier, samples), features(classifier, real))}
+            "frechet_distance": frechet_distance(feats, real_feats)}
+
+
+def evaluate(samples: Tensor, labels: Tensor, classifier: Classifier, real: Tensor) -> dict[str, float]:
+    """Accuracy of ``samples`` ``[N x 1 x 28 x 28]`` as ``labels``, and FD to ``real`` digits in feature space."""
+    pred, feats = judge(classifier, samples)
+    return report(pred, feats, labels, features(classifier, real))

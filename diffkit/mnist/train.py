@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from diffkit import interrupt, schedule
+from diffkit.dist import Shard
 from diffkit.io import write_json
 from diffkit.mnist import checkpoint, data
 from diffkit.mnist.model import UNet
@@ -130,8 +131,14 @@ def _merge_for_resume(saved: dict, requested: TrainConfig, folder: Path) -> Trai
 
 
 def train(cfg: TrainConfig, out: str | Path, data_dir: str | Path | None = None, resume: bool = False,
-          command: str = "") -> Iterator[TrainEvent]:
-    """Train, yielding events; writes ``out/checkpoint/`` every epoch and ``out/loss.json``."""
+          command: str = "", shard: Shard | None = None) -> Iterator[TrainEvent]:
+    """Train, yielding events; writes ``out/checkpoint/`` every epoch and ``out/loss.json``.
+
+    ``shard`` (under torchrun): DistributedDataParallel over the process group, each rank a
+    DistributedSampler's share of every epoch and ``batch_size`` images a step (so the effective batch
+    is ``world * batch_size``); the loss recorded is the mean over ranks; rank 0 alone writes files.
+    """
+    shard = shard or Shard()
     out = Path(out)
     ckpt = out / "checkpoint"
     state = None
@@ -139,6 +146,10 @@ def train(cfg: TrainConfig, out: str | Path, data_dir: str | Path | None = None,
         folder = checkpoint.resolve(ckpt)
         state = checkpoint.load_state(folder)
         cfg = _merge_for_resume(state["config"], cfg, folder)
+        if state.get("processes", 1) != shard.world:
+            raise ValueError(f"cannot resume {folder}: it was trained by {state.get('processes', 1)} process(es), "
+                             f"this is {shard.world}; resume it with the same number (the effective batch "
+                             "size and the data each process sees depend on it)")
     cfg = cfg.resolved()
     torch.manual_seed(cfg.seed)  # initial weights
     model = UNet(cfg.hidden, cfg.conditioning)
@@ -162,27 +173,40 @@ def train(cfg: TrainConfig, out: str | Path, data_dir: str | Path | None = None,
     if cfg.subset:
         x_all, y_all = x_all[: cfg.subset], y_all[: cfg.subset]
     abar = schedule.alphas_cumprod(schedule.linear_betas(cfg.T, cfg.beta_start, cfg.beta_end))
-    steps = math.ceil(len(x_all) / cfg.batch_size)
+    net, sampler = model, None
+    if shard.active:
+        from torch.nn.parallel import DistributedDataParallel
+        from torch.utils.data import DistributedSampler, TensorDataset
+
+        net = DistributedDataParallel(model)  # averages gradients; broadcasts rank 0's BatchNorm buffers
+        sampler = DistributedSampler(TensorDataset(x_all, y_all), shard.world, shard.rank, shuffle=True,
+                                     seed=cfg.seed * 100_003)
+    steps = math.ceil((len(sampler) if sampler else len(x_all)) / cfg.batch_size)
     for epoch in range(start_epoch, cfg.epochs):
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        perm = torch.randperm(len(x_all), generator=gen)
+        # Shuffling and noise from (seed, epoch) (and rank): a resumed run redraws exactly what it would have.
+        gen = torch.Generator().manual_seed((cfg.seed * 100_003 + epoch) * max(1, shard.world) + shard.rank)
+        if sampler is None:
+            perm = torch.randperm(len(x_all), generator=gen)
+        else:
+            sampler.set_epoch(epoch)
+            perm = torch.tensor(list(sampler))
         model.train()
         t0, seen = time.perf_counter(), 0
         for i in range(steps):
             idx = perm[i * cfg.batch_size: (i + 1) * cfg.batch_size]
             x0, y = x_all[idx], y_all[idx]
             if cfg.objective == "ddpm":
-                loss = ddpm_loss(model, x0, y, cfg, abar, gen)
+                loss = ddpm_loss(net, x0, y, cfg, abar, gen)
             else:
-                loss = denoise_loss(model, x0, cfg, gen)
+                loss = denoise_loss(net, x0, cfg, gen)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {i + 1}; "
-                                         f"last good checkpoint kept at {ckpt}")
+                raise FloatingPointError(f"{shard.who()}loss became {loss.item()} at epoch {epoch + 1} step "
+                                         f"{i + 1}; last good checkpoint kept at {ckpt}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(loss.item())
-            seen += len(idx)
+            losses.append(_mean_over_ranks(loss.detach(), shard))
+            seen += len(idx) * shard.world
             yield TrainEvent("step", epoch + 1, i + 1, steps, losses[-1], seen / (time.perf_counter() - t0))
         if sched:
             sched.step()
@@ -192,15 +216,27 @@ def train(cfg: TrainConfig, out: str | Path, data_dir: str | Path | None = None,
             "epochs_done": epoch + 1, "wall_time_s": round(elapsed, 1),
             "final_loss": sum(losses[-steps:]) / steps, "command": command,
             "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "processes": shard.world, "effective_batch_size": cfg.batch_size * shard.world,
         }
         state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
-                 "epoch": epoch + 1, "losses": losses, "elapsed_s": elapsed, "config": asdict(cfg)}
-        snapshot = out / f"epoch-{epoch + 1:03d}" if epoch + 1 in cfg.sample_epochs else None
-        with interrupt.deferred():  # a signal now lands after the epoch's files, never between them
-            checkpoint.save(ckpt, model, config, state)
-            write_json(out / "loss.json", {"steps_per_epoch": steps, "loss": losses})
-            loss_curve(losses, out / "loss.png", steps)
-            if snapshot is not None:
-                checkpoint.save(snapshot, model, config)
+                 "epoch": epoch + 1, "losses": losses, "elapsed_s": elapsed, "config": asdict(cfg), "processes": shard.world}
+        snapshot = out / f"epoch-{epoch + 1:03d}" if epoch + 1 in cfg.sample_epochs and shard.rank == 0 else None
+        if shard.rank == 0:
+            with interrupt.deferred():  # a signal now lands after the epoch's files, never between them
+                checkpoint.save(ckpt, model, config, state)
+                write_json(out / "loss.json", {"steps_per_epoch": steps, "loss": losses})
+                loss_curve(losses, out / "loss.png", steps)
+                if snapshot is not None:
+                    checkpoint.save(snapshot, model, config)
         yield TrainEvent("epoch", epoch + 1, steps, steps, config["training"]["final_loss"], checkpoint=ckpt,
                          snapshot=snapshot)
+
+
+def _mean_over_ranks(loss: torch.Tensor, shard: Shard) -> float:
+    """The step's loss over the whole effective batch (every rank's mean, averaged)."""
+    if shard.active:
+        import torch.distributed as td
+
+        td.all_reduce(loss)
+        loss = loss / shard.world
+    return loss.item()

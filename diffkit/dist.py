@@ -1,0 +1,146 @@
+"""Several processes, one run: torch.distributed as torchrun and ``accelerate launch`` set it up.
+
+A run's batches (``Run.batches()``, fixed by ``--batch-size`` whatever the world size) are dealt
+round-robin to the ranks, so every batch is the same computation on any number of processes and the
+output is the same bytes. Rank 0 prepares the folder and, after a barrier, writes what depends on all
+batches. Nothing here schedules work by itself: the launcher starts the processes and rendezvous.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Sequence, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+class LaunchError(RuntimeError):
+    """The launcher's environment is incomplete or the rendezvous failed."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place in the world: ``rank`` of ``world``, ``local_rank`` on its node."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def mine(self, items: Sequence[T]) -> list[T]:
+        """Every ``world``-th item from ``rank`` on (round-robin: ranks finish at about the same time)."""
+        return list(items[self.rank:: self.world])
+
+    def who(self) -> str:
+        return f"rank {self.rank} of {self.world}: " if self.active else ""
+
+
+def launched() -> bool:
+    """Started by torchrun / accelerate with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def init(device: str | None = None, timeout_s: float = 600) -> Shard:
+    """Join the process group the launcher describes (gloo on CPU, nccl on CUDA); one process: no group.
+
+    Raises LaunchError naming what is missing (RANK, MASTER_ADDR, ...) instead of torch's message.
+    """
+    if not launched():
+        return Shard()
+    import torch.distributed as td
+
+    need = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    missing = [k for k in need if not os.environ.get(k)]
+    if missing:
+        raise LaunchError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} "
+                          f"{'is' if len(missing) == 1 else 'are'} not set: start several processes with "
+                          "`torchrun --nproc-per-node K -m diffkit ...` (or accelerate launch)")
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except ValueError as e:
+        raise LaunchError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers: {e}") from None
+    cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    if not td.is_initialized():
+        if cuda:
+            torch.cuda.set_device(local)
+        try:
+            td.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+        except (RuntimeError, ValueError) as e:
+            raise LaunchError(f"rank {rank} of {world}: rendezvous at {os.environ['MASTER_ADDR']}:"
+                              f"{os.environ['MASTER_PORT']} failed: {str(e).splitlines()[0]}") from None
+        _joined[0] = True
+    return Shard(rank, world, local)
+
+
+_joined = [False]
+
+
+def joined() -> bool:
+    """Whether this process joined a process group (it stays true after :func:`finish`)."""
+    return _joined[0]
+
+
+def local_device(shard: Shard, device: str | None) -> str | None:
+    """The device a rank samples on: ``cuda`` (or none given, with CUDA here) means this rank's own GPU."""
+    if shard.active and torch.cuda.is_available() and device in (None, "cuda"):
+        return f"cuda:{shard.local_rank}"
+    return device
+
+
+def barrier(shard: Shard) -> None:
+    if shard.active:
+        import torch.distributed as td
+
+        td.barrier()
+
+
+def broadcast(shard: Shard, obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not shard.active:
+        return obj
+    import torch.distributed as td
+
+    box = [obj]
+    td.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(shard: Shard, obj: Any) -> list[Any] | None:
+    """Every rank's ``obj``, in rank order, on rank 0 (None elsewhere)."""
+    if not shard.active:
+        return [obj]
+    import torch.distributed as td
+
+    out = [None] * shard.world if shard.rank == 0 else None
+    td.gather_object(obj, out, dst=0)
+    return out
+
+
+def all_ok(shard: Shard, ok: bool) -> bool:
+    """Whether every rank says ``ok`` (so no rank waits forever on one that gave up)."""
+    if not shard.active:
+        return ok
+    import torch.distributed as td
+
+    flag = torch.tensor([0 if ok else 1], device=f"cuda:{shard.local_rank}" if td.get_backend() == "nccl" else "cpu")
+    td.all_reduce(flag)
+    return flag.item() == 0
+
+
+def finish(shard: Shard) -> None:
+    """Leave the group together: every rank calls this (gloo aborts a process whose peer tore its
+    connections down first: "terminate called without an active exception")."""
+    if shard.active:
+        import torch.distributed as td
+
+        if td.is_initialized():
+            td.barrier()
+            td.destroy_process_group()
