@@ -261,13 +261,16 @@ def test_eval_cli_reports_the_known_accuracy_of_real_digits(mnist_dir, tmp_path,
     x, y = data.load("test", mnist_dir)
     num = 5
 
-    def real_digits(run):
+    def real_digits(run, todo, on_batch, shard=None, after=None):
         labels = [int(c) for c in run.labels]
         images = torch.stack([x[y == (k + shift) % 10][i % num] for i, k in enumerate(labels)])
-        run.result = Result(images, run.labels, run.seeds, run.meta())
+        for k in todo:
+            b = run.batches()[k]
+            on_batch(k, Result(images[b.start:b.stop], run.labels[b.start:b.stop], run.seeds[b.start:b.stop],
+                               run.meta()))
 
     monkeypatch.setattr(cli, "_execute", real_digits)
-    r = runner.invoke(app, ["eval", "mnist", "--num", str(num), "--data", str(mnist_dir),
+    r = runner.invoke(app, ["eval", "mnist", "--num", str(num), "--data", str(mnist_dir), "--batch-size", "7",
                             "--out", str(tmp_path / "e.json")])
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "e.json").read_text())
