@@ -145,15 +145,21 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--data", default=os.environ.get("DIFFKIT_MNIST") or str(ROOT.parent / "shared/data/mnist"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
+    ap.add_argument("--only", choices=["fixed_calls", "memory", "processes", "frechet"], action="append",
+                    help="run only these parts (repeatable); the others keep their results in --out")
     a = ap.parse_args()
     q = a.quick
-    result = {
-        "cpu": _cpu(), "torch": torch.__version__,
-        "fixed_calls": fixed_calls(3 if q else 7),
-        "memory": memory([100, 1000] if q else [1000, 10_000], 50 if q else 250, 2 if q else 3),
-        "processes": processes(200 if q else 2000, 2 if q else 3),
-        "frechet": frechet(1000 if q else 10_000, a.data),
+    parts = {
+        "fixed_calls": lambda: fixed_calls(3 if q else 7),
+        "memory": lambda: memory([100, 1000] if q else [1000, 10_000], 50 if q else 250, 2 if q else 3),
+        "processes": lambda: processes(200 if q else 1000, 2 if q else 3),
+        "frechet": lambda: frechet(1000 if q else 10_000, a.data),
     }
+    result = json.loads(a.out.read_text()) if a.only and a.out.is_file() else {}
+    result.update({"cpu": _cpu(), "torch": torch.__version__})
+    for name, part in parts.items():
+        if not a.only or name in a.only:
+            result[name] = part()
     if not q:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -491,6 +491,30 @@ def samplers() -> None:
 
 
 @app.command()
+def ui(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (another than 127.0.0.1 exposes the UI "
+                                               "to your network)."),
+    port: int = Int(7860, lo=1, hi=65535, help="Port."),
+    share: bool = typer.Option(False, "--share/--no-share", help="Also serve through a public Gradio link."),
+    out: Path = typer.Option(Path("out/ui"), "--out", "-o", help="Where runs are written (run-*/ and their zips); "
+                                                                  "the only folder the page can get files from."),
+    allow: Optional[list[str]] = typer.Option(None, "--allow", help="A checkpoint or model folder the page may "
+                                                                    "pick (repeatable; the shipped models always)."),
+) -> None:
+    """Compose techniques in the browser: forms from the plugins' declarations, live previews, a drawing
+    pad for SDEdit and a brush for inpainting masks (pip install -e '.[ui]')."""
+    try:
+        import gradio
+    except ImportError:
+        fail("the UI needs Gradio: pip install -e '.[ui]'", 2)
+    from diffkit.ui import Settings, default_choices, launch
+
+    console.print(f"diffkit ui (Gradio {gradio.__version__}) on http://{host}:{port} (outputs in {out}); "
+                  "Ctrl-C stops it")
+    launch(Settings(out.resolve(), default_choices([str(Path(a).resolve()) for a in allow or []])), host, port, share)
+
+
+@app.command()
 def backends() -> None:
     """List installed backends with their options."""
     from diffkit import plugins

@@ -262,33 +262,32 @@ def concat_safetensors(parts: Sequence[Path], path: Path, skip: Sequence[str] = 
     """One safetensors file holding each key of ``parts`` concatenated along dim 0, in order.
 
     Written by hand because safetensors only saves whole in-memory tensors: this streams one part's
-    tensor at a time, so a 10,000-sample run never holds all its states. The layout is the format's
+    tensor at a time (each part opened only while it is read: a file kept mapped stays in the
+    process's memory), so a 10,000-sample run never holds all its states. The layout is the format's
     (8-byte header length, JSON header padded to 8 bytes, then the data) and loads with ``load_file``.
     """
     from safetensors import safe_open
 
-    handles = [safe_open(p, "pt") for p in parts]
-    handles = [h.__enter__() for h in handles]
-    try:
-        keys = sorted(k for k in handles[0].keys() if k not in skip)
-        header, offset = {}, 0
+    shapes: list[dict[str, tuple[str, list[int]]]] = []
+    for p in parts:
+        with safe_open(p, "pt") as f:
+            shapes.append({k: (f.get_slice(k).get_dtype(), f.get_slice(k).get_shape()) for k in f.keys()})
+    keys = sorted(k for k in shapes[0] if k not in skip)
+    header, offset = {}, 0
+    for k in keys:
+        dtype = shapes[0][k][0]
+        shape = [sum(s[k][1][0] for s in shapes), *shapes[0][k][1][1:]]
+        size = sum(_nbytes(s[k][1], dtype) for s in shapes)
+        header[k] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as out:
+        out.write(struct.pack("<Q", len(text)) + text)
         for k in keys:
-            sl = [h.get_slice(k) for h in handles]
-            shape = [sum(s.get_shape()[0] for s in sl), *sl[0].get_shape()[1:]]
-            dtype = sl[0].get_dtype()
-            size = sum(_nbytes(s.get_shape(), dtype) for s in sl)
-            header[k] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
-            offset += size
-        text = json.dumps(header, separators=(",", ":")).encode()
-        text += b" " * (-len(text) % 8)
-        with open(path, "wb") as out:
-            out.write(struct.pack("<Q", len(text)) + text)
-            for k in keys:
-                for h in handles:
-                    out.write(h.get_tensor(k).contiguous().numpy().tobytes())
-    finally:
-        for h in handles:
-            h.__exit__(None, None, None)
+            for p in parts:
+                with safe_open(p, "pt") as f:
+                    out.write(f.get_tensor(k).contiguous().numpy().tobytes())
 
 
 def _nbytes(shape: Sequence[int], dtype: str) -> int:

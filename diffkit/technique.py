@@ -44,6 +44,10 @@ class Param:
     help: str = ""
     multiple: bool = False
     range: tuple[float, float] | None = None
+    # What a file-valued parameter holds, for UIs (`diffkit ui`): "image" (an upload), "sketch" (an
+    # upload or a drawing), "mask" (painted over this technique's "image"), "path" (a server path: a
+    # browser may only pick from the paths the server allows). "" for plain values.
+    kind: str = ""
 
     @property
     def numeric(self) -> bool:

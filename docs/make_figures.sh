@@ -47,3 +47,6 @@ cp $R/fig-gif/trajectory.gif $IMG/sampling.gif
 
 $DK denoise $IMG/digit7.png --prompt 7 --t 100,200,299 --stride 3 --out $IMG/partA-denoise.png --overwrite
 $DK eval mnist --data $DATA --out $IMG/eval.json
+
+# The UI (docs/ui.md): the screenshot of a finished run, taken by its browser test
+DIFFKIT_UI_SCREENSHOT=$IMG/ui.png .venv/bin/pytest -q tests/test_ui.py -k cfg_5

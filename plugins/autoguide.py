@@ -57,7 +57,7 @@ class Autoguide(Combiner):
     params = (
         Param("scale", float, 2.0, "guidance weight w (1: the main model alone)", range=(-100.0, 100.0)),
         Param("model", str, None, "the weak model: an MNIST checkpoint folder (default: the shipped weak "
-                                  "model) or an IF stage I hub id or folder"),
+                                  "model) or an IF stage I hub id or folder", kind="path"),
         *INTERVAL,
     )
     backends = ("mnist", "if")

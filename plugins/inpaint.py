@@ -17,8 +17,8 @@ class Inpaint(Projector):
     help = ("After every step keep the known region: x = m x + (1 - m) forward(x_orig, t'); "
             "mask white = make new.")
     params = (
-        Param("image", str, help="the original image (any size and mode; cropped and resized)"),
-        Param("mask", str, help="mask image, same size as image: white = generate, black = keep"),
+        Param("image", str, help="the original image (any size and mode; cropped and resized)", kind="image"),
+        Param("mask", str, help="mask image, same size as image: white = generate, black = keep", kind="mask"),
         Param("resample", int, 1, "RePaint: times each jump is sampled (1 = plain replacement)",
               range=(1, 1000)),
         Param("jump", int, 1, "RePaint: steps to go back before each resampling", range=(1, 100_000)),

@@ -13,7 +13,7 @@ class SDEdit(Projector):
     name = "sdedit"
     help = "x = forward(x_orig, t[i_start], noise), then sample from i_start; with a prompt: image-to-image."
     params = (
-        Param("image", str, help="the input image (any size and mode; cropped and resized)"),
+        Param("image", str, help="the input image (any size and mode; cropped and resized)", kind="sketch"),
         Param("i_start", int, None, "index into the timesteps to start from (0 = pure noise)",
               range=(0, 100_000)),
         Param("strength", float, None, "alternative to i_start: 1 = pure noise; runs int(steps x strength) "

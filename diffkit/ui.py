@@ -1,0 +1,445 @@
+"""``diffkit ui``: compose techniques in the browser (Gradio).
+
+Nothing here knows a technique: each form is built from the plugin's own ``Param`` declarations
+(type, default, help, range, kind), so a third-party technique gets its form too. A run is the same
+:class:`diffkit.api.Run` the command line makes, from the same spec strings; the page shows the
+equivalent ``diffkit sample`` command, which writes the same bytes.
+
+Security: the server listens on 127.0.0.1 unless told otherwise; a page never names a server path.
+Images come as uploads or drawings and are saved in a per-session folder under the output root;
+models and checkpoints are picked from the list the server was started with; outputs go only under
+the output root.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from diffkit import io, plugins
+from diffkit.technique import REQUIRED, Param, to_bool
+
+PREVIEW_EVERY = 10  # steps between x0 previews
+
+
+@dataclass
+class Settings:
+    """What the server allows: where outputs go, and the model paths a page may pick (per option name)."""
+
+    out: Path
+    choices: dict[str, list[str]] = field(default_factory=dict)
+
+
+def default_choices(extra: list[str] | None = None) -> dict[str, list[str]]:
+    """Checkpoints and models a page may pick: the shipped MNIST models, IF's hub ids, and ``extra``."""
+    from diffkit.backends.deepfloyd import STAGE_I, STAGE_II
+    from diffkit.mnist import checkpoint
+
+    weak = str(checkpoint.SHIPPED_WEAK)
+    paths = list(extra or [])
+    return {"checkpoint": ["", str(checkpoint.SHIPPED), *paths], "model": ["", STAGE_I, *paths],
+            "upscaler": ["", STAGE_II, "none", *paths], "embeddings": ["", *paths],
+            "autoguide.model": ["", weak, *paths]}
+
+
+# ---- the run a page describes, as the command line would spell it ----
+
+def hook_spec(name: str, values: dict[str, Any]) -> str:
+    """A technique's form values as a ``--hook`` spec (parameters left at their default are omitted)."""
+    from diffkit.spec import format_spec
+
+    cls = plugins.techniques()[name]
+    args = []
+    for p in cls.params:
+        v = values.get(p.name)
+        if v is None or v == "" or v == [] or (not p.required and v == p.default):
+            continue
+        for item in (v if p.multiple else [v]):
+            args.append((p.name, _text(item)))
+    return format_spec(name, args)
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v)) if abs(v) < 1e15 else repr(v)
+    return str(v)
+
+
+def labels_of(text: str, kind: str) -> dict[str, list[str]]:
+    """The page's labels box: comma-separated classes, or one prompt a line."""
+    if kind == "class":
+        items = [c.strip() for c in (text or "").split(",") if c.strip()]
+        return {"classes": items} if items else {}
+    items = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return {"prompts": items} if items else {}
+
+
+def command(backend: str, options: dict[str, Any], labels: dict[str, list[str]], hooks: list[str], seed: int,
+            num: int, steps: int | None, sampler: str | None, out: Path) -> str:
+    """The ``diffkit sample`` command that writes this run."""
+    args = ["diffkit", "sample", "--backend", backend]
+    for k, v in options.items():
+        if v not in (None, "", False):
+            args += [f"--{k}"] if v is True else [f"--{k}", str(v)]
+    if "classes" in labels:
+        args += ["--class", ",".join(labels["classes"])]
+    for p in labels.get("prompts", []):
+        args += ["--prompt", p]
+    for h in hooks:
+        args += ["--hook", h]
+    args += ["--seed", str(seed), "--num", str(num)]
+    if sampler:
+        args += ["--sampler", sampler]
+    if steps:
+        args += ["--steps", str(steps)]
+    args += ["--out", str(out)]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+# ---- images from the page ----
+
+def save_upload(image: Any, folder: Path, stem: str) -> str | None:
+    """An uploaded or drawn image (PIL, or an ImageEditor value) as a PNG in ``folder``; its path."""
+    if image is None:
+        return None
+    if isinstance(image, dict):  # ImageEditor: the composite is what the user sees
+        image = image.get("composite") if image.get("composite") is not None else image.get("background")
+        if image is None:
+            return None
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stem}-{uuid.uuid4().hex[:8]}.png"
+    image.save(path, format="PNG")
+    return str(path)
+
+
+def mask_from_editor(value: Any, folder: Path, stem: str) -> str | None:
+    """The strokes painted over the image (the editor's layers) as a mask: white where painted."""
+    from PIL import Image
+
+    if not isinstance(value, dict) or not value.get("layers"):
+        return None
+    layers = [layer for layer in value["layers"] if layer is not None]
+    if not layers:
+        return None
+    alpha = None
+    for layer in layers:
+        a = layer.convert("RGBA").getchannel("A")
+        alpha = a if alpha is None else Image.fromarray(
+            (torch.maximum(_arr(alpha), _arr(a))).numpy().astype("uint8"))
+    mask = alpha.point(lambda v: 255 if v > 0 else 0).convert("L")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stem}-{uuid.uuid4().hex[:8]}.png"
+    mask.save(path, format="PNG")
+    return str(path)
+
+
+def _arr(img: Any) -> torch.Tensor:
+    return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).reshape(img.height, img.width)
+
+
+# ---- running ----
+
+class PageError(Exception):
+    """Bad input from the page: shown as a message, never as a traceback."""
+
+
+def run_page(settings: Settings, session: Path, backend: str, options: dict[str, Any], labels_text: str,
+             stack: list[dict[str, Any]], seed: int, num: int, steps: int | None,
+             sampler: str | None) -> Iterator[tuple[str, list, Any, str, str | None]]:
+    """Run what the page describes; yield ``(status, gallery, preview, command, zip)`` as it goes."""
+    from diffkit import api
+    from diffkit.backends.base import BackendError
+    from diffkit.denoise import NonFiniteError
+    from diffkit.mnist.checkpoint import CheckpointError
+    from diffkit.plugins import PluginError, UnknownName
+    from diffkit.spec import SpecError
+
+    info = plugins.backends().get(backend)
+    if info is None:
+        raise PageError(f"unknown backend {backend!r}")
+    for k, v in options.items():
+        if k in settings.choices and v not in settings.choices[k] and v not in (None, ""):
+            raise PageError(f"{k} {v!r} is not one this server offers")
+    options = {k: v for k, v in options.items() if v not in (None, "") and k in info.options}
+    labels = labels_of(labels_text, info.label_kind)
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{uuid.uuid4().hex[:4]}"
+    folder = settings.out / f"run-{stamp}"
+    inputs = folder / "inputs"
+    hooks = []
+    for item in stack:
+        values = dict(item["values"])
+        for p in plugins.techniques()[item["name"]].params:
+            if p.kind in ("image", "sketch", "mask") and values.get(p.name):
+                src = Path(values[p.name])
+                if session not in src.parents:  # only files this session uploaded or drew
+                    raise PageError(f"hook {item['name']!r}: {p.name} must be uploaded or drawn on the page")
+                inputs.mkdir(parents=True, exist_ok=True)
+                dst = inputs / src.name
+                shutil.copyfile(src, dst)
+                values[p.name] = str(dst)
+            if p.kind == "path" and values.get(p.name) not in (None, "", *settings.choices.get(
+                    f"{item['name']}.{p.name}", [])):
+                raise PageError(f"hook {item['name']!r}: {p.name} {values[p.name]!r} is not one this server offers")
+        hooks.append(hook_spec(item["name"], values))
+    cmd = command(backend, options, labels, hooks, seed, num, steps, sampler, folder)
+    try:
+        run = api.Run(backend, hooks=hooks, seed=int(seed), num=int(num), steps=int(steps) if steps else None,
+                      sampler=sampler or None, backend_options=options, **labels)
+    except (UnknownName, SpecError, BackendError, CheckpointError, ValueError, PluginError) as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise PageError(str(e)) from None
+    n = len(run.labels)
+    yield f"sampling {n} samples, {len(run.timesteps) - run.i_start} steps", [], None, cmd, None
+    try:
+        for st in run.steps():
+            if st.i % PREVIEW_EVERY == 0 or st.i == st.n_steps - 1:
+                stage = f"stage {st.stage + 1}, " if st.stage else ""
+                preview = io.to_pil(io.grid(run.backend.to_image(st.x0).float().cpu()
+                                            if st.stage == 0 else st.x0.new_zeros(1, 3, 8, 8).float().cpu(),
+                                            min(n, 8)))
+                yield f"{stage}step {st.i + 1} of {st.n_steps}", [], preview, cmd, None
+    except (PluginError, NonFiniteError, BackendError, ValueError) as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise PageError(f"{e}; nothing was written") from None
+    result = run.result
+    api.save(result, folder, overwrite=True)
+    (folder / "command.txt").write_text(cmd + "\n")
+    archive = shutil.make_archive(str(folder), "zip", folder)
+    gallery = [(str(folder / f"sample-{i:03d}.png"), f"{lab} · seed {s}")
+               for i, (lab, s) in enumerate(zip(result.labels, result.seeds))]
+    yield f"done: {n} samples in {folder}", gallery, io.to_pil(io.load_png(folder / "grid.png")), cmd, archive
+
+
+# ---- the page ----
+
+def widget(gr: Any, tech: str, p: Param, value: Any, settings: Settings, k: int = 0) -> Any:
+    """The Gradio component for one declared parameter (``value``: what the page set before)."""
+    label = p.name + ("" if not p.required else " (required)")
+    info = p.help + (f" [{p.range_text()}]" if p.range else "")
+    if p.kind in ("image", "sketch"):
+        if p.kind == "sketch":
+            from PIL import Image
+
+            # a white page to draw on (an editor without a background takes no strokes)
+            return gr.ImageEditor(value=value or Image.new("RGB", (256, 256), "white"),
+                                  label=f"{label}: upload or draw — {p.help}", type="pil", image_mode="RGB",
+                                  sources=("upload",), canvas_size=(256, 256), elem_id=f"p{k}-{p.name}", interactive=True,
+                                  brush=gr.Brush(colors=["#000000"], default_size=6, color_mode="fixed"))
+        return gr.Image(value=value, label=f"{label} — {p.help}", type="pil", image_mode="RGB", sources=("upload",),
+                        interactive=True, elem_id=f"p{k}-{p.name}")
+    if p.kind == "mask":
+        return gr.ImageEditor(label=f"{label}: paint the region to make new — {p.help}", type="pil",
+                              sources=("upload",), image_mode="RGBA", elem_id=f"p{k}-{p.name}", layers=False,
+                              interactive=True,
+                              brush=gr.Brush(colors=["#ff0000"], default_size=4, color_mode="fixed"))
+    if p.kind == "path":
+        opts = settings.choices.get(f"{tech}.{p.name}", [""])
+        return gr.Dropdown(opts, value=value or "", label=label, info=info, interactive=True,
+                           elem_id=f"p{k}-{p.name}")
+    if p.type is to_bool:
+        return gr.Checkbox(value=bool(value), label=label, info=info, interactive=True, elem_id=f"p{k}-{p.name}")
+    if p.numeric and not p.multiple:
+        lo, hi = p.range or (None, None)
+        return gr.Number(value=value, label=label, info=info, minimum=lo, maximum=hi, interactive=True,
+                         precision=0 if p.type is int else None, step=1 if p.type is int else 0.001,
+                         elem_id=f"p{k}-{p.name}")
+    text = ", ".join(map(str, value)) if p.multiple and value else ("" if value in (None, ()) else str(value))
+    return gr.Textbox(value=text, label=label + (" (comma list)" if p.multiple else ""), info=info,
+                      interactive=True, elem_id=f"p{k}-{p.name}")
+
+
+def _initial(p: Param) -> Any:
+    return None if p.default is REQUIRED else p.default
+
+
+def _from_widget(p: Param, v: Any) -> Any:
+    if p.multiple and isinstance(v, str):
+        return [x.strip() for x in v.split(",") if x.strip()]
+    if p.numeric and v is not None and p.type is int:
+        return int(v)
+    return v
+
+
+def build(settings: Settings) -> Any:
+    """The Gradio app."""
+    import gradio as gr
+
+    techniques = plugins.techniques()
+    backends = plugins.backends()
+    samplers = ["", *sorted(plugins.samplers())]
+    settings.out.mkdir(parents=True, exist_ok=True)
+    uploads = settings.out / ".uploads"
+
+    with gr.Blocks(title="diffkit") as app:
+        gr.Markdown("## diffkit — compose diffusion sampling techniques")
+        session = gr.State(None)  # this page's upload folder (server-side; the page never sees a path)
+        # The stack: [{"id", "name"}] in composition order (the first is outermost, as with --hook); its
+        # forms are drawn again only when it changes, the values live apart, by id.
+        stack = gr.State([])
+        values = gr.State({})
+        with gr.Row():
+            with gr.Column(scale=1):
+                backend = gr.Dropdown(sorted(backends), value="mnist", label="backend", elem_id="backend")
+                option_boxes = {}
+                for opt in ("checkpoint", "model", "upscaler", "embeddings"):
+                    option_boxes[opt] = gr.Dropdown(settings.choices.get(opt, [""]), value="", label=opt,
+                                                    elem_id=f"opt-{opt}", visible=opt == "checkpoint",
+                                                    interactive=True)
+                cuda = ["cuda"] if torch.cuda.is_available() else []
+                option_boxes["device"] = gr.Dropdown(["", "cpu", *cuda], value="", label="device",
+                                                     elem_id="opt-device", interactive=True)
+                option_boxes["dtype"] = gr.Dropdown(["", "fp16", "bf16", "fp32"], value="", label="dtype",
+                                                    elem_id="opt-dtype", visible=False, interactive=True)
+                labels = gr.Textbox(label="classes (comma list) or prompts (one a line)", value="3",
+                                    lines=2, elem_id="labels", interactive=True)
+                with gr.Row():
+                    seed = gr.Number(0, label="seed", precision=0, minimum=0, elem_id="seed", interactive=True)
+                    num = gr.Number(4, label="samples per label", precision=0, minimum=1, maximum=1000, elem_id="num",
+                                    interactive=True)
+                with gr.Row():
+                    steps = gr.Number(None, label="steps (empty: the backend's)", precision=0, minimum=1,
+                                      elem_id="steps", interactive=True)
+                    sampler = gr.Dropdown(samplers, value="", label="sampler (empty: ddpm)", elem_id="sampler",
+                                          interactive=True)
+            with gr.Column(scale=2):
+                with gr.Row():
+                    pick = gr.Dropdown(sorted(techniques), value=None, label="technique", elem_id="pick")
+                    add = gr.Button("Add technique", elem_id="add")
+
+                @gr.render(inputs=[stack, values], triggers=[stack.change, app.load])
+                def show_stack(items, vals):
+                    media: list = []  # (technique id, Param, component) of every image parameter
+                    if not items:
+                        gr.Markdown("No technique yet: add one above.")
+                    for k, item in enumerate(items):
+                        cls = techniques.get(item["name"])
+                        if cls is None:
+                            continue
+                        with gr.Group(elem_id=f"tech-{k}"):
+                            with gr.Row():
+                                gr.Markdown(f"**{k + 1}. {cls.name}** ({cls.kind}) — {cls.help}",
+                                            elem_id=f"title-{k}")
+                                up = gr.Button("↑", size="sm", min_width=10, elem_id=f"up-{k}")
+                                down = gr.Button("↓", size="sm", min_width=10, elem_id=f"down-{k}")
+                                drop = gr.Button("✕", size="sm", min_width=10, elem_id=f"remove-{k}")
+                            made = {}
+                            for p in cls.params:
+                                current = vals.get(item["id"], {}).get(p.name)
+                                w = widget(gr, cls.name, p, current, settings, k)
+                                if p.kind in ("image", "sketch", "mask"):
+                                    media.append((item["id"], p, w))  # read when Run is pressed
+                                else:
+                                    w.change(_setter(item["id"], p), inputs=[w, values], outputs=values)
+                                made[p.name] = (p, w)
+                            # a mask is painted over the technique's image: show that image under the brush
+                            image = next((w for p, w in made.values() if p.kind == "image"), None)
+                            for p, w in made.values():
+                                if p.kind == "mask" and image is not None:
+                                    image.change(lambda im: im, inputs=image, outputs=w)  # as its background
+                        up.click(lambda s, k=k: _move(s, k, -1), inputs=stack, outputs=stack)
+                        down.click(lambda s, k=k: _move(s, k, 1), inputs=stack, outputs=stack)
+                        drop.click(lambda s, k=k: s[:k] + s[k + 1:], inputs=stack, outputs=stack)
+
+                    # Run: first the images as the page holds them now (an editor's strokes reach the server
+                    # only as an event's input), then the run itself; Stop cancels the run.
+                    def collect(vals, sess, *images):
+                        sess = sess or str(Path(tempfile.mkdtemp(prefix="session-", dir=_mk(uploads))))
+                        vals = {k: dict(v) for k, v in vals.items()}
+                        for (ident, p, _), image in zip(media, images):
+                            stem = re.sub(r"\W", "", p.name)
+                            save = mask_from_editor if p.kind == "mask" else save_upload
+                            vals.setdefault(ident, {})[p.name] = save(image, Path(sess), stem)
+                        return vals, sess
+
+                    event = go.click(collect, inputs=[values, session, *[w for _, _, w in media]],
+                                     outputs=[values, session]).then(
+                        on_run, inputs=[backend, labels, seed, num, steps, sampler, stack, values, session,
+                                        *option_boxes.values()],
+                        outputs=[status, gallery, preview, cmd, archive])
+                    stop.click(lambda: "stopped: nothing was written", outputs=status, cancels=[event])
+
+                with gr.Row():
+                    go = gr.Button("Run", variant="primary", elem_id="run")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                status = gr.Markdown("", elem_id="status")
+                preview = gr.Image(label="x0 preview", interactive=False, elem_id="preview", height=240)
+                gallery = gr.Gallery(label="samples", columns=8, elem_id="gallery", height="auto", interactive=False)
+                cmd = gr.Textbox(label="as a command (uploaded and drawn images are saved beside the outputs)",
+                                 interactive=False, elem_id="command", lines=2)
+                archive = gr.File(label="run folder (zip)", elem_id="zip", interactive=False)
+
+        def on_add(items, vals, name):
+            if not name:
+                return items, vals
+            ident = uuid.uuid4().hex[:8]
+            vals = dict(vals, **{ident: {p.name: _initial(p) for p in techniques[name].params}})
+            return items + [{"id": ident, "name": name}], vals
+
+        add.click(on_add, inputs=[stack, values, pick], outputs=[stack, values])
+
+        def on_backend(name):
+            opts = set(backends[name].options) if name in backends else set()
+            return [gr.update(visible=o in opts) for o in option_boxes]
+
+        backend.change(on_backend, inputs=backend, outputs=list(option_boxes.values()))
+
+        def on_run(backend_name, labels_text, seed_v, num_v, steps_v, sampler_v, items, vals, sess, *opts):
+            options = dict(zip(option_boxes, opts))
+            sess_dir = Path(sess) if sess else uploads / "none"
+            chosen = [{"name": it["name"], "values": vals.get(it["id"], {})} for it in items]
+            try:
+                yield from run_page(settings, sess_dir, backend_name, options, labels_text, chosen,
+                                    int(seed_v or 0), int(num_v or 1), int(steps_v) if steps_v else None,
+                                    sampler_v or None)
+            except PageError as e:
+                raise gr.Error(str(e), duration=None) from None
+
+    return app
+
+
+def _move(items: list, k: int, by: int) -> list:
+    j = k + by
+    if not 0 <= j < len(items):
+        return items
+    items = list(items)
+    items[k], items[j] = items[j], items[k]
+    return items
+
+
+def _setter(ident: str, p: Param):
+    """The change handler of parameter ``p`` of the technique ``ident``: keep its value."""
+
+    def set_value(value, vals):
+        vals = {k: dict(v) for k, v in vals.items()}
+        vals.setdefault(ident, {})[p.name] = _from_widget(p, value)
+        return vals
+
+    return set_value
+
+
+def _mk(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def launch(settings: Settings, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+           block: bool = True) -> Any:
+    """Serve the app; outputs under ``settings.out`` are the only files it hands out."""
+    app = build(settings)
+    app.queue()
+    app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+               allowed_paths=[str(settings.out)], show_error=False)
+    return app
+
+

@@ -1,0 +1,247 @@
+"""`diffkit ui` in a real browser (Debian's chromium, driven by Playwright): forms from the plugins'
+declarations, a run whose samples equal the shown command's, a painted mask, a third-party plugin's
+form, errors as messages, and no way for a page to read server files."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio")
+playwright = pytest.importorskip("playwright.sync_api")
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (apt-get install -y chromium)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, out: Path, env: dict | None = None, extra: list[str] = ()):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.out = out
+        self.proc = subprocess.Popen([sys.executable, "-m", "diffkit", "ui", "--port", str(self.port), "--out",
+                                      str(out), *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", **(env or {})))
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            try:
+                urllib.request.urlopen(self.url, timeout=2)
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(self.proc.stdout.read())
+                time.sleep(0.3)
+        raise RuntimeError("diffkit ui did not start")
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        try:
+            return self.proc.communicate(timeout=20)[0]
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return ""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("ui") / "out")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    pg = browser.new_page(viewport={"width": 1400, "height": 1800})
+    pg.goto(server.url)
+    pg.wait_for_selector("#run")
+    yield pg
+    pg.close()
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    """Pick ``option`` in the Gradio dropdown ``elem_id``."""
+    page.click(f"#{elem_id} input")
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def add_technique(page, name: str) -> None:
+    n = page.locator("[id^=title-]").count()
+    choose(page, "pick", name)
+    page.click("#add")
+    page.wait_for_selector(f"#title-{n}")
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def run_and_wait(page, count: int, timeout: float = 240_000) -> str:
+    page.click("#run")
+    page.wait_for_function(f"document.querySelectorAll('#gallery img').length >= {count}", timeout=timeout)
+    page.wait_for_function("document.querySelector('#command textarea').value.length > 0")
+    return page.locator("#command textarea").input_value()
+
+
+def run_command(cmd: str, cwd: Path) -> Path:
+    args = shlex.split(cmd)
+    assert args[:2] == ["diffkit", "sample"]
+    out = cwd / "cli"
+    args[args.index("--out") + 1] = str(out)
+    p = subprocess.run([sys.executable, "-m", "diffkit", *args[1:]], cwd=cwd, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr
+    return out
+
+
+def test_mnist_class_3_with_cfg_5_equals_the_shown_command(page, server, tmp_path):
+    page.locator("#labels textarea").fill("3")
+    set_number(page, "num", 4)
+    set_number(page, "steps", 30)
+    add_technique(page, "cfg")
+    set_number(page, "p0-scale", 5)
+    cmd = run_and_wait(page, 4)
+    assert "--hook cfg:scale=5" in cmd and "--class 3" in cmd and "--num 4" in cmd, cmd
+    ui_out = Path(shlex.split(cmd)[shlex.split(cmd).index("--out") + 1])
+    assert ui_out.parent == server.out and (ui_out / "run.json").is_file() and Path(f"{ui_out}.zip").is_file()
+    cli_out = run_command(cmd, tmp_path)
+    for i in range(4):
+        name = f"sample-{i:03d}.png"
+        assert (cli_out / name).read_bytes() == (ui_out / name).read_bytes(), name
+    assert "seed 3" in page.locator("#gallery").inner_text()  # captions: label and seed
+    # docs/make_figures.sh sets this to docs/img/ui.png
+    page.screenshot(path=os.environ.get("DIFFKIT_UI_SCREENSHOT", str(tmp_path / "ui.png")))
+
+
+def test_a_painted_mask_inpaints_and_keeps_the_rest(page, server, tmp_path):
+    from PIL import Image
+
+    digit = tmp_path / "digit.png"
+    Image.new("L", (28, 28), 0).save(digit)  # all black: what is kept stays black
+    add_technique(page, "inpaint")
+    page.set_input_files("#p0-image input[type=file]", str(digit))
+    page.locator("#p0-mask canvas").first.wait_for()
+    page.locator("#p0-mask button[aria-label=Brush]").click()
+    box = page.locator("#p0-mask canvas").first.bounding_box()
+    # the digit is drawn centred, about 0.8 of the canvas's height across: paint its left third
+    cx, cy, size = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, 0.8 * min(box["width"], box["height"])
+    for k in range(14):
+        y = cy - 0.45 * size + k * 0.07 * size
+        page.mouse.move(cx - 0.4 * size, y)
+        page.mouse.down()
+        page.mouse.move(cx - 0.2 * size, y, steps=4)
+        page.mouse.up()
+    set_number(page, "num", 1)
+    set_number(page, "steps", 20)
+    cmd = run_and_wait(page, 1)
+    assert "--hook inpaint:" in cmd
+    ui_out = Path(shlex.split(cmd)[shlex.split(cmd).index("--out") + 1])
+    mask = next((ui_out / "inputs").glob("mask-*.png"))
+    m = Image.open(mask).convert("L")
+    assert m.getpixel((m.width // 5, m.height // 2)) == 255 and m.getpixel((3 * m.width // 4, m.height // 2)) == 0
+    sample = Image.open(ui_out / "sample-000.png")
+    right = [sample.getpixel((x, y)) for x in range(20, 28) for y in range(28)]
+    assert max(right) == 0  # the kept (unpainted) region is the black original
+
+
+def test_a_bad_parameter_is_a_message_and_the_app_keeps_serving(page, server):
+    add_technique(page, "hybrid")  # its prompt is required
+    page.click("#run")
+    page.wait_for_selector("text=required", timeout=60_000)
+    assert "Traceback" not in page.content()
+    urllib.request.urlopen(server.url, timeout=5)  # still serving
+
+
+def test_the_third_party_plugin_gets_its_form(browser, tmp_path):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                    str(target), str(ROOT / "examples" / "diffkit-negative-prompt")], check=True)
+    s = Server(tmp_path / "out", env={"PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])})
+    try:
+        pg = browser.new_page()
+        pg.goto(s.url)
+        pg.wait_for_selector("#run")
+        add_technique(pg, "negative")
+        pg.wait_for_selector("#p0-prompt textarea, #p0-prompt input")
+        assert pg.locator("#p0-scale input[type=number]").input_value() == "7"
+        pg.close()
+    finally:
+        s.stop()
+
+
+def test_the_server_listens_on_localhost_and_serves_no_file_outside_its_output(server, tmp_path):
+    with socket.socket() as s:
+        s.settimeout(2)
+        other = [ip for ip in socket.gethostbyname_ex(socket.gethostname())[2] if not ip.startswith("127.")]
+        if other:
+            assert s.connect_ex((other[0], server.port)) != 0  # not reachable from another address
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the browser")
+    for url in (f"{server.url}gradio_api/file={secret}", f"{server.url}file={secret}",
+                f"{server.url}gradio_api/file=/etc/passwd"):
+        try:
+            body = urllib.request.urlopen(url, timeout=5).read().decode(errors="replace")
+        except OSError:
+            continue
+        assert "not for the browser" not in body and "root:" not in body
+
+
+def test_the_sketch_pad_draws_sdedits_image(page, server):
+    from PIL import Image
+
+    add_technique(page, "sdedit")
+    page.locator("#p0-image canvas").first.wait_for()
+    page.locator("#p0-image button[aria-label=Brush]").click()
+    box = page.locator("#p0-image canvas").first.bounding_box()
+    cx, cy, size = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, 0.8 * min(box["width"], box["height"])
+    page.mouse.move(cx - 0.3 * size, cy - 0.3 * size)
+    page.mouse.down()
+    page.mouse.move(cx + 0.3 * size, cy + 0.3 * size, steps=10)  # a black diagonal on the white pad
+    page.mouse.up()
+    set_number(page, "num", 1)
+    set_number(page, "steps", 10)
+    set_number(page, "p0-i_start", 5)
+    cmd = run_and_wait(page, 1)
+    assert "--hook sdedit:" in cmd and "i_start=5" in cmd, cmd
+    ui_out = Path(shlex.split(cmd)[shlex.split(cmd).index("--out") + 1])
+    drawn = Image.open(next((ui_out / "inputs").glob("image-*.png"))).convert("L")
+    w, h = drawn.size
+    assert drawn.getpixel((w // 2, h // 2)) < 64 and drawn.getpixel((w // 10, 9 * h // 10)) > 192
+
+
+def test_stop_ends_a_run_and_writes_nothing(page, server):
+    before = set(server.out.glob("run-*"))
+    set_number(page, "num", 20)
+    set_number(page, "steps", 300)
+    page.click("#run")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('step')", timeout=60_000)
+    page.click("#stop")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('stopped')", timeout=60_000)
+    time.sleep(1)
+    assert set(server.out.glob("run-*")) == before
+    urllib.request.urlopen(server.url, timeout=5)

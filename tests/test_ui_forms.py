@@ -1,0 +1,96 @@
+"""`diffkit ui` without a browser: every declared parameter gets a widget, the page's run is the
+command line's, and a page cannot name a server file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from diffkit import plugins
+from diffkit.cli import app
+
+gr = pytest.importorskip("gradio")
+
+from diffkit import ui  # noqa: E402
+
+
+def settings(tmp_path: Path) -> ui.Settings:
+    return ui.Settings(tmp_path / "out", ui.default_choices())
+
+
+def test_every_parameter_of_every_installed_technique_gets_a_widget(tmp_path):
+    kinds = {"image": gr.Image, "sketch": gr.ImageEditor, "mask": gr.ImageEditor, "path": gr.Dropdown}
+    with gr.Blocks():
+        for name, cls in plugins.techniques().items():
+            for p in cls.params:
+                w = ui.widget(gr, name, p, ui._initial(p), settings(tmp_path))
+                if p.kind:
+                    assert isinstance(w, kinds[p.kind]), (name, p.name)
+                elif p.numeric and not p.multiple:
+                    assert isinstance(w, gr.Number) and (w.minimum, w.maximum) == tuple(p.range), (name, p.name)
+                else:
+                    assert isinstance(w, (gr.Textbox, gr.Checkbox)), (name, p.name)
+                assert p.help in (getattr(w, "info", None) or w.label), (name, p.name)
+    assert plugins.techniques()["inpaint"].params[1].kind == "mask"
+
+
+def test_the_page_spec_is_the_command_lines():
+    assert ui.hook_spec("cfg", {"scale": 5.0, "lo": 0.0, "hi": 1.0}) == "cfg:scale=5"
+    assert ui.hook_spec("anagram", {"prompt": ["7"], "view": ["rot180"]}) == "anagram:prompt=7,view=rot180"
+    assert ui.hook_spec("hybrid", {"prompt": "1", "kernel": 33, "sigma": 2.5, "fixed": True}) == \
+        "hybrid:prompt=1,sigma=2.5,fixed=true"
+    assert ui.labels_of("3, 7", "class") == {"classes": ["3", "7"]}
+    assert ui.labels_of("a fox\n\nan owl\n", "prompt") == {"prompts": ["a fox", "an owl"]}
+
+
+def run(tmp_path, stack, **kw):
+    args = dict(backend="mnist", options={}, labels_text="3", stack=stack, seed=0, num=1, steps=2, sampler="ddim")
+    args.update(kw)
+    return list(ui.run_page(settings(tmp_path), tmp_path / "session", **args))
+
+
+def test_a_page_cannot_name_a_server_file(tmp_path):
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"x")
+    with pytest.raises(ui.PageError, match="uploaded or drawn"):
+        run(tmp_path, [{"name": "sdedit", "values": {"image": str(secret), "i_start": 1}}])
+    with pytest.raises(ui.PageError, match="not one this server offers"):
+        run(tmp_path, [{"name": "autoguide", "values": {"scale": 2.0, "model": "/etc"}}])
+    with pytest.raises(ui.PageError, match="not one this server offers"):
+        run(tmp_path, [], options={"checkpoint": "/etc"})
+    assert not list((tmp_path / "out").glob("run-*"))
+
+
+def test_bad_input_is_a_page_error_naming_it(tmp_path):
+    with pytest.raises(ui.PageError, match="hook 'hybrid': missing required parameter 'prompt'"):
+        run(tmp_path, [{"name": "hybrid", "values": {"kernel": 33}}])
+    with pytest.raises(ui.PageError, match="class must be a digit"):
+        run(tmp_path, [], labels_text="12")
+
+
+def test_a_run_writes_its_folder_zip_and_command(tmp_path):
+    steps = run(tmp_path, [{"name": "cfg", "values": {"scale": 3.0}}], num=2)
+    status, gallery, _, cmd, archive = steps[-1]
+    folder = Path(cmd.split("--out ")[1].strip())
+    assert status.startswith("done: 2 samples") and len(gallery) == 2 and Path(archive).is_file()
+    assert (folder / "command.txt").read_text().strip() == cmd and "--hook cfg:scale=3" in cmd
+    assert [s[0] for s in steps[:-1]][0].startswith("sampling 2 samples")
+
+
+def test_cli_ui_refuses_bad_options_and_says_how_to_install(monkeypatch):
+    r = CliRunner().invoke(app, ["ui", "--port", "0"])
+    assert r.exit_code == 2 and "--port" in r.output
+    import builtins
+
+    real = builtins.__import__
+
+    def no_gradio(name, *a, **k):
+        if name == "gradio":
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_gradio)
+    r = CliRunner().invoke(app, ["ui"])
+    assert r.exit_code == 2 and "pip install -e '.[ui]'" in r.output
