@@ -156,8 +156,9 @@ class PageError(Exception):
 
 def run_page(settings: Settings, session: Path, backend: str, options: dict[str, Any], labels_text: str,
              stack: list[dict[str, Any]], seed: int, num: int, steps: int | None,
-             sampler: str | None) -> Iterator[tuple[str, list, Any, str, str | None]]:
-    """Run what the page describes; yield ``(status, gallery, preview, command, zip)`` as it goes."""
+             sampler: str | None, progress: Any = None) -> Iterator[tuple[str, list, Any, str, str | None]]:
+    """Run what the page describes; yield ``(status, gallery, preview, command, zip)`` as it goes, and
+    report each step to ``progress(fraction, desc=...)`` (the page's progress bar)."""
     from diffkit import api
     from diffkit.backends.base import BackendError
     from diffkit.denoise import NonFiniteError
@@ -203,6 +204,8 @@ def run_page(settings: Settings, session: Path, backend: str, options: dict[str,
     yield f"sampling {n} samples, {len(run.timesteps) - run.i_start} steps", [], None, cmd, None
     try:
         for st in run.steps():
+            if progress is not None:
+                progress((st.i + 1) / st.n_steps, desc=f"{'stage 2, ' if st.stage else ''}step {st.i + 1}/{st.n_steps}")
             if st.i % PREVIEW_EVERY == 0 or st.i == st.n_steps - 1:
                 stage = f"stage {st.stage + 1}, " if st.stage else ""
                 preview = io.to_pil(io.grid(run.backend.to_image(st.x0).float().cpu()
@@ -394,14 +397,15 @@ def build(settings: Settings) -> Any:
 
         backend.change(on_backend, inputs=backend, outputs=list(option_boxes.values()))
 
-        def on_run(backend_name, labels_text, seed_v, num_v, steps_v, sampler_v, items, vals, sess, *opts):
+        def on_run(backend_name, labels_text, seed_v, num_v, steps_v, sampler_v, items, vals, sess, *opts,
+                   progress=gr.Progress()):
             options = dict(zip(option_boxes, opts))
             sess_dir = Path(sess) if sess else uploads / "none"
             chosen = [{"name": it["name"], "values": vals.get(it["id"], {})} for it in items]
             try:
                 yield from run_page(settings, sess_dir, backend_name, options, labels_text, chosen,
                                     int(seed_v or 0), int(num_v or 1), int(steps_v) if steps_v else None,
-                                    sampler_v or None)
+                                    sampler_v or None, progress)
             except PageError as e:
                 raise gr.Error(str(e), duration=None) from None
 

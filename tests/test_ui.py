@@ -245,3 +245,23 @@ def test_stop_ends_a_run_and_writes_nothing(page, server):
     time.sleep(1)
     assert set(server.out.glob("run-*")) == before
     urllib.request.urlopen(server.url, timeout=5)
+
+
+def test_the_stack_reorders_and_removes_and_the_command_follows(page):
+    add_technique(page, "cfg")
+    add_technique(page, "anagram")
+    titles = lambda: [page.locator(f"#title-{k}").inner_text().split(" (")[0] for k in range(
+        page.locator("[id^=title-]").count())]
+    assert titles() == ["1. cfg", "2. anagram"]
+    page.click("#down-0")
+    page.wait_for_function("document.querySelector('#title-0').innerText.includes('anagram')")
+    assert titles() == ["1. anagram", "2. cfg"]
+    page.locator("#p0-prompt textarea").fill("7")
+    page.locator("#p0-prompt textarea").press("Tab")
+    set_number(page, "num", 1)
+    set_number(page, "steps", 5)
+    cmd = run_and_wait(page, 1)
+    assert cmd.index("--hook anagram:prompt=7") < cmd.index("--hook cfg"), cmd
+    page.click("#remove-0")
+    page.wait_for_function("document.querySelectorAll('[id^=title-]').length == 1")
+    assert titles() == ["1. cfg"]
