@@ -94,3 +94,10 @@ def test_cli_ui_refuses_bad_options_and_says_how_to_install(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_gradio)
     r = CliRunner().invoke(app, ["ui"])
     assert r.exit_code == 2 and "pip install -e '.[ui]'" in r.output
+
+
+def test_a_missing_model_is_a_page_error(tmp_path):
+    gone = str(tmp_path / "no-such-checkpoint")
+    s = ui.Settings(tmp_path / "out", ui.default_choices([gone]))
+    with pytest.raises(ui.PageError, match="no-such-checkpoint"):
+        list(ui.run_page(s, tmp_path / "session", "mnist", {"checkpoint": gone}, "3", [], 0, 1, 2, "ddim"))
