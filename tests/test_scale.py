@@ -315,3 +315,18 @@ def test_training_on_two_processes_checkpoints_resumes_and_learns(tmp_path, mnis
     in_process = [*TRAIN[:-2], "--data", str(mnist_dir)]  # without --threads: leave this process's count alone
     r = cli(*in_process, "--epochs", "4", "--out", str(split), "--resume")
     assert r.exit_code == 2 and "trained by 2 process(es), this is 1" in r.output
+
+
+def test_if_runs_both_stages_batch_by_batch(tiny_if):
+    """IF's UNet has no fixed-size calls (on a GPU cuDNN picks kernels by shape): batches agree within
+    the IF tolerance, not bit for bit; each batch goes through both stages with its own prompts."""
+    from conftest import IF_TOL
+
+    f1, f2 = tiny_if
+    kw = dict(prompts=["a red fox", "an owl"], num=2, hooks=["cfg:4"], steps=3, sampler="dpmpp_2m", seed=1,
+              backend_options={"model": str(f1), "upscaler": str(f2), "device": "cpu"})
+    one = diffkit.sample("if", **kw)
+    split = diffkit.sample("if", batch_size=3, **kw)
+    assert split.labels == one.labels == ["a red fox"] * 2 + ["an owl"] * 2 and split.seeds == [1, 2, 3, 4]
+    assert split.images.shape == one.images.shape and len(split.stage_images) == 2
+    assert (split.x - one.x).abs().max().item() < IF_TOL

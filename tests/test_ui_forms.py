@@ -101,3 +101,25 @@ def test_a_missing_model_is_a_page_error(tmp_path):
     s = ui.Settings(tmp_path / "out", ui.default_choices([gone]))
     with pytest.raises(ui.PageError, match="no-such-checkpoint"):
         list(ui.run_page(s, tmp_path / "session", "mnist", {"checkpoint": gone}, "3", [], 0, 1, 2, "ddim"))
+
+
+def test_an_if_run_from_the_page_equals_its_command(tmp_path, tiny_if):
+    """Both IF stages through the page (prompts, the allowed model folders), then the shown command."""
+    from diffkit.cli import app as cli_app
+
+    f1, f2 = tiny_if
+    s = ui.Settings(tmp_path / "out", ui.default_choices([str(f1), str(f2)]))
+    steps = list(ui.run_page(s, tmp_path / "session", "if", {"model": str(f1), "upscaler": str(f2), "device": "cpu"},
+                             "a red fox\nan owl", [{"name": "cfg", "values": {"scale": 4.0}}], 1, 1, 3, "dpmpp_2m"))
+    status, gallery, _, cmd, _ = steps[-1]
+    assert status.startswith("done: 2 samples") and [c for _, c in gallery] == ["a red fox · seed 1", "an owl · seed 2"]
+    assert any(st[0].startswith("stage 2, step") for st in steps), [st[0] for st in steps]
+    ui_out = Path(cmd.split("--out ")[1].strip())
+    import shlex
+
+    args = shlex.split(cmd)
+    args[args.index("--out") + 1] = str(tmp_path / "cli")
+    r = CliRunner().invoke(cli_app, args[1:])
+    assert r.exit_code == 0, r.output
+    for name in ("sample-000.png", "sample-001.png", "final.safetensors"):
+        assert (tmp_path / "cli" / name).read_bytes() == (ui_out / name).read_bytes(), name
