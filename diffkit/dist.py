@@ -124,17 +124,6 @@ def gather(shard: Shard, obj: Any) -> list[Any] | None:
     return out
 
 
-def all_ok(shard: Shard, ok: bool) -> bool:
-    """Whether every rank says ``ok`` (so no rank waits forever on one that gave up)."""
-    if not shard.active:
-        return ok
-    import torch.distributed as td
-
-    flag = torch.tensor([0 if ok else 1], device=f"cuda:{shard.local_rank}" if td.get_backend() == "nccl" else "cpu")
-    td.all_reduce(flag)
-    return flag.item() == 0
-
-
 def finish(shard: Shard) -> None:
     """Leave the group together: every rank calls this (gloo aborts a process whose peer tore its
     connections down first: "terminate called without an active exception")."""

@@ -158,30 +158,16 @@ class RunFolder:
 
     def publish(self, labels: Sequence[Any], extra: dict[str, Any] | None = None) -> None:
         """Assemble the run's files and move them into ``out``, all of them or (on failure) none."""
-        from diffkit import interrupt
-
         missing = sorted(set(range(self.batches())) - self.done())
         if missing:
             raise RuntimeError(f"batches {missing[:5]} of {self.path} are missing")
         assemble(self.path, labels, dict(extra or {}, request=self.request))
         (self.path / "request.json").unlink()
-        os.chmod(self.path, 0o777 & ~io._umask())
-        done = False
         try:
-            with interrupt.deferred():
-                if not self.out.exists():
-                    os.replace(self.path, self.out)
-                else:
-                    for name in sorted(os.listdir(self.path)):
-                        dst = self.out / name
-                        if dst.is_dir() and not dst.is_symlink():
-                            shutil.rmtree(dst)
-                        os.replace(self.path / name, dst)
-                    shutil.rmtree(self.path)
-                done = True
-        except interrupt.Interrupted as e:
-            e.committed = done
-            raise
+            io.move_into(self.path, self.out)
+        finally:
+            if self.path.is_dir() and not any(self.path.iterdir()):  # all moved: the work folder goes
+                self.path.rmdir()
 
 
 def write_batch(folder: Path, k: int, start: int, result: Any, n: int) -> None:

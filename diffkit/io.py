@@ -48,25 +48,40 @@ def staged_dir(out: str | os.PathLike) -> Iterator[Path]:
     done = False
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
         try:
-            with interrupt.deferred():
-                if not out.exists():
-                    os.replace(tmp, out)
-                else:
-                    for name in sorted(os.listdir(tmp)):
-                        dst = out / name
-                        if dst.is_dir() and not dst.is_symlink():
-                            shutil.rmtree(dst)
-                        os.replace(tmp / name, dst)
-                done = True
+            move_into(tmp, out)
         except interrupt.Interrupted as e:
-            e.committed = done
+            done = e.committed  # a signal held until every rename was done: keep what was made for out
             raise
+        done = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if not done and made is not None:
             shutil.rmtree(made, ignore_errors=True)
+
+
+def move_into(src: Path, out: Path) -> None:
+    """Rename ``src``'s entries into ``out`` (``src`` itself when ``out`` does not exist), replacing
+    entries of the same name, with SIGINT/SIGTERM held: ``out`` ends with all of them or none.
+    ``src`` is gone or empty afterwards; a held signal is raised with ``committed`` set."""
+    from diffkit import interrupt
+
+    os.chmod(src, 0o777 & ~_umask())
+    done = False
+    try:
+        with interrupt.deferred():
+            if not out.exists():
+                os.replace(src, out)
+            else:
+                for name in sorted(os.listdir(src)):
+                    dst = out / name
+                    if dst.is_dir() and not dst.is_symlink():
+                        shutil.rmtree(dst)
+                    os.replace(src / name, dst)
+            done = True
+    except interrupt.Interrupted as e:
+        e.committed = done
+        raise
 
 
 def _missing_ancestor(folder: Path) -> Path | None:

@@ -125,27 +125,18 @@ def save_upload(image: Any, folder: Path, stem: str) -> str | None:
 
 def mask_from_editor(value: Any, folder: Path, stem: str) -> str | None:
     """The strokes painted over the image (the editor's layers) as a mask: white where painted."""
-    from PIL import Image
+    from PIL import ImageChops
 
-    if not isinstance(value, dict) or not value.get("layers"):
-        return None
-    layers = [layer for layer in value["layers"] if layer is not None]
+    layers = [layer for layer in (value or {}).get("layers") or [] if layer is not None] if isinstance(value, dict) else []
     if not layers:
         return None
-    alpha = None
-    for layer in layers:
-        a = layer.convert("RGBA").getchannel("A")
-        alpha = a if alpha is None else Image.fromarray(
-            (torch.maximum(_arr(alpha), _arr(a))).numpy().astype("uint8"))
-    mask = alpha.point(lambda v: 255 if v > 0 else 0).convert("L")
+    alpha = layers[0].convert("RGBA").getchannel("A")
+    for layer in layers[1:]:
+        alpha = ImageChops.lighter(alpha, layer.convert("RGBA").getchannel("A"))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stem}-{uuid.uuid4().hex[:8]}.png"
-    mask.save(path, format="PNG")
+    alpha.point(lambda v: 255 if v > 0 else 0).convert("L").save(path, format="PNG")
     return str(path)
-
-
-def _arr(img: Any) -> torch.Tensor:
-    return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).reshape(img.height, img.width)
 
 
 # ---- running ----
@@ -204,13 +195,12 @@ def run_page(settings: Settings, session: Path, backend: str, options: dict[str,
     yield f"sampling {n} samples, {len(run.timesteps) - run.i_start} steps", [], None, cmd, None
     try:
         for st in run.steps():
+            stage = f"stage {st.stage + 1}, " if st.stage else ""
             if progress is not None:
-                progress((st.i + 1) / st.n_steps, desc=f"{'stage 2, ' if st.stage else ''}step {st.i + 1}/{st.n_steps}")
+                progress((st.i + 1) / st.n_steps, desc=f"{stage}step {st.i + 1}/{st.n_steps}")
             if st.i % PREVIEW_EVERY == 0 or st.i == st.n_steps - 1:
-                stage = f"stage {st.stage + 1}, " if st.stage else ""
-                preview = io.to_pil(io.grid(run.backend.to_image(st.x0).float().cpu()
-                                            if st.stage == 0 else st.x0.new_zeros(1, 3, 8, 8).float().cpu(),
-                                            min(n, 8)))
+                # every stage's state maps to an image as stage 1's does (IF: [-1, 1] -> [0, 1])
+                preview = io.to_pil(io.grid(run.backend.to_image(st.x0).float().cpu(), min(n, 8)))
                 yield f"{stage}step {st.i + 1} of {st.n_steps}", [], preview, cmd, None
     except (PluginError, NonFiniteError, BackendError, ValueError) as e:
         shutil.rmtree(folder, ignore_errors=True)
