@@ -134,6 +134,14 @@ def test_mnist_class_3_with_cfg_5_equals_the_shown_command(page, server, tmp_pat
         name = f"sample-{i:03d}.png"
         assert (cli_out / name).read_bytes() == (ui_out / name).read_bytes(), name
     assert "seed 3" in page.locator("#gallery").inner_text()  # captions: label and seed
+    # the zip the page offers is the run folder
+    import io as _io
+    import zipfile
+
+    href = page.locator("#zip a").first.get_attribute("href")
+    body = urllib.request.urlopen(href if href.startswith("http") else server.url + href.lstrip("/"), timeout=10).read()
+    names = set(zipfile.ZipFile(_io.BytesIO(body)).namelist())
+    assert {"sample-000.png", "sample-003.png", "grid.png", "run.json", "command.txt"} <= names, names
     # docs/make_figures.sh sets this to docs/img/ui.png
     page.screenshot(path=os.environ.get("DIFFKIT_UI_SCREENSHOT", str(tmp_path / "ui.png")))
 
