@@ -150,13 +150,6 @@ def run_page(settings: Settings, session: Path, backend: str, options: dict[str,
              sampler: str | None, progress: Any = None) -> Iterator[tuple[str, list, Any, str, str | None]]:
     """Run what the page describes; yield ``(status, gallery, preview, command, zip)`` as it goes, and
     report each step to ``progress(fraction, desc=...)`` (the page's progress bar)."""
-    from diffkit import api
-    from diffkit.backends.base import BackendError
-    from diffkit.denoise import NonFiniteError
-    from diffkit.mnist.checkpoint import CheckpointError
-    from diffkit.plugins import PluginError, UnknownName
-    from diffkit.spec import SpecError
-
     info = plugins.backends().get(backend)
     if info is None:
         raise PageError(f"unknown backend {backend!r}")
@@ -167,6 +160,24 @@ def run_page(settings: Settings, session: Path, backend: str, options: dict[str,
     labels = labels_of(labels_text, info.label_kind)
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{uuid.uuid4().hex[:4]}"
     folder = settings.out / f"run-{stamp}"
+    try:
+        yield from _run(settings, session, backend, options, labels, stack, seed, num, steps, sampler, progress, folder)
+    except BaseException:  # a refusal, a failure, or Stop (the generator is closed): no half run folder
+        if not (folder / "run.json").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _run(settings: Settings, session: Path, backend: str, options: dict[str, Any], labels: dict[str, list[str]],
+         stack: list[dict[str, Any]], seed: int, num: int, steps: int | None, sampler: str | None, progress: Any,
+         folder: Path) -> Iterator[tuple[str, list, Any, str, str | None]]:
+    from diffkit import api
+    from diffkit.backends.base import BackendError
+    from diffkit.denoise import NonFiniteError
+    from diffkit.mnist.checkpoint import CheckpointError
+    from diffkit.plugins import PluginError, UnknownName
+    from diffkit.spec import SpecError
+
     inputs = folder / "inputs"
     hooks = []
     for item in stack:
@@ -189,7 +200,6 @@ def run_page(settings: Settings, session: Path, backend: str, options: dict[str,
         run = api.Run(backend, hooks=hooks, seed=int(seed), num=int(num), steps=int(steps) if steps else None,
                       sampler=sampler or None, backend_options=options, **labels)
     except (UnknownName, SpecError, BackendError, CheckpointError, ValueError, PluginError) as e:
-        shutil.rmtree(folder, ignore_errors=True)
         raise PageError(str(e)) from None
     n = len(run.labels)
     yield f"sampling {n} samples, {len(run.timesteps) - run.i_start} steps", [], None, cmd, None
@@ -203,7 +213,6 @@ def run_page(settings: Settings, session: Path, backend: str, options: dict[str,
                 preview = io.to_pil(io.grid(run.backend.to_image(st.x0).float().cpu(), min(n, 8)))
                 yield f"{stage}step {st.i + 1} of {st.n_steps}", [], preview, cmd, None
     except (PluginError, NonFiniteError, BackendError, ValueError) as e:
-        shutil.rmtree(folder, ignore_errors=True)
         raise PageError(f"{e}; nothing was written") from None
     result = run.result
     api.save(result, folder, overwrite=True)

@@ -23,6 +23,7 @@ class SDEdit(Projector):
 
     def __init__(self, **args):
         super().__init__(**args)
+        args = self.args  # the technique's own copy: the default below must land in it
         if args["i_start"] is None and args["strength"] is None:
             args["i_start"] = 10
         if args["i_start"] is not None and args["strength"] is not None:

@@ -74,6 +74,14 @@ def test_inpaint_with_resampling_and_sdedit_compose(tmp_path, tiny_mnist_ckpt, i
     assert (got[14:] == np.array(Image.open(images / "digit.png"))[14:]).all()
 
 
+def test_sdedit_without_i_start_or_strength_starts_at_index_10(tmp_path, tiny_mnist_ckpt, images):
+    """The documented default (a bug found by the UI's test: the default never reached the technique)."""
+    r, out = sample(tmp_path, tiny_mnist_ckpt, "--hook", f"sdedit:image={images / 'drawing.png'}", "--steps", "20")
+    assert r.exit_code == 0, r.output
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["hooks"][0]["args"]["i_start"] == 10, meta
+
+
 def test_sdedit_strength_and_sweep_figure(tmp_path, tiny_mnist_ckpt, images):
     r, out = sample(tmp_path, tiny_mnist_ckpt, "--hook", f"sdedit:image={images / 'drawing.png'}",
                     "--sweep", "i_start=1,4,7")

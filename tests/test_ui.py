@@ -257,10 +257,13 @@ def test_the_sketch_pad_draws_sdedits_image(page, server):
 
 def test_stop_ends_a_run_and_writes_nothing(page, server):
     before = set(server.out.glob("run-*"))
+    add_technique(page, "sdedit")  # its image is copied into the run folder before sampling begins
+    page.locator("#p0-image canvas").first.wait_for()
     set_number(page, "num", 20)
     set_number(page, "steps", 300)
     page.click("#run")
-    page.wait_for_function("document.querySelector('#status').innerText.includes('step')", timeout=60_000)
+    page.wait_for_function("document.querySelector('#status').innerText.includes(' of 300')", timeout=60_000)
+    assert list((server.out).glob("run-*/inputs/image-*.png"))  # the run had begun: its input is in place
     page.click("#stop")
     page.wait_for_function("document.querySelector('#status').innerText.includes('stopped')", timeout=60_000)
     time.sleep(1)
