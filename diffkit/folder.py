@@ -206,28 +206,26 @@ def assemble(folder: Path, labels: Sequence[Any], extra: dict[str, Any] | None =
     from safetensors import safe_open
 
     parts = sorted((folder / "parts").glob("batch-*.safetensors"))
-    with safe_open(parts[0], "pt") as f:
-        meta = f.metadata()
-    n = int(meta["num_samples"])
+    metas = []
+    for p in parts:  # headers only: each part's samples, and the run's meta
+        with safe_open(p, "pt") as f:
+            metas.append(f.metadata())
+    n = int(metas[0]["num_samples"])
     ncol = grid_columns(labels)
     first = [io.load_png(folder / sample_name(i)) for i in range(min(n, GRID_MAX))]
     io.save_png(io.grid(torch.stack(first), ncol), folder / "grid.png")
     frames = _frames(parts)
     if frames is not None:
+        grids = [io.grid(f, ncol) for f in frames]
         (folder / "frames").mkdir(exist_ok=True)
-        for k, f in enumerate(frames):
-            io.save_png(io.grid(f, ncol), folder / "frames" / f"frame-{k:03d}.png")
-        io.save_gif([io.grid(f, ncol) for f in frames], folder / "trajectory.gif")
+        for k, g in enumerate(grids):
+            io.save_png(g, folder / "frames" / f"frame-{k:03d}.png")
+        io.save_gif(grids, folder / "trajectory.gif")
     with io.atomic_path(folder / "final.safetensors") as tmp:
         concat_safetensors(parts, tmp, skip=("frames",))
-    samples = []
-    for p in parts:
-        with safe_open(p, "pt") as f:
-            m = f.metadata()
-        start = int(m["start"])
-        samples += [{"file": sample_name(start + i), "label": lab, "seed": seed}
-                    for i, (lab, seed) in enumerate(zip(json.loads(m["labels"]), json.loads(m["seeds"])))]
-    io.write_json(folder / "run.json", dict(json.loads(meta["meta"]), samples=samples, **(extra or {})))
+    samples = [{"file": sample_name(int(m["start"]) + i), "label": lab, "seed": seed}
+               for m in metas for i, (lab, seed) in enumerate(zip(json.loads(m["labels"]), json.loads(m["seeds"])))]
+    io.write_json(folder / "run.json", dict(json.loads(metas[0]["meta"]), samples=samples, **(extra or {})))
     shutil.rmtree(folder / "parts")
 
 
