@@ -3,6 +3,11 @@ work (stage I, or stage I + II with --upscaler), same prompt, seed, steps and gu
 
     python benchmarks/if_gpu.py --model DeepFloyd/IF-I-XL-v1.0 [--upscaler DeepFloyd/IF-II-L-v1.0]
     python benchmarks/if_gpu.py --sampler dpmpp_2m --steps 20    # the pipelines with the scheduler swapped in
+    python benchmarks/if_gpu.py --shaped /tmp/if-shaped          # no weights at hand: see below
+
+``--shaped DIR`` builds (once) and times a stage I of IF's block layout at IF-I-M's scale with random
+weights (560M parameters, 64x64; the tiny T5 of tests/tiny_if.py): the time of a step does not depend
+on the weights' values, so the ratio diffkit / diffusers is measured without the gated download.
 
 With ``--sampler`` other than ddpm, the pipelines get the same diffusers scheduler
 (``from_config`` of IF's, as in tests/test_if_samplers.py). IFPipeline cannot run rules that do not
@@ -43,6 +48,32 @@ def schedule_kw(args) -> dict:
     return {"timesteps": TS1, "timesteps2": TS2}
 
 
+def build_shaped(root: Path, device: str = "cuda") -> Path:
+    """An IF-shaped stage I pipeline folder with random fp16 weights (IF-I-M's block layout, 560M)."""
+    if (root / "model_index.json").is_file():
+        return root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import tiny_if
+    from diffusers import IFPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    with torch.device(device):  # random init on the GPU: seconds, not minutes
+        unet = UNet2DConditionModel(
+            sample_size=64, layers_per_block=3, block_out_channels=[256, 512, 768, 1024],
+            down_block_types=["ResnetDownsampleBlock2D"] + ["SimpleCrossAttnDownBlock2D"] * 3,
+            mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+            up_block_types=["SimpleCrossAttnUpBlock2D"] * 3 + ["ResnetUpsampleBlock2D"],
+            in_channels=3, out_channels=6, cross_attention_dim=1024, encoder_hid_dim=32, attention_head_dim=64,
+            addition_embed_type="text", addition_embed_type_num_heads=2, cross_attention_norm="group_norm",
+            resnet_time_scale_shift="scale_shift", act_fn="gelu", norm_num_groups=32).half().eval()
+    pipe = IFPipeline(tokenizer=tiny_if.tokenizer(), text_encoder=tiny_if.text_encoder().half(), unet=unet,
+                      scheduler=tiny_if.scheduler(), safety_checker=None, feature_extractor=None, watermarker=None,
+                      requires_safety_checker=False)
+    pipe.save_pretrained(root)
+    print(f"built {root}: IF-shaped stage I, {sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M parameters")
+    return root
+
+
 def diffkit_side(args):
     backend = load(model=args.model, upscaler=args.upscaler, device="cuda", dtype="fp16")
     backend.text([PROMPT, ""])  # embeddings once, as the pipelines get theirs
@@ -73,7 +104,9 @@ def pipeline_can_run(args) -> bool:
 def diffusers_side(args):
     from diffusers import IFPipeline, IFSuperResolutionPipeline
 
-    kw = dict(variant="fp16", torch_dtype=torch.float16, safety_checker=None, watermarker=None, feature_extractor=None)
+    kw = dict(torch_dtype=torch.float16, safety_checker=None, watermarker=None, feature_extractor=None)
+    if not Path(args.model).is_dir():
+        kw["variant"] = "fp16"  # the hub's fp16 files; a local folder holds what it holds
     pipe1 = IFPipeline.from_pretrained(args.model, **kw).to("cuda")
     pipe1.set_progress_bar_config(disable=True)
     swap_scheduler(pipe1, args)
@@ -128,9 +161,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--sampler", default="ddpm", help="diffkit sampler spec (diffkit samplers)")
     ap.add_argument("--steps", type=int, default=None, help="steps of the sampler (default: ddpm's 34-step lists)")
+    ap.add_argument("--shaped", type=Path, default=None, help="build and time an IF-shaped random stage I here")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA device")
+    if args.shaped:
+        args.model, args.upscaler = str(build_shaped(args.shaped)), "none"
     what = "stage I" if args.upscaler == "none" else "stage I + II"
     n1 = args.steps or len(TS1)
     n2 = (args.steps or len(TS2)) if args.upscaler != "none" else 0

@@ -68,6 +68,14 @@ def init(device: str | None = None, timeout_s: float = 600) -> Shard:
     except ValueError as e:
         raise LaunchError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers: {e}") from None
     cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    per_node = max(int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0), local + 1)
+    if cuda and per_node > torch.cuda.device_count():
+        # Every rank of the node says so before any rendezvous: torch.cuda.set_device would fail with
+        # "invalid device ordinal", and two ranks on one GPU in nccl's setup ("Duplicate GPU detected").
+        n = torch.cuda.device_count()
+        raise LaunchError(f"rank {rank} of {world}: {per_node} processes on this node need {per_node} GPUs (one "
+                          f"each), but this machine has {n}: start at most {n} a node (--nproc-per-node {n}), "
+                          "or sample on the CPU with --device cpu")
     if not td.is_initialized():
         if cuda:
             torch.cuda.set_device(local)

@@ -253,6 +253,34 @@ def test_a_world_without_a_rendezvous_exits_2(tmp_path):
     assert "Traceback" not in p.stderr and not (tmp_path / "o").exists()
 
 
+def test_more_processes_a_node_than_gpus_is_refused_before_any_rendezvous(monkeypatch):
+    """Two ranks on a one-GPU node: a clear LaunchError (exit 2 in the CLI), not "invalid device ordinal"
+    or nccl's "Duplicate GPU detected". (A GPU session ran it for real: docs/scale.md.)"""
+    from diffkit import dist
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: pytest.fail("set_device reached"))
+    env = dict(WORLD_SIZE="2", RANK="1", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT="1")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    said = r"processes on this node need 2 GPUs \(one each\), but this machine has 1: start at most 1 a node"
+    with pytest.raises(dist.LaunchError, match=rf"rank 1 of 2: 2 {said} \(--nproc-per-node 1\)"):
+        dist.init("cuda")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")  # rank 0 refuses too, instead of waiting for rank 1
+    with pytest.raises(dist.LaunchError, match=rf"rank 0 of 2: 2 {said}"):
+        dist.init(None)
+    import torch.distributed as td
+
+    def refuse(backend, **kw):
+        raise ValueError(f"stop here ({backend})")
+    monkeypatch.setattr(td, "init_process_group", refuse)
+    with pytest.raises(dist.LaunchError, match=r"rendezvous at 127.0.0.1:1 failed: stop here \(gloo\)"):
+        dist.init("cpu")  # --device cpu on a GPU machine: gloo, no GPU asked for
+
+
 def test_eval_over_two_processes_reports_the_same_numbers(tmp_path, mnist_dir):
     args = ["eval", "mnist", "-n", "3", "--steps", "5", "--sampler", "ddim", "--data", str(mnist_dir),
             "--batch-size", "7"]

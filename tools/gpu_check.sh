@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# What a session lent a GPU runs (the device tool; CI has none): tests/test_gpu.py, benchmarks/gpu.py
+# (the MNIST model's calls and bytes on the GPU) and benchmarks/if_gpu.py on an IF-shaped random stage I
+# for three samplers. Needs, in .whl/, the wheels of diffusers and transformers as pinned in
+# constraints.txt and of diffkit itself (`pip wheel --no-deps -w .whl .`); logs go to $OUT (or /tmp/gpu-out).
+set -uo pipefail
+out="${OUT:-/tmp/gpu-out}"; mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+nvidia-smi -L
+python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__,
+'transformers', transformers.__version__, torch.cuda.get_device_name())"
+timeout 240 python3 -m pytest -q -rA -s -p no:cacheprovider tests/test_gpu.py 2>&1 | grep -v -i warn | tee "$out/test_gpu.log" | tail -45
+timeout 200 python3 benchmarks/gpu.py --out "$out/gpu.json" 2>&1 | tee "$out/gpu.log"
+for s in "ddpm" "dpmpp_2m --steps 20" "euler --steps 20"; do
+  # shellcheck disable=SC2086
+  timeout 120 python3 benchmarks/if_gpu.py --shaped /tmp/if-shaped --sampler $s 2>&1 | grep -v -i -E "warn|it/s|Loading" | tee -a "$out/if_gpu.log"
+done
