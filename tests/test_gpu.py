@@ -18,7 +18,7 @@ from diffkit.backends.deepfloyd import IFStage, TextEncoder, load
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 PROMPT = "An oil painting of people around a campfire"
-FP16_TOL = 2  # grey levels: fp16 sums in another order than the pipeline's (measured: docs/testing.md)
+FP16_TOL = 2  # grey levels (measured on an H100: at most 1, 0.003 on average; exactly 0 for dpmpp_2m)
 
 
 def grey(x):
@@ -50,42 +50,69 @@ def test_if_stage1_fp16_on_cuda_equals_ifpipeline_fp16(tiny_if, sampler, schedul
     assert levels.max().item() <= FP16_TOL and levels.mean().item() < 0.05
 
 
-@pytest.mark.parametrize("sampler, scheduler", [("ddpm", None), ("dpmpp_2m", "DPMSolverMultistepScheduler")])
-def test_if_stage2_fp16_on_cuda_equals_ifsuperresolutionpipeline_fp16(tiny_if, sampler, scheduler):
-    _, f2 = tiny_if
+def stage2_pipeline(f2, scheduler, seed=5):
     low = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(9)).clamp(-1, 1)
-    ref = pipeline(f2, "IFSuperResolutionPipeline", scheduler)(
-        prompt=PROMPT, image=low.half().cuda(), num_inference_steps=10, guidance_scale=4.0, noise_level=250,
-        generator=torch.Generator().manual_seed(5), output_type="pt", clean_caption=False).images
+    pipe = pipeline(f2, "IFSuperResolutionPipeline", scheduler)
+    return low, pipe(prompt=PROMPT, image=low.to("cuda", torch.float16), num_inference_steps=10, guidance_scale=4.0,
+                     noise_level=250, generator=torch.Generator().manual_seed(seed), output_type="pt",
+                     clean_caption=False).images.float().cpu()
+
+
+# The tiny models' random weights amplify fp16 rounding: run in fp16 and in fp32, the same pipeline lands
+# as far apart as two seeds do (78-122 grey levels on average, measured on an H100), so fp32 is no
+# reference for an fp16 run here. Each test below compares fp16 with fp16 and asks that another seed
+# land at least 25 times farther away than diffkit does.
+@pytest.mark.parametrize("sampler, scheduler", [("ddpm", None), ("dpmpp_2m", "DPMSolverMultistepScheduler")])
+def test_if_stage2_fp16_on_cuda_matches_ifsuperresolutionpipeline_fp16(tiny_if, sampler, scheduler):
+    """Measured: at most 3 grey levels, 0.31-0.36 on average (diffkit noises the upscaled image in float32,
+    the pipeline in fp16; stage II's random UNet amplifies that, as on the CPU: test_if_samplers' STAGE2_TOL)."""
+    _, f2 = tiny_if
+    low, ref = stage2_pipeline(f2, scheduler)
+    _, other = stage2_pipeline(f2, scheduler, seed=6)
     stage2 = IFStage(str(f2), TextEncoder(str(f2), "cuda", torch.float16), "cuda", torch.float16, 2)
     stage2.low_res = low
-    ours = diffkit.sample(stage2, prompts=[PROMPT], seed=5, steps=10, hooks=["cfg:4"], sampler=sampler).x
-    levels = (grey(ours.cpu()) - grey(ref.cpu())).abs()
-    print(f"stage II fp16 {sampler}: max {levels.max().item():.0f} grey levels, mean {levels.mean().item():.4f}")
-    assert levels.max().item() <= FP16_TOL and levels.mean().item() < 0.05
+    ours = diffkit.sample(stage2, prompts=[PROMPT], seed=5, steps=10, hooks=["cfg:4"], sampler=sampler).x.float().cpu()
+    levels, wrong = (grey(ours) - grey(ref)).abs(), (grey(other) - grey(ref)).abs()
+    print(f"stage II fp16 {sampler}: max {levels.max():.0f} grey levels, mean {levels.mean():.3f}; "
+          f"another seed: mean {wrong.mean():.1f}")
+    assert levels.max() <= 6 and levels.mean() < 1.0
+    assert wrong.mean() > 25 * levels.mean()
 
 
-@pytest.mark.parametrize("sampler", ["euler", "uni_pc", "heun"])
-def test_if_fp16_rules_the_pipeline_rejects_run_and_match_fp32(tiny_if, sampler):
-    """IFPipeline cannot run these on IF (six channels to a 3-channel rule); diffkit in fp16 on the GPU
-    lands where its fp32 run on the CPU does."""
+@pytest.mark.parametrize("name", ["euler", "uni_pc", "heun"])
+def test_if_fp16_rules_the_pipeline_rejects_match_the_scheduler_in_a_plain_fp16_loop(tiny_if, name):
+    """IFPipeline cannot run these on IF (six channels to a 3-channel rule): the same scheduler in a plain
+    loop over the same fp16 UNet on the GPU is the reference (test_if_samplers does it in fp32 on the CPU).
+    Measured: 0.41-1.33 grey levels on average, a few pixels up to 19; another seed 91-118."""
+    from test_if_samplers import hand_loop
+
+    from diffkit import plugins
+
     f1, _ = tiny_if
-    kw = dict(prompts=[PROMPT], seed=3, steps=10, hooks=["cfg:7"], sampler=sampler)
-    half = diffkit.sample(load(model=str(f1), upscaler="none", device="cuda"), **kw).x.cpu()
-    full = diffkit.sample(load(model=str(f1), upscaler="none", device="cpu"), **kw).x
-    levels = (grey(half) - grey(full)).abs()
-    print(f"{sampler} fp16 GPU vs fp32 CPU: max {levels.max().item():.0f} grey levels, mean {levels.mean().item():.4f}")
-    assert torch.isfinite(half).all() and levels.mean().item() < 0.5 and levels.max().item() <= 8
+    rule = plugins.make_sampler(name)
+
+    def loop(seed):
+        return hand_loop(f1, rule.scheduler, rule.overrides(), 8, seed, device="cuda",
+                         dtype=torch.float16).float().cpu()
+    ref, other = loop(3), loop(4)
+    ours = diffkit.sample(load(model=str(f1), upscaler="none", device="cuda"), prompts=[PROMPT], seed=3, steps=8,
+                          hooks=["cfg:7"], sampler=name).x.float().cpu()
+    levels, wrong = (grey(ours) - grey(ref)).abs(), (grey(other) - grey(ref)).abs()
+    print(f"{name} fp16: max {levels.max():.0f} grey levels, mean {levels.mean():.3f}; another seed: "
+          f"mean {wrong.mean():.1f}")
+    assert levels.mean() < 2.0
+    assert wrong.mean() > 25 * levels.mean()
 
 
 def test_mnist_on_cuda_gives_the_same_bytes_for_any_batch_size():
     from diffkit.backends.mnist import MnistBackend
 
     backend = MnistBackend(device="cuda")
-    kw = dict(classes=[3, 7], num=6, seed=11, hooks=["cfg:1.5"], sampler="dpmpp_2m_sde", steps=10)
-    one = diffkit.sample(backend, batch_size=12, **kw).x
-    for b in (1, 5):
-        assert torch.equal(diffkit.sample(backend, batch_size=b, **kw).x, one), b
+    assert backend.chunk_rows == 256
+    kw = dict(classes=[3, 7], num=70, seed=11, hooks=["cfg:1.5"], sampler="dpmpp_2m_sde", steps=10)
+    whole = diffkit.sample(backend, batch_size=140, **kw).x  # 280 rows a step: two 256-row calls
+    for b in (1, 33):
+        assert torch.equal(diffkit.sample(backend, batch_size=b, **kw).x, whole), b
 
 
 def diffkit_cmd(*args: str, nproc: int = 1) -> list[str]:
@@ -105,8 +132,9 @@ ARGS = ["sample", "--class", "3,7", "-n", "3", "--sampler", "ddim", "--steps", "
 @pytest.mark.skipif(torch.cuda.device_count() != 1, reason="the refusal of a one-GPU node")
 def test_two_processes_on_a_one_gpu_node_are_refused_with_exit_2(tmp_path):
     p = run(diffkit_cmd(*ARGS, "--device", "cuda", "--out", str(tmp_path / "o"), nproc=2), tmp_path)
-    said = "2 processes on this node need 2 GPUs (one each), but this machine has 1"
-    assert f"rank 0 of 2: {said}" in p.stderr and f"rank 1 of 2: {said}" in p.stderr, p.stderr[-3000:]
+    said = "of 2: 2 processes on this node need 2 GPUs (one each), but this machine has 1"
+    # Every rank refuses; the launcher stops the others once the first exits, so one message is certain.
+    assert p.returncode != 0 and said in p.stderr, p.stderr[-3000:]
     assert "Duplicate GPU" not in p.stderr and "invalid device ordinal" not in p.stderr
     assert not (tmp_path / "o").exists()
 

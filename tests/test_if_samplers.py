@@ -70,7 +70,8 @@ def test_ifpipeline_itself_fails_with_these_rules_which_diffkit_runs(tiny_if, sc
              output_type="pt", clean_caption=False)
 
 
-def hand_loop(folder, cls_name, overrides, steps, seed, scale=7.0, step_kwargs=None):
+def hand_loop(folder, cls_name, overrides, steps, seed, scale=7.0, step_kwargs=None, device="cpu",
+              dtype=torch.float32):
     """The scheduler over IF's UNet as a plain loop: CFG on the noise channels, which alone go to step."""
     import diffusers
     from diffusers import IFPipeline, UNet2DConditionModel
@@ -78,13 +79,13 @@ def hand_loop(folder, cls_name, overrides, steps, seed, scale=7.0, step_kwargs=N
 
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet").eval()
     pipe = IFPipeline.from_pretrained(folder, unet=unet, safety_checker=None, watermarker=None,
-                                      feature_extractor=None, requires_safety_checker=False)
-    cond, null = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=True, clean_caption=False)
+                                      feature_extractor=None, requires_safety_checker=False).to(device, dtype)
+    cond, null = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=True, clean_caption=False, device=device)
     s = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **overrides)
-    s.set_timesteps(steps)
+    s.set_timesteps(steps, device=device)
     g = torch.Generator().manual_seed(seed)
     size = unet.config.sample_size
-    x = randn_tensor((1, 3, size, size), generator=g, dtype=torch.float32) * s.init_noise_sigma
+    x = randn_tensor((1, 3, size, size), generator=g, device=torch.device(device), dtype=dtype) * s.init_noise_sigma
     takes_generator = "generator" in s.step.__code__.co_varnames[: s.step.__code__.co_argcount]
     with torch.no_grad():
         for t in s.timesteps:
