@@ -220,6 +220,28 @@ def test_two_processes_write_the_same_bytes_as_one(tmp_path, reference):
     assert files(out) == reference
 
 
+def test_two_nodes_through_torchruns_rendezvous_write_the_same_bytes_as_one(tmp_path, reference):
+    """Two launchers, as on two machines (here both on localhost, one process each): c10d rendezvous, each
+    rank local rank 0 of its node, one --out on a filesystem both see."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "diffkit-test",
+           "-m", "diffkit", *ARGS, "--save-every", "3", "--batch-size", "3", "--out", str(out)]
+    env = dict(os.environ, COLUMNS="200", OMP_NUM_THREADS="1")
+    nodes = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    said = [n.communicate(timeout=600) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], said
+    err = "".join(e for _, e in said)
+    assert "rank 0 of 2: sampling 6 samples" in err and "rank 1 of 2: sampling 4 samples" in err
+    assert files(out) == reference
+
+
 def test_ranks_without_a_batch_just_finish(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     args = ["sample", "--class", "4", "--steps", "5", "--sampler", "ddim"]
