@@ -264,8 +264,23 @@ def sample(
         return _sweep(sweep, backend, _labels(prompt, classes), hook or [], seed, num, steps, stride, timesteps,
                       i_start, out, overwrite, max_batch, options, save_every, timesteps2, sampler)
     shard = _shard(device)
+    # What can be refused without the model is refused before it loads (IF's take minutes).
+    labels = _labels(prompt, classes)
+    early = None
+    if shard.rank == 0:
+        try:
+            n = len(next(iter(labels.values()), [None])) * num
+            RunFolder.precheck(out, n, bool(save_every), resume=resume, overwrite=overwrite)
+        except OSError as e:
+            early = str(e)
+    early = dist.broadcast(shard, early)
+    if early:
+        dist.finish(shard)
+        if shard.rank == 0:
+            fail(early, 2)
+        raise typer.Exit(2)
     options["device"] = dist.local_device(shard, device)
-    run = _make_run(backend, _labels(prompt, classes), hook or [], seed, num, steps, stride, timesteps, i_start,
+    run = _make_run(backend, labels, hook or [], seed, num, steps, stride, timesteps, i_start,
                     save_every, max_batch, options, timesteps2, sampler, batch_size or DEFAULT_BATCH)
     request = run.request()
     # Rank 0 alone looks at and prepares the folder; every rank then follows its answer.

@@ -85,6 +85,21 @@ class RunFolder:
     # -- starting and resuming --
 
     @classmethod
+    def precheck(cls, out: str | os.PathLike, n: int, frames: bool, *, resume: bool = False,
+                 overwrite: bool = False) -> None:
+        """The refusals of :meth:`start` that need no model (FileExistsError), so a CLI can give them before
+        loading one: an interrupted run in the way, or files of another run in ``out``. A --resume is
+        judged by :meth:`start` alone (it compares the whole request)."""
+        if resume or overwrite:
+            return
+        path = partial_dir(out)
+        if path.exists():
+            done = len(list((path / "parts").glob("batch-*.safetensors"))) if (path / "parts").is_dir() else 0
+            raise FileExistsError(f"{path} holds an interrupted run ({done} batches done); pass "
+                                  "--resume to continue it, or --overwrite to discard it")
+        check_out(out, n, frames, overwrite)
+
+    @classmethod
     def start(cls, out: str | os.PathLike, request: dict[str, Any], n: int, batch_size: int, frames: bool, *,
               resume: bool = False, overwrite: bool = False) -> tuple[RunFolder, str | None]:
         """The folder to write into, and a note for the user (resuming, nothing to resume).

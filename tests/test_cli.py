@@ -52,6 +52,27 @@ def test_refuses_to_overwrite_without_flag(tmp_path):
     assert r.exit_code == 0 and (out / "sample-000.png").read_bytes() != before
 
 
+def test_out_refusals_come_before_the_model_loads(tmp_path, monkeypatch):
+    """Files of another run in --out, or an interrupted run beside it: refused before the backend loads
+    (an IF model takes minutes); the files stay as they were."""
+    from diffkit import api
+
+    def no_load(*a, **k):
+        raise AssertionError("the backend was loaded before the refusal")
+    monkeypatch.setattr(api, "load_backend", no_load)
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "sample-001.png").write_bytes(b"earlier")
+    r = invoke("sample", "-b", "if", "--model", str(tmp_path / "nowhere"), "-p", "a", "-n", "2", "--out", out)
+    assert r.exit_code == 2 and "already holds sample-001.png" in r.output, r.output
+    assert (out / "sample-001.png").read_bytes() == b"earlier"
+    (tmp_path / ".p.partial" / "parts").mkdir(parents=True)
+    (tmp_path / ".p.partial" / "parts" / "batch-00000.safetensors").write_bytes(b"x")
+    r = invoke("sample", "-b", "if", "--model", str(tmp_path / "nowhere"), "-p", "a", "--out", tmp_path / "p")
+    assert r.exit_code == 2 and "holds an interrupted run (1 batches done); pass --resume" in r.output, r.output
+    assert (tmp_path / ".p.partial" / "parts" / "batch-00000.safetensors").read_bytes() == b"x"
+
+
 def test_save_every_writes_frames_and_gif(tmp_path):
     out = tmp_path / "o"
     r = invoke("sample", "-b", "gaussian", "--steps", "10", "--save-every", "3", "--out", out)
