@@ -8,6 +8,9 @@ checks (their own tests pin them), and operator swaps that only make a tensor op
 bitwise ops, ``is``), which any run of the code kills.
 
     python tools/cr_scope.py tools/cosmic-ray.toml session.sqlite
+
+A config may name its own functions in a ``[diffkit-scope]`` table (``functions = [...]``), as
+tools/cosmic-ray-steps.toml does for the step rules, the schedule and the backends.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import ast
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 from cosmic_ray.work_db import WorkDB, use_db
@@ -26,21 +30,28 @@ SKIP_OPERATORS = re.compile(r".*(BitXor|BitAnd|BitOr|LShift|RShift|_Is$|_IsNot$|
                             r"|_Mod$|_Pow$|_FloorDiv$)")
 
 
-def spans(path: Path) -> list[tuple[int, int]]:
-    """Line spans of the in-scope functions of ``path``."""
+def spans(path: Path, functions: set[str]) -> list[tuple[int, int]]:
+    """Line spans of the bodies of the in-scope functions of ``path`` (from the first statement after the
+    docstring: a mutated default argument is a different default, which callers that pass it never see)."""
     tree = ast.parse(path.read_text())
-    return [(n.lineno, n.end_lineno) for n in ast.walk(tree)
-            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name in FUNCTIONS]
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name in functions:
+            body = n.body[1:] if ast.get_docstring(n) and len(n.body) > 1 else n.body
+            out.append((body[0].lineno, n.end_lineno))
+    return out
 
 
 def main(config: str, session: str) -> None:
+    table = tomllib.loads(Path(config).read_text()).get("diffkit-scope", {})
+    functions = set(table.get("functions", FUNCTIONS))
     cache: dict[str, list[tuple[int, int]]] = {}
     kept = skipped = 0
     with use_db(session, WorkDB.Mode.open) as db:
         for item in list(db.pending_work_items):
             m = item.mutations[0]
             path = str(m.module_path)
-            cache.setdefault(path, spans(Path(path)))
+            cache.setdefault(path, spans(Path(path), functions))
             line = m.start_pos[0]
             inside = any(a <= line <= b for a, b in cache[path])
             if inside and not SKIP_OPERATORS.match(m.operator_name):
