@@ -1,0 +1,43 @@
+"""Second stage of a cosmic-ray session: run each surviving mutant again under a wider test command.
+
+tools/cosmic-ray-steps.toml runs its mutants under the fast tests that kill most of them (the DDPM
+step against diffusers, the fixed-size calls, IF against its pipelines: seconds a mutant); the few
+that survive are re-run here under the slower tests too, and the session's record is updated. Prints
+every mutant that still survives.
+
+    python tools/cr_recheck.py session.sqlite "pytest -x -q tests/..."
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from cosmic_ray.work_db import WorkDB, use_db
+from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+
+
+def main(session: str, test_command: str) -> None:
+    still = []
+    with use_db(session, WorkDB.Mode.open) as db:
+        items = {i.job_id: i for i in db.work_items}
+        survivors = [job for job, r in db.results if r.test_outcome == TestOutcome.SURVIVED]
+        for job in survivors:
+            m = items[job].mutations[0]
+            p = subprocess.run(["cosmic-ray", "mutate-and-test", str(m.module_path), m.operator_name,
+                                str(m.occurrence), test_command], capture_output=True, text=True)
+            killed = json.loads(p.stdout.strip().splitlines()[-1]).get("test_outcome") == TestOutcome.KILLED.value
+            where = f"{m.module_path}:{m.start_pos[0]} {m.operator_name.split('/')[-1]} #{m.occurrence}"
+            print(("killed   " if killed else "SURVIVED ") + where, flush=True)
+            if killed:
+                db.set_result(job, WorkResult(output="killed by the wider tests (tools/cr_recheck.py)",
+                                              test_outcome=TestOutcome.KILLED,
+                                              worker_outcome=WorkerOutcome.NORMAL))
+            else:
+                still.append(where)
+    print(f"{len(survivors)} rechecked, {len(still)} still survive")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
