@@ -73,6 +73,12 @@ def _differences(old: dict, new: dict) -> str:
     return "; ".join(f"{k}: {json.dumps(old.get(k))} there, {json.dumps(new.get(k))} now" for k in keys)
 
 
+def _interrupted(path: Path) -> FileExistsError:
+    done = len(list((path / "parts").glob("batch-*.safetensors")))
+    return FileExistsError(f"{path} holds an interrupted run ({done} batches done); pass --resume to continue it, "
+                           "or --overwrite to discard it")
+
+
 class RunFolder:
     """The work folder of one run (see the module's docstring). Batches may be written by any process."""
 
@@ -92,11 +98,8 @@ class RunFolder:
         judged by :meth:`start` alone (it compares the whole request)."""
         if resume or overwrite:
             return
-        path = partial_dir(out)
-        if path.exists():
-            done = len(list((path / "parts").glob("batch-*.safetensors"))) if (path / "parts").is_dir() else 0
-            raise FileExistsError(f"{path} holds an interrupted run ({done} batches done); pass "
-                                  "--resume to continue it, or --overwrite to discard it")
+        if partial_dir(out).exists():
+            raise _interrupted(partial_dir(out))
         check_out(out, n, frames, overwrite)
 
     @classmethod
@@ -125,9 +128,7 @@ class RunFolder:
             return folder, note
         if path.exists():
             if not overwrite:
-                saved = cls(out, request, n, batch_size, frames)
-                raise FileExistsError(f"{path} holds an interrupted run ({len(saved.done())} batches done); pass "
-                                      "--resume to continue it, or --overwrite to discard it")
+                raise _interrupted(path)
             shutil.rmtree(path)
         note = None
         if resume:
