@@ -27,7 +27,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "mnist"
-RULES = ["ddpm", "ddim", "euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde", "uni_pc", "deis"]
+RULES = ["ddpm", "ddim", "euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde:karras=true",
+         "uni_pc", "deis"]
 
 
 def measure(guidance: str | list[str], rule: str, steps: int, num: int, clf, real, batch: int) -> dict:
@@ -92,9 +93,10 @@ def plot(rows: list[dict], guidances: list[str], path: Path) -> None:
     """FD against model calls a sample (log-log), one line a rule, one panel a guidance; PIL only."""
     from PIL import Image, ImageDraw
 
-    colours = ["black", "tab:blue", "red", "orange", "green", "purple", "brown", "magenta", "teal"]
+    colours = ["black", "tab:blue", "red", "orange", "green", "purple", "brown", "olive", "magenta", "teal"]
     palette = {"tab:blue": "#1f77b4", "orange": "#ff7f0e", "green": "#2ca02c", "purple": "#9467bd",
-               "brown": "#8c564b", "teal": "#17becf", "magenta": "#e377c2", "red": "#d62728", "black": "#000000"}
+               "brown": "#8c564b", "teal": "#17becf", "magenta": "#e377c2", "red": "#d62728", "black": "#000000",
+               "olive": "#bcbd22"}
     W, H, m = 520, 380, 56
     img = Image.new("RGB", (W * len(guidances), H + 120), "white")
     d = ImageDraw.Draw(img)
@@ -139,8 +141,8 @@ def plot(rows: list[dict], guidances: list[str], path: Path) -> None:
             for X, Y in P:
                 d.ellipse([X - 3, Y - 3, X + 3, Y + 3], fill=colour)
             if p == 0:
-                d.text((ox + m + (k % 3) * 150, H + 10 + (k // 3) * 18), f"-- {rule}", fill=colour)
-    d.text((m, H + 70), "grey line: ddpm at 300 steps (the reference)", fill="#666666")
+                d.text((ox + m + (k % 2) * 220, H + 10 + (k // 2) * 18), f"-- {rule}", fill=colour)
+    d.text((m + W, H + 10), "grey line: ddpm at 300 steps (the reference)", fill="#666666")
     img.save(path)
 
 
@@ -150,7 +152,8 @@ def grids(folder: Path, guidance: str = "cfg:2", steps: int = 20) -> None:
 
     for rule in RULES:
         r = diffkit.sample("mnist", classes=list(range(10)), seed=0, hooks=[guidance], sampler=rule, steps=steps)
-        io.save_png(io.grid(r.images, 10), folder / f"samplers-grid-{rule}.png")
+        name = rule.replace(":", "-").replace("=", "-")
+        io.save_png(io.grid(r.images, 10), folder / f"samplers-grid-{name}.png")
 
 
 def main() -> int:
