@@ -202,3 +202,34 @@ def test_noise_and_denoise_studies_on_if(tiny_if, tmp_path):
     meta = json.loads((tmp_path / "d.json").read_text())
     assert meta["methods"] == ["blur", "onestep", "iterative"] and meta["t"] == [300, 690]
     assert (tmp_path / "d-iterative-t690.png").exists()
+
+
+def test_images_map_to_if_s_minus_one_to_one_and_back(tiny_if):
+    """IF's state lives in [-1, 1], images in [0, 1]: black is -1, mid-grey 0, white 1 (hand-computed)."""
+    stage = load(model=str(tiny_if[0]), upscaler="none", device="cpu")
+    img = torch.tensor([0.0, 0.25, 0.5, 1.0]).view(1, 1, 2, 2)
+    assert torch.equal(stage.from_image(img), torch.tensor([-1.0, -0.5, 0.0, 1.0]).view(1, 1, 2, 2))
+    x = torch.tensor([-3.0, -1.0, 0.0, 0.5, 1.0, 2.0]).view(1, 1, 2, 3)
+    assert torch.equal(stage.to_image(x), torch.tensor([0.0, 0.0, 0.5, 0.75, 1.0, 1.0]).view(1, 1, 2, 3))
+
+
+def test_offload_moves_the_unet_to_the_device_for_each_call_only(tiny_if):
+    """--offload: the UNet sits on the CPU and visits the device for each call; without it, it never moves.
+    (On this CPU-only machine the moves are recorded, not timed.)"""
+    stage = load(model=str(tiny_if[0]), upscaler="none", device="cpu")
+    moves = []
+    real_to = stage.unet.to
+    stage.unet.to = lambda d: moves.append(str(d)) or real_to(d)
+    x, t, cond = torch.zeros(2, 3, 16, 16), torch.tensor([500, 500]), stage.encode(["a", ""])
+    stage.predict(x, t, cond)
+    assert moves == []
+    stage.offload = True
+    stage.predict(x, t, cond)
+    assert moves == ["cpu", "cpu"]  # to the device (here the CPU), then back to the CPU
+    stage.device = torch.device("meta")  # stands for a GPU: the first move must name it
+    moves.clear()
+    try:
+        stage.predict(x, t, cond)
+    except (RuntimeError, NotImplementedError):
+        pass  # a meta UNet cannot compute; only where it was sent matters here
+    assert moves[:1] == ["meta"]

@@ -58,6 +58,23 @@ def test_the_mnist_models_estimate_of_a_sample_does_not_depend_on_who_shares_its
         assert not torch.equal(raw, b._predict(x, t, c))
 
 
+@pytest.mark.parametrize("n", [1, 5, 16, 17, 32, 37])
+def test_fixed_chunks_make_every_call_exactly_rows_long_and_keep_each_rows_value(n):
+    from diffkit.backends.base import in_fixed_chunks
+
+    calls = []
+
+    def f(x, c):
+        calls.append((x.shape[0], None if c is None else c.shape[0]))
+        return x * 2 + (0 if c is None else c)
+    x, c = torch.arange(n, dtype=torch.float64)[:, None], torch.full((n, 1), 0.5, dtype=torch.float64)
+    out = in_fixed_chunks(f, 16, x, c)
+    assert calls == [(16, 16)] * -(-n // 16)
+    assert torch.equal(out, x * 2 + 0.5)
+    calls.clear()
+    assert torch.equal(in_fixed_chunks(f, 16, x, None), x * 2) and calls == [(16, None)] * -(-n // 16)
+
+
 @pytest.mark.parametrize("hooks", [["cfg:2"], ["cfg:3", "anagram:1,view=flip_v"]], ids=["cfg", "cfg-anagram"])
 def test_any_batch_size_gives_the_same_samples_as_one_batch(hooks):
     kw = dict(classes=[3, 7], num=3, hooks=hooks, sampler="ddim:eta=1", steps=8, seed=4)

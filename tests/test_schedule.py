@@ -57,7 +57,7 @@ def test_stride_one_step_is_part_b_update():
 
 
 @pytest.mark.parametrize("variance_type,thresholding", [("fixed_small", False), ("learned_range", True),
-                                                         ("learned_range", False)])
+                                                         ("learned_range", False), ("fixed_large", False)])
 def test_step_equals_diffusers_ddpm_scheduler(variance_type, thresholding):
     """Strided steps with diffusers' own scheduler (cosine schedule, IF's settings) give the same x_t'."""
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", variance_type=variance_type,
@@ -82,3 +82,21 @@ def test_step_equals_diffusers_ddpm_scheduler(variance_type, thresholding):
         # coefficients against diffusers' float32 ones, on values up to ~6: 2e-5 is 20x that.
         assert torch.allclose(ours, ref, atol=2e-5), (t, (ours - ref).abs().max())
         x = ref
+
+
+def test_linear_betas_from_a_config_equal_diffusers_bit_for_bit():
+    sched = DDPMScheduler(num_train_timesteps=300, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+    ours = schedule.betas_from_config(dict(sched.config))
+    assert ours.dtype == torch.float64 and torch.equal(ours.float(), sched.betas)
+    assert torch.equal(schedule.alphas_cumprod_from_config(dict(sched.config)).float(), sched.alphas_cumprod)
+    for kind in ("cosine", "scaled_linear"):  # sorting before and after 'linear' and 'squaredcos_cap_v2'
+        with pytest.raises(ValueError, match=f"unsupported beta_schedule '{kind}'"):
+            schedule.betas_from_config({"beta_schedule": kind})
+
+
+@pytest.mark.parametrize("kind", ["aaa", "zzz", "fixed_small_log"])
+def test_an_unknown_variance_type_is_refused_not_read_as_another(kind):
+    """Names sorting before and after the known ones, so no comparison but equality passes them."""
+    abar = schedule.alphas_cumprod(schedule.linear_betas())
+    with pytest.raises(ValueError, match=f"unknown variance_type '{kind}'"):
+        schedule.posterior_log_variance(100, 90, abar, None, kind)

@@ -5,7 +5,10 @@ step against diffusers, the fixed-size calls, IF against its pipelines: seconds 
 that survive are re-run here under the slower tests too, and the session's record is updated. Prints
 every mutant that still survives.
 
-    python tools/cr_recheck.py session.sqlite "pytest -x -q tests/..."
+    python tools/cr_recheck.py session.sqlite "pytest -x -q tests/..." [I/N]
+
+With ``I/N`` it takes every N-th survivor from the I-th (0-based), so N clones, each with its own
+copy of the session, share the work (cosmic-ray mutates files in place: one tree, one mutant).
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from cosmic_ray.work_db import WorkDB, use_db
 from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
 
 
-def main(session: str, test_command: str) -> None:
+def main(session: str, test_command: str, part: str = "0/1") -> None:
+    i, n = (int(v) for v in part.split("/"))
     still = []
     with use_db(session, WorkDB.Mode.open) as db:
-        items = {i.job_id: i for i in db.work_items}
-        survivors = [job for job, r in db.results if r.test_outcome == TestOutcome.SURVIVED]
+        items = {w.job_id: w for w in db.work_items}
+        survivors = [job for job, r in db.results if r.test_outcome == TestOutcome.SURVIVED][i::n]
         for job in survivors:
             m = items[job].mutations[0]
             p = subprocess.run(["cosmic-ray", "mutate-and-test", str(m.module_path), m.operator_name,
@@ -40,4 +44,4 @@ def main(session: str, test_command: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])
