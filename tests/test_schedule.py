@@ -89,6 +89,8 @@ def test_linear_betas_from_a_config_equal_diffusers_bit_for_bit():
     ours = schedule.betas_from_config(dict(sched.config))
     assert ours.dtype == torch.float64 and torch.equal(ours.float(), sched.betas)
     assert torch.equal(schedule.alphas_cumprod_from_config(dict(sched.config)).float(), sched.alphas_cumprod)
+    # A config without the schedule's keys takes diffusers' defaults (1000 steps, 1e-4 .. 0.02), as diffusers does.
+    assert torch.equal(schedule.betas_from_config({}).float(), DDPMScheduler().betas)
     for kind in ("cosine", "scaled_linear"):  # sorting before and after 'linear' and 'squaredcos_cap_v2'
         with pytest.raises(ValueError, match=f"unsupported beta_schedule '{kind}'"):
             schedule.betas_from_config({"beta_schedule": kind})
