@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -42,3 +43,21 @@ def test_readme_main_job_runs_on_the_default_backend(tmp_path):
     assert r.exit_code == 0, r.output
     meta = json.loads((tmp_path / "o" / "run.json").read_text())
     assert meta["checkpoint"].endswith("weights/mnist-class") and len(meta["samples"]) == 10
+
+
+def test_the_mnist_backends_class_vectors_and_images_by_hand():
+    """One-hot class vectors of exactly 1.0 (None: all zeros, the unconditional branch), digits 0-9 only,
+    and images clamped to [0, 1]."""
+    from diffkit.backends.base import BackendError
+    from diffkit.backends.mnist import MnistBackend, parse_class
+
+    b = MnistBackend()
+    c = b.encode([0, "9", None])
+    expect = torch.zeros(3, 10)
+    expect[0, 0] = expect[1, 9] = 1
+    assert torch.equal(c, expect)
+    for bad in (-1, 10, "x"):
+        with pytest.raises(BackendError, match="class must be a digit 0-9"):
+            parse_class(bad)
+    x = torch.tensor([-0.5, 0.0, 0.25, 1.0, 1.5]).view(1, 1, 1, 5)
+    assert torch.equal(b.to_image(x), torch.tensor([0.0, 0.0, 0.25, 1.0, 1.0]).view(1, 1, 1, 5))

@@ -23,6 +23,10 @@ from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
 
 def main(session: str, test_command: str, part: str = "0/1") -> None:
     i, n = (int(v) for v in part.split("/"))
+    # Unmutated, the command must pass: one that fails or selects no test (pytest's exit 5) would
+    # read as killing every mutant.
+    if subprocess.run(test_command, shell=True, capture_output=True).returncode != 0:
+        raise SystemExit(f"the test command fails without a mutant: {test_command}")
     still = []
     with use_db(session, WorkDB.Mode.open) as db:
         items = {w.job_id: w for w in db.work_items}
