@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffkit  # noqa: E402
 from diffkit.backends import mnist  # noqa: E402
 
+from if_gpu import timed  # noqa: E402  (CUDA-synchronised wall time)
 from common import ratio, spread  # noqa: E402
 
 RECIPE = dict(classes=list(range(10)), hooks=["cfg:1.5"], sampler="dpmpp_2m_sde", steps=20)
@@ -44,14 +44,6 @@ def backend(way: str, device: str = "cuda"):
 def run(b, num: int, batch: int, seed: int = 0) -> torch.Tensor:
     per_class = max(1, num // 10)
     return diffkit.sample(b, num=per_class, seed=seed, batch_size=batch, **RECIPE).x.cpu()
-
-
-def timed(fn) -> float:
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -84,7 +76,7 @@ def main() -> None:
     times: dict[str, list[float]] = {w: [] for w in ways}
     for _ in range(args.rounds):
         for w, b in backends.items():
-            times[w].append(timed(lambda: run(b, args.num, 256)))
+            times[w].append(timed(lambda: run(b, args.num, 256))[1])
     for w in ways:
         print(f"  {w:>5} rows a call: {spread(times[w], 1.0, 's')}  {args.num / min(times[w]):.0f} samples/s")
         report["seconds"][w] = times[w]
