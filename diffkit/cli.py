@@ -143,14 +143,26 @@ def train_mnist(
     data: Optional[Path] = typer.Option(None, help="MNIST folder (default: $DIFFKIT_MNIST or ~/.cache/diffkit/mnist)."),
     threads: Optional[int] = Int(None, lo=1, hi=1024, help="torch CPU threads (default: torch's choice)."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
+    device: str = typer.Option("cpu", help="Where the model trains: cpu, cuda, cuda:N (deterministic kernels; "
+                                           "the same draws, other arithmetic than the CPU)."),
 ) -> None:
     """Train the seed's MNIST UNet: one-step denoiser or time/class-conditioned DDPM."""
     import torch
 
+    from diffkit.backends.base import BackendError, check_device
     from diffkit.mnist.checkpoint import CheckpointError
     from diffkit.mnist.data import MnistNotFound
     from diffkit.mnist.train import TrainConfig, train
 
+    from diffkit import dist
+
+    try:
+        check_device(device)
+    except BackendError as e:
+        fail(str(e), 2)
+    if dist.launched() and torch.device(device).type != "cpu":
+        fail(f"--device {device}: training under torchrun runs on the CPU (gloo) only; drop --device or train "
+             "in one process", 2)
     if threads:
         torch.set_num_threads(threads)
     shard = _shard("cpu")  # under torchrun: DistributedDataParallel over gloo
@@ -164,7 +176,7 @@ def train_mnist(
         resolved = cfg.resolved()
         with progress(disable=shard.rank != 0) as bar:
             task = None
-            for ev in train(cfg, out, data, resume=resume, command=command, shard=shard):
+            for ev in train(cfg, out, data, resume=resume, command=command, shard=shard, device=device):
                 if task is None:
                     task = bar.add_task("train", total=resolved.epochs * ev.steps_per_epoch, info="",
                                         completed=(ev.epoch - 1) * ev.steps_per_epoch)
@@ -181,8 +193,6 @@ def train_mnist(
         fail(str(e), 1)
     except ValueError as e:  # options that contradict each other or the run being resumed
         fail(f"{shard.who()}{e}", 2)
-    from diffkit import dist
-
     dist.finish(shard)
     if shard.rank == 0:
         console.print(f"done: {out / 'checkpoint'}")
@@ -614,6 +624,8 @@ def eval_mnist(
     batch_size: Optional[int] = Int(None, lo=1, hi=100_000, help=f"Samples through the model at a time; only their "
                                     f"classifier features are kept (default {DEFAULT_BATCH}). Any size gives the "
                                     "same report."),
+    device: Optional[str] = typer.Option(None, help="Where the samples are made: cpu, cuda, cuda:N (default cpu); "
+                                                    "the classifier judges them on the CPU."),
 ) -> None:
     """Accuracy of class-conditioned samples as judged by a classifier, and a Frechet distance to real digits.
 
@@ -628,8 +640,13 @@ def eval_mnist(
     from diffkit.mnist import data as mnist
     from diffkit.mnist.checkpoint import CheckpointError
     from diffkit import dist
-    from diffkit.mnist.evaluate import features, judge, load_classifier, real_floor, report
+    from diffkit.backends.base import BackendError, check_device
+    from diffkit.mnist.evaluate import judge, load_classifier, real_floor, report, test_features
 
+    try:
+        check_device(device or "cpu")
+    except BackendError as e:
+        fail(str(e), 2)
     shard = _shard("cpu")
     try:
         clf = load_classifier(classifier)
@@ -639,10 +656,11 @@ def eval_mnist(
         fail(str(e), 2)
     hooks = list(hook) if hook else [f"cfg:{cfg}"]
     run = _make_run("mnist", {"classes": list(range(10))}, hooks, seed, num, steps, None if steps else stride, None,
-                    0, 0, None, {"checkpoint": checkpoint}, None, sampler, batch_size or DEFAULT_BATCH)
+                    0, 0, None, {"checkpoint": checkpoint, "device": dist.local_device(shard, device)}, None, sampler,
+                    batch_size or DEFAULT_BATCH)
     judged: dict[int, tuple] = {}  # batch -> (predictions, features): all that is kept of the samples
-    _execute(run, shard.mine(range(len(run.batches()))), lambda k, res: judged.update({k: judge(clf, res.images)}),
-             shard)
+    _execute(run, shard.mine(range(len(run.batches()))),
+             lambda k, res: judged.update({k: judge(clf, res.images.cpu())}), shard)
     everything = dist.gather(shard, (judged, run.sampler.stats.get("rows", 0)))
     dist.finish(shard)
     if shard.rank:
@@ -651,8 +669,9 @@ def eval_mnist(
     pred = torch.cat([judged[k][0] for k in sorted(judged)])
     feats = torch.cat([judged[k][1] for k in sorted(judged)])
     labels = torch.tensor([int(c) for c in run.labels])
-    result = report(pred, feats, labels, features(clf, real))
-    floor = real_floor(clf, train_x, len(labels), real, seed)
+    real_feats = test_features(str(classifier) if classifier else None, str(data) if data else None)
+    result = report(pred, feats, labels, real_feats)
+    floor = real_floor(clf, train_x, len(labels), real, seed, real_feats)
     result.update({"real_data_floor": floor, "times_floor": result["frechet_distance"] / floor,
                    "checkpoint": run.meta()["checkpoint"], "num_per_class": num, "hooks": hooks,
                    "sampler": run.rule.spec, "timesteps": len(run.timesteps),

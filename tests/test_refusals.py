@@ -174,11 +174,33 @@ def test_the_issue_s_examples_are_refused_with_the_option_and_its_range(tmp_path
 
 @pytest.mark.parametrize("device,text", [("cuda:7", "--device cuda:7:"), ("gpu", "--device must be cpu, cuda, cuda:N or mps"),
                                          ("cuda", "--device cuda:")])
-def test_a_device_torch_cannot_use_is_refused_before_the_model_loads(tmp_path, device, text):
+@pytest.mark.parametrize("command", [["sample"], ["train", "mnist"], ["eval", "mnist"]])
+def test_a_device_torch_cannot_use_is_refused_before_the_model_loads(tmp_path, device, text, command, monkeypatch):
+    import diffkit.mnist.train
+    from diffkit.mnist import checkpoint
+
     if torch.cuda.is_available() and device != "gpu":
         pytest.skip("this machine has CUDA")
-    r = runner.invoke(app, ["sample", "--device", device, "--out", str(tmp_path / "o")])
+
+    def nothing(*a, **k):
+        raise AssertionError("a model was loaded or trained for a refused --device")
+
+    monkeypatch.setattr(checkpoint, "load_model", nothing)
+    monkeypatch.setattr(diffkit.mnist.train, "train", nothing)
+    r = runner.invoke(app, [*command, "--device", device, "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and text in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_training_on_a_gpu_under_torchrun_is_refused_before_any_rendezvous(tmp_path, monkeypatch):
+    from diffkit import dist
+    from diffkit.backends import base
+
+    monkeypatch.setattr(dist, "launched", lambda: True)
+    monkeypatch.setattr(base, "check_device", lambda device: None)  # as if this machine had the GPU
+    monkeypatch.setattr(dist, "init", lambda *a: pytest.fail("a process group was started"))
+    r = runner.invoke(app, ["train", "mnist", "--device", "cuda", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--device cuda: training under torchrun runs on the CPU" in r.output, r.output
     assert not (tmp_path / "o").exists()
 
 

@@ -8,6 +8,7 @@ noise come from generators seeded by ``(seed, epoch)``, gives the same weights a
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -79,8 +80,12 @@ class TrainEvent:
 
 
 def ddpm_loss(model: UNet, x0: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, abar: torch.Tensor,
-              gen: torch.Generator) -> torch.Tensor:
-    """``|| eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t/T, c) ||^2``, t uniform, class dropped p_uncond."""
+              gen: torch.Generator, device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """``|| eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t/T, c) ||^2``, t uniform, class dropped p_uncond.
+
+    The batch and its noise ``[N x 1 x 28 x 28]`` are drawn and mixed on the CPU, then moved to ``device``:
+    the same draws on any device, so only the model's own arithmetic differs between them.
+    """
     n = x0.shape[0]
     t = torch.randint(0, cfg.T, (n,), generator=gen)
     eps = torch.randn(x0.shape, generator=gen)
@@ -89,14 +94,28 @@ def ddpm_loss(model: UNet, x0: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, 
     c = None
     if cfg.conditioning == "class":
         keep = (torch.rand(n, generator=gen) >= cfg.p_uncond).float()[:, None]
-        c = F.one_hot(y, 10).float() * keep
-    return F.mse_loss(model(_fmt(x_t, cfg), (t.float() / cfg.T)[:, None], c), eps)
+        c = (F.one_hot(y, 10).float() * keep).to(device)
+    return F.mse_loss(model(_fmt(x_t.to(device), cfg), (t.float() / cfg.T)[:, None].to(device), c), eps.to(device))
 
 
-def denoise_loss(model: UNet, x0: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+def denoise_loss(model: UNet, x0: torch.Tensor, cfg: TrainConfig, gen: torch.Generator,
+                 device: torch.device = torch.device("cpu")) -> torch.Tensor:
     """``|| x - D_theta(x + sigma eps) ||^2`` (the seed's one-step denoiser)."""
     z = x0 + cfg.sigma * torch.randn(x0.shape, generator=gen)
-    return F.mse_loss(model(_fmt(z, cfg)), x0)
+    return F.mse_loss(model(_fmt(z.to(device), cfg)), x0.to(device))
+
+
+def deterministic_cuda() -> None:
+    """Make CUDA training repeat itself bit for bit on the same GPU and software: cuDNN's autotuner and
+    atomics-based kernels pick their sum order at run time; cuBLAS needs a fixed workspace for the same
+    (set before its first handle, so before the first CUDA matmul). TF32 off: float32 arithmetic as on
+    the CPU, so a GPU run follows a CPU run of the same draws to rounding, not to TF32's 1e-3."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.use_deterministic_algorithms(True)
 
 
 def _fmt(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -131,14 +150,19 @@ def _merge_for_resume(saved: dict, requested: TrainConfig, folder: Path) -> Trai
 
 
 def train(cfg: TrainConfig, out: str | Path, data_dir: str | Path | None = None, resume: bool = False,
-          command: str = "", shard: Shard | None = None) -> Iterator[TrainEvent]:
+          command: str = "", shard: Shard | None = None, device: str = "cpu") -> Iterator[TrainEvent]:
     """Train, yielding events; writes ``out/checkpoint/`` every epoch and ``out/loss.json``.
 
     ``shard`` (under torchrun): DistributedDataParallel over the process group, each rank a
     DistributedSampler's share of every epoch and ``batch_size`` images a step (so the effective batch
     is ``world * batch_size``); the loss recorded is the mean over ranks; rank 0 alone writes files.
+    ``device``: where the model trains (``cuda``: deterministic kernels, see :func:`deterministic_cuda`);
+    every random draw stays on the CPU, so a device changes only the arithmetic.
     """
     shard = shard or Shard()
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        deterministic_cuda()
     out = Path(out)
     ckpt = out / "checkpoint"
     state = None
@@ -152,7 +176,7 @@ def train(cfg: TrainConfig, out: str | Path, data_dir: str | Path | None = None,
                              "size and the data each process sees depend on it)")
     cfg = cfg.resolved()
     torch.manual_seed(cfg.seed)  # initial weights
-    model = UNet(cfg.hidden, cfg.conditioning)
+    model = UNet(cfg.hidden, cfg.conditioning).to(dev)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -196,9 +220,9 @@ def train(cfg: TrainConfig, out: str | Path, data_dir: str | Path | None = None,
             idx = perm[i * cfg.batch_size: (i + 1) * cfg.batch_size]
             x0, y = x_all[idx], y_all[idx]
             if cfg.objective == "ddpm":
-                loss = ddpm_loss(net, x0, y, cfg, abar, gen)
+                loss = ddpm_loss(net, x0, y, cfg, abar, gen, dev)
             else:
-                loss = denoise_loss(net, x0, cfg, gen)
+                loss = denoise_loss(net, x0, cfg, gen, dev)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{shard.who()}loss became {loss.item()} at epoch {epoch + 1} step "
                                          f"{i + 1}; last good checkpoint kept at {ckpt}")
@@ -217,6 +241,7 @@ def train(cfg: TrainConfig, out: str | Path, data_dir: str | Path | None = None,
             "final_loss": sum(losses[-steps:]) / steps, "command": command,
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "processes": shard.world, "effective_batch_size": cfg.batch_size * shard.world,
+            "device": str(dev) if dev.type != "cuda" else f"{dev} ({torch.cuda.get_device_name(dev)})",
         }
         state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
                  "epoch": epoch + 1, "losses": losses, "elapsed_s": elapsed, "config": asdict(cfg), "processes": shard.world}
