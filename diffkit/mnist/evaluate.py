@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -96,11 +97,21 @@ def frechet_distance(f1: Tensor, f2: Tensor) -> float:
     return float((mu1 - mu2).pow(2).sum() + s1.trace() + s2.trace() - 2 * cross)
 
 
-def real_floor(classifier: Classifier, train: Tensor, n: int, real: Tensor, seed: int = 0) -> float:
+@lru_cache(maxsize=2)
+def test_features(classifier: str | None = None, data_dir: str | None = None) -> Tensor:
+    """Features ``[10000 x 128]`` of the real test digits by a classifier folder (default: the shipped one).
+    Cached: a process that evaluates many runs (benchmarks/seeds.py) computes them once."""
+    return features(load_classifier(classifier), data.load("test", data_dir)[0])
+
+
+def real_floor(classifier: Classifier, train: Tensor, n: int, real: Tensor, seed: int = 0,
+               real_feats: Tensor | None = None) -> float:
     """FD of ``n`` real training digits (a seeded random choice) to ``real``: what the same number of
-    samples would score if they were as good as real data (the yardstick's floor, not zero at finite n)."""
+    samples would score if they were as good as real data (the yardstick's floor, not zero at finite n).
+    ``real_feats``: ``features(classifier, real)`` if the caller has them (10,000 digits: most of the cost)."""
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
-    return frechet_distance(features(classifier, train[pick]), features(classifier, real))
+    real_feats = features(classifier, real) if real_feats is None else real_feats
+    return frechet_distance(features(classifier, train[pick]), real_feats)
 
 
 @torch.inference_mode()
