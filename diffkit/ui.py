@@ -46,9 +46,9 @@ def default_choices(extra: list[str] | None = None) -> dict[str, list[str]]:
 
     weak = str(checkpoint.SHIPPED_WEAK)
     paths = list(extra or [])
-    return {"checkpoint": ["", str(checkpoint.SHIPPED), *paths], "model": ["", STAGE_I, *paths],
+    return {"checkpoint": ["", *checkpoint.SHIPPED_NAMES, *paths], "model": ["", STAGE_I, *paths],
             "upscaler": ["", STAGE_II, "none", *paths], "embeddings": ["", *paths],
-            "autoguide.model": ["", weak, *paths]}
+            "autoguide.model": ["", weak, "mnist-class", *paths]}
 
 
 # ---- the run a page describes, as the command line would spell it ----

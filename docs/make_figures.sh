@@ -48,5 +48,10 @@ cp $R/fig-gif/trajectory.gif $IMG/sampling.gif
 $DK denoise $IMG/digit7.png --prompt 7 --t 100,200,299 --stride 3 --out $IMG/partA-denoise.png --overwrite
 $DK eval mnist --data $DATA --out $IMG/eval.json
 
+# docs/quality.md: the recommended recipe on the quality model, 8 a class, as benchmarks/quality.py grids the others
+$DK sample --backend mnist --checkpoint mnist-h64 --class 0,1,2,3,4,5,6,7,8,9 --num 8 --hook cfg:1.5 --sampler dpmpp_2m_sde --steps 20 --out $R/fig-h64 --overwrite
+.venv/bin/python -c "from safetensors.torch import load_file; from diffkit import io; io.save_png(io.grid(load_file('$R/fig-h64/final.safetensors')['stage1_images'], 8), '$IMG/quality-grid-h64-cfg-1-5.png')"
+cp runs/mnist-h64/loss.png $IMG/loss-h64.png 2>/dev/null || echo "runs/mnist-h64 (the quality model's GPU training run) is not here; docs/img/loss-h64.png kept"
+
 # The UI (docs/ui.md): the screenshot of a finished run, taken by its browser test
 DIFFKIT_UI_SCREENSHOT=$IMG/ui.png .venv/bin/pytest -q tests/test_ui.py -k cfg_5

@@ -24,6 +24,8 @@ def _weak_mnist(ctx: Context, model: str | None):
     from diffkit.mnist import checkpoint
 
     path = Path(model) if model else checkpoint.SHIPPED_WEAK
+    if model in checkpoint.SHIPPED_NAMES and not path.exists():
+        path = checkpoint.SHIPPED_NAMES[model]
     if not (path / "config.json").is_file():
         raise ValueError(f"model={path}: no MNIST checkpoint there (a folder written by `diffkit train mnist`)"
                          + ("; the shipped weak model is missing from this install" if not model else ""))
@@ -56,8 +58,8 @@ class Autoguide(Combiner):
             "conditioned like the main one. One more model call a step; with lo/hi only in that interval.")
     params = (
         Param("scale", float, 2.0, "guidance weight w (1: the main model alone)", range=(-100.0, 100.0)),
-        Param("model", str, None, "the weak model: an MNIST checkpoint folder (default: the shipped weak "
-                                  "model) or an IF stage I hub id or folder", kind="path"),
+        Param("model", str, None, "the weak model: an MNIST checkpoint folder or shipped name (default: "
+                                  "mnist-weak) or an IF stage I hub id or folder", kind="path"),
         *INTERVAL,
     )
     backends = ("mnist", "if")

@@ -152,3 +152,12 @@ def test_if_autoguide_with_a_weak_stage_i(tiny_if, tmp_path_factory):
     s1, _ = build.build(small, size1=8, size2=16)
     with pytest.raises(ValueError, match="same size"):
         diffkit.sample(load(model=str(f1), upscaler="none"), hooks=[f"autoguide:3,model={s1}"], **kw)
+
+
+def test_a_shipped_model_by_name_is_a_weak_model_and_equal_to_its_folder():
+    """``model=mnist-class`` (the small default under the quality model) is the shipped folder itself."""
+    kw = dict(classes=[3, 8], steps=4, seed=5, backend_options={"checkpoint": "mnist-h64"})
+    by_name = diffkit.sample("mnist", hooks=["autoguide:2,model=mnist-class"], **kw).x
+    by_path = diffkit.sample("mnist", hooks=[f"autoguide:2,model={checkpoint.SHIPPED}"], **kw).x
+    main = diffkit.sample("mnist", **kw).x
+    assert torch.equal(by_name, by_path) and not torch.allclose(by_name, main)

@@ -61,3 +61,37 @@ def test_the_mnist_backends_class_vectors_and_images_by_hand():
             parse_class(bad)
     x = torch.tensor([-0.5, 0.0, 0.25, 1.0, 1.5]).view(1, 1, 1, 5)
     assert torch.equal(b.to_image(x), torch.tensor([0.0, 0.0, 0.25, 1.0, 1.0]).view(1, 1, 1, 5))
+
+
+def test_the_quality_model_ships_by_name_with_its_gpu_training_record():
+    cfg = checkpoint.load_config("mnist-h64")
+    assert checkpoint.resolve("mnist-h64") == checkpoint.SHIPPED_H64
+    assert cfg["hidden"] == 64 and cfg["conditioning"] == "class" and cfg["train_config"]["epochs"] == 20
+    assert "--device cuda" in cfg["training"]["command"] and cfg["training"]["device"].startswith("cuda")
+    assert checkpoint.resolve("mnist-class") == checkpoint.SHIPPED and checkpoint.resolve(None) == checkpoint.SHIPPED
+
+
+def test_the_quality_model_draws_the_asked_digit_with_the_recommended_recipe(tmp_path):
+    r = CliRunner().invoke(app, ["sample", "--checkpoint", "mnist-h64", "--class", "0,1,2,3,4,5,6,7,8,9", "--num", "5",
+                                 "--hook", "cfg:1.5", "--sampler", "dpmpp_2m_sde", "--steps", "20", "--seed", "1000",
+                                 "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert meta["checkpoint"].endswith("weights/mnist-h64")
+    from safetensors.torch import load_file
+
+    images = load_file(tmp_path / "o" / "final.safetensors")["stage1_images"]
+    pred = load_classifier()(images).argmax(1)
+    labels = torch.tensor([int(s["label"]) for s in meta["samples"]])
+    assert (pred == labels).float().mean() >= 0.9  # 0.994 over ten seeds of 1,000 (docs/quality.md)
+
+
+def test_a_folder_named_like_a_shipped_model_wins_and_a_missing_one_lists_the_names(tmp_path, monkeypatch,
+                                                                                        tiny_mnist_ckpt):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_mnist_ckpt, tmp_path / "mnist-h64")
+    assert checkpoint.resolve("mnist-h64").resolve() == tmp_path / "mnist-h64"
+    r = CliRunner().invoke(app, ["sample", "--checkpoint", "mnist-h32", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "shipped models by name: mnist-class, mnist-h64, mnist-weak" in " ".join(r.output.split())

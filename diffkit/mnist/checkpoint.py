@@ -20,6 +20,10 @@ from diffkit.mnist.model import UNet
 
 SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "mnist-class"
 SHIPPED_WEAK = SHIPPED.parent / "mnist-weak"  # autoguide's default weak model: smaller, shorter-trained
+SHIPPED_H64 = SHIPPED.parent / "mnist-h64"  # the seed's width, 20 epochs on a GPU: the quality model
+# Shipped models a --checkpoint (or autoguide's model=) may name instead of a folder; a folder of the
+# same name in the working directory wins, as a path always does.
+SHIPPED_NAMES = {"mnist-class": SHIPPED, "mnist-h64": SHIPPED_H64, "mnist-weak": SHIPPED_WEAK}
 
 
 class CheckpointError(FileNotFoundError):
@@ -67,7 +71,10 @@ def load_state(folder: Path) -> dict[str, Any]:
 
 
 def resolve(folder: str | Path | None) -> Path:
-    """The checkpoint folder to read: ``folder``, or the shipped model; ``X.old`` if a swap was cut short."""
+    """The checkpoint folder to read: ``folder``, a shipped model's name (:data:`SHIPPED_NAMES`), or the
+    shipped model; ``X.old`` if a swap was cut short."""
+    if folder and str(folder) in SHIPPED_NAMES and not Path(folder).exists():
+        folder = SHIPPED_NAMES[str(folder)]
     folder = Path(folder) if folder else SHIPPED
     if folder.is_file() and folder.name in ("model.safetensors", "config.json"):
         folder = folder.parent
@@ -78,7 +85,8 @@ def resolve(folder: str | Path | None) -> Path:
         old = folder.with_name(folder.name + ".old")
         if (old / "config.json").is_file():
             return old
-        raise CheckpointError(f"no MNIST checkpoint at {folder} (expected config.json and model.safetensors there)")
+        raise CheckpointError(f"no MNIST checkpoint at {folder} (expected config.json and model.safetensors there; "
+                              f"shipped models by name: {', '.join(SHIPPED_NAMES)})")
     return folder
 
 
