@@ -53,8 +53,10 @@ RECIPES = {
 }
 
 
-def plot(rows: list[dict], floor: float, path: Path) -> None:
-    """Accuracy (y) against FD (x, log), one labelled point a recipe; the real-data floor as a line."""
+def plot(rows: list[dict], floor: float, path: Path,
+         title: str = "accuracy vs Frechet distance (log), shipped MNIST model, one point a recipe") -> None:
+    """Accuracy (y) against FD (x, log), one labelled point a recipe (``colour`` a row's own, if it has
+    one); the real-data floor as a line."""
     from PIL import Image, ImageDraw
 
     W, H, m = 760, 480, 60
@@ -69,7 +71,7 @@ def plot(rows: list[dict], floor: float, path: Path) -> None:
         return (m + (W - 2 * m) * (math.log10(fd) - x0) / (x1 - x0), H - m - (H - 2 * m) * (acc - y0) / (y1 - y0))
 
     d.rectangle([m, m, W - m, H - m], outline="black")
-    d.text((m, 20), "accuracy vs Frechet distance (log), shipped MNIST model, one point a recipe", fill="black")
+    d.text((m, 20), title, fill="black")
     for v in (1, 2, 5, 10, 20, 50, 100, 200):
         if x0 <= math.log10(v) <= x1:
             X = xy(v, y0)[0]
@@ -89,7 +91,7 @@ def plot(rows: list[dict], floor: float, path: Path) -> None:
     d.text((W - m - 90, Y - 14), "accuracy 0.99", fill="#999999")
     for r in rows:
         X, Y = xy(r["fd"], r["accuracy"])
-        colour = "#d62728" if r["recipe"].startswith("autoguide") else "#1f77b4"
+        colour = r.get("colour") or ("#d62728" if r["recipe"].startswith("autoguide") else "#1f77b4")
         d.ellipse([X - 4, Y - 4, X + 4, Y + 4], fill=colour)
         d.text((X + 6, Y - 6), r["recipe"], fill=colour)
     img.save(path)

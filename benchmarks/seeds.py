@@ -57,9 +57,34 @@ def summary(rows: list[dict]) -> str:
             f"{floor:.2f} | {fd / floor:.2f} | {min(x):.2f}-{max(x):.2f} |")
 
 
+def plot(path: Path, rows: list[dict], seeds: list[int]) -> None:
+    """benchmarks/quality.py's plot of every recipe measured under exactly ``seeds``: mean accuracy against
+    mean FD, the mean floor marked; one colour a checkpoint."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from quality import plot as draw
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["checkpoint"], r["hook"], r["sampler"], r["steps"], r["num"]), []).append(r)
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    names = sorted({k[0] for k in groups})
+    points, floors = [], []
+    for (ckpt, hook, sampler, steps, _), rs in groups.items():
+        if sorted(r["seed"] for r in rs) != sorted(seeds):
+            continue
+        rule = sampler.replace("dpmpp_2m_sde:karras=true", "karras")
+        label = f"{ckpt.removeprefix('mnist-')} {hook}" + ("" if (sampler, steps) == ("dpmpp_2m_sde", 20)
+                                                           else f" {rule} {steps}")
+        points.append({"recipe": label, "fd": statistics.mean(r["fd"] for r in rs), "colour": colours[names.index(ckpt) % 4],
+                       "accuracy": statistics.mean(r["accuracy"] for r in rs)})
+        floors.append(statistics.mean(r["floor"] for r in rs))
+    draw(points, statistics.mean(floors), path, f"means over seeds {', '.join(map(str, seeds))} "
+         "(dpmpp_2m_sde 20 steps unless said), one point a recipe")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hooks", nargs="+", required=True)
+    ap.add_argument("--hooks", nargs="*", default=[])
     ap.add_argument("--checkpoint", default=None, help="class-conditioned DDPM (default: the shipped model)")
     ap.add_argument("--sampler", default="dpmpp_2m_sde")
     ap.add_argument("--steps", type=int, default=20)
@@ -68,6 +93,8 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=None, help="JSON lines, appended")
+    ap.add_argument("--plot", type=Path, default=None, help="after the runs, plot every recipe in --out measured "
+                                                            "under exactly --seeds")
     a = ap.parse_args()
     done = {}
     if a.out and a.out.exists():
@@ -87,6 +114,8 @@ def main() -> int:
                     f.write(json.dumps(r) + "\n")
             rows.append(r)
         print(summary(rows), flush=True)
+    if a.plot and a.out:
+        plot(a.plot, [json.loads(line) for line in a.out.read_text().splitlines() if line], a.seeds)
     return 0
 
 
