@@ -146,11 +146,12 @@ def test_train_cli_resume_and_guards(mnist_dir, tmp_path):
     out = tmp_path / "t"
     args = ["train", "mnist", "--out", str(out), "--data", str(mnist_dir), "--conditioning", "class", "--hidden", "8",
             "--subset", "256", "--epochs", "1", "--sample-epochs", "1"]
-    r = runner.invoke(app, args)
+    r = runner.invoke(app, args + ["--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert (out / "epoch-001" / "model.safetensors").exists() and (out / "samples-epoch-001.png").exists()
     cfg = json.loads((out / "checkpoint" / "config.json").read_text())
     assert cfg["training"]["command"].startswith("diffkit ") and cfg["hidden"] == 8
+    assert cfg["training"]["device"] == "cpu"
     r = runner.invoke(app, args)
     assert r.exit_code == 2 and "--resume" in r.output
     r = runner.invoke(app, args[:-4] + ["--epochs", "2", "--resume"])
@@ -287,7 +288,8 @@ def test_eval_cli_reports_the_known_accuracy_of_real_digits(mnist_dir, tmp_path,
 
 def test_eval_cli_passes_hooks_and_steps_through_and_reports_the_floor(tiny_mnist_ckpt, mnist_dir, tmp_path):
     r = runner.invoke(app, ["eval", "mnist", "--checkpoint", str(tiny_mnist_ckpt), "--num", "1", "--steps", "3",
-                            "--hook", "cfg:2,lo=0.5", "--data", str(mnist_dir), "--out", str(tmp_path / "e.json")])
+                            "--hook", "cfg:2,lo=0.5", "--data", str(mnist_dir), "--out", str(tmp_path / "e.json"),
+                            "--device", "cpu"])
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "e.json").read_text())
     assert rep["hooks"] == ["cfg:2,lo=0.5"] and rep["timesteps"] == 3
