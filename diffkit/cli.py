@@ -240,7 +240,8 @@ def sample(
     overwrite: bool = typer.Option(False, help="Replace files an earlier run left in --out."),
     save_every: int = Int(0, lo=0, hi=100_000, help="Also save every K-th step's x0 estimate as frames and a GIF "
                                                     "(0: none)."),
-    checkpoint: Optional[str] = typer.Option(None, help="Checkpoint (mnist: a folder written by `diffkit train`)."),
+    checkpoint: Optional[str] = typer.Option(None, help="Checkpoint (mnist: a folder written by `diffkit train`, or a shipped "
+                                             "model's name: mnist-class (default), mnist-h64 (quality))."),
     device: Optional[str] = typer.Option(None, help="Device: cpu, cuda, cuda:1 ..."),
     model: Optional[str] = typer.Option(None, help="IF stage I: hub id or local folder."),
     upscaler: Optional[str] = typer.Option(None, help="IF stage II: hub id, local folder, or none."),
@@ -608,7 +609,8 @@ def train_classifier(
 
 @eval_app.command("mnist")
 def eval_mnist(
-    checkpoint: Optional[str] = typer.Option(None, help="Class-conditioned DDPM (default: the shipped model)."),
+    checkpoint: Optional[str] = typer.Option(None, help="Class-conditioned DDPM: a folder or a shipped "
+                                             "name (default mnist-class; mnist-h64: the quality model)."),
     classifier: Optional[Path] = typer.Option(None, help="Classifier folder (default: the shipped one)."),
     num: int = Int(50, "--num", "-n", lo=1, hi=10_000, help="Samples per class."),
     cfg: float = Float(5.0, lo=-100.0, hi=100.0, help="CFG scale of the samples (when no --hook is given)."),

@@ -28,7 +28,8 @@ def _if(**options: object):
 def diffkit_backends() -> list[BackendInfo]:
     return [
         BackendInfo("mnist", "diffkit's class-conditioned MNIST DDPM (28x28, T=300); ships with diffkit.",
-                    _mnist, {"checkpoint": "checkpoint folder (default: the shipped model)", "device": "cpu or cuda"},
+                    _mnist, {"checkpoint": "checkpoint folder or shipped name: mnist-class (default), mnist-h64",
+                             "device": "cpu or cuda"},
                     label_kind="class"),
         BackendInfo("gaussian", "exact denoiser of a 2-class Gaussian mixture (8x8): for tests and teaching.",
                     _gaussian, {}, label_kind="class"),
