@@ -149,12 +149,11 @@ def train_mnist(
     """Train the seed's MNIST UNet: one-step denoiser or time/class-conditioned DDPM."""
     import torch
 
+    from diffkit import dist
     from diffkit.backends.base import BackendError, check_device
     from diffkit.mnist.checkpoint import CheckpointError
     from diffkit.mnist.data import MnistNotFound
     from diffkit.mnist.train import TrainConfig, train
-
-    from diffkit import dist
 
     try:
         check_device(device)
