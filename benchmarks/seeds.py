@@ -65,11 +65,11 @@ def plot(path: Path, rows: list[dict], seeds: list[int]) -> None:
 
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["checkpoint"], r["hook"], r["sampler"], r["steps"], r["num"]), []).append(r)
+        groups.setdefault((r["checkpoint"], r["hook"], r["sampler"], r["steps"], r["num"], r["device"]), []).append(r)
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
     names = sorted({k[0] for k in groups})
     points, floors = [], []
-    for (ckpt, hook, sampler, steps, _), rs in groups.items():
+    for (ckpt, hook, sampler, steps, _, _), rs in groups.items():
         if sorted(r["seed"] for r in rs) != sorted(seeds):
             continue
         rule = sampler.replace("dpmpp_2m_sde:karras=true", "karras")
