@@ -68,7 +68,7 @@ def test_encode_gives_one_hot_rows_zeros_for_none_and_refuses_classes_outside_0_
 
     backend = GaussianBackend(means=(0.1, 0.5, 0.9))
     assert backend.encode([None, 2, 0, None, 1]).tolist() == [[0, 0, 0], [0, 0, 1], [1, 0, 0], [0, 0, 0], [0, 1, 0]]
-    for bad in (-1, 3):
+    for bad in (-1, 3, 4):  # 4: past K, not only at it
         with pytest.raises(BackendError, match=rf"class {bad} is not in 0\.\.2$"):
             backend.encode([0, bad])
 

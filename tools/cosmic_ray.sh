@@ -2,7 +2,8 @@
 # Automatic mutation testing (cosmic-ray) of the code in tools/cosmic-ray.toml, in a throwaway clone so
 # the working tree is never touched (cosmic-ray mutates files in place; a run cut short leaves a
 # mutant in the clone's files). Not part of CI: about an hour on 2 cores. Prints cr-report's list of surviving mutants; docs/testing.md summarises the last run.
-#   bash tools/cosmic_ray.sh [WORKDIR [CONFIG]]    (CONFIG: tools/cosmic-ray.toml, the techniques; or tools/cosmic-ray-steps.toml)
+#   bash tools/cosmic_ray.sh [WORKDIR [CONFIG]]    (CONFIG: tools/cosmic-ray.toml, the techniques; or
+#   tools/cosmic-ray-steps.toml, -mnist.toml, -gaussian.toml: the schedule and the backends)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="${1:-$(mktemp -d)}"
