@@ -113,12 +113,12 @@ def main() -> int:
 
     from diffkit import io
     from diffkit.mnist import data as mnist
-    from diffkit.mnist.evaluate import load_classifier, real_floor
+    from diffkit.mnist.evaluate import features, load_classifier, real_floor
 
     clf = load_classifier(None)
     real, _ = mnist.load("test", DATA)
     train_x, _ = mnist.load("train", DATA)
-    floor = real_floor(clf, train_x, 10 * a.num, real, 0)
+    floor = real_floor(clf, train_x, 10 * a.num, features(clf, real), 0)
     print(f"real-data floor ({10 * a.num} training digits vs the test set): FD {floor:.2f}", flush=True)
     rows = json.loads(a.out.read_text()) if a.out.exists() else []
     for name in a.recipes:

@@ -170,7 +170,7 @@ def main() -> int:
 
     from diffkit import io
     from diffkit.mnist import data as mnist
-    from diffkit.mnist.evaluate import load_classifier, real_floor
+    from diffkit.mnist.evaluate import features, load_classifier, real_floor
 
     torch.set_num_threads(torch.get_num_threads())
     rows = json.loads(a.out.read_text()) if a.out.exists() else []
@@ -179,7 +179,7 @@ def main() -> int:
         real, _ = mnist.load("test", DATA)
         train_x, _ = mnist.load("train", DATA)
         print(f"real-data floor ({10 * a.num} training digits vs the test set): "
-              f"FD {real_floor(clf, train_x, 10 * a.num, real, 0):.2f}", flush=True)
+              f"FD {real_floor(clf, train_x, 10 * a.num, features(clf, real), 0):.2f}", flush=True)
         todo = [(g, "ddpm", 300) for g in a.guidance]
         todo += [(g, rule, n) for g in a.guidance for rule in a.rules for n in a.steps]
         for g, rule, n in todo:

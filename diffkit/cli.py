@@ -651,7 +651,7 @@ def eval_mnist(
     shard = _shard("cpu")
     try:
         clf = load_classifier(classifier)
-        real, _ = mnist.load("test", data)
+        real_feats = test_features(str(classifier) if classifier else None, str(data) if data else None)
         train_x, _ = mnist.load("train", data)
     except (CheckpointError, mnist.MnistNotFound) as e:
         fail(str(e), 2)
@@ -670,9 +670,8 @@ def eval_mnist(
     pred = torch.cat([judged[k][0] for k in sorted(judged)])
     feats = torch.cat([judged[k][1] for k in sorted(judged)])
     labels = torch.tensor([int(c) for c in run.labels])
-    real_feats = test_features(str(classifier) if classifier else None, str(data) if data else None)
     result = report(pred, feats, labels, real_feats)
-    floor = real_floor(clf, train_x, len(labels), real, seed, real_feats)
+    floor = real_floor(clf, train_x, len(labels), real_feats, seed)
     result.update({"real_data_floor": floor, "times_floor": result["frechet_distance"] / floor,
                    "checkpoint": run.meta()["checkpoint"], "num_per_class": num, "hooks": hooks,
                    "sampler": run.rule.spec, "timesteps": len(run.timesteps),

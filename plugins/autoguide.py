@@ -3,8 +3,6 @@ guide the model away from a weaker version of itself instead of from its uncondi
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from torch import Tensor
 
 from diffkit.hookspecs import hookimpl
@@ -23,9 +21,7 @@ def _weak_mnist(ctx: Context, model: str | None):
     from diffkit.backends.mnist import MnistBackend
     from diffkit.mnist import checkpoint
 
-    path = Path(model) if model else checkpoint.SHIPPED_WEAK
-    if model in checkpoint.SHIPPED_NAMES and not path.exists():
-        path = checkpoint.SHIPPED_NAMES[model]
+    path = checkpoint.named(model) if model else checkpoint.SHIPPED_WEAK
     if not (path / "config.json").is_file():
         raise ValueError(f"model={path}: no MNIST checkpoint there (a folder written by `diffkit train mnist`)"
                          + ("; the shipped weak model is missing from this install" if not model else ""))

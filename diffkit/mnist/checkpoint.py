@@ -70,12 +70,16 @@ def load_state(folder: Path) -> dict[str, Any]:
                               f"({type(e).__name__}); nothing in it was run") from None
 
 
+def named(folder: str | Path) -> Path:
+    """``folder`` as a path: a shipped model's name (:data:`SHIPPED_NAMES`) unless a path of that name exists."""
+    path = Path(folder)
+    return SHIPPED_NAMES[str(folder)] if str(folder) in SHIPPED_NAMES and not path.exists() else path
+
+
 def resolve(folder: str | Path | None) -> Path:
     """The checkpoint folder to read: ``folder``, a shipped model's name (:data:`SHIPPED_NAMES`), or the
     shipped model; ``X.old`` if a swap was cut short."""
-    if folder and str(folder) in SHIPPED_NAMES and not Path(folder).exists():
-        folder = SHIPPED_NAMES[str(folder)]
-    folder = Path(folder) if folder else SHIPPED
+    folder = named(folder) if folder else SHIPPED
     if folder.is_file() and folder.name in ("model.safetensors", "config.json"):
         folder = folder.parent
     elif folder.is_file():

@@ -104,13 +104,11 @@ def test_features(classifier: str | None = None, data_dir: str | None = None) ->
     return features(load_classifier(classifier), data.load("test", data_dir)[0])
 
 
-def real_floor(classifier: Classifier, train: Tensor, n: int, real: Tensor, seed: int = 0,
-               real_feats: Tensor | None = None) -> float:
-    """FD of ``n`` real training digits (a seeded random choice) to ``real``: what the same number of
-    samples would score if they were as good as real data (the yardstick's floor, not zero at finite n).
-    ``real_feats``: ``features(classifier, real)`` if the caller has them (10,000 digits: most of the cost)."""
+def real_floor(classifier: Classifier, train: Tensor, n: int, real_feats: Tensor, seed: int = 0) -> float:
+    """FD of ``n`` real training digits (a seeded random choice) to the real digits of features
+    ``real_feats`` ``[M x 128]``: what the same number of samples would score if they were as good as real
+    data (the yardstick's floor, not zero at finite n)."""
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
-    real_feats = features(classifier, real) if real_feats is None else real_feats
     return frechet_distance(features(classifier, train[pick]), real_feats)
 
 
