@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from diffkit import io, plugins, schedule
-from diffkit.folder import assemble, check_out, write_batch
+from diffkit.folder import assemble, check_out, output_names, run_files, write_batch
 from diffkit.backends.base import Backend, BackendError, check_device
 from diffkit.rules import RuleError, Stepper, StepRule
 from diffkit.sampler import Sampler
@@ -301,13 +301,14 @@ def write_run(result: Result, folder: Path, extra: dict[str, Any] | None = None)
 def save(result: Result, out: str | os.PathLike, overwrite: bool = False, extra: dict[str, Any] | None = None) -> Path:
     """Write a run's files (see :func:`write_run`) to ``out``: all of them appear, or none.
 
-    They are written to a temp folder beside ``out`` and renamed in at the end; an error or a signal
-    before that leaves ``out`` exactly as it was (not even created), and a signal during the renames
-    is held until they are done.
+    They are written to a temp folder and renamed in at the end; an error or a signal before that
+    leaves ``out`` exactly as it was (not even created), and a signal during the renames is held until
+    they are done. ``overwrite`` replaces an earlier run's files as a whole: its extra samples go too.
     """
     out = Path(out)
     check_out(out, len(result.images), bool(result.frames), overwrite)
-    with io.staged_dir(out) as tmp:
+    stale = sorted(set(run_files(out)) - set(output_names(len(result.images), bool(result.frames))))
+    with io.staged_dir(out, stale) as tmp:
         write_run(result, tmp, extra)
     return out
 

@@ -51,6 +51,7 @@ def main() -> None:
     except interrupt.Interrupted as e:
         said = _on_interrupt[0]
         console.print(f"interrupted by {e}: {said() if callable(said) else said}", highlight=False)
+        _leave(e.exit_code)
         sys.exit(e.exit_code)
     except Exception as e:  # a bug in diffkit or a plugin: one line, the traceback only when asked for
         if os.environ.get("DIFFKIT_DEBUG"):
@@ -95,6 +96,13 @@ def Int(default: Any, *decls: str, lo: int, hi: int, help: str) -> Any:
 
 def Float(default: Any, *decls: str, lo: float, hi: float, help: str) -> Any:
     return _ranged(default, decls, lo, hi, help, "a finite number")
+
+
+def Rendezvous() -> Any:
+    from diffkit.dist import RENDEZVOUS_S
+
+    return Float(RENDEZVOUS_S, "--rendezvous-timeout", lo=1, hi=86_400,
+                 help="Under torchrun: seconds to wait for the master and every rank to arrive.")
 
 
 def progress(disable: bool = False) -> Progress:
@@ -145,6 +153,7 @@ def train_mnist(
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
     device: str = typer.Option("cpu", help="Where the model trains: cpu, cuda, cuda:N (deterministic kernels; "
                                            "the same draws, other arithmetic than the CPU)."),
+    rendezvous_timeout: float = Rendezvous(),
 ) -> None:
     """Train the seed's MNIST UNet: one-step denoiser or time/class-conditioned DDPM."""
     import torch
@@ -164,7 +173,7 @@ def train_mnist(
              "in one process", 2)
     if threads:
         torch.set_num_threads(threads)
-    shard = _shard("cpu")  # under torchrun: DistributedDataParallel over gloo
+    shard = _shard("cpu", rendezvous_timeout)  # under torchrun: DistributedDataParallel over gloo
     cfg = TrainConfig(objective=objective, conditioning=conditioning, hidden=hidden, epochs=epochs,
                       batch_size=batch_size, lr=lr, sigma=sigma, seed=seed, subset=subset,
                       sample_epochs=_ints(sample_epochs, "--sample-epochs", 1, 10_000))
@@ -256,6 +265,7 @@ def sample(
                                     "Any size gives the same bytes."),
     resume: bool = typer.Option(False, help="Continue the interrupted run of this same command in --out, skipping "
                                             "the batches it finished."),
+    rendezvous_timeout: float = Rendezvous(),
 ) -> None:
     """Sample images with any composition of techniques.
 
@@ -263,7 +273,7 @@ def sample(
     and the output is the same bytes as one process writes.
     """
     from diffkit import dist
-    from diffkit.folder import AlreadyDone, ResumeError, RunFolder
+    from diffkit.folder import AlreadyDone, DamagedRun, ResumeError, RunFolder
 
     options = {"checkpoint": checkpoint, "device": device, "model": model, "upscaler": upscaler, "dtype": dtype,
                "embeddings": embeddings, "offload": offload}
@@ -273,7 +283,7 @@ def sample(
                 fail(f"--sweep runs each value whole, in one process: it takes no {flag}", 2)
         return _sweep(sweep, backend, _labels(prompt, classes), hook or [], seed, num, steps, stride, timesteps,
                       i_start, out, overwrite, max_batch, options, save_every, timesteps2, sampler)
-    shard = _shard(device)
+    shard = _shard(device, rendezvous_timeout)
     # What can be refused without the model is refused before it loads (IF's take minutes).
     labels = _labels(prompt, classes)
     early = None
@@ -300,12 +310,12 @@ def sample(
             folder, note = RunFolder.start(out, request, len(run.labels), run.batch_size, bool(save_every),
                                            resume=resume, overwrite=overwrite)
             answer = ("ok", note, folder.batch_size, sorted(folder.done()))
-        except (FileExistsError, ResumeError) as e:
+        except (FileExistsError, ResumeError, DamagedRun) as e:
             answer = ("fail", str(e))
         except AlreadyDone as e:
             answer = ("done", str(e))
         except OSError as e:
-            answer = ("fail", f"cannot write beside {out}: {e}")
+            answer = ("fail", f"cannot write to {out}: {e}")
     answer = dist.broadcast(shard, answer)
     if answer[0] != "ok":
         dist.finish(shard)
@@ -324,26 +334,33 @@ def sample(
     after = folder.abandon if shard.rank == 0 else (lambda: f"samples of finished batches are kept in {folder.path}")
     _on_interrupt[0] = after
     todo = [k for k in shard.mine(range(len(run.batches()))) if k not in done]
-    _execute(run, todo, folder.write_batch, shard, after)
-    dist.barrier(shard)  # every batch is written (a rank that failed never gets here: the launcher stops all)
-    if shard.rank == 0:
-        _publish(lambda: folder.publish(run.labels), out)
-        console.print(f"wrote {len(run.labels)} samples, grid.png and run.json to {out}")
+    try:
+        _execute(run, todo, folder.write_batch, shard, after)
+        dist.barrier(shard)  # every batch is written (a rank that failed never gets here: the launcher stops all)
+        if shard.rank == 0:
+            _publish(lambda: folder.publish(run.labels), out, after)
+            console.print(f"wrote {len(run.labels)} samples, grid.png and run.json to {out}")
+    finally:
+        folder.release()  # a process that lives on (a test, a notebook) must not keep the folder locked
     dist.finish(shard)
 
 
-def _shard(device: Optional[str]):
+def _shard(device: Optional[str], rendezvous_s: Optional[float] = None):
     """This process's shard of the run (one process: the whole run); a broken launch exits 2."""
     from diffkit import dist
 
+    if dist.launched():
+        console.print(f"rank {os.environ.get('RANK', '?')}: waiting for the rendezvous at "
+                      f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}", highlight=False)
     try:
-        return dist.init(device)
+        return dist.init(device, rendezvous_s=rendezvous_s or dist.RENDEZVOUS_S)
     except dist.LaunchError as e:
         fail(str(e), 2)
 
 
-def _publish(write, out: Path) -> None:
-    """Write the outputs; a signal during the final renames is answered once they are all in place."""
+def _publish(write, out: Path, after=None) -> None:
+    """Write the outputs; a signal during the final renames is answered once they are all in place.
+    A failure (a full disk) says what ``after()`` kept."""
     try:
         write()
     except interrupt.Interrupted as e:
@@ -351,7 +368,17 @@ def _publish(write, out: Path) -> None:
             _on_interrupt[0] = f"the run had finished; its outputs are complete in {out}"
         raise
     except OSError as e:
-        fail(f"cannot write to {out}: {e}; nothing was written", 1)
+        fail(f"cannot write to {out}: {_why(e)}; {after() if after else 'nothing was written'}", 1)
+
+
+def _why(e: OSError) -> str:
+    """An OSError as the user can act on it."""
+    import errno
+
+    hint = {errno.ENOSPC: " (the disk is full: free some space first)",
+            errno.EDQUOT: " (over the disk quota: free some space first)",
+            errno.EROFS: " (a read-only filesystem: choose another --out)"}.get(e.errno or 0, "")
+    return f"{e}{hint}"
 
 
 def _sweep(sweep, backend, labels, hooks, seed, num, steps, stride, timesteps, i_start, out, overwrite, max_batch,
@@ -470,7 +497,7 @@ def _execute(run, todo=None, on_batch=None, shard=None, after=None) -> None:
     except (PluginError, NonFiniteError, BackendError, ValueError) as e:
         fail(f"{shard.who()}{e}; {after() if after else 'nothing was written'}", 1)
     except OSError as e:
-        fail(f"{shard.who()}cannot write the samples: {e}; {after() if after else 'nothing was written'}", 1)
+        fail(f"{shard.who()}cannot write the samples: {_why(e)}; {after() if after else 'nothing was written'}", 1)
 
 
 def _print_params(out: Console, params: tuple) -> None:
@@ -627,6 +654,7 @@ def eval_mnist(
                                     "same report."),
     device: Optional[str] = typer.Option(None, help="Where the samples are made: cpu, cuda, cuda:N (default cpu); "
                                                     "the classifier judges them on the CPU."),
+    rendezvous_timeout: float = Rendezvous(),
 ) -> None:
     """Accuracy of class-conditioned samples as judged by a classifier, and a Frechet distance to real digits.
 
@@ -648,7 +676,7 @@ def eval_mnist(
         check_device(device or "cpu")
     except BackendError as e:
         fail(str(e), 2)
-    shard = _shard("cpu")
+    shard = _shard("cpu", rendezvous_timeout)
     try:
         clf = load_classifier(classifier)
         real_feats = test_features(str(classifier) if classifier else None, str(data) if data else None)

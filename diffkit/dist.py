@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 
@@ -47,9 +47,14 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
-def init(device: str | None = None, timeout_s: float = 600) -> Shard:
+RENDEZVOUS_S = 60.0  # default wait for every rank to arrive (--rendezvous-timeout)
+
+
+def init(device: str | None = None, timeout_s: float = 600, rendezvous_s: float = RENDEZVOUS_S) -> Shard:
     """Join the process group the launcher describes (gloo on CPU, nccl on CUDA); one process: no group.
 
+    Waits at most ``rendezvous_s`` for the master and every rank to arrive, and SIGINT/SIGTERM end the
+    wait at once (:class:`diffkit.interrupt.Interrupted`); collectives later wait up to ``timeout_s``.
     Raises LaunchError naming what is missing (RANK, MASTER_ADDR, ...) instead of torch's message.
     """
     if not launched():
@@ -79,20 +84,57 @@ def init(device: str | None = None, timeout_s: float = 600) -> Shard:
     if not td.is_initialized():
         if cuda:
             torch.cuda.set_device(local)
+        where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+        _joined[0] = True  # from here on the process leaves by os._exit (see cli._leave)
         try:
-            td.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+            _in_thread(lambda: _join("nccl" if cuda else "gloo", rank, world, rendezvous_s, timeout_s))
         except (RuntimeError, ValueError) as e:
-            raise LaunchError(f"rank {rank} of {world}: rendezvous at {os.environ['MASTER_ADDR']}:"
-                              f"{os.environ['MASTER_PORT']} failed: {str(e).splitlines()[0]}") from None
-        _joined[0] = True
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise LaunchError(f"rank {rank} of {world}: rendezvous at {where} failed within {rendezvous_s:g} s "
+                              f"({first}); check that every rank was started with the same MASTER_ADDR and "
+                              "MASTER_PORT, or wait longer with --rendezvous-timeout") from None
     return Shard(rank, world, local)
+
+
+def _join(backend: str, rank: int, world: int, rendezvous_s: float, timeout_s: float) -> None:
+    """torch's env:// rendezvous, bounded by ``rendezvous_s``, then the group, whose collectives wait up
+    to ``timeout_s`` (one timeout for both would either hang on a missing master or cut a slow batch)."""
+    import torch.distributed as td
+
+    store, _, _ = next(td.rendezvous("env://", rank, world, timeout=timedelta(seconds=rendezvous_s)))
+    store.set_timeout(timedelta(seconds=timeout_s))
+    td.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
+
+
+def _in_thread(work: Callable[[], None]) -> None:
+    """Run ``work`` in a daemon thread while the main thread waits in short slices. Written by hand
+    because torch's rendezvous blocks in C++, where Python's signal handlers never run: waiting here,
+    SIGINT and SIGTERM raise at once (the CLI then exits 130 or 143)."""
+    import threading
+
+    box: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            work()
+        except BaseException as e:  # handed to the main thread
+            box.append(e)
+
+    thread = threading.Thread(target=target, name="diffkit-rendezvous", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)
+    if box:
+        raise box[0]
 
 
 _joined = [False]
 
 
 def joined() -> bool:
-    """Whether this process joined a process group (it stays true after :func:`finish`)."""
+    """Whether this process began to join a process group (it stays true after :func:`finish`): such a
+    process leaves by ``os._exit``, since gloo's threads (or a rendezvous still waiting) can abort or
+    hang the interpreter's teardown."""
     return _joined[0]
 
 

@@ -1,23 +1,31 @@
 """The run folder, written batch by batch, resumable, and the same bytes however the run was split.
 
-While a run goes, its files collect in a work folder beside ``--out``::
+While a run goes, its files collect in a work folder inside ``--out``::
 
-    .OUT.partial/
+    OUT/.diffkit-partial/
+        lock                              held (fcntl.flock) by the live run: a second run is refused
         request.json                      what was asked: a --resume must ask the same
         sample-000.png ...                each batch's samples, written as soon as the batch is done
         parts/batch-00000.safetensors     the batch's tensors (and frames); written last, it marks the batch done
 
-At the end :func:`assemble` adds ``grid.png`` (the first 64 samples), ``final.safetensors`` (streamed
-part by part, so memory holds one batch), ``frames/`` + ``trajectory.gif`` and ``run.json``, and
-:meth:`RunFolder.publish` moves them into ``OUT`` (with signals held, as ``io.staged_dir`` does). ``OUT``
-is never touched before that: a failed or interrupted run leaves it as it was, and the work folder
-keeps the finished batches for ``--resume`` (or nothing at all, when no batch had finished).
+The work folder lives inside ``OUT`` so that the final renames never cross a filesystem (``OUT`` may be
+a mount point: a Docker volume, a Kubernetes PVC). At the end :func:`assemble` adds ``grid.png`` (the
+first 64 samples), ``final.safetensors`` (streamed part by part, so memory holds one batch), ``frames/``
++ ``trajectory.gif`` and ``run.json``, and :meth:`RunFolder.publish` moves them into ``OUT`` (with
+signals held, as ``io.staged_dir`` does), removing what an earlier run there left that this one does
+not write. ``OUT``'s own files are never touched before that: a failed or interrupted run leaves them
+as they were, and the work folder keeps the finished batches for ``--resume`` (or nothing at all, not
+even ``OUT`` if the run made it, when no batch had finished). Every file is fsynced before its rename,
+and a part that does not read on ``--resume`` (a power loss, a full disk) is sampled again.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -29,6 +37,8 @@ from torch import Tensor
 from diffkit import io
 
 GRID_MAX = 64  # samples shown in grid.png and the frames
+WORK = ".diffkit-partial"  # the work folder's name inside --out
+_SAMPLE = re.compile(r"sample-\d{3,}\.png")
 
 
 class ResumeError(ValueError):
@@ -39,6 +49,14 @@ class AlreadyDone(Exception):
     """--resume on a folder that holds this very run, finished."""
 
 
+class Busy(FileExistsError):
+    """Another live diffkit run holds the folder's lock."""
+
+
+class DamagedRun(ValueError):
+    """A file diffkit wrote (request.json, run.json) no longer reads."""
+
+
 def sample_name(i: int) -> str:
     return f"sample-{i:03d}.png"
 
@@ -46,6 +64,12 @@ def sample_name(i: int) -> str:
 def output_names(n: int, frames: bool) -> list[str]:
     names = [sample_name(i) for i in range(n)] + ["grid.png", "run.json", "final.safetensors"]
     return names + (["trajectory.gif", "frames"] if frames else [])
+
+
+def run_files(out: Path) -> list[str]:
+    """The entries of ``out`` that a diffkit run writes (any number of samples): what --overwrite replaces."""
+    fixed = {"grid.png", "run.json", "final.safetensors", "trajectory.gif", "frames"}
+    return sorted(n for n in os.listdir(out) if n in fixed or _SAMPLE.fullmatch(n)) if out.is_dir() else []
 
 
 def check_out(out: str | os.PathLike, n: int, frames: bool, overwrite: bool) -> None:
@@ -59,9 +83,28 @@ def check_out(out: str | os.PathLike, n: int, frames: bool, overwrite: bool) -> 
                               "pass --overwrite to replace them, or choose another --out")
 
 
-def partial_dir(out: str | os.PathLike) -> Path:
+def check_writable(out: str | os.PathLike) -> None:
+    """Refuse (OSError with the reason) an ``out`` that cannot be made or written: a read-only mount, a
+    symlink loop, a file in the way, no permission. Makes and removes a probe file (and any folder it
+    had to make), so the refusal comes before any model loads or sampling starts."""
     out = Path(out)
-    return out.parent / f".{out.name}.partial"
+    if out.is_symlink() and not out.exists():
+        raise NotADirectoryError(f"--out {out} is a symbolic link that leads nowhere (a loop, or a missing target)")
+    made = io._missing_ancestor(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with io.atomic_path(out / ".diffkit-probe") as tmp:
+            tmp.write_bytes(b"")
+        (out / ".diffkit-probe").unlink()
+    except OSError as e:
+        raise type(e)(e.errno, f"cannot write to --out {out}: {e.strerror or e}") from None
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+
+
+def partial_dir(out: str | os.PathLike) -> Path:
+    return Path(out) / WORK
 
 
 def _normal(data: Any) -> Any:
@@ -79,23 +122,61 @@ def _interrupted(path: Path) -> FileExistsError:
                            "or --overwrite to discard it")
 
 
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file diffkit wrote; one that no longer reads is a :class:`DamagedRun` saying what to do."""
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DamagedRun(f"{path} is damaged ({e}); {what}") from None
+
+
+def lock(path: Path) -> int:
+    """Take the lock of the work folder ``path``: an exclusive ``fcntl.flock`` on ``path/lock`` holding
+    our pid. The kernel drops it when the process ends, however it ends, so a killed run stays
+    resumable; a live one makes this raise :class:`Busy`. Returns the descriptor that holds it."""
+    fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        raise Busy(f"another diffkit run (pid {pid}) is writing {path.parent}; wait for it to end, or choose "
+                   "another --out") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def check_free(path: Path) -> None:
+    """Raise :class:`Busy` if a live run holds the work folder ``path``."""
+    if (path / "lock").is_file():
+        os.close(lock(path))
+
+
 class RunFolder:
-    """The work folder of one run (see the module's docstring). Batches may be written by any process."""
+    """The work folder of one run (see the module's docstring). Batches may be written by any process;
+    the one that started or resumed the run holds its lock."""
 
     def __init__(self, out: Path, request: dict[str, Any], n: int, batch_size: int, frames: bool,
-                 made: Path | None = None):
+                 made: Path | None = None, fd: int | None = None):
         self.out, self.path = Path(out), partial_dir(out)
         self.request, self.n, self.batch_size, self.frames = request, n, batch_size, frames
         self.made = made  # the outermost folder this run created (removed again if nothing is kept)
+        self.fd = fd  # the lock, while this process holds it
 
     # -- starting and resuming --
 
     @classmethod
     def precheck(cls, out: str | os.PathLike, n: int, frames: bool, *, resume: bool = False,
                  overwrite: bool = False) -> None:
-        """The refusals of :meth:`start` that need no model (FileExistsError), so a CLI can give them before
-        loading one: an interrupted run in the way, or files of another run in ``out``. A --resume is
-        judged by :meth:`start` alone (it compares the whole request)."""
+        """The refusals of :meth:`start` that need no model (OSError), so a CLI can give them before
+        loading one: an ``out`` that cannot be written, a live run writing it, an interrupted run in the
+        way, or files of another run in ``out``. A --resume is judged by :meth:`start` alone (it
+        compares the whole request)."""
+        check_writable(out)
+        check_free(partial_dir(out))
         if resume or overwrite:
             return
         if partial_dir(out).exists():
@@ -105,46 +186,71 @@ class RunFolder:
     @classmethod
     def start(cls, out: str | os.PathLike, request: dict[str, Any], n: int, batch_size: int, frames: bool, *,
               resume: bool = False, overwrite: bool = False) -> tuple[RunFolder, str | None]:
-        """The folder to write into, and a note for the user (resuming, nothing to resume).
+        """The folder to write into, holding its lock, and a note for the user (resuming, nothing to resume).
 
-        Refuses, before any work: files of another run in ``out`` (FileExistsError, unless ``overwrite``),
-        an interrupted run in the way (FileExistsError: --resume or --overwrite), a --resume of
-        another command (ResumeError); a --resume of this run, finished, raises AlreadyDone.
+        Refuses, before any work: an ``out`` that cannot be written (OSError), a live run writing it
+        (Busy), files of another run in ``out`` (FileExistsError, unless ``overwrite``), an interrupted
+        run in the way (FileExistsError: --resume or --overwrite), a --resume of another command
+        (ResumeError), damaged files of an earlier run (DamagedRun); a --resume of this run, finished,
+        raises AlreadyDone.
         """
         out, request = Path(out), _normal(request)
         path = partial_dir(out)
-        if path.exists() and resume:
-            saved = json.loads((path / "request.json").read_text()) if (path / "request.json").is_file() else {}
-            if saved.get("request") != request:
-                raise ResumeError(f"--resume: {path} holds a run of another command ({_differences(saved.get('request') or {}, request)}); "
-                                  "run that command again, or pass --overwrite instead to start this one afresh")
-            folder = cls(out, request, saved["num_samples"], saved["batch_size"], saved["frames"])
-            done = len(folder.done())
-            note = (f"resuming: {done} of {folder.batches()} batches of {folder.batch_size} samples were done "
-                    f"in {path}")
-            if batch_size != folder.batch_size:
-                note += f" (continuing with --batch-size {folder.batch_size}, as the run began; the bytes are the same)"
-            check_out(out, n, frames, overwrite)
-            return folder, note
+        check_writable(out)
         if path.exists():
-            if not overwrite:
-                raise _interrupted(path)
-            shutil.rmtree(path)
+            fd = lock(path)
+            try:
+                if resume:
+                    return cls._resume(out, request, n, batch_size, frames, overwrite, fd)
+                if not overwrite:
+                    raise _interrupted(path)
+                shutil.rmtree(path)
+            finally:
+                if not resume:
+                    os.close(fd)
         note = None
         if resume:
             finished = out / "run.json"
             if finished.is_file():
-                if _normal(json.loads(finished.read_text()).get("request")) == request:
+                fix = "pass --overwrite to start the run afresh"
+                if _normal(read_json(finished, fix).get("request")) == request:
                     raise AlreadyDone(f"{out} already holds this run, finished; nothing to resume")
                 raise ResumeError(f"--resume: {out} holds a finished run of another command and no interrupted "
                                   f"one; pass --overwrite to replace it, or choose another --out")
             note = f"nothing to resume in {out}: starting the run"
         check_out(out, n, frames, overwrite)
-        made = io._missing_ancestor(path.parent)
+        made = io._missing_ancestor(out)
         (path / "parts").mkdir(parents=True)
+        fd = lock(path)
         io.write_json(path / "request.json", {"request": request, "num_samples": n, "batch_size": batch_size,
                                               "frames": frames})
-        return cls(out, request, n, batch_size, frames, made), note
+        return cls(out, request, n, batch_size, frames, made, fd), note
+
+    @classmethod
+    def _resume(cls, out: Path, request: dict, n: int, batch_size: int, frames: bool, overwrite: bool,
+                fd: int) -> tuple[RunFolder, str]:
+        path = partial_dir(out)
+        try:
+            fix = f"pass --overwrite instead of --resume to start the run afresh (discarding {path})"
+            saved = read_json(path / "request.json", fix) if (path / "request.json").is_file() else {}
+            if saved.get("request") != request:
+                raise ResumeError(f"--resume: {path} holds a run of another command ({_differences(saved.get('request') or {}, request)}); "
+                                  "run that command again, or pass --overwrite instead to start this one afresh")
+            folder = cls(out, request, saved["num_samples"], saved["batch_size"], saved["frames"], fd=fd)
+            check_out(out, n, frames, overwrite)
+        except BaseException:
+            os.close(fd)
+            raise
+        damaged = folder.discard_damaged()
+        done = len(folder.done())
+        note = (f"resuming: {done} of {folder.batches()} batches of {folder.batch_size} samples were done "
+                f"in {path}")
+        if damaged:
+            note += (f"; batch{'es' if len(damaged) > 1 else ''} {', '.join(map(str, damaged))} did not read back "
+                     "(a torn or empty file) and will be sampled again")
+        if batch_size != folder.batch_size:
+            note += f" (continuing with --batch-size {folder.batch_size}, as the run began; the bytes are the same)"
+        return folder, note
 
     def batches(self) -> int:
         return -(-self.n // self.batch_size)
@@ -156,15 +262,41 @@ class RunFolder:
         """The batches whose every file is written."""
         return {k for k in range(self.batches()) if self.part(k).is_file()}
 
+    def discard_damaged(self) -> list[int]:
+        """Remove the part of every done batch that does not read back whole (a power loss or a full disk
+        tore it, or left it empty), or whose PNGs are missing, so that the batch is sampled again."""
+        from safetensors import safe_open
+
+        bad = []
+        for k in sorted(self.done()):
+            try:
+                with safe_open(self.part(k), "pt") as f:  # checks the header covers the whole file
+                    meta = f.metadata()
+                    for key in f.keys():
+                        f.get_tensor(key)
+                start, count = int(meta["start"]), len(json.loads(meta["seeds"]))
+                if not all((self.path / sample_name(i)).is_file() for i in range(start, start + count)):
+                    raise ValueError("a sample PNG is missing")
+            except Exception:  # safetensors' own error type, a bad header, missing keys: unreadable all the same
+                self.part(k).unlink()
+                bad.append(k)
+        return bad
+
     # -- writing --
 
     def write_batch(self, k: int, result: Any) -> None:
         """Batch ``k``'s samples (a :class:`diffkit.api.Result`): PNGs first, then its part file."""
         write_batch(self.path, k, k * self.batch_size, result, self.n)
 
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
     def abandon(self) -> str:
         """After a failure: keep finished batches for --resume; with none, leave no trace. Says which."""
         done = len(self.done())
+        self.release()
         if done:
             return f"{min(done * self.batch_size, self.n)} of {self.n} samples are kept in {self.path}; continue with --resume"
         shutil.rmtree(self.path, ignore_errors=True)
@@ -173,17 +305,20 @@ class RunFolder:
         return f"nothing was written to {self.out}"
 
     def publish(self, labels: Sequence[Any], extra: dict[str, Any] | None = None) -> None:
-        """Assemble the run's files and move them into ``out``, all of them or (on failure) none."""
+        """Assemble the run's files and move them into ``out``, all of them or (on failure) none; the
+        files of an earlier run there (an --overwrite) that this run does not write go in the same step."""
         missing = sorted(set(range(self.batches())) - self.done())
         if missing:
             raise RuntimeError(f"batches {missing[:5]} of {self.path} are missing")
         assemble(self.path, labels, dict(extra or {}, request=self.request))
         (self.path / "request.json").unlink()
+        (self.path / "lock").unlink()  # still held through self.fd until the work folder is gone
         try:
-            io.move_into(self.path, self.out)
+            io.move_into(self.path, self.out, stale=sorted(set(run_files(self.out)) - set(os.listdir(self.path))))
         finally:
             if self.path.is_dir() and not any(self.path.iterdir()):  # all moved: the work folder goes
                 self.path.rmdir()
+            self.release()
 
 
 def write_batch(folder: Path, k: int, start: int, result: Any, n: int) -> None:
@@ -206,7 +341,14 @@ def write_batch(folder: Path, k: int, start: int, result: Any, n: int) -> None:
             "seeds": json.dumps(result.seeds), "start": str(start), "num_samples": str(n)}
     (folder / "parts").mkdir(exist_ok=True)
     with io.atomic_path(folder / "parts" / f"batch-{k:05d}.safetensors") as tmp:
-        save_file(tensors, tmp, metadata=meta)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+        except Exception as e:  # safetensors reports the OS's error (a full disk) as text in its own type
+            found = re.search(r"os error (\d+)", str(e))
+            if found is None:
+                raise
+            code = int(found.group(1))
+            raise OSError(code, os.strerror(code), str(tmp)) from None
 
 
 def grid_columns(labels: Sequence[Any]) -> int:

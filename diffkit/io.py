@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -17,7 +17,10 @@ from torch import Tensor
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; rename it over ``path`` only if the block succeeds."""
+    """Yield a temp path beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    The file's data is fsynced before the rename, so after a power loss ``path`` is the old file or the
+    whole new one, never a torn or empty one (a rename can reach the disk before the data does)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -25,6 +28,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -32,24 +40,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextmanager
-def staged_dir(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temp folder beside ``out``; when the block succeeds, move its entries into ``out``.
+def staged_dir(out: str | os.PathLike, stale: Sequence[str] = ()) -> Iterator[Path]:
+    """Yield an empty temp folder; when the block succeeds, move its entries into ``out``.
+
+    The temp folder is inside ``out`` when ``out`` exists (it may be a mount point: a rename from beside
+    it would cross filesystems), else beside it, where ``out`` will be made.
 
     Entries replace those of the same name (a folder entry replaces the whole folder). The renames run
     with SIGINT/SIGTERM held (:func:`diffkit.interrupt.deferred`), so ``out`` ends with all the new
-    entries or none; on any failure the temp folder, and any parent folder made for it, is removed.
+    entries or none (and without those of ``stale``); on any failure the temp folder, and any parent
+    folder made for it, is removed.
     """
     from diffkit import interrupt
 
     out = Path(out)
     made = _missing_ancestor(out.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    inside = out.is_dir()
+    tmp = Path(tempfile.mkdtemp(prefix=".diffkit-" if inside else f".{out.name}.", suffix=".tmp",
+                                dir=out if inside else out.parent))
     done = False
     try:
         yield tmp
         try:
-            move_into(tmp, out)
+            move_into(tmp, out, stale)
         except interrupt.Interrupted as e:
             done = e.committed  # a signal held until every rename was done: keep what was made for out
             raise
@@ -60,10 +74,11 @@ def staged_dir(out: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(made, ignore_errors=True)
 
 
-def move_into(src: Path, out: Path) -> None:
+def move_into(src: Path, out: Path, stale: Sequence[str] = ()) -> None:
     """Rename ``src``'s entries into ``out`` (``src`` itself when ``out`` does not exist), replacing
-    entries of the same name, with SIGINT/SIGTERM held: ``out`` ends with all of them or none.
-    ``src`` is gone or empty afterwards; a held signal is raised with ``committed`` set."""
+    entries of the same name and removing ``out``'s entries named in ``stale``, with SIGINT/SIGTERM
+    held: ``out`` ends with all of them or none. ``src`` is gone or empty afterwards; a held signal is
+    raised with ``committed`` set."""
     from diffkit import interrupt
 
     os.chmod(src, 0o777 & ~_umask())
@@ -78,6 +93,9 @@ def move_into(src: Path, out: Path) -> None:
                     if dst.is_dir() and not dst.is_symlink():
                         shutil.rmtree(dst)
                     os.replace(src / name, dst)
+                for name in stale:
+                    old = out / name
+                    shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink(missing_ok=True)
             done = True
     except interrupt.Interrupted as e:
         e.committed = done

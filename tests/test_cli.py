@@ -66,11 +66,12 @@ def test_out_refusals_come_before_the_model_loads(tmp_path, monkeypatch):
     r = invoke("sample", "-b", "if", "--model", str(tmp_path / "nowhere"), "-p", "a", "-n", "2", "--out", out)
     assert r.exit_code == 2 and "already holds sample-001.png" in r.output, r.output
     assert (out / "sample-001.png").read_bytes() == b"earlier"
-    (tmp_path / ".p.partial" / "parts").mkdir(parents=True)
-    (tmp_path / ".p.partial" / "parts" / "batch-00000.safetensors").write_bytes(b"x")
+    part = tmp_path / "p" / ".diffkit-partial" / "parts" / "batch-00000.safetensors"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"x")
     r = invoke("sample", "-b", "if", "--model", str(tmp_path / "nowhere"), "-p", "a", "--out", tmp_path / "p")
     assert r.exit_code == 2 and "holds an interrupted run (1 batches done); pass --resume" in r.output, r.output
-    assert (tmp_path / ".p.partial" / "parts" / "batch-00000.safetensors").read_bytes() == b"x"
+    assert part.read_bytes() == b"x"
 
 
 def test_save_every_writes_frames_and_gif(tmp_path):

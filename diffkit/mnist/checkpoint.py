@@ -108,12 +108,44 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
+def _check_fits(folder: Path, config: dict[str, Any]) -> None:
+    """Refuse a config that does not describe the weights beside it, before anything is allocated: the
+    model is built on the meta device (no memory) and its shapes compared with the file's header."""
+    hidden, cond = config["hidden"], config["conditioning"]
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or not 1 <= hidden <= 1024:
+        raise CheckpointError(f"{folder / 'config.json'}: hidden must be an integer in 1..1024, got {hidden!r}")
+    if cond not in ("none", "time", "class"):
+        raise CheckpointError(f"{folder / 'config.json'}: conditioning must be none, time or class, got {cond!r}")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(folder / "model.safetensors", "pt") as f:
+            stored = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors' own error type: a pickle, a torn file
+        raise CheckpointError(f"{folder / 'model.safetensors'} is not a safetensors file ({e})") from None
+    with torch.device("meta"):
+        wanted = {k: list(v.shape) for k, v in UNet(hidden, cond).state_dict().items()}
+    if stored == wanted:
+        return
+    first = next(iter(wanted))  # the first conv: [hidden x 1 x 3 x 3]
+    width = stored.get(first, [None])[0]
+    if set(stored) == set(wanted) and width != hidden:
+        raise CheckpointError(f"checkpoint {folder}: config.json says hidden={hidden} but its weights are "
+                              f"{width} wide; fix config.json or pick the folder its weights came with")
+    missing, extra = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
+    raise CheckpointError(f"checkpoint {folder}: its weights do not fit config.json (hidden={hidden}, "
+                          f"conditioning={cond}): " + (f"missing {', '.join(missing[:3])}; " if missing else "")
+                          + (f"unexpected {', '.join(extra[:3])}; " if extra else "")
+                          + "pick the config.json its weights came with")
+
+
 def load_model(folder: str | Path | None, device: str = "cpu") -> tuple[UNet, dict[str, Any]]:
     """``(UNet in eval mode, config)`` from a checkpoint folder (default: the shipped class model)."""
     folder = resolve(folder)
     config = _read_config(folder)
     if not (folder / "model.safetensors").is_file():
         raise CheckpointError(f"checkpoint {folder} has config.json but no model.safetensors")
+    _check_fits(folder, config)
     model = UNet(config["hidden"], config["conditioning"])
     model.load_state_dict(load_weights(folder / "model.safetensors", device))
     return model.to(device).eval(), config

@@ -66,24 +66,27 @@ def accuracy(model: Classifier, x: Tensor, y: Tensor, batch: int = 1000) -> floa
     return correct / len(x)
 
 
-@torch.inference_mode()
-def features(model: Classifier, x: Tensor) -> Tensor:
-    """Features ``[N x 128]`` (float64), in fixed 16-row calls (see :func:`judge`)."""
-    from diffkit.backends.base import in_fixed_chunks
-
-    return in_fixed_chunks(model.features, 16, x).double()
-
-
 @contextmanager
 def _one_thread() -> Iterator[None]:
-    """Float64 linear algebra sums in an order that depends on the thread count: pin it, so the report
-    is the same in one process with many threads as in torchrun's processes of one thread each."""
+    """Float64 linear algebra, and on some CPUs (an Intel Xeon with AVX-512 here) the classifier's
+    16-row convolutions too, sum in an order that depends on the thread count: pin it, so the report is
+    the same in one process with many threads as in torchrun's processes of one thread each. It costs
+    about 1 s a 10,000 digits on 2 cores."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+@_one_thread()
+@torch.inference_mode()
+def features(model: Classifier, x: Tensor) -> Tensor:
+    """Features ``[N x 128]`` (float64), in fixed 16-row calls on one thread (see :func:`judge`)."""
+    from diffkit.backends.base import in_fixed_chunks
+
+    return in_fixed_chunks(model.features, 16, x).double()
 
 
 @_one_thread()
@@ -112,12 +115,14 @@ def real_floor(classifier: Classifier, train: Tensor, n: int, real_feats: Tensor
     return frechet_distance(features(classifier, train[pick]), real_feats)
 
 
+@_one_thread()
 @torch.inference_mode()
 def judge(classifier: Classifier, images: Tensor) -> tuple[Tensor, Tensor]:
     """Predicted class ``[N]`` and features ``[N x 128]`` (float64) of samples ``[N x 1 x 28 x 28]``.
 
-    In fixed calls of 16 rows (backends/base.in_fixed_chunks), so a sample's numbers do not depend on
-    the batch it came in: a run split into batches or over processes is judged identically.
+    In fixed calls of 16 rows (backends/base.in_fixed_chunks) on one thread, so a sample's numbers do
+    not depend on the batch it came in nor on the threads: a run split into batches or over processes is
+    judged identically.
     """
     from diffkit.backends.base import in_fixed_chunks
 
