@@ -148,6 +148,7 @@ class Run:
                        "timesteps2": list(timesteps2) if timesteps2 else None, "i_start": i_start,
                        "save_every": save_every, "stages": stages}
         self.techniques = [plugins.make_technique(h) if isinstance(h, str) else h for h in hooks]
+        plugins.check_together(self.techniques)
         self.rule = sampler if isinstance(sampler, StepRule) else plugins.make_sampler(sampler)
         self.backend_options = {k: v for k, v in (backend_options or {}).items() if v is not None}
         self.backend = load_backend(backend, **self.backend_options) if isinstance(backend, str) else backend

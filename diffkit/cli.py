@@ -80,14 +80,21 @@ SEED_MAX = 2**62  # seeds seed..seed+N-1 must fit torch's 64-bit generator seed
 
 
 def _ranged(default: Any, decls: tuple[str, ...], lo: float, hi: float, help: str, what: str) -> Any:
+    span = f"{_number(lo)}..{_number(hi)}"
+
     def check(value: Optional[float]) -> Optional[float]:
         if value is not None and not (math.isfinite(value) and lo <= value <= hi):
-            raise typer.BadParameter(f"{value} is not {what} in {lo:g}..{hi:g}")
+            raise typer.BadParameter(f"{value} is not {what} in {span}")
         return value
 
-    info = typer.Option(default, *decls, callback=check, help=f"{help} [{lo:g}..{hi:g}]")
+    info = typer.Option(default, *decls, callback=check, help=f"{help} [{span}]")
     info.range = (lo, hi)  # read by tests/test_refusals.py's walk over every option
     return info
+
+
+def _number(v: float) -> str:
+    """A bound as people write it: integers in full (4611686018427387904, not 4.61169e+18)."""
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
 
 def Int(default: Any, *decls: str, lo: int, hi: int, help: str) -> Any:
@@ -223,7 +230,10 @@ def _labels(prompt: list[str] | None, classes: str | None) -> dict:
     if prompt and classes:
         fail("give --prompt or --class, not both", 2)
     if classes:
-        return {"classes": [c.strip() for c in classes.split(",") if c.strip()]}
+        items = [c.strip() for c in classes.split(",")]
+        if not all(items):
+            fail(f"--class {classes!r} has an empty item: give a comma list such as 0,1,2", 2)
+        return {"classes": items}
     return {"prompts": list(prompt)} if prompt else {}
 
 

@@ -348,7 +348,7 @@ def write_batch(folder: Path, k: int, start: int, result: Any, n: int) -> None:
             if found is None:
                 raise
             code = int(found.group(1))
-            raise OSError(code, os.strerror(code), str(tmp)) from None
+            raise OSError(code, os.strerror(code)) from None
 
 
 def grid_columns(labels: Sequence[Any]) -> int:

@@ -169,6 +169,20 @@ def make_sampler(spec: str | None = None) -> Any:
         raise SpecError(f"sampler {name!r}: {e}" if not str(e).startswith("sampler") else str(e)) from e
 
 
+def check_together(techniques: list[Technique]) -> None:
+    """Refuse (SpecError naming both) two techniques of one run that implement the same first-result
+    hook (``diffkit_initial_state``: two SDEdits): only the first one's answer would count, and the other
+    would be ignored without a word."""
+    for hook, caller in vars(manager().hook).items():
+        if caller.spec is None or not caller.spec.opts.get("firstresult"):
+            continue
+        who = [t.name for t in techniques if hasattr(getattr(t, hook, None), f"{GROUP}_impl")]
+        if len(who) > 1:
+            both = f"two {who[0]!r} hooks" if who[0] == who[1] else f"hooks {who[0]!r} and {who[1]!r}"
+            raise SpecError(f"{both} both implement {hook}, where only the first answer counts: the second "
+                            f"would be ignored; use one of them")
+
+
 def call(hook: str, first: bool = False, **kwargs: Any) -> Any:
     """Call a run hook in pluggy's order, naming the plugin when one raises.
 

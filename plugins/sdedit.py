@@ -9,6 +9,9 @@ from diffkit.state import Context
 from diffkit.technique import Param, Projector
 
 
+DEFAULT_START = 10  # i_start when neither it nor strength is given (the seed project's default)
+
+
 class SDEdit(Projector):
     name = "sdedit"
     help = "x = forward(x_orig, t[i_start], noise), then sample from i_start; with a prompt: image-to-image."
@@ -24,8 +27,9 @@ class SDEdit(Projector):
     def __init__(self, **args):
         super().__init__(**args)
         args = self.args  # the technique's own copy: the default below must land in it
-        if args["i_start"] is None and args["strength"] is None:
-            args["i_start"] = 10
+        self.by_default = args["i_start"] is None and args["strength"] is None
+        if self.by_default:
+            args["i_start"] = DEFAULT_START
         if args["i_start"] is not None and args["strength"] is not None:
             raise ValueError("give i_start or strength, not both")
         if args["strength"] is not None and not 0 <= args["strength"] <= 1:
@@ -45,7 +49,9 @@ class SDEdit(Projector):
         if self.args["strength"] is not None and i == n:
             raise ValueError(f"strength {self.args['strength']} runs no step of {n}: give at least 1/{n} = {1 / n:.3g}")
         if not 0 <= i < n:
-            raise ValueError(f"i_start {i} is outside 0..{n - 1}")
+            whose = " (sdedit's default, when neither i_start nor strength is given)" if self.by_default else ""
+            raise ValueError(f"i_start {i}{whose} is outside 0..{n - 1} of the run's {n} steps: give i_start=K "
+                             f"below {n}, or strength=S (the fraction of the steps to run)")
 
     @hookimpl
     def diffkit_initial_state(self, ctx: Context, noise: Tensor):

@@ -43,7 +43,10 @@ class GaussianBackend:
         for i, lab in enumerate(labels):
             if lab is None:
                 continue
-            k = int(lab)
+            try:
+                k = int(str(lab).strip())
+            except ValueError:
+                raise BackendError(f"gaussian backend: class must be an integer in 0..{K - 1}, got {lab!r}") from None
             if not 0 <= k < K:
                 raise BackendError(f"gaussian backend: class {lab!r} is not in 0..{K - 1}")
             out[i, k] = 1
