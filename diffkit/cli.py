@@ -562,18 +562,44 @@ def ui(
                                                                   "the only folder the page can get files from."),
     allow: Optional[list[str]] = typer.Option(None, "--allow", help="A checkpoint or model folder the page may "
                                                                     "pick (repeatable; the shipped models always)."),
+    max_samples: int = Int(256, lo=1, hi=100_000, help="Most samples one request may make (labels x samples "
+                                                       "per label); more is refused with a message."),
+    max_upload_mb: int = Int(20, lo=1, hi=10_000, help="Largest file a page may upload, in MB."),
+    auth: Optional[str] = typer.Option(None, help="USER:PASS: ask for this login (Gradio's own); do so whenever "
+                                                  "--host or --share lets others reach the page."),
 ) -> None:
     """Compose techniques in the browser: forms from the plugins' declarations, live previews, a drawing
     pad for SDEdit and a brush for inpainting masks (pip install -e '.[ui]')."""
+    import ipaddress
+
+    login = None
+    if auth is not None:
+        user, colon, password = auth.partition(":")
+        if not colon or not user or not password:
+            fail(f"--auth must be USER:PASS (both non-empty), got {'USER:' if colon else 'no colon'}", 2)
+        login = (user, password)
     try:
         import gradio
     except ImportError:
         fail("the UI needs Gradio: pip install -e '.[ui]'", 2)
     from diffkit.ui import Settings, default_choices, launch
 
-    console.print(f"diffkit ui (Gradio {gradio.__version__}) on http://{host}:{port} (outputs in {out}); "
-                  "Ctrl-C stops it")
-    launch(Settings(out.resolve(), default_choices([str(Path(a).resolve()) for a in allow or []])), host, port, share)
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    exposed = [w for w, on in ((f"--host {host} lets other machines reach it", not loopback),
+                               ("--share gives it a public link", share)) if on]
+    if exposed:
+        console.print(f"[bold yellow]warning:[/] {' and '.join(exposed)}: anyone who reaches the page can run "
+                      f"models on this machine and read what it makes"
+                      + ("; it asks for the --auth login" if login else "; add --auth USER:PASS to ask for a login"),
+                      highlight=False)
+    console.print(f"diffkit ui (Gradio {gradio.__version__}) on http://{host}:{port} (outputs in {out}; at most "
+                  f"{max_samples} samples a request, uploads up to {max_upload_mb} MB); Ctrl-C stops it")
+    settings = Settings(out.resolve(), default_choices([str(Path(a).resolve()) for a in allow or []]),
+                        max_samples=max_samples, max_upload_mb=max_upload_mb)
+    launch(settings, host, port, share, auth=login)
 
 
 @app.command()

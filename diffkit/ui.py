@@ -5,18 +5,20 @@ Nothing here knows a technique: each form is built from the plugin's own ``Param
 :class:`diffkit.api.Run` the command line makes, from the same spec strings; the page shows the
 equivalent ``diffkit sample`` command, which writes the same bytes.
 
-Security: the server listens on 127.0.0.1 unless told otherwise; a page never names a server path.
-Images come as uploads or drawings and are saved in a per-session folder under the output root;
-models and checkpoints are picked from the list the server was started with; outputs go only under
-the output root.
+Security: the server listens on 127.0.0.1 unless told otherwise (and warns when it does not); a page
+never names a server path. Images come as uploads or drawings, at most ``max_upload_mb`` each, and
+are saved in a per-session folder under the output root that goes when the page is closed; models
+and checkpoints are picked from the list the server was started with; outputs go only under the
+output root. One request makes at most ``max_samples`` samples, written to disk a batch at a time
+as the command line writes them, so memory holds one batch whatever is asked.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,14 +31,20 @@ from diffkit import io, plugins
 from diffkit.technique import REQUIRED, Param, to_bool
 
 PREVIEW_EVERY = 10  # steps between x0 previews
+BATCH = 64  # samples through the model at a time: a run's memory, whatever it asks for
+MAX_SAMPLES = 256  # default cap on the samples of one request (diffkit ui --max-samples)
+MAX_UPLOAD_MB = 20  # default cap on one uploaded file (diffkit ui --max-upload-mb)
 
 
 @dataclass
 class Settings:
-    """What the server allows: where outputs go, and the model paths a page may pick (per option name)."""
+    """What the server allows: where outputs go, the model paths a page may pick (per option name), and
+    the work one request may ask for."""
 
     out: Path
     choices: dict[str, list[str]] = field(default_factory=dict)
+    max_samples: int = MAX_SAMPLES
+    max_upload_mb: int = MAX_UPLOAD_MB
 
 
 def default_choices(extra: list[str] | None = None) -> dict[str, list[str]]:
@@ -87,7 +95,8 @@ def labels_of(text: str, kind: str) -> dict[str, list[str]]:
 
 def command(backend: str, options: dict[str, Any], labels: dict[str, list[str]], hooks: list[str], seed: int,
             num: int, steps: int | None, sampler: str | None, out: Path) -> str:
-    """The ``diffkit sample`` command that writes this run."""
+    """The ``diffkit sample`` command that writes this run (into ``out``: the page gives the run folder's
+    name, relative, so the command runs as shown where the user is, not into the server's full folder)."""
     args = ["diffkit", "sample", "--backend", backend]
     for k, v in options.items():
         if v not in (None, "", False):
@@ -158,6 +167,11 @@ def run_page(settings: Settings, session: Path, backend: str, options: dict[str,
             raise PageError(f"{k} {v!r} is not one this server offers")
     options = {k: v for k, v in options.items() if v not in (None, "") and k in info.options}
     labels = labels_of(labels_text, info.label_kind)
+    n = max(1, len(next(iter(labels.values()), [None]))) * int(num)
+    if n > settings.max_samples:
+        raise PageError(f"{n:,} samples asked ({len(next(iter(labels.values()), [None])):,} labels x {int(num):,}); "
+                        f"this server makes at most {settings.max_samples:,} a run (diffkit ui --max-samples N "
+                        "raises it; the command line has no such cap)")
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{uuid.uuid4().hex[:4]}"
     folder = settings.out / f"run-{stamp}"
     try:
@@ -173,6 +187,7 @@ def _run(settings: Settings, session: Path, backend: str, options: dict[str, Any
          folder: Path) -> Iterator[tuple[str, list, Any, str, str | None]]:
     from diffkit import api
     from diffkit.backends.base import BackendError
+    from diffkit.folder import RunFolder
     from diffkit.denoise import NonFiniteError
     from diffkit.mnist.checkpoint import CheckpointError
     from diffkit.plugins import PluginError, UnknownName
@@ -195,31 +210,38 @@ def _run(settings: Settings, session: Path, backend: str, options: dict[str, Any
                     f"{item['name']}.{p.name}", [])):
                 raise PageError(f"hook {item['name']!r}: {p.name} {values[p.name]!r} is not one this server offers")
         hooks.append(hook_spec(item["name"], values))
-    cmd = command(backend, options, labels, hooks, seed, num, steps, sampler, folder)
+    cmd = command(backend, options, labels, hooks, seed, num, steps, sampler, Path(folder.name))
     try:
         run = api.Run(backend, hooks=hooks, seed=int(seed), num=int(num), steps=int(steps) if steps else None,
-                      sampler=sampler or None, backend_options=options, **labels)
+                      sampler=sampler or None, backend_options=options, batch_size=BATCH, **labels)
     except (UnknownName, SpecError, BackendError, CheckpointError, ValueError, PluginError) as e:
         raise PageError(str(e)) from None
     n = len(run.labels)
     yield f"sampling {n} samples, {len(run.timesteps) - run.i_start} steps", [], None, cmd, None
+    # Batch by batch into the run's work folder, as `diffkit sample` writes it: memory holds one batch.
+    work, _ = RunFolder.start(folder, run.request(), n, run.batch_size, False)
     try:
-        for st in run.steps():
-            stage = f"stage {st.stage + 1}, " if st.stage else ""
-            if progress is not None:
-                progress((st.i + 1) / st.n_steps, desc=f"{stage}step {st.i + 1}/{st.n_steps}")
-            if st.i % PREVIEW_EVERY == 0 or st.i == st.n_steps - 1:
-                # every stage's state maps to an image as stage 1's does (IF: [-1, 1] -> [0, 1])
-                preview = io.to_pil(io.grid(run.backend.to_image(st.x0).float().cpu(), min(n, 8)))
-                yield f"{stage}step {st.i + 1} of {st.n_steps}", [], preview, cmd, None
+        for k, batch in enumerate(run.batches()):
+            for st in run.steps(batch):
+                stage = f"stage {st.stage + 1}, " if st.stage else ""
+                part = f"batch {k + 1}/{len(run.batches())}, " if len(run.batches()) > 1 else ""
+                if progress is not None:
+                    done = batch.start + len(batch) * (st.i + 1) / st.n_steps
+                    progress(done / n, desc=f"{part}{stage}step {st.i + 1}/{st.n_steps}")
+                if st.i % PREVIEW_EVERY == 0 or st.i == st.n_steps - 1:
+                    # every stage's state maps to an image as stage 1's does (IF: [-1, 1] -> [0, 1])
+                    preview = io.to_pil(io.grid(run.backend.to_image(st.x0).float().cpu(), min(len(batch), 8)))
+                    yield f"{part}{stage}step {st.i + 1} of {st.n_steps}", [], preview, cmd, None
+            work.write_batch(k, run.result)
+        work.publish(run.labels)
     except (PluginError, NonFiniteError, BackendError, ValueError) as e:
         raise PageError(f"{e}; nothing was written") from None
-    result = run.result
-    api.save(result, folder, overwrite=True)
+    finally:
+        work.release()
     (folder / "command.txt").write_text(cmd + "\n")
     archive = shutil.make_archive(str(folder), "zip", folder)
-    gallery = [(str(folder / f"sample-{i:03d}.png"), f"{lab} · seed {s}")
-               for i, (lab, s) in enumerate(zip(result.labels, result.seeds))]
+    samples = json.loads((folder / "run.json").read_text())["samples"]
+    gallery = [(str(folder / s["file"]), f"{s['label']} · seed {s['seed']}") for s in samples]
     yield f"done: {n} samples in {folder}", gallery, io.to_pil(io.load_png(folder / "grid.png")), cmd, archive
 
 
@@ -283,9 +305,11 @@ def build(settings: Settings) -> Any:
     settings.out.mkdir(parents=True, exist_ok=True)
     uploads = settings.out / ".uploads"
 
-    with gr.Blocks(title="diffkit") as app:
+    # Gradio's own cache of uploads: swept every 10 minutes of files older than an hour, emptied at exit
+    with gr.Blocks(title="diffkit", delete_cache=(600, 3600)) as app:
         gr.Markdown("## diffkit — compose diffusion sampling techniques")
         session = gr.State(None)  # this page's upload folder (server-side; the page never sees a path)
+        app.unload(_forget_session(uploads))  # the page closed: its uploads go
         # The stack: [{"id", "name"}] in composition order (the first is outermost, as with --hook); its
         # forms are drawn again only when it changes, the values live apart, by id.
         stack = gr.State([])
@@ -307,10 +331,11 @@ def build(settings: Settings) -> Any:
                                     lines=2, elem_id="labels", interactive=True)
                 with gr.Row():
                     seed = gr.Number(0, label="seed", precision=0, minimum=0, elem_id="seed", interactive=True)
-                    num = gr.Number(4, label="samples per label", precision=0, minimum=1, maximum=1000, elem_id="num",
-                                    interactive=True)
+                    num = gr.Number(4, label=f"samples per label (at most {settings.max_samples} a run)", precision=0,
+                                    minimum=1, maximum=settings.max_samples, elem_id="num", interactive=True)
                 with gr.Row():
-                    steps = gr.Number(None, label="steps (empty: the backend's)", precision=0, minimum=1,
+                    # 0, not empty: Gradio 6 sends an emptied number box as 0, which a minimum of 1 refused
+                    steps = gr.Number(0, label="steps (0: the backend's default)", precision=0, minimum=0,
                                       elem_id="steps", interactive=True)
                     sampler = gr.Dropdown(samplers, value="", label="sampler (empty: ddpm)", elem_id="sampler",
                                           interactive=True)
@@ -355,8 +380,8 @@ def build(settings: Settings) -> Any:
 
                     # Run: first the images as the page holds them now (an editor's strokes reach the server
                     # only as an event's input), then the run itself; Stop cancels the run.
-                    def collect(vals, sess, *images):
-                        sess = sess or str(Path(tempfile.mkdtemp(prefix="session-", dir=_mk(uploads))))
+                    def collect(request, vals, sess, *images):
+                        sess = sess or str(_mk(session_dir(uploads, request)))
                         vals = {k: dict(v) for k, v in vals.items()}
                         for (ident, p, _), image in zip(media, images):
                             stem = re.sub(r"\W", "", p.name)
@@ -364,6 +389,7 @@ def build(settings: Settings) -> Any:
                             vals.setdefault(ident, {})[p.name] = save(image, Path(sess), stem)
                         return vals, sess
 
+                    collect.__annotations__["request"] = gr.Request  # Gradio hands it in by this annotation
                     event = go.click(collect, inputs=[values, session, *[w for _, _, w in media]],
                                      outputs=[values, session]).then(
                         on_run, inputs=[backend, labels, seed, num, steps, sampler, stack, values, session,
@@ -377,7 +403,8 @@ def build(settings: Settings) -> Any:
                 status = gr.Markdown("", elem_id="status")
                 preview = gr.Image(label="x0 preview", interactive=False, elem_id="preview", height=240)
                 gallery = gr.Gallery(label="samples", columns=8, elem_id="gallery", height="auto", interactive=False)
-                cmd = gr.Textbox(label="as a command (uploaded and drawn images are saved beside the outputs)",
+                cmd = gr.Textbox(label="as a command: writes the same run into ./run-... where you run it (uploaded "
+                                       "and drawn images are saved in the run's inputs/)",
                                  interactive=False, elem_id="command", lines=2)
                 archive = gr.File(label="run folder (zip)", elem_id="zip", interactive=False)
 
@@ -431,18 +458,36 @@ def _setter(ident: str, p: Param):
     return set_value
 
 
+def session_dir(uploads: Path, request: Any) -> Path:
+    """The upload folder of the page that sent ``request`` (named by Gradio's session hash)."""
+    return uploads / f"session-{re.sub(r'[^0-9A-Za-z_-]', '', str(getattr(request, 'session_hash', '') or 'none'))}"
+
+
+def _forget_session(uploads: Path):
+    def forget(request) -> None:
+        shutil.rmtree(session_dir(uploads, request), ignore_errors=True)
+
+    import gradio as gr
+
+    forget.__annotations__["request"] = gr.Request
+    return forget
+
+
 def _mk(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
 def launch(settings: Settings, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
-           block: bool = True) -> Any:
-    """Serve the app; outputs under ``settings.out`` are the only files it hands out."""
+           block: bool = True, auth: tuple[str, str] | None = None) -> Any:
+    """Serve the app; outputs under ``settings.out`` are the only files it hands out. Uploads over
+    ``settings.max_upload_mb`` are refused by Gradio itself; its cache of uploads is swept every 10
+    minutes (files older than an hour) and emptied when the server stops."""
     app = build(settings)
-    app.queue()
+    app.queue(default_concurrency_limit=1)  # one run at a time: a request's work is bounded, so is the server's
     app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
-               allowed_paths=[str(settings.out)], show_error=False)
+               allowed_paths=[str(settings.out)], show_error=False, auth=auth,
+               max_file_size=settings.max_upload_mb * 1024 * 1024)
     return app
 
 

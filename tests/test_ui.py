@@ -108,11 +108,19 @@ def run_and_wait(page, count: int, timeout: float = 240_000) -> str:
     return page.locator("#command textarea").input_value()
 
 
+def ui_folder(page) -> Path:
+    """The run folder the page wrote, as its status line says."""
+    status = page.locator("#status").inner_text().strip()
+    assert status.startswith("done:"), status
+    return Path(status.split(" samples in ", 1)[1])
+
+
 def run_command(cmd: str, cwd: Path) -> Path:
+    """The page's command, run as shown (its --out is relative: the run's name, where the user is)."""
     args = shlex.split(cmd)
     assert args[:2] == ["diffkit", "sample"]
-    out = cwd / "cli"
-    args[args.index("--out") + 1] = str(out)
+    out = cwd / args[args.index("--out") + 1]
+    assert not Path(args[args.index("--out") + 1]).is_absolute()
     p = subprocess.run([sys.executable, "-m", "diffkit", *args[1:]], cwd=cwd, capture_output=True, text=True,
                        timeout=600)
     assert p.returncode == 0, p.stderr
@@ -127,7 +135,7 @@ def test_mnist_class_3_with_cfg_5_equals_the_shown_command(page, server, tmp_pat
     set_number(page, "p0-scale", 5)
     cmd = run_and_wait(page, 4)
     assert "--hook cfg:scale=5" in cmd and "--class 3" in cmd and "--num 4" in cmd, cmd
-    ui_out = Path(shlex.split(cmd)[shlex.split(cmd).index("--out") + 1])
+    ui_out = ui_folder(page)
     assert ui_out.parent == server.out and (ui_out / "run.json").is_file() and Path(f"{ui_out}.zip").is_file()
     cli_out = run_command(cmd, tmp_path)
     for i in range(4):
@@ -168,7 +176,7 @@ def test_a_painted_mask_inpaints_and_keeps_the_rest(page, server, tmp_path):
     set_number(page, "steps", 20)
     cmd = run_and_wait(page, 1)
     assert "--hook inpaint:" in cmd
-    ui_out = Path(shlex.split(cmd)[shlex.split(cmd).index("--out") + 1])
+    ui_out = ui_folder(page)
     mask = next((ui_out / "inputs").glob("mask-*.png"))
     m = Image.open(mask).convert("L")
     assert m.getpixel((m.width // 5, m.height // 2)) == 255 and m.getpixel((3 * m.width // 4, m.height // 2)) == 0
@@ -249,10 +257,18 @@ def test_the_sketch_pad_draws_sdedits_image(page, server):
     set_number(page, "p0-i_start", 5)
     cmd = run_and_wait(page, 1)
     assert "--hook sdedit:" in cmd and "i_start=5" in cmd, cmd
-    ui_out = Path(shlex.split(cmd)[shlex.split(cmd).index("--out") + 1])
+    ui_out = ui_folder(page)
     drawn = Image.open(next((ui_out / "inputs").glob("image-*.png"))).convert("L")
     w, h = drawn.size
     assert drawn.getpixel((w // 2, h // 2)) < 64 and drawn.getpixel((w // 10, 9 * h // 10)) > 192
+    # the page's uploads go when the page is closed (Gradio's unload event)
+    sessions = list((server.out / ".uploads").glob("session-*/image-*.png"))
+    assert sessions, list(server.out.rglob("*"))
+    page.close()
+    end = time.monotonic() + 90
+    while any(p.exists() for p in sessions) and time.monotonic() < end:
+        time.sleep(0.5)
+    assert not any(p.exists() for p in sessions)
 
 
 def test_stop_ends_a_run_and_writes_nothing(page, server):
@@ -293,3 +309,49 @@ def test_the_stack_reorders_and_removes_and_the_command_follows(page):
     page.click("#remove-0")
     page.wait_for_function("document.querySelectorAll('[id^=title-]').length == 1")
     assert titles() == ["1. cfg"]
+
+
+# ---- what one request may ask of the server (issue 21) ----
+
+def test_a_request_for_too_many_samples_is_a_message_and_nothing_is_made(page, server):
+    before = set(server.out.glob("run-*"))
+    page.locator("#labels textarea").fill("3," * 5000)
+    set_number(page, "num", 200)
+    page.click("#run")
+    page.wait_for_function("document.body.innerText.includes('this server makes at most 256')", timeout=60_000)
+    assert "1,000,000 samples asked (5,000 labels x 200)" in page.locator("body").inner_text()
+    assert set(server.out.glob("run-*")) == before
+    page.locator("#labels textarea").fill("3")  # and the app keeps serving, with the page's default steps
+    set_number(page, "num", 1)
+    assert page.locator("#steps input[type=number]").input_value() == "0"
+    run_and_wait(page, 1)
+    assert "--steps" not in (ui_folder(page) / "command.txt").read_text()  # 0: the backend's default
+
+
+def test_an_upload_over_the_limit_is_refused(tmp_path):
+    import httpx
+
+    s = Server(tmp_path / "out", extra=["--max-upload-mb", "1"])
+    try:
+        small = httpx.post(f"{s.url}gradio_api/upload", files={"files": ("a.png", b"x" * 1000)}, timeout=30)
+        big = httpx.post(f"{s.url}gradio_api/upload", files={"files": ("b.png", b"x" * 2_000_000)}, timeout=30)
+        assert small.status_code == 200 and big.status_code == 413, (small.text, big.text)
+        assert "maximum allowed size" in big.text
+    finally:
+        s.stop()
+
+
+def test_auth_asks_for_a_login(tmp_path):
+    import httpx
+
+    s = Server(tmp_path / "out", extra=["--auth", "ada:secret"])
+    try:
+        assert httpx.get(f"{s.url}gradio_api/login_check", timeout=10).status_code == 401
+        assert httpx.post(f"{s.url}gradio_api/upload", files={"files": ("a.png", b"x")}, timeout=10).status_code == 401
+        bad = httpx.post(f"{s.url}login", data={"username": "ada", "password": "guess"}, timeout=10)
+        assert bad.status_code == 400
+        with httpx.Client(base_url=s.url, timeout=10) as c:
+            assert c.post("login", data={"username": "ada", "password": "secret"}).status_code == 200
+            assert c.get("gradio_api/login_check").status_code == 200
+    finally:
+        s.stop()

@@ -73,7 +73,8 @@ def test_bad_input_is_a_page_error_naming_it(tmp_path):
 def test_a_run_writes_its_folder_zip_and_command(tmp_path):
     steps = run(tmp_path, [{"name": "cfg", "values": {"scale": 3.0}}], num=2)
     status, gallery, _, cmd, archive = steps[-1]
-    folder = Path(cmd.split("--out ")[1].strip())
+    folder = Path(status.split(" samples in ", 1)[1])
+    assert cmd.split("--out ")[1].strip() == folder.name  # the command writes the same run where it is run
     assert status.startswith("done: 2 samples") and len(gallery) == 2 and Path(archive).is_file()
     assert (folder / "command.txt").read_text().strip() == cmd and "--hook cfg:scale=3" in cmd
     assert [s[0] for s in steps[:-1]][0].startswith("sampling 2 samples")
@@ -114,7 +115,7 @@ def test_an_if_run_from_the_page_equals_its_command(tmp_path, tiny_if):
     status, gallery, _, cmd, _ = steps[-1]
     assert status.startswith("done: 2 samples") and [c for _, c in gallery] == ["a red fox · seed 1", "an owl · seed 2"]
     assert any(st[0].startswith("stage 2, step") for st in steps), [st[0] for st in steps]
-    ui_out = Path(cmd.split("--out ")[1].strip())
+    ui_out = Path(status.split(" samples in ", 1)[1])
     import shlex
 
     args = shlex.split(cmd)
@@ -123,3 +124,53 @@ def test_an_if_run_from_the_page_equals_its_command(tmp_path, tiny_if):
     assert r.exit_code == 0, r.output
     for name in ("sample-000.png", "sample-001.png", "final.safetensors"):
         assert (tmp_path / "cli" / name).read_bytes() == (ui_out / name).read_bytes(), name
+
+
+def test_a_request_beyond_the_servers_cap_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    from diffkit import api
+
+    monkeypatch.setattr(api, "load_backend", lambda *a, **k: pytest.fail("the model loaded"))
+    with pytest.raises(ui.PageError, match=r"10,000 samples asked \(5,000 labels x 2\); this server makes at most 256"):
+        run(tmp_path, [], labels_text="3," * 5000, num=2)
+    s = ui.Settings(tmp_path / "out", ui.default_choices(), max_samples=3)
+    with pytest.raises(ui.PageError, match="at most 3 a run"):
+        list(ui.run_page(s, tmp_path / "session", "mnist", {}, "3,4", [], 0, 2, 2, "ddim"))
+    assert not list((tmp_path / "out").glob("run-*"))
+
+
+def test_a_request_is_written_a_batch_at_a_time_as_the_command_line_writes_it(tmp_path, monkeypatch):
+    """Memory holds one batch (ui.BATCH samples), whatever the request; the folder is the CLI's bytes."""
+    from diffkit.folder import RunFolder
+
+    monkeypatch.setattr(ui, "BATCH", 4)
+    written = []
+    real = RunFolder.write_batch
+    monkeypatch.setattr(RunFolder, "write_batch", lambda self, k, res: (written.append(len(res.images)),
+                                                                         real(self, k, res))[1])
+    steps = run(tmp_path, [{"name": "cfg", "values": {"scale": 3.0}}], labels_text="3,5", num=5)
+    assert written == [4, 4, 2]
+    status, gallery, _, cmd, _ = steps[-1]
+    folder = Path(status.split(" samples in ", 1)[1])
+    assert len(gallery) == 10 and any(st[0].startswith("batch 3/3") for st in steps)
+    import shlex
+
+    args = shlex.split(cmd)
+    args[args.index("--out") + 1] = str(tmp_path / "cli")
+    r = CliRunner().invoke(app, args[1:])
+    assert r.exit_code == 0, r.output
+    for name in ["final.safetensors", "grid.png"] + [f"sample-{i:03d}.png" for i in range(10)]:
+        assert (tmp_path / "cli" / name).read_bytes() == (folder / name).read_bytes(), name
+
+
+def test_ui_warns_when_others_can_reach_it_and_passes_the_login(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(ui, "launch", lambda settings, host, port, share, auth=None: calls.append((host, share, auth)))
+    r = CliRunner().invoke(app, ["ui", "--host", "0.0.0.0", "--out", str(tmp_path)])
+    assert r.exit_code == 0 and "warning: --host 0.0.0.0 lets other machines reach it" in r.output, r.output
+    assert "add --auth USER:PASS" in r.output and calls[-1] == ("0.0.0.0", False, None)
+    r = CliRunner().invoke(app, ["ui", "--host", "0.0.0.0", "--auth", "ada:secret", "--out", str(tmp_path)])
+    assert "it asks for the --auth login" in r.output and calls[-1] == ("0.0.0.0", False, ("ada", "secret"))
+    r = CliRunner().invoke(app, ["ui", "--out", str(tmp_path)])
+    assert "warning" not in r.output and calls[-1] == ("127.0.0.1", False, None)
+    r = CliRunner().invoke(app, ["ui", "--auth", "nopass", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "--auth must be USER:PASS" in r.output
