@@ -178,7 +178,14 @@ def test_half_precision_runs_close_to_fp32_and_offload_on_the_cpu_is_refused(tin
     assert b.dtype == torch.bfloat16 and b.unet.dtype == torch.bfloat16
     half = diffkit.sample(b, prompts=[PROMPT], timesteps=TS1, hooks=["cfg:7"]).x
     assert half.dtype == torch.bfloat16 and torch.isfinite(half.float()).all()
-    assert (half.float() - ref).abs().mean() < 0.1  # bf16 keeps 8 bits of mantissa: close, not equal
+    # The bound comes from a reference computed the same way, not from one machine's reading: bf16 keeps 8
+    # bits of mantissa (unit roundoff 2^-8), and 12 guided steps of a random tiny UNet carry its rounding
+    # far (mean 0.094 here, 0.109 on an AMD EPYC), so the bf16 sample must land nearer the fp32 one than
+    # a third of the way to another seed's fp32 sample (0.61 away: measured every run, on this CPU).
+    other = diffkit.sample(load(model=str(f1), upscaler="none", device="cpu"), prompts=[PROMPT], timesteps=TS1,
+                           hooks=["cfg:7"], seed=1).x
+    apart, off = (other - ref).abs().mean(), (half.float() - ref).abs().mean()
+    assert 0 < off < apart / 3, (off, apart)
     from diffkit.backends.deepfloyd import resolve_dtype
 
     assert resolve_dtype(None, "cuda") == torch.float16 and resolve_dtype(None, "cpu") == torch.float32
