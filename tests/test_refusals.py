@@ -79,11 +79,18 @@ def test_the_walk_sees_the_options_that_matter():
     assert len(names) >= 20
 
 
+def _number(v: float) -> str:
+    from diffkit.cli import _number as shown
+
+    assert shown(2**62) == "4611686018427387904" and shown(1e-8) == "1e-08" and shown(100.0) == "100"
+    return shown(v)
+
+
 @pytest.mark.parametrize("path,opt,kind,info", OPTIONS, ids=IDS)
 def test_every_numeric_option_declares_a_bounded_range(path, opt, kind, info):
     lo, hi = getattr(info, "range", (None, None))
     assert lo is not None and hi is not None, f"{opt} has no declared range: declare it with cli.Int or cli.Float"
-    assert f"[{lo:g}..{hi:g}]" in info.help  # --help shows it
+    assert f"[{_number(lo)}..{_number(hi)}]" in info.help  # --help shows it (integers in full: 0..4611686018427387904)
 
 
 @pytest.mark.parametrize("path,opt,kind,info", OPTIONS, ids=IDS)
@@ -109,7 +116,7 @@ def test_every_numeric_option_refuses_zero_negative_huge_nan_and_inf(path, opt, 
         assert isinstance(r.exception, SystemExit) and "Traceback" not in r.output
         assert f"Invalid value for '{opt}'" in out, out
         if kind is float or text.lstrip("-").isdigit():
-            assert f"is not {'an integer' if kind is int else 'a finite number'} in {lo:g}..{hi:g}" in out, out
+            assert f"is not {'an integer' if kind is int else 'a finite number'} in {_number(lo)}..{_number(hi)}" in out, out
         assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"], f"{text} wrote files"
     assert refused >= 3
 
