@@ -75,3 +75,27 @@ def tiny_if(tmp_path_factory):
     import tiny_if
 
     return tiny_if.build(tmp_path_factory.mktemp("if"))
+
+
+def interrupted(batches: int, *args: str) -> None:
+    """Run ``diffkit ARGS`` in this process and stop it (as a SIGINT would) right after its
+    ``batches``-th batch is written."""
+    from typer.testing import CliRunner
+
+    from diffkit import interrupt
+    from diffkit.cli import app
+    from diffkit.folder import RunFolder
+
+    real = RunFolder.write_batch
+    seen = []
+
+    def write_then_stop(self, k, result):
+        real(self, k, result)
+        seen.append(k)
+        if len(seen) == batches:
+            raise interrupt.Interrupted(2)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(RunFolder, "write_batch", write_then_stop)
+        with pytest.raises(interrupt.Interrupted):
+            CliRunner().invoke(app, [str(a) for a in args])

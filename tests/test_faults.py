@@ -23,6 +23,7 @@ import torch
 from typer.testing import CliRunner
 
 import diffkit
+from conftest import interrupted
 from diffkit import io
 from diffkit.cli import app
 from diffkit.folder import partial_dir
@@ -130,21 +131,7 @@ def test_a_second_run_on_a_live_runs_folder_is_refused_and_a_killed_run_resumes(
 # ---- 6. a torn or empty part ----
 
 def interrupted_after(batches: int, out: Path) -> None:
-    from diffkit import interrupt
-    from diffkit.folder import RunFolder
-
-    real, seen = RunFolder.write_batch, []
-
-    def write_then_stop(self, k, result):
-        real(self, k, result)
-        seen.append(k)
-        if len(seen) == batches:
-            raise interrupt.Interrupted(2)
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(RunFolder, "write_batch", write_then_stop)
-        with pytest.raises(interrupt.Interrupted):
-            cli(*ARGS, "--batch-size", "2", "--out", out)
+    interrupted(batches, *ARGS, "--batch-size", "2", "--out", out)
 
 
 @pytest.mark.parametrize("tear", ["empty", "torn", "png-missing"])

@@ -13,9 +13,9 @@ import torch
 from typer.testing import CliRunner
 
 import diffkit
-from diffkit import interrupt
 from diffkit.cli import app
-from diffkit.folder import RunFolder, partial_dir
+from conftest import interrupted
+from diffkit.folder import partial_dir
 
 runner = CliRunner()
 # 10 samples of the shipped model, 10 steps: fast, and a real model whose kernels depend on the batch size
@@ -138,23 +138,6 @@ def test_the_grid_shows_the_first_64_samples(tmp_path):
 
 
 # ---- resume ----
-
-def interrupted(batches: int, *args: str) -> None:
-    """Run ``diffkit ARGS`` and stop it (as a SIGINT would) right after its ``batches``-th batch is written."""
-    real = RunFolder.write_batch
-    seen = []
-
-    def write_then_stop(self, k, result):
-        real(self, k, result)
-        seen.append(k)
-        if len(seen) == batches:
-            raise interrupt.Interrupted(2)
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(RunFolder, "write_batch", write_then_stop)
-        with pytest.raises(interrupt.Interrupted):
-            cli(*args)
-
 
 def test_resume_finishes_an_interrupted_run_with_the_same_bytes(tmp_path, reference):
     out = tmp_path / "o"
