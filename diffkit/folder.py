@@ -122,12 +122,16 @@ def _interrupted(path: Path) -> FileExistsError:
                            "or --overwrite to discard it")
 
 
-def read_json(path: Path, what: str) -> Any:
-    """A JSON file diffkit wrote; one that no longer reads is a :class:`DamagedRun` saying what to do."""
+def read_json(path: Path, what: str, keys: Sequence[str] = ()) -> dict[str, Any]:
+    """A JSON object diffkit wrote, holding ``keys``; one that no longer reads is a :class:`DamagedRun`
+    saying what to do."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise DamagedRun(f"{path} is damaged ({e}); {what}") from None
+    if not isinstance(data, dict) or not set(keys) <= set(data):
+        raise DamagedRun(f"{path} is damaged (not the object diffkit wrote); {what}")
+    return data
 
 
 def lock(path: Path) -> int:
@@ -232,7 +236,8 @@ class RunFolder:
         path = partial_dir(out)
         try:
             fix = f"pass --overwrite instead of --resume to start the run afresh (discarding {path})"
-            saved = read_json(path / "request.json", fix) if (path / "request.json").is_file() else {}
+            keys = ("request", "num_samples", "batch_size", "frames")
+            saved = read_json(path / "request.json", fix, keys) if (path / "request.json").is_file() else {}
             if saved.get("request") != request:
                 raise ResumeError(f"--resume: {path} holds a run of another command ({_differences(saved.get('request') or {}, request)}); "
                                   "run that command again, or pass --overwrite instead to start this one afresh")

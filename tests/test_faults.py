@@ -282,9 +282,10 @@ def test_a_checkpoint_whose_config_does_not_fit_its_weights_is_refused_before_al
 def test_damaged_run_files_are_refused_with_what_to_do(tmp_path):
     out = tmp_path / "o"
     interrupted_after(1, out)
-    (partial_dir(out) / "request.json").write_text('{"request": ')
-    r = cli(*ARGS, "--batch-size", "2", "--out", out, "--resume")
-    assert r.exit_code == 2 and "request.json is damaged" in r.output and "--overwrite" in r.output, r.output
+    for damage in ('{"request": ', '["a list"]', '{"request": {}}'):
+        (partial_dir(out) / "request.json").write_text(damage)
+        r = cli(*ARGS, "--batch-size", "2", "--out", out, "--resume")
+        assert r.exit_code == 2 and "request.json is damaged" in r.output and "--overwrite" in r.output, r.output
     assert cli(*ARGS, "--batch-size", "2", "--out", out, "--overwrite").exit_code == 0
     (out / "run.json").write_bytes(b"\xff\xfe garbage")
     r = cli(*ARGS, "--batch-size", "2", "--out", out, "--resume")
