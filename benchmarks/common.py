@@ -51,3 +51,30 @@ def ratio(a: list[float], b: list[float]) -> str:
     """Median and range of the round-by-round ratios a/b (each round timed both sides back to back)."""
     r = [x / y for x, y in zip(a, b)]
     return f"{statistics.median(r):.3f} (range {min(r):.3f}-{max(r):.3f} over {len(r)} rounds)"
+
+
+def machine() -> dict[str, object]:
+    """What a stored result was measured on: the commit, the CPU, torch and its default thread count."""
+    import platform
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                           text=True).stdout.strip()
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"commit": commit + ("+uncommitted" if dirty else ""), "date": time.strftime("%Y-%m-%d"), "cpu": cpu,
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def record(path: Path, data: dict) -> None:
+    """Write ``data`` with :func:`machine`'s facts to the JSON file ``path`` (benchmarks/results/)."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**machine(), **data}, indent=2) + "\n")
+    print(f"stored in {path}")

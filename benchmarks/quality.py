@@ -117,8 +117,8 @@ def main() -> int:
 
     clf = load_classifier(None)
     real, _ = mnist.load("test", DATA)
-    train_x, _ = mnist.load("train", DATA)
-    floor = real_floor(clf, train_x, 10 * a.num, features(clf, real), 0)
+    train_x, train_y = mnist.load("train", DATA)
+    floor = real_floor(clf, train_x, train_y, torch.arange(10).repeat_interleave(a.num), features(clf, real), 0)
     print(f"real-data floor ({10 * a.num} training digits vs the test set): FD {floor:.2f}", flush=True)
     rows = json.loads(a.out.read_text()) if a.out.exists() else []
     for name in a.recipes:

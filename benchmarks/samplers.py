@@ -177,9 +177,9 @@ def main() -> int:
     if not a.report:
         clf = load_classifier(None)
         real, _ = mnist.load("test", DATA)
-        train_x, _ = mnist.load("train", DATA)
+        train_x, train_y = mnist.load("train", DATA)
         print(f"real-data floor ({10 * a.num} training digits vs the test set): "
-              f"FD {real_floor(clf, train_x, 10 * a.num, features(clf, real), 0):.2f}", flush=True)
+              f"FD {real_floor(clf, train_x, train_y, torch.arange(10).repeat_interleave(a.num), features(clf, real), 0):.2f}", flush=True)
         todo = [(g, "ddpm", 300) for g in a.guidance]
         todo += [(g, rule, n) for g in a.guidance for rule in a.rules for n in a.steps]
         for g, rule, n in todo:

@@ -716,7 +716,7 @@ def eval_mnist(
     try:
         clf = load_classifier(classifier)
         real_feats = test_features(str(classifier) if classifier else None, str(data) if data else None)
-        train_x, _ = mnist.load("train", data)
+        train_x, train_y = mnist.load("train", data)
     except (CheckpointError, mnist.MnistNotFound) as e:
         fail(str(e), 2)
     hooks = list(hook) if hook else [f"cfg:{cfg}"]
@@ -735,7 +735,7 @@ def eval_mnist(
     feats = torch.cat([judged[k][1] for k in sorted(judged)])
     labels = torch.tensor([int(c) for c in run.labels])
     result = report(pred, feats, labels, real_feats)
-    floor = real_floor(clf, train_x, len(labels), real_feats, seed)
+    floor = real_floor(clf, train_x, train_y, labels, real_feats, seed)
     result.update({"real_data_floor": floor, "times_floor": result["frechet_distance"] / floor,
                    "checkpoint": run.meta()["checkpoint"], "num_per_class": num, "hooks": hooks,
                    "sampler": run.rule.spec, "timesteps": len(run.timesteps),

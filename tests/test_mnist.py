@@ -295,3 +295,23 @@ def test_eval_cli_passes_hooks_and_steps_through_and_reports_the_floor(tiny_mnis
     assert rep["hooks"] == ["cfg:2,lo=0.5"] and rep["timesteps"] == 3
     assert rep["times_floor"] == pytest.approx(rep["frechet_distance"] / rep["real_data_floor"])
     assert "x the" in " ".join(r.output.split())
+
+
+def test_the_real_data_floor_is_drawn_class_by_class_as_the_samples_are(monkeypatch):
+    """Exactly as many real digits of each class as the samples have (issue 22: an unbalanced draw moved
+    the floor by a third), each drawn once, the same for the same seed."""
+    from diffkit.mnist import evaluate
+
+    train_y = torch.arange(1000) % 10
+    train_x = (torch.arange(1000).float() + 0.5).view(-1, 1, 1, 1)  # each image names its own index
+    seen = []
+    monkeypatch.setattr(evaluate, "features", lambda clf, imgs: (seen.append(imgs.flatten().long()),
+                                                                  torch.zeros(len(imgs), 2))[1])
+    monkeypatch.setattr(evaluate, "frechet_distance", lambda a, b: 1.0)
+    labels = torch.tensor([3] * 7 + [5] * 2 + [0])
+    for seed in (4, 4, 5):
+        evaluate.real_floor(None, train_x, train_y, labels, None, seed)
+    picked = seen[0]
+    assert sorted(train_y[picked].tolist()) == sorted(labels.tolist())
+    assert len(set(picked.tolist())) == 10
+    assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], seen[2])

@@ -107,12 +107,19 @@ def test_features(classifier: str | None = None, data_dir: str | None = None) ->
     return features(load_classifier(classifier), data.load("test", data_dir)[0])
 
 
-def real_floor(classifier: Classifier, train: Tensor, n: int, real_feats: Tensor, seed: int = 0) -> float:
-    """FD of ``n`` real training digits (a seeded random choice) to the real digits of features
-    ``real_feats`` ``[M x 128]``: what the same number of samples would score if they were as good as real
-    data (the yardstick's floor, not zero at finite n)."""
-    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
-    return frechet_distance(features(classifier, train[pick]), real_feats)
+def real_floor(classifier: Classifier, train: Tensor, train_labels: Tensor, labels: Tensor, real_feats: Tensor,
+               seed: int = 0) -> float:
+    """FD to the real digits of features ``real_feats`` ``[M x 128]`` of real training digits drawn as the
+    samples are: for each class, as many digits of that class as ``labels`` ``[N]`` holds (a seeded
+    choice among the class's training digits). What the samples would score if they were as good as
+    real data: the yardstick's floor, not zero at finite N. Drawn class by class because an unbalanced
+    draw moves the floor (3.52-5.38 for 1,000 digits against 2.48-3.92 balanced, on the same seeds)."""
+    g = torch.Generator().manual_seed(seed)
+    pick = []
+    for k, count in zip(*labels.unique(return_counts=True)):
+        of_k = (train_labels == k).nonzero().flatten()
+        pick.append(of_k[torch.randperm(len(of_k), generator=g)[:int(count)]])
+    return frechet_distance(features(classifier, train[torch.cat(pick)]), real_feats)
 
 
 @_one_thread()
