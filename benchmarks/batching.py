@@ -7,7 +7,12 @@ Three ways to evaluate the same combiners (cfg + 2-view anagram: 4 distinct bran
 - one call per distinct branch (deduplicated, not batched);
 - one call per branch (neither).
 
+Every side calls the model with exactly its rows (``MnistBackend._predict``): the fixed 16-row calls
+that keep a sample's bytes independent of its batch would pad a one-branch call of 4 rows to 16 and
+charge the per-branch sides 4x the rows; their cost is measured apart (benchmarks/scale.py).
+
     python benchmarks/batching.py [--hidden 32] [--num 4] [--steps 50] [--repeats 5]
+    # writes benchmarks/results/batching.json
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from diffkit.denoise import compose
 from diffkit.sampler import Sampler
 from diffkit.technique import Combiner
 
-from common import interleaved, ratio, small_checkpoint, spread
+from common import ROOT, interleaved, ratio, record, rounds, small_checkpoint, spread
 
 
 class OneCallPerBranch(Sampler):
@@ -55,6 +60,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     backend = MnistBackend(str(small_checkpoint(args.hidden)))
+    backend.predict = backend._predict  # exactly the rows asked for, on every side (see the docstring)
+    stored = {"hidden": args.hidden, "num": args.num, "steps": args.steps, "repeats": args.repeats, "cases": {}}
     classes = [i % 10 for i in range(args.num)]
     cases = {"cfg + 2-view anagram (4 branches, 4 distinct)": ["cfg:5", "anagram:6,view=rot180"],
              "cfg + hybrid (4 branches, 3 distinct)": ["cfg:5", "hybrid:1,kernel=9,sigma=2"]}
@@ -80,6 +87,10 @@ def main() -> None:
             print(f"  {k:20s} {spread(v)}")
         print(f"  batching:      batched / per distinct branch = {ratio(t['batched'], t['per distinct branch'])}")
         print(f"  deduplication: per distinct / per branch     = {ratio(t['per distinct branch'], t['per branch'])}")
+        stored["cases"][name] = {"hooks": hooks, "seconds": t, "max_abs_diff": diff,
+                                 "batched_over_per_distinct": rounds(t["batched"], t["per distinct branch"]),
+                                 "per_distinct_over_per_branch": rounds(t["per distinct branch"], t["per branch"])}
+    record(ROOT / "benchmarks" / "results" / "batching.json", stored)
 
 
 if __name__ == "__main__":

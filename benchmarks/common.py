@@ -47,6 +47,15 @@ def spread(seconds: list[float], unit: float = 1000.0, suffix: str = "ms") -> st
     return f"{statistics.median(v):8.1f} {suffix} ({min(v):.1f}-{max(v):.1f}, n={len(v)})"
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rounds(a: list[float], b: list[float]) -> dict[str, object]:
+    """The round-by-round ratios a/b with their median and range, for a stored result."""
+    r = [x / y for x, y in zip(a, b)]
+    return {"median": statistics.median(r), "min": min(r), "max": max(r), "rounds": r}
+
+
 def ratio(a: list[float], b: list[float]) -> str:
     """Median and range of the round-by-round ratios a/b (each round timed both sides back to back)."""
     r = [x / y for x, y in zip(a, b)]
@@ -58,9 +67,8 @@ def machine() -> dict[str, object]:
     import platform
     import subprocess
 
-    root = Path(__file__).resolve().parent.parent
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                            text=True).stdout.strip()
     cpu = platform.processor()
     try:

@@ -1,7 +1,7 @@
 """diffkit's IF backend against diffusers' IFPipeline on the same tiny IF-shaped model, same steps and
 guidance, measured in one run on this machine. Target ratio <= 1.0.
 
-    python benchmarks/if_vs_diffusers.py [--steps 34] [--repeats 5]
+    python benchmarks/if_vs_diffusers.py [--steps 34] [--repeats 5]   # writes benchmarks/results/if_vs_diffusers.json
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import diffkit  # noqa: E402
 from diffkit.backends.deepfloyd import load  # noqa: E402
 
-from common import interleaved, ratio, spread  # noqa: E402
+from common import ROOT, interleaved, ratio, record, rounds, spread  # noqa: E402
 
 PROMPT = "an oil painting of people around a campfire"
 
@@ -57,6 +57,9 @@ def main() -> None:
     for k, v in t.items():
         print(f"  {k:10s} {spread(v)}")
     print(f"ratio diffkit / IFPipeline = {ratio(t['diffkit'], t['IFPipeline'])}  (target <= 1.0)")
+    record(ROOT / "benchmarks" / "results" / "if_vs_diffusers.json",
+           {"size": args.size, "steps": len(ts), "repeats": args.repeats, "max_abs_diff": diff, "seconds": t,
+            "diffkit_over_ifpipeline": rounds(t["diffkit"], t["IFPipeline"])})
 
 
 if __name__ == "__main__":
