@@ -180,15 +180,16 @@ def test_overwrite_discards_an_interrupted_run(tmp_path, reference):
 
 
 def test_a_failure_after_some_batches_keeps_them_for_resume(tmp_path, reference, monkeypatch):
-    from diffkit.backends.mnist import MnistBackend
+    from diffkit.backends.mnist import CHUNK_ROWS, MnistBackend
 
     out = tmp_path / "o"
     real, calls = MnistBackend._predict, []
+    first_batch = 10 * -(-8 // CHUNK_ROWS["cpu"])  # 10 steps of 4 samples x 2 branches in fixed calls
 
     def nan_in_the_second_batch(self, x, t, c):
         calls.append(1)
         y = real(self, x, t, c)
-        return y * float("nan") if len(calls) > 10 else y  # 10 steps of one 16-row call: batch 1 is fine
+        return y * float("nan") if len(calls) > first_batch else y
 
     monkeypatch.setattr(MnistBackend, "_predict", nan_in_the_second_batch)
     r = cli(*ARGS, "--save-every", "3", "--batch-size", "4", "--out", str(out))

@@ -27,10 +27,12 @@ def parse_class(label: Any) -> int | None:
 
 
 # Rows a model call, by device type: every call has exactly this many (base.in_fixed_chunks), so a sample's
-# bytes do not depend on the batch it is in. On the CPU 16 rows are as fast a row as larger calls
-# (benchmarks/scale.py); on a GPU 16-row calls leave it idle: 256 rows ran 7.6x faster on an H100 and
-# kept the bytes batch-independent too (benchmarks/gpu.py, tests/test_gpu.py).
-CHUNK_ROWS = {"cpu": 16, "cuda": 256}
+# bytes do not depend on the batch it is in. On the CPU, 4-row calls on one thread each, as many at a time
+# as torch has threads: README's first command (80 rows a step) ran at 0.93x the cost of one 80-row call
+# and a one-sample CFG run (2 rows) at 1.40x, where 16-row calls in turn cost 0.88x and 2.72x
+# (benchmarks/chunks.py, results/chunks.json). On a GPU 16-row calls leave it idle: 256 rows ran 7.6x
+# faster on an H100 and kept the bytes batch-independent too (benchmarks/gpu.py, tests/test_gpu.py).
+CHUNK_ROWS = {"cpu": 4, "cuda": 256}
 
 
 class MnistBackend:
@@ -61,7 +63,7 @@ class MnistBackend:
                                  "beta_start": self.config["beta_start"], "beta_end": self.config["beta_end"],
                                  "prediction_type": "epsilon", "clip_sample": False, "thresholding": False}
         self.device = torch.device(device)
-        self.chunk_rows = CHUNK_ROWS.get(self.device.type, 16)
+        self.chunk_rows = CHUNK_ROWS.get(self.device.type, CHUNK_ROWS["cpu"])
         self.dtype = torch.float32
         self.stride = stride
 
@@ -84,7 +86,8 @@ class MnistBackend:
         return x
 
     def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
-        return in_fixed_chunks(self._predict, self.chunk_rows, x, t, cond)
+        workers = torch.get_num_threads() if self.device.type == "cpu" else None
+        return in_fixed_chunks(self._predict, self.chunk_rows, x, t, cond, workers=workers)
 
     def _predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         if self.channels_last:
