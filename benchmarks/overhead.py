@@ -16,8 +16,9 @@ from common import ROOT, interleaved, ratio, record, rounds, small_checkpoint, s
 
 
 def hand_loop(backend: MnistBackend, classes: list[int], seeds: list[int], timesteps: list[int], g: float) -> torch.Tensor:
-    """The textbook CFG loop: one batched call for [cond; uncond], the DDPM step, nothing else."""
-    model, abar, T = backend.model, backend.alphas_cumprod, backend.T
+    """The textbook CFG loop: one batched evaluation of [cond; uncond] through the backend's own calls,
+    the DDPM step, nothing else."""
+    abar = backend.alphas_cumprod
     n = len(classes)
     c = torch.nn.functional.one_hot(torch.tensor(classes), 10).float()
     cc = torch.cat([c, torch.zeros_like(c)])
@@ -26,7 +27,7 @@ def hand_loop(backend: MnistBackend, classes: list[int], seeds: list[int], times
     with torch.inference_mode():
         for i, t in enumerate(timesteps):
             tp = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-            out = model(torch.cat([x, x]), torch.full((2 * n, 1), t / T), cc)
+            out = backend.predict(torch.cat([x, x]), torch.full((2 * n,), t), cc)  # the same (fixed-size) calls
             eps_c, eps_u = out[:n], out[n:]
             eps = eps_u + g * (eps_c - eps_u)
             a, ap = abar[t], (abar[tp] if tp >= 0 else torch.tensor(1.0, dtype=abar.dtype))
