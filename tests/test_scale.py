@@ -58,6 +58,11 @@ def test_the_mnist_models_estimate_of_a_sample_does_not_depend_on_who_shares_its
         for size in (1, 3, 5, 16, 20):
             parts = torch.cat([b.predict(x[i:i + size], t[i:i + size], c[i:i + size]) for i in range(0, 37, size)])
             assert torch.equal(parts, whole), size
+        # the traced model (every CPU call's) gives the eager model's bytes
+        assert isinstance(b._traces[False], torch.jit.ScriptModule)
+        eager = load_backend("mnist")
+        eager._traced = lambda unconditional: eager.model
+        assert torch.equal(eager.predict(x, t, c), whole)
         # and without the fixed-size calls it would (this CPU, these sizes): the test can fail
         raw = torch.cat([b._predict(x[i:i + 1], t[i:i + 1], c[i:i + 1]) for i in range(37)])
         assert not torch.equal(raw, b._predict(x, t, c))
@@ -186,9 +191,9 @@ def test_a_failure_after_some_batches_keeps_them_for_resume(tmp_path, reference,
     real, calls = MnistBackend._predict, []
     first_batch = 10 * -(-8 // CHUNK_ROWS["cpu"])  # 10 steps of 4 samples x 2 branches in fixed calls
 
-    def nan_in_the_second_batch(self, x, t, c):
+    def nan_in_the_second_batch(self, x, t, c, **kw):
         calls.append(1)
-        y = real(self, x, t, c)
+        y = real(self, x, t, c, **kw)
         return y * float("nan") if len(calls) > first_batch else y
 
     monkeypatch.setattr(MnistBackend, "_predict", nan_in_the_second_batch)

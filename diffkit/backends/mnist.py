@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+import warnings
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -27,12 +29,13 @@ def parse_class(label: Any) -> int | None:
 
 
 # Rows a model call, by device type: every call has exactly this many (base.in_fixed_chunks), so a sample's
-# bytes do not depend on the batch it is in. On the CPU, 4-row calls on one thread each, as many at a time
-# as torch has threads: README's first command (80 rows a step) ran at 0.93x the cost of one 80-row call
-# and a one-sample CFG run (2 rows) at 1.40x, where 16-row calls in turn cost 0.88x and 2.72x
-# (benchmarks/chunks.py, results/chunks.json). On a GPU 16-row calls leave it idle: 256 rows ran 7.6x
+# bytes do not depend on the batch it is in. On the CPU, 3-row calls on one thread each, as many at a time
+# as torch has threads, the model traced (MnistBackend._traced): per model
+# evaluation 0.92x one call of all 80 rows of README's first command and 1.16x one call of a one-sample
+# CFG run's 2 rows, where 2 rows cost 1.05x / 1.04x and 4 rows 0.87x / 1.35x (benchmarks/chunks.py,
+# results/chunks.json, every size eager and traced). On a GPU small calls leave it idle: 256 rows ran 7.6x
 # faster on an H100 and kept the bytes batch-independent too (benchmarks/gpu.py, tests/test_gpu.py).
-CHUNK_ROWS = {"cpu": 4, "cuda": 256}
+CHUNK_ROWS = {"cpu": 3, "cuda": 256}
 
 
 class MnistBackend:
@@ -66,6 +69,8 @@ class MnistBackend:
         self.chunk_rows = CHUNK_ROWS.get(self.device.type, CHUNK_ROWS["cpu"])
         self.dtype = torch.float32
         self.stride = stride
+        self._traces: dict[bool, Callable[..., Tensor]] = {}
+        self._trace_lock = threading.Lock()
 
     def default_timesteps(self) -> list[int]:
         return schedule.strided_timesteps(self.T, self.stride)
@@ -86,13 +91,44 @@ class MnistBackend:
         return x
 
     def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
-        workers = torch.get_num_threads() if self.device.type == "cpu" else None
-        return in_fixed_chunks(self._predict, self.chunk_rows, x, t, cond, workers=workers)
+        if self.device.type != "cpu":
+            return in_fixed_chunks(self._predict, self.chunk_rows, x, t, cond)
+        model = self._traced(cond is None)
+        return in_fixed_chunks(lambda *a: self._predict(*a, model=model), self.chunk_rows, x, t, cond,
+                               workers=torch.get_num_threads())
 
-    def _predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+    def _predict(self, x: Tensor, t: Tensor, cond: Tensor | None, model: Callable[..., Tensor] | None = None) -> Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x, (t.to(x.dtype) / self.T)[:, None], cond).contiguous()
+        args = (x, (t.to(x.dtype) / self.T)[:, None]) + (() if cond is None else (cond,))
+        return (model or self.model)(*args).contiguous()
+
+    def _traced(self, unconditional: bool) -> Callable[..., Tensor]:
+        """The model traced (``torch.jit.trace``) for one chunk's shapes, for every CPU call.
+
+        Written by hand because no other torch path fits: a traced module runs the same aten kernels
+        as eager, so the same bytes (tests/test_scale.py checks it), but without the Python of each
+        module's call and with the GIL released, so the pool's threads really run side by side;
+        ``torch.compile`` would fuse kernels (other bytes) and compile for tens of seconds, longer than
+        README's first command. Only in inference mode (the Sampler's); ``torch.jit`` is deprecated, so
+        where tracing fails the eager model runs instead, slower, the same bytes.
+        """
+        if not torch.is_inference_mode_enabled():
+            return self.model
+        with self._trace_lock:
+            if unconditional not in self._traces:
+                n = self.chunk_rows
+                x = torch.zeros(n, *self.sample_shape)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                example = (x, torch.zeros(n, 1)) + (() if unconditional else (torch.zeros(n, 10),))
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        self._traces[unconditional] = torch.jit.trace(self.model, example, check_trace=False)
+                except Exception:  # noqa: BLE001 - any failure of a deprecated speed path: run eager
+                    self._traces[unconditional] = self.model
+            return self._traces[unconditional]
 
     def to_image(self, x: Tensor) -> Tensor:
         return x.clamp(0, 1)
