@@ -59,7 +59,7 @@ def test_the_mnist_models_estimate_of_a_sample_does_not_depend_on_who_shares_its
             parts = torch.cat([b.predict(x[i:i + size], t[i:i + size], c[i:i + size]) for i in range(0, 37, size)])
             assert torch.equal(parts, whole), size
         # the traced model (every CPU call's) gives the eager model's bytes
-        assert isinstance(b._traces[False], torch.jit.ScriptModule)
+        assert isinstance(b._traces[False], torch.jit.ScriptFunction)
         eager = load_backend("mnist")
         eager._traced = lambda unconditional: eager.model
         assert torch.equal(eager.predict(x, t, c), whole)
