@@ -1,7 +1,7 @@
 """The shipped MNIST models' sampling cost: the default `mnist-class` (hidden 32) against the quality
 model `mnist-h64` (hidden 64), on the recommended recipe.
 
-    python benchmarks/models.py [--num 10] [--repeats 3] [--device cpu]
+    python benchmarks/models.py [--num 10] [--repeats 3] [--device cpu]   # writes benchmarks/results/models.json
 
 Each round samples ``--num`` digits a class with ``cfg:1.5`` and ``dpmpp_2m_sde`` at 20 steps from
 each model in turn (after a warm-up of each), so machine noise falls on both sides; prints each
@@ -15,6 +15,7 @@ import statistics
 import time
 
 import diffkit
+from common import ROOT, record
 
 MODELS = ("mnist-class", "mnist-h64")
 
@@ -46,6 +47,11 @@ def main() -> None:
     ratios = [h / c for h, c in zip(times["mnist-h64"], times["mnist-class"])]
     print(f"  mnist-h64 / mnist-class: median {statistics.median(ratios):.2f} "
           f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+    record(ROOT / "benchmarks" / "results" / "models.json",
+           {"num": a.num, "repeats": a.repeats, "device": a.device, "seconds_per_100": times,
+            "median_seconds_per_100": {m: statistics.median(t) for m, t in times.items()},
+            "range_seconds_per_100": {m: [min(t), max(t)] for m, t in times.items()},
+            "h64_over_class": {"median": statistics.median(ratios), "rounds": ratios}})
 
 
 if __name__ == "__main__":

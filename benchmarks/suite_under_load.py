@@ -1,0 +1,52 @@
+"""README's test command on a loaded machine (issue 21: "well under 30 minutes on a loaded 2-core machine").
+
+Starts ``--busy`` processes that each keep one core busy (a Python spin loop) for as long as the suite
+runs, then runs ``pytest -q --durations=20`` the way README's command does, and records the wall time,
+the outcome line and the slowest tests. The busy processes compete for the cores as another job on a
+shared CI machine would.
+
+    python benchmarks/suite_under_load.py [--busy 2] [-- PYTEST ARGS]   # writes benchmarks/results/suite_under_load.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+
+from common import ROOT, record
+
+SPIN = "while True: pass"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--busy", type=int, default=2, help="processes spinning on a core each while the suite runs")
+    ap.add_argument("pytest_args", nargs="*")
+    a = ap.parse_args()
+    spinners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(a.busy)]
+    try:
+        t0 = time.perf_counter()
+        r = subprocess.run([str(ROOT / ".venv" / "bin" / "pytest"), "-q", "--durations=20", *a.pytest_args],
+                           cwd=ROOT, capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+    finally:
+        for p in spinners:
+            p.kill()
+    out = r.stdout + r.stderr
+    outcome = next((line.strip("= ") for line in reversed(out.splitlines()) if re.search(r"\d+ (passed|failed)", line)), "")
+    slowest = [line.strip() for line in out.split("slowest 20 durations", 1)[-1].splitlines()
+               if re.match(r"\s*\d+\.\d+s (call|setup|teardown)", line)]
+    print(out[-3000:])
+    print(f"{seconds / 60:.1f} min with {a.busy} busy processes on {os.cpu_count()} cores: {outcome}")
+    record(ROOT / "benchmarks" / "results" / "suite_under_load.json",
+           {"busy_processes": a.busy, "cores": os.cpu_count(), "seconds": seconds, "minutes": seconds / 60,
+            "exit_code": r.returncode, "outcome": outcome, "slowest": slowest})
+    sys.exit(r.returncode)
+
+
+if __name__ == "__main__":
+    main()
