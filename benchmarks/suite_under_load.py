@@ -5,7 +5,7 @@ runs, then runs ``pytest -q --durations=20`` the way README's command does, and 
 the outcome line and the slowest tests. The busy processes compete for the cores as another job on a
 shared CI machine would.
 
-    python benchmarks/suite_under_load.py [--busy 2] [-- PYTEST ARGS]   # writes benchmarks/results/suite_under_load.json
+    python benchmarks/suite_under_load.py [--busy 2] [--beside "what else ran"] [-- PYTEST ARGS]   # writes benchmarks/results/suite_under_load.json
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ SPIN = "while True: pass"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--busy", type=int, default=2, help="processes spinning on a core each while the suite runs")
+    ap.add_argument("--beside", default="", help="what else ran on the machine meanwhile, for the record")
     ap.add_argument("pytest_args", nargs="*")
     a = ap.parse_args()
     spinners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(a.busy)]
@@ -43,7 +44,7 @@ def main() -> None:
     print(out[-3000:])
     print(f"{seconds / 60:.1f} min with {a.busy} busy processes on {os.cpu_count()} cores: {outcome}")
     record(ROOT / "benchmarks" / "results" / "suite_under_load.json",
-           {"busy_processes": a.busy, "cores": os.cpu_count(), "seconds": seconds, "minutes": seconds / 60,
+           {"busy_processes": a.busy, "beside": a.beside, "cores": os.cpu_count(), "seconds": seconds, "minutes": seconds / 60,
             "exit_code": r.returncode, "outcome": outcome, "slowest": slowest})
     sys.exit(r.returncode)
 

@@ -92,7 +92,7 @@ def test_every_figure_is_in_the_stored_result_its_passage_names():
             if marker is None:
                 problems += [f"{where}: {f} has no stored result (mark the passage)" for f in found]
             elif marker.startswith("old:"):
-                if found and not re.search(r"not re-measured|measured before", text):
+                if found and not re.search(r"not\s+re-measured|measured\s+before", text):
                     problems.append(f"{where}: old figures, and the passage does not say so")
             elif not marker.startswith("none:"):
                 values = [v for name in marker.split(",") for v in stored(name.strip())]
