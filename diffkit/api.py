@@ -21,7 +21,7 @@ from torch import Tensor
 from diffkit import io, plugins, schedule
 from diffkit.folder import assemble, check_out, output_names, run_files, write_batch
 from diffkit.backends.base import Backend, BackendError, check_device
-from diffkit.rules import RuleError, Stepper, StepRule
+from diffkit.rules import RuleError, Stepper, StepRule, check_timesteps, timesteps_for  # noqa: F401 - api names
 from diffkit.sampler import Sampler
 from diffkit.state import Context, StepState
 from diffkit.technique import Technique
@@ -72,33 +72,6 @@ def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
     """Refuse (ValueError naming ``name`` and its range) anything but an integer in ``lo..hi``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
         raise ValueError(f"{name} must be an integer in {lo}..{'' if hi is None else hi}, got {value!r}")
-
-
-def check_timesteps(name: str, ts: Sequence[int], T: int | None = None) -> None:
-    """Refuse anything but strictly decreasing integers >= 0 (and below ``T`` once the schedule is known)."""
-    if (not len(ts) or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in ts)
-            or any(a <= b for a, b in zip(ts, ts[1:])) or (T is not None and ts[0] >= T)):
-        span = "integers >= 0" if T is None else f"within 0..{T - 1}"
-        raise ValueError(f"{name} must be strictly decreasing {span}, got {list(ts)}")
-
-
-def timesteps_for(backend: Backend, steps: int | None = None, stride: int | None = None,
-                  timesteps: Sequence[int] | None = None) -> list[int]:
-    """Explicit ``timesteps``, else ``steps`` evenly strided ones ending at 0, else ``stride``, else the backend's."""
-    T = len(backend.alphas_cumprod)
-    if timesteps:
-        check_timesteps("timesteps", timesteps, T)
-        return list(timesteps)
-    if steps:
-        if not 1 <= steps <= T:
-            raise ValueError(f"steps must be in 1..{T}, got {steps}")
-        k = max(1, T // steps)
-        return list(range((steps - 1) * k, -1, -k))
-    if stride:
-        if not 1 <= stride < T:
-            raise ValueError(f"stride must be in 1..{T - 1}, got {stride}")
-        return schedule.strided_timesteps(T, stride)
-    return backend.default_timesteps()
 
 
 def load_backend(name: str, **options: Any) -> Backend:

@@ -565,6 +565,8 @@ def ui(
     max_samples: int = Int(256, lo=1, hi=100_000, help="Most samples one request may make (labels x samples "
                                                        "per label); more is refused with a message."),
     max_upload_mb: int = Int(20, lo=1, hi=10_000, help="Largest file a page may upload, in MB."),
+    max_runs: int = Int(2, lo=1, hi=64, help="Runs served at once (each within --max-samples); more wait in a "
+                                             "queue."),
     auth: Optional[str] = typer.Option(None, help="USER:PASS: ask for this login (Gradio's own); do so whenever "
                                                   "--host or --share lets others reach the page."),
 ) -> None:
@@ -596,9 +598,10 @@ def ui(
                       + ("; it asks for the --auth login" if login else "; add --auth USER:PASS to ask for a login"),
                       highlight=False)
     console.print(f"diffkit ui (Gradio {gradio.__version__}) on http://{host}:{port} (outputs in {out}; at most "
-                  f"{max_samples} samples a request, uploads up to {max_upload_mb} MB); Ctrl-C stops it")
+                  f"{max_samples} samples a request, {max_runs} runs at once, uploads up to {max_upload_mb} MB); "
+                  "Ctrl-C stops it")
     settings = Settings(out.resolve(), default_choices([str(Path(a).resolve()) for a in allow or []]),
-                        max_samples=max_samples, max_upload_mb=max_upload_mb)
+                        max_samples=max_samples, max_upload_mb=max_upload_mb, max_runs=max_runs)
     launch(settings, host, port, share, auth=login)
 
 

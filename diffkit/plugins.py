@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import os
-from typing import Any, Iterator
+from typing import Any
 
 import pluggy
 
@@ -183,52 +183,50 @@ def check_together(techniques: list[Technique]) -> None:
                             f"would be ignored; use one of them")
 
 
-def call(hook: str, first: bool = False, **kwargs: Any) -> Any:
-    """Call a run hook in pluggy's order, naming the plugin when one raises.
+RUN_HOOKS = ("diffkit_initial_state", "diffkit_after_step", "diffkit_observe")
 
-    ``first``: stop at the first non-None result and return it (firstresult hooks).
+
+class Relay:
+    """One run's hooks: its own pluggy ``PluginManager`` (as pytest keeps one per config) holding this
+    run's techniques, first given first, after the installed plugin modules that implement a run hook
+    themselves (an installed observer). Nothing is registered process-wide, so runs interleaved in one
+    process (a notebook, the UI serving two pages) never see each other's techniques. Hooks are called
+    through pluggy's own caller (``relay.hook.diffkit_after_step(ctx=..., step=...)``): ``tryfirst``,
+    ``trylast`` and ``wrapper=True`` behave as pluggy documents, and ``firstresult`` hooks return the
+    first answer.
     """
-    pm = manager()
-    for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
-        try:
-            result = impl.function(*[kwargs[a] for a in impl.argnames])
-        except Exception as e:
-            name = pm.get_name(impl.plugin) or type(impl.plugin).__name__
-            raise PluginError(f"hook {name!r} failed in {hook}: {type(e).__name__}: {e}") from e
-        if first and result is not None:
-            return result
-    return None
-
-
-def has_impls(hook: str) -> bool:
-    return bool(getattr(manager().hook, hook).get_hookimpls())
-
-
-class activated:
-    """Context manager: register technique instances for one run (first given runs first)."""
 
     def __init__(self, techniques: list[Technique]):
-        self.techniques = techniques
-        self.names: list[str] = []
-
-    def __enter__(self) -> activated:
-        pm = manager()
+        self.pm = pm = pluggy.PluginManager(GROUP)
+        pm.add_hookspecs(hookspecs)
+        installed = manager()
+        for plugin in installed.get_plugins():
+            if any(impl.plugin is plugin for h in RUN_HOOKS for impl in getattr(installed.hook, h).get_hookimpls()):
+                pm.register(plugin, name=installed.get_name(plugin))
         counts: dict[str, int] = {}
-        for tech in self.techniques:
+        for tech in techniques:
             counts[tech.name] = counts.get(tech.name, 0) + 1
-        for k, tech in reversed(list(enumerate(self.techniques))):
-            name = f"hook:{tech.name}" + (f"#{k}" if counts[tech.name] > 1 else "")
-            pm.register(tech, name=name)
-            self.names.append(name)
-        return self
+        for k, tech in reversed(list(enumerate(techniques))):  # pluggy calls the last registered first
+            pm.register(tech, name=f"hook:{tech.name}" + (f"#{k}" if counts[tech.name] > 1 else ""))
+        for h in RUN_HOOKS:
+            for impl in getattr(pm.hook, h).get_hookimpls():
+                if not (impl.wrapper or impl.hookwrapper):
+                    impl.function = _naming(impl.function, pm.get_name(impl.plugin) or type(impl.plugin).__name__, h)
+        self.hook = pm.hook
 
-    def __exit__(self, *exc: Any) -> None:
-        pm = manager()
-        for name in self.names:
-            pm.unregister(name=name)
+    def has(self, hook: str) -> bool:
+        """Whether any plugin of this run implements ``hook``."""
+        return bool(getattr(self.pm.hook, hook).get_hookimpls())
 
 
-def iter_plugin_names() -> Iterator[str]:
-    pm = manager()
-    for plugin in pm.get_plugins():
-        yield pm.get_name(plugin)
+def _naming(function: Any, name: str, hook: str) -> Any:
+    """``function``, re-raising its failures as a PluginError that names the plugin. Written by hand:
+    pluggy's caller re-raises an implementation's exception as is, without saying whose it was."""
+
+    @functools.wraps(function)
+    def named(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except Exception as e:
+            raise PluginError(f"hook {name!r} failed in {hook}: {type(e).__name__}: {e}") from e
+    return named

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -33,6 +33,44 @@ from diffkit.technique import TYPE_NAMES, Param, to_bool
 # the first C channels, then whatever else the backend predicts (IF: its variance).
 Evaluate = Callable[[Tensor, "int | float"], Tensor]
 
+
+
+def check_timesteps(name: str, ts: Sequence[int], T: int | None = None) -> None:
+    """Refuse anything but strictly decreasing integers >= 0 (and below ``T`` once the schedule is known)."""
+    if (not len(ts) or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in ts)
+            or any(a <= b for a, b in zip(ts, ts[1:])) or (T is not None and ts[0] >= T)):
+        span = "integers >= 0" if T is None else f"within 0..{T - 1}"
+        raise ValueError(f"{name} must be strictly decreasing {span}, got {list(ts)}")
+
+
+def timesteps_for(backend: Any, steps: int | None = None, stride: int | None = None,
+                  timesteps: Sequence[int] | None = None) -> list[int]:
+    """Explicit ``timesteps``, else ``steps`` evenly strided ones ending at 0, else ``stride``, else the backend's."""
+    T = len(backend.alphas_cumprod)
+    if timesteps:
+        check_timesteps("timesteps", timesteps, T)
+        return list(timesteps)
+    if steps:
+        if not 1 <= steps <= T:
+            raise ValueError(f"steps must be in 1..{T}, got {steps}")
+        k = max(1, T // steps)
+        return list(range((steps - 1) * k, -1, -k))
+    if stride:
+        if not 1 <= stride < T:
+            raise ValueError(f"stride must be in 1..{T - 1}, got {stride}")
+        return schedule.strided_timesteps(T, stride)
+    return backend.default_timesteps()
+
+
+
+class StepOutput(NamedTuple):
+    """One step of a rule, as diffusers' schedulers return a ``SchedulerOutput``: ``x`` the state after
+    the step, ``x0`` and ``eps`` the clean-image and noise estimates it made, each ``[N x C x H x W]``.
+    A tuple too, so ``x, x0, eps = stepper.step(...)`` reads it."""
+
+    x: Tensor
+    x0: Tensor
+    eps: Tensor
 
 class RuleError(ValueError):
     """A step rule cannot serve this request (steps it cannot take, explicit timesteps, an option)."""
@@ -57,8 +95,9 @@ class Stepper:
     def begin(self, i_start: int) -> None:
         """Reset for a walk that starts at step ``i_start``."""
 
-    def step(self, ctx: Any, i: int, x: Tensor, evaluate: Evaluate) -> tuple[Tensor, Tensor, Tensor]:
-        """State before step ``i`` -> ``(x_next, x0, eps)``: the state after it, the clean-image and noise estimates."""
+    def step(self, ctx: Any, i: int, x: Tensor, evaluate: Evaluate) -> StepOutput:
+        """State before step ``i`` ``[N x C x H x W]`` -> :class:`StepOutput` (the state after it, the
+        clean-image and noise estimates)."""
         raise NotImplementedError
 
     def abar(self, t: int | float) -> float:
@@ -124,7 +163,7 @@ class DdpmStepper(Stepper):
         self.timesteps = list(timesteps)
         self.abars = [schedule.abar_at(self.alphas_cumprod, t) for t in self.timesteps] + [1.0]
 
-    def step(self, ctx: Any, i: int, x: Tensor, evaluate: Evaluate) -> tuple[Tensor, Tensor, Tensor]:
+    def step(self, ctx: Any, i: int, x: Tensor, evaluate: Evaluate) -> StepOutput:
         ts = self.timesteps
         t, t_next = ts[i], (ts[i + 1] if i + 1 < len(ts) else -1)
         est = evaluate(x, t)
@@ -132,7 +171,7 @@ class DdpmStepper(Stepper):
         eps, var = est[:, :c], (est[:, c: 2 * c] if est.shape[1] >= 2 * c else None)
         noise = ctx.randn() if t_next >= 0 else None
         x, x0 = schedule.ddpm_step(x, t, t_next, eps, self.alphas_cumprod, noise, var, self.backend.step_config)
-        return x, x0, eps
+        return StepOutput(x, x0, eps)
 
 
 class Ddpm(StepRule):
@@ -141,8 +180,6 @@ class Ddpm(StepRule):
             "predicts one). Stochastic; steps evenly strided, or --stride, or explicit --timesteps.")
 
     def plan(self, backend, steps=None, timesteps=None, stride=None) -> Stepper:
-        from diffkit.api import timesteps_for
-
         return DdpmStepper(backend, timesteps_for(backend, steps, stride, timesteps))
 
 
@@ -246,7 +283,7 @@ class DiffusersStepper(Stepper):
         """sigma-space sample over variance-preserving state at step ``i``: ``sqrt(1 + sigma^2)``."""
         return math.sqrt(1 + self.sigmas[i] ** 2)
 
-    def step(self, ctx: Any, i: int, x: Tensor, evaluate: Evaluate) -> tuple[Tensor, Tensor, Tensor]:
+    def step(self, ctx: Any, i: int, x: Tensor, evaluate: Evaluate) -> StepOutput:
         s, c = self.sched, x.shape[1]
         sample = x * self._scale(i) if self.sigma_space else x
         kwargs = dict(self.step_kwargs)
@@ -269,7 +306,7 @@ class DiffusersStepper(Stepper):
             raise RuntimeError(f"{self.what}: a step ended half-way through the scheduler's "
                                f"{self.order} evaluations")
         x_next = sample / self._scale(i + 1) if self.sigma_space else sample
-        return x_next, x0, eps0
+        return StepOutput(x_next, x0, eps0)
 
 
 class DiffusersRule(StepRule):
@@ -299,8 +336,6 @@ class DiffusersRule(StepRule):
             if "timesteps" not in inspect.signature(cls.set_timesteps).parameters:
                 raise RuleError(f"{what} spaces its own timesteps ({self.scheduler} takes no explicit list): "
                                 "give --steps instead of --timesteps")
-            from diffkit.api import check_timesteps
-
             check_timesteps("timesteps", timesteps, len(backend.alphas_cumprod))
         n = default_steps(backend, steps, stride)
         T = len(backend.alphas_cumprod)

@@ -2,7 +2,7 @@
 
     x = noise (or the initial-state hook's start)
     for step i (t -> t') of the sampler's walk (ctx.stepper, rules.py):
-        x, x0 = stepper.step(i, x, evaluate)                 # evaluate(x, t) = denoiser([Query(model_input(x), t,
+        x, x0, eps = stepper.step(ctx, i, x, evaluate)       # a StepOutput; evaluate(x, t) = denoiser([Query(model_input(x), t,
                                                              #   cond)]): one batched model call, once per
                                                              #   evaluation of the rule (Heun: twice a step)
         after_step hooks re-impose constraints on x          # projectors
@@ -18,6 +18,7 @@ from torch import Tensor
 
 from diffkit import plugins
 from diffkit.denoise import NonFiniteError, batched, compose
+from diffkit.rules import StepOutput
 from diffkit.state import Context, Denoiser, Query, Step, StepState
 from diffkit.technique import Combiner, Technique
 
@@ -65,38 +66,39 @@ class Sampler:
         def evaluate(x: Tensor, t: int | float) -> Tensor:
             return denoise([Query(backend.model_input(x), t, ctx.cond)])[0]
 
-        with plugins.activated(self.techniques), torch.inference_mode():
+        relay = plugins.Relay(self.techniques)  # this run's own hooks: runs in one process never mix
+        with torch.inference_mode():
             x = ctx.randn()
             if hasattr(backend, "start"):  # a stage that draws its own noise (IF II) does so next, as diffusers does
                 backend.start(ctx)
-            start = plugins.call("diffkit_initial_state", first=True, ctx=ctx, noise=x)
+            start = relay.hook.diffkit_initial_state(ctx=ctx, noise=x)
             if start is not None:
                 x, ctx.i_start = start
             elif stepper.init_scale != 1.0:  # a sigma-space rule's own starting noise (rules.DiffusersStepper)
                 x = x * stepper.init_scale
             stepper.begin(ctx.i_start)
-            observe = plugins.has_impls("diffkit_observe")
-            project = plugins.has_impls("diffkit_after_step")
+            observe = relay.has("diffkit_observe")
+            project = relay.has("diffkit_after_step")
 
             def redo(x: Tensor, k: int) -> Tensor:
-                return stepper.step(ctx, k, x, evaluate)[0]
+                return StepOutput(*stepper.step(ctx, k, x, evaluate)).x
 
             for i in range(ctx.i_start, len(ts)):
                 t, t_next = ts[i], (ts[i + 1] if i + 1 < len(ts) else -1)
 
                 try:
-                    x, x0, eps = stepper.step(ctx, i, x, evaluate)
+                    x, x0, eps = StepOutput(*stepper.step(ctx, i, x, evaluate))  # a rule may return a plain tuple
                 except NonFiniteError as e:
                     stage = f"stage {ctx.stage + 1}, " if ctx.stage else ""
                     raise NonFiniteError(f"{stage}step {i + 1} of {len(ts)}: {e} (in fp16 on a GPU this is "
                                          "usually an overflow: try --dtype bf16 or fp32)") from None
                 if project:
                     step = Step(i, t, t_next, x, x0, redo if stepper.can_redo else None)
-                    plugins.call("diffkit_after_step", ctx=ctx, step=step)
+                    relay.hook.diffkit_after_step(ctx=ctx, step=step)
                     x = step.x
                 state = StepState(ctx.stage, i, len(ts), t, t_next, x, x0, eps)
                 if observe:
-                    plugins.call("diffkit_observe", ctx=ctx, state=state)
+                    relay.hook.diffkit_observe(ctx=ctx, state=state)
                 yield state
         return x
 

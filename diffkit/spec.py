@@ -7,8 +7,6 @@ from typing import Any
 
 from diffkit.technique import Param, Technique
 
-_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
-
 
 class SpecError(ValueError):
     """A malformed or ill-typed hook spec; the message names the hook and the parameter."""

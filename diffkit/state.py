@@ -83,14 +83,8 @@ class Context:
     size_factor: float = 1.0  # this stage's image size over the first stage's (IF II: 4)
     extra: dict[str, Any] = field(default_factory=dict)  # for plugins to share per-run data
     streams: dict[str, list[torch.Generator]] = field(default_factory=dict, repr=False)
-    stepper: Any = field(default=None, repr=False)  # the sampler's walk (rules.Stepper); None: ddpm over timesteps
+    stepper: Any = field(default=None, repr=False)  # the sampler's walk (rules.Stepper), set by api.Run.context
     models: dict[str, Any] = field(default_factory=dict, repr=False)  # second models by name (autoguide's weak one)
-
-    def __post_init__(self) -> None:
-        if self.stepper is None:
-            from diffkit.rules import DdpmStepper
-
-            self.stepper = DdpmStepper(self.backend, self.timesteps)
 
     @property
     def n(self) -> int:

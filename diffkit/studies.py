@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from diffkit import schedule
+from diffkit.filters import lowpass
 from diffkit.hookspecs import hookimpl
 from diffkit.technique import Projector
 
@@ -34,8 +35,6 @@ def noisy_images(backend: Any, image: Tensor, ts: list[int], seed: int = 0) -> T
 
 def blur(x: Tensor, kernel: int = 5, sigma: float = 2.0) -> Tensor:
     """The classical baseline: Gaussian blur of the noisy image."""
-    from diffkit_plugins.hybrid import lowpass
-
     return lowpass(x, kernel, sigma)
 
 

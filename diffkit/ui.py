@@ -33,6 +33,7 @@ from diffkit.technique import REQUIRED, Param, to_bool
 PREVIEW_EVERY = 10  # steps between x0 previews
 BATCH = 64  # samples through the model at a time: a run's memory, whatever it asks for
 MAX_SAMPLES = 256  # default cap on the samples of one request (diffkit ui --max-samples)
+MAX_RUNS = 2  # default number of runs served at once (diffkit ui --max-runs)
 MAX_UPLOAD_MB = 20  # default cap on one uploaded file (diffkit ui --max-upload-mb)
 
 
@@ -45,6 +46,7 @@ class Settings:
     choices: dict[str, list[str]] = field(default_factory=dict)
     max_samples: int = MAX_SAMPLES
     max_upload_mb: int = MAX_UPLOAD_MB
+    max_runs: int = MAX_RUNS
 
 
 def default_choices(extra: list[str] | None = None) -> dict[str, list[str]]:
@@ -484,7 +486,9 @@ def launch(settings: Settings, host: str = "127.0.0.1", port: int = 7860, share:
     ``settings.max_upload_mb`` are refused by Gradio itself; its cache of uploads is swept every 10
     minutes (files older than an hour) and emptied when the server stops."""
     app = build(settings)
-    app.queue(default_concurrency_limit=1)  # one run at a time: a request's work is bounded, so is the server's
+    # at most max_runs runs at once, each bounded (max_samples, one batch in memory): so is the server's work.
+    # Runs share no hook registry (plugins.Relay), so two pages' runs never mix.
+    app.queue(default_concurrency_limit=settings.max_runs)
     app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
                allowed_paths=[str(settings.out)], show_error=False, auth=auth,
                max_file_size=settings.max_upload_mb * 1024 * 1024)

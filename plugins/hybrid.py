@@ -2,38 +2,12 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from diffkit.filters import gaussian_kernel, highpass, lowpass  # noqa: F401 - also this plugin's API
 from diffkit.hookspecs import hookimpl
 from diffkit.state import Context, Query
 from diffkit.technique import Combiner, Param, to_bool
-
-
-def gaussian_kernel(size: int, sigma: float) -> Tensor:
-    """1-D Gaussian ``[size]``, normalised to sum 1."""
-    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    k = torch.exp(-(r**2) / (2 * sigma**2))
-    return k / k.sum()
-
-
-def lowpass(x: Tensor, size: int = 33, sigma: float = 2.0) -> Tensor:
-    """Separable Gaussian blur of ``[N x C x H x W]``, every channel, reflect padding."""
-    n, c, h, w = x.shape
-    k = gaussian_kernel(size, sigma).to(x.device, x.dtype)
-    pad = size // 2
-    if pad >= min(h, w):
-        raise ValueError(f"kernel {size} is too large for {h}x{w} images")
-    y = x.reshape(n * c, 1, h, w)
-    y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), k.view(1, 1, 1, size))
-    y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), k.view(1, 1, size, 1))
-    return y.reshape(n, c, h, w)
-
-
-def highpass(x: Tensor, size: int = 33, sigma: float = 2.0) -> Tensor:
-    """``x - lowpass(x)``: the two are complementary by construction."""
-    return x - lowpass(x, size, sigma)
 
 
 def scaled_kernel(kernel: int, sigma: float, factor: float) -> tuple[int, float]:

@@ -112,3 +112,87 @@ def test_projector_hooks_run_in_the_given_order_every_step():
 
     diffkit.sample(GaussianBackend(stride=100), hooks=[Mark(tag="a"), Mark(tag="b")])
     assert seen == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+
+
+# ---- each run its own hooks (issue 23) ----
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    """A digit-like image and two masks (the left half kept, the top half kept) as PNGs."""
+    from diffkit import io
+
+    d = tmp_path_factory.mktemp("pictures")
+    img = torch.zeros(1, 28, 28)
+    img[:, 6:22, 12:16] = 1
+    io.save_png(img, d / "img.png")
+    left, top = torch.zeros(1, 28, 28), torch.zeros(1, 28, 28)
+    left[:, :, :14], top[:, :14, :] = 1, 1
+    io.save_png(left, d / "left.png")
+    io.save_png(top, d / "top.png")
+    return d
+
+
+@pytest.mark.parametrize("which", ["the same projector twice", "two different projectors"])
+def test_two_runs_interleaved_step_by_step_each_give_their_lone_bytes(tiny_mnist_ckpt, pictures, which):
+    """Runs share no hook registry: two runs' step generators advanced in turn in one thread (a
+    notebook, the UI serving two pages) each give exactly the bytes they give alone."""
+    d = pictures
+    first = ["cfg:3", f"inpaint:image={d / 'img.png'},mask={d / 'left.png'}"]
+    second = (["cfg:2", f"inpaint:image={d / 'img.png'},mask={d / 'top.png'}"] if which == "the same projector twice"
+              else ["cfg:2", f"sdedit:image={d / 'img.png'},i_start=3"])
+
+    def run(hooks, seed):
+        return diffkit.api.Run("mnist", backend_options={"checkpoint": str(tiny_mnist_ckpt)}, classes=[3, 7], num=2,
+                               hooks=hooks, steps=8, seed=seed)
+
+    alone = [diffkit.sample("mnist", backend_options={"checkpoint": str(tiny_mnist_ckpt)}, classes=[3, 7], num=2,
+                            hooks=h, steps=8, seed=s).x for h, s in ((first, 0), (second, 5))]
+    a, b = run(first, 0), run(second, 5)
+    ga, gb = a.steps(), b.steps()
+    for _ in zip(ga, gb):  # one step of a, one of b, ...
+        pass
+    for rest in (ga, gb):
+        for _ in rest:
+            pass
+    assert torch.equal(a.result.x, alone[0]) and torch.equal(b.result.x, alone[1])
+    assert not torch.equal(alone[0], alone[1])
+
+
+def test_a_run_calls_its_hooks_through_pluggy_so_tryfirst_orders_them(tiny_mnist_ckpt):
+    """A technique's ``tryfirst`` is honoured (pluggy's own caller), and a failure names the hook."""
+    import pluggy
+
+    from diffkit.technique import Technique
+
+    impl = pluggy.HookimplMarker("diffkit")
+    order = []
+
+    class Last(Technique):
+        name = "last"
+
+        @impl
+        def diffkit_observe(self, ctx, state):
+            order.append("last")
+
+    class First(Technique):
+        name = "first"
+
+        @impl(tryfirst=True)
+        def diffkit_observe(self, ctx, state):
+            order.append("first")
+
+    diffkit.sample("mnist", backend_options={"checkpoint": str(tiny_mnist_ckpt)}, classes=[3], hooks=[Last(), First()],
+                   steps=2)
+    assert order == ["first", "last"] * 2
+
+    class Broken(Technique):
+        name = "broken"
+
+        @impl
+        def diffkit_after_step(self, ctx, step):
+            raise ZeroDivisionError("on purpose")
+
+    with pytest.raises(diffkit.plugins.PluginError, match="hook 'hook:broken' failed in diffkit_after_step: "
+                                                          "ZeroDivisionError: on purpose"):
+        diffkit.sample("mnist", backend_options={"checkpoint": str(tiny_mnist_ckpt)}, classes=[3], hooks=[Broken()],
+                       steps=2)

@@ -31,7 +31,9 @@ def test_shipped_classifier_recognises_real_test_digits(mnist_dir):
 
 
 def test_shipped_model_draws_the_asked_digit():
-    res = diffkit.sample("mnist", classes=list(range(10)), num=10, hooks=["cfg:5"], seed=1000)
+    # 50 of the 300 steps: the shipped weights are what is tested, and all 300 took 233 s of a 23-minute
+    # suite on a loaded 2-core machine (benchmarks/results/suite_under_load.json at f3bf73b)
+    res = diffkit.sample("mnist", classes=list(range(10)), num=10, hooks=["cfg:5"], seed=1000, steps=50)
     pred = load_classifier()(res.images).argmax(1)
     labels = torch.tensor([int(c) for c in res.labels])
     assert (pred == labels).float().mean() >= 0.95

@@ -182,3 +182,39 @@ def test_steps_0_from_the_page_means_the_backends_own(tmp_path):
     status, _, _, cmd, _ = steps[-1]
     assert status.startswith("done: 1 samples") and "--steps" not in cmd
     assert steps[0][0] == "sampling 1 samples, 300 steps", steps[0][0]  # the backend's default: stride 1 of 300
+
+
+def test_two_pages_runs_interleaved_step_by_step_each_equal_their_lone_run(tmp_path):
+    """The UI serves --max-runs runs at once (Gradio's queue, threads): two pages' runs, advanced in
+    turn, each write exactly the files they write alone (no shared hook registry, no mixed state)."""
+    first = dict(stack=[{"name": "cfg", "values": {"scale": 3.0}}], labels_text="3", num=2, seed=0)
+    second = dict(stack=[{"name": "cfg", "values": {"scale": 2.0}}], labels_text="5", num=2, seed=4)  # cfg twice
+
+    def page(where, kw):
+        args = dict(backend="mnist", options={}, steps=4, sampler="ddim")
+        args.update(kw)
+        return ui.run_page(settings(where), where / "session", **args)
+
+    def folder(steps):
+        return Path(steps[-1][0].split(" samples in ", 1)[1])
+
+    alone = [folder(list(page(tmp_path / f"alone{i}", kw))) for i, kw in enumerate((first, second))]
+    a, b = page(tmp_path / "a", first), page(tmp_path / "b", second)
+    got_a, got_b = [], []
+    for sa, sb in zip(a, b):
+        got_a.append(sa), got_b.append(sb)
+    got_a += list(a)
+    got_b += list(b)
+    for lone, steps in zip(alone, (got_a, got_b)):
+        for name in ("final.safetensors", "sample-000.png", "sample-001.png"):
+            assert (folder(steps) / name).read_bytes() == (lone / name).read_bytes(), name
+    assert (alone[0] / "final.safetensors").read_bytes() != (alone[1] / "final.safetensors").read_bytes()
+
+
+def test_ui_serves_max_runs_at_once(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(ui, "launch", lambda settings, *a, **k: seen.update(settings=settings))
+    r = CliRunner().invoke(app, ["ui", "--out", str(tmp_path), "--max-runs", "3"])
+    assert r.exit_code == 0, r.output
+    assert seen["settings"].max_runs == 3 and "3 runs at once" in r.output
+    assert CliRunner().invoke(app, ["ui", "--out", str(tmp_path), "--max-runs", "0"]).exit_code == 2

@@ -1,6 +1,6 @@
 """The checked list of hand-made mutations: each breaks a technique's meaning on purpose; a test must fail.
 
-    .venv/bin/python tools/mutations.py            # all; about 3 minutes on 2 cores
+    .venv/bin/python tools/mutations.py            # all; about 3 minutes on 2 cores; writes benchmarks/results/mutations.json
     .venv/bin/python tools/mutations.py sdedit     # those whose name contains "sdedit"
 
 Each mutation replaces one exact piece of source text, runs the tests named for it, and restores the
@@ -11,6 +11,7 @@ automatic mutation tool over the same code; docs/testing.md reports both.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -129,14 +130,29 @@ def run(mutation: tuple) -> tuple[str, float]:
     return ("KILLED" if r.returncode == 1 else f"SURVIVED (pytest exit {r.returncode})"), time.perf_counter() - t0
 
 
+def commit() -> str:
+    """The commit the mutations ran on (``+uncommitted`` when tracked files differ from it)."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    return head + ("+uncommitted" if dirty else "")
+
+
 def main() -> int:
     chosen = [m for m in MUTATIONS if not sys.argv[1:] or any(a in m[0] for a in sys.argv[1:])]
-    bad = 0
+    measured_on = commit()  # before any mutation touches a file
+    bad, rows = 0, []
     for m in chosen:
         verdict, seconds = run(m)
         bad += not verdict.startswith("KILLED")
+        rows.append({"mutation": m[0], "file": m[1], "tests": m[4], "verdict": verdict, "seconds": seconds})
         print(f"{verdict:<10} {seconds:5.1f} s  {m[0]}  ({m[1]})", flush=True)
     print(f"{len(chosen) - bad} of {len(chosen)} killed")
+    if not sys.argv[1:]:  # the whole list: the session's summary, as docs/testing.md quotes it
+        out = ROOT / "benchmarks" / "results" / "mutations.json"
+        out.write_text(json.dumps({"commit": measured_on, "date": time.strftime("%Y-%m-%d"), "mutations": len(chosen),
+                                   "killed": len(chosen) - bad, "rows": rows}, indent=2) + "\n")
+        print(f"stored in {out}")
     return 1 if bad else 0
 
 
