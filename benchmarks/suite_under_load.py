@@ -39,8 +39,8 @@ def main() -> None:
             p.kill()
     out = r.stdout + r.stderr
     outcome = next((line.strip("= ") for line in reversed(out.splitlines()) if re.search(r"\d+ (passed|failed)", line)), "")
-    slowest = [line.strip() for line in out.split("slowest 20 durations", 1)[-1].splitlines()
-               if re.match(r"\s*\d+\.\d+s (call|setup|teardown)", line)]
+    slowest = [{"seconds": float(m.group(1)), "phase": m.group(2), "test": m.group(3)}
+               for m in re.finditer(r"^\s*(\d+\.\d+)s (call|setup|teardown)\s+(\S+)", out, re.M)]
     print(out[-3000:])
     print(f"{seconds / 60:.1f} min with {a.busy} busy processes on {os.cpu_count()} cores: {outcome}")
     record(ROOT / "benchmarks" / "results" / "suite_under_load.json",
