@@ -79,10 +79,13 @@ def machine() -> dict[str, object]:
             "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
-def record(path: Path, data: dict) -> None:
-    """Write ``data`` with :func:`machine`'s facts to the JSON file ``path`` (benchmarks/results/)."""
+def record(path: Path, data: dict, at: dict | None = None) -> None:
+    """Write ``data`` with :func:`machine`'s facts to the JSON file ``path`` (benchmarks/results/).
+
+    ``at``: the facts as :func:`machine` read them when the measurement started, for a long one (the
+    code a process runs is the code it loaded; the tree may have moved on by its end)."""
     import json
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**machine(), **data}, indent=2) + "\n")
+    path.write_text(json.dumps({**(at or machine()), **data}, indent=2) + "\n")
     print(f"stored in {path}")

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, record
+from common import ROOT, machine, record
 
 DATA = ROOT.parent / "shared" / "data" / "mnist"
 RECIPE = ["--hook", "cfg:1.5", "--sampler", "dpmpp_2m_sde", "--steps", "20"]
@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "large_n.json")
     a = ap.parse_args()
+    at = machine()  # the code this process runs is the code of its start
     runs = {}
     for model in a.models:
         with tempfile.TemporaryDirectory() as tmp:
@@ -53,7 +54,7 @@ def main() -> None:
                        "per_class_accuracy": rep["per_class_accuracy"]}
         print(f"{model}: N = {10 * a.num}, accuracy {rep['accuracy']:.4f}, FD {rep['frechet_distance']:.2f}, "
               f"floor {rep['real_data_floor']:.2f}, {rep['times_floor']:.2f}x the floor", flush=True)
-    record(a.out, {"seed": a.seed, "device": a.device, "runs": runs})
+    record(a.out, {"seed": a.seed, "device": a.device, "runs": runs}, at=at)
 
 
 if __name__ == "__main__":
