@@ -67,6 +67,9 @@ class Sampler:
             return denoise([Query(backend.model_input(x), t, ctx.cond)])[0]
 
         relay = plugins.Relay(self.techniques)  # this run's own hooks: runs in one process never mix
+        # Inference mode is entered for each piece of work and left before every yield: a mode held
+        # across a yield is thread state another run's generator, advanced in between, would save and
+        # restore out of order (two interleaved runs left the thread in inference mode for good).
         with torch.inference_mode():
             x = ctx.randn()
             if hasattr(backend, "start"):  # a stage that draws its own noise (IF II) does so next, as diffusers does
@@ -77,15 +80,15 @@ class Sampler:
             elif stepper.init_scale != 1.0:  # a sigma-space rule's own starting noise (rules.DiffusersStepper)
                 x = x * stepper.init_scale
             stepper.begin(ctx.i_start)
-            observe = relay.has("diffkit_observe")
-            project = relay.has("diffkit_after_step")
+        observe = relay.has("diffkit_observe")
+        project = relay.has("diffkit_after_step")
 
-            def redo(x: Tensor, k: int) -> Tensor:
-                return StepOutput(*stepper.step(ctx, k, x, evaluate)).x
+        def redo(x: Tensor, k: int) -> Tensor:
+            return StepOutput(*stepper.step(ctx, k, x, evaluate)).x
 
-            for i in range(ctx.i_start, len(ts)):
-                t, t_next = ts[i], (ts[i + 1] if i + 1 < len(ts) else -1)
-
+        for i in range(ctx.i_start, len(ts)):
+            t, t_next = ts[i], (ts[i + 1] if i + 1 < len(ts) else -1)
+            with torch.inference_mode():
                 try:
                     x, x0, eps = StepOutput(*stepper.step(ctx, i, x, evaluate))  # a rule may return a plain tuple
                 except NonFiniteError as e:
@@ -99,7 +102,7 @@ class Sampler:
                 state = StepState(ctx.stage, i, len(ts), t, t_next, x, x0, eps)
                 if observe:
                     relay.hook.diffkit_observe(ctx=ctx, state=state)
-                yield state
+            yield state
         return x
 
     def sample(self, ctx: Context) -> Tensor:

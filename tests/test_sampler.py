@@ -156,6 +156,9 @@ def test_two_runs_interleaved_step_by_step_each_give_their_lone_bytes(tiny_mnist
             pass
     assert torch.equal(a.result.x, alone[0]) and torch.equal(b.result.x, alone[1])
     assert not torch.equal(alone[0], alone[1])
+    # and neither left its thread in inference mode (a mode held across a yield would be restored out
+    # of order by the other run's generator: training in this process would then have no gradients)
+    assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
 
 
 def test_a_run_calls_its_hooks_through_pluggy_so_tryfirst_orders_them(tiny_mnist_ckpt):
