@@ -31,8 +31,8 @@ def parse_class(label: Any) -> int | None:
 # Rows a model call, by device type: every call has exactly this many (base.in_fixed_chunks), so a sample's
 # bytes do not depend on the batch it is in. On the CPU, 3-row calls on one thread each, as many at a time
 # as torch has threads, the model traced (MnistBackend._traced): per model
-# evaluation 0.92x one call of all 80 rows of README's first command and 1.16x one call of a one-sample
-# CFG run's 2 rows, where 2 rows cost 1.05x / 1.04x and 4 rows 0.87x / 1.35x (benchmarks/chunks.py,
+# evaluation 0.88x one call of all 80 rows of README's first command and 0.93x one call of a one-sample
+# CFG run's 2 rows, where 2 rows cost 0.98x / 0.75x and 4 rows 0.81x / 1.13x (benchmarks/chunks.py,
 # results/chunks.json, every size eager and traced). On a GPU small calls leave it idle: 256 rows ran 7.6x
 # faster on an H100 and kept the bytes batch-independent too (benchmarks/gpu.py, tests/test_gpu.py).
 CHUNK_ROWS = {"cpu": 3, "cuda": 256}
@@ -51,6 +51,7 @@ class MnistBackend:
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.model.requires_grad_(False)  # sampling only; and tracing takes the weights as constants
         if self.config.get("objective") != "ddpm":
             raise BackendError(f"checkpoint {checkpoint.resolve(checkpoint_path)} is a one-step denoiser, "
                                "not a DDPM: use it with `diffkit denoise`, or pick a ddpm checkpoint")
@@ -127,7 +128,7 @@ class MnistBackend:
                 example = (x, torch.zeros(n, 1)) + (() if unconditional else (torch.zeros(n, 10),))
                 # a function over the weights (constants in the graph), not the module: tracing a module
                 # builds a ScriptModule per submodule, 0.3 s against 0.05 s here
-                model = self.model.requires_grad_(False)
+                model = self.model
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
