@@ -13,16 +13,19 @@ import platform
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-from diffkit import io, plugins, schedule
-from diffkit.folder import assemble, check_out, output_names, run_files, write_batch
+from diffkit import dist, io, plugins, schedule
+from diffkit.dist import Shard
+from diffkit.folder import AlreadyDone, RunFolder, assemble, check_out, output_names, run_files, write_batch
 from diffkit.backends.base import Backend, BackendError, check_device
+from diffkit.errors import OutputInTheWay, RunFailure, UserError  # noqa: F401 - api names
 from diffkit.rules import RuleError, Stepper, StepRule, check_timesteps, timesteps_for  # noqa: F401 - api names
 from diffkit.sampler import Sampler
+from diffkit.spec import parse
 from diffkit.state import Context, StepState
 from diffkit.technique import Technique
 
@@ -71,17 +74,14 @@ def versions() -> dict[str, str]:
 def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
     """Refuse (ValueError naming ``name`` and its range) anything but an integer in ``lo..hi``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be an integer in {lo}..{'' if hi is None else hi}, got {value!r}")
+        raise UserError(f"{name} must be an integer in {lo}..{'' if hi is None else hi}, got {value!r}")
 
 
 def load_backend(name: str, **options: Any) -> Backend:
-    """Build a backend by name; options it does not know are an error."""
+    """Build a backend by name from its declared options (text or typed values; None: not given). An
+    unknown option, a bad value or a device this machine lacks is a BackendError before anything loads."""
     info = plugins.get_backend(name)
-    given = {k: v for k, v in options.items() if v is not None}
-    unknown = sorted(set(given) - set(info.options) - {"stride"})
-    if unknown:
-        raise BackendError(f"backend {name!r} takes no option {', '.join(unknown)} "
-                           f"(it takes: {', '.join(sorted(info.options)) or 'none'})")
+    given = info.read_options(options)
     if "device" in given:
         check_device(str(given["device"]))
     return info.load(**given)
@@ -111,7 +111,7 @@ class Run:
             if ts is not None:
                 check_timesteps(name, ts)
         if prompts and classes:
-            raise ValueError("give prompts or classes, not both")
+            raise UserError("give prompts or classes, not both")
         base = list(prompts or classes or [None])
         self.labels = [lab for lab in base for _ in range(num)]
         self.seeds = [seed + i for i in range(len(self.labels))]
@@ -124,16 +124,18 @@ class Run:
         plugins.check_together(self.techniques)
         self.rule = sampler if isinstance(sampler, StepRule) else plugins.make_sampler(sampler)
         self.backend_options = {k: v for k, v in (backend_options or {}).items() if v is not None}
+        if isinstance(backend, str):  # checked against the declarations before the model loads
+            self.backend_options = plugins.get_backend(backend).read_options(self.backend_options)
         self.backend = load_backend(backend, **self.backend_options) if isinstance(backend, str) else backend
         for tech in self.techniques:
             if not tech.supports(self.backend.name):
-                raise ValueError(f"hook {tech.name!r} does not support backend {self.backend.name!r} "
+                raise UserError(f"hook {tech.name!r} does not support backend {self.backend.name!r} "
                                  f"(it supports: {', '.join(tech.backends)})")
         self.stride, self._timesteps_arg = stride, timesteps
         stepper = self.plan(self.backend, steps, timesteps)
         self.timesteps = stepper.timesteps
         if not 0 <= i_start < len(self.timesteps):
-            raise ValueError(f"i_start must be in 0..{len(self.timesteps) - 1}, got {i_start}")
+            raise UserError(f"i_start must be in 0..{len(self.timesteps) - 1}, got {i_start}")
         self.i_start = i_start
         self.timesteps2 = list(timesteps2) if timesteps2 else None
         self.n_steps = steps  # later stages use the same rule and steps unless timesteps2 is given
@@ -247,7 +249,7 @@ class Run:
         return {
             "backend": self.backend.name,
             "backend_options": self.backend_options,
-            "checkpoint": getattr(self.backend, "checkpoint", None),
+            "checkpoint": self.backend.checkpoint,
             "hooks": [{"name": t.name, "args": t.args} for t in self.techniques],
             "sampler": self.rule.spec,
             "timesteps": self.stage_timesteps,
@@ -309,3 +311,290 @@ def mnist_preview(checkpoint: str | os.PathLike, path: str | os.PathLike, cfg_sc
                  hooks=[f"cfg:{cfg_scale}"] if conditional else [], backend_options={"checkpoint": str(checkpoint)})
     ncol = 4 if conditional else 10
     io.save_png(io.grid(res.images, ncol), path)
+
+
+# ---- orchestration: runs written to folders (resume, torchrun), sweeps, the MNIST report ----
+# The command line and the UI only translate their inputs into these calls and draw what they yield.
+
+DEFAULT_BATCH = 256  # samples through the Sampler at a time when a run written to a folder gives no batch_size
+
+
+@dataclass(frozen=True)
+class BatchStep:
+    """One step of one batch of a run, as a progress bar draws it. ``state`` None: the batch is done."""
+
+    batch: int  # its place among the batches this process does, from 0
+    batches: int  # how many batches this process does
+    size: int  # samples in the batch
+    state: StepState | None
+
+
+def drive(run: Run, todo: Sequence[int] | None = None,
+          on_batch: Callable[[int, Result], None] | None = None) -> Iterator[BatchStep]:
+    """Run batches ``todo`` of ``run`` (all by default) in order, yielding every step, and hand each
+    finished batch's result to ``on_batch(k, result)``."""
+    batches = run.batches()
+    todo = list(range(len(batches)) if todo is None else todo)
+    for j, k in enumerate(todo):
+        for st in run.steps(batches[k]):
+            yield BatchStep(j, len(todo), len(batches[k]), st)
+        if on_batch is not None:
+            assert run.result is not None
+            on_batch(k, run.result)
+        yield BatchStep(j, len(todo), len(batches[k]), None)
+
+
+class FolderRun:
+    """A run written to the folder ``out`` batch by batch (:class:`diffkit.folder.RunFolder`): memory holds
+    one batch, an interrupted run continues with ``resume=True``, the batches are shared among the
+    processes of a torchrun world (``shard``, from :func:`diffkit.dist.init`), and the files are the same
+    bytes however the run was split::
+
+        job = FolderRun("out/digits", "mnist", classes=[3, 7], num=500, hooks=["cfg:5"], batch_size=100)
+        for step in job.steps():   # or job.run_all()
+            ...                    # a BatchStep: draw progress
+        job.note                   # "resuming: 2 of 10 batches ..." or None
+
+    What can be refused is refused here, before any sampling and, for the folder, before the model
+    loads: a UserError (an ``out`` in the way, a resume of another command, bad options), raised alike
+    on every process. ``already_done`` is set (and :meth:`steps` yields nothing) when ``resume`` finds
+    this very run finished. Keyword arguments are :class:`Run`'s.
+    """
+
+    def __init__(self, out: str | os.PathLike, backend: str | Backend = "mnist", *, resume: bool = False,
+                 overwrite: bool = False, shard: Shard | None = None, batch_size: int | None = None,
+                 **run_kwargs: Any):
+        self.out, self.shard = Path(out), shard or Shard()
+        self.resume, self.overwrite = resume, overwrite
+        self.already_done: str | None = None
+        self.kept: str | None = None  # what abandon() said
+        frames = bool(run_kwargs.get("save_every"))
+        failed = None
+        if self.shard.rank == 0:  # the folder is refused before the model loads (IF's take minutes)
+            try:
+                labels = list(run_kwargs.get("prompts") or run_kwargs.get("classes") or [None])
+                RunFolder.precheck(self.out, len(labels) * int(run_kwargs.get("num", 1)), frames, resume=resume,
+                                   overwrite=overwrite)
+            except OSError as e:
+                failed = str(e)
+        failed = dist.broadcast(self.shard, failed)
+        if failed:
+            raise UserError(failed)
+        options = dict(run_kwargs.pop("backend_options", None) or {})
+        if self.shard.active:  # each rank on its own GPU
+            options["device"] = dist.local_device(self.shard, options.get("device"))
+        self.run = Run(backend, backend_options=options, batch_size=batch_size or DEFAULT_BATCH, **run_kwargs)
+        n, request = len(self.run.labels), self.run.request()
+        answer: tuple = ()
+        if self.shard.rank == 0:  # rank 0 alone looks at and prepares the folder; every rank follows its answer
+            try:
+                folder, note = RunFolder.start(self.out, request, n, self.run.batch_size, frames, resume=resume,
+                                               overwrite=overwrite)
+                answer = ("ok", note, folder.batch_size, sorted(folder.done()))
+            except AlreadyDone as e:
+                answer = ("done", str(e))
+            except UserError as e:
+                answer = ("fail", str(e))
+            except OSError as e:
+                answer = ("fail", f"cannot write to {self.out}: {e}")
+        answer = dist.broadcast(self.shard, answer)
+        if answer[0] == "fail":
+            raise UserError(answer[1])
+        self.note: str | None = None
+        if answer[0] == "done":
+            self.already_done, self.todo = answer[1], []
+            return
+        _, self.note, self.run.batch_size, done = answer
+        if self.shard.rank:
+            folder = RunFolder(self.out, request, n, self.run.batch_size, frames)
+        self.folder = folder
+        self.todo = [k for k in self.shard.mine(range(len(self.run.batches()))) if k not in done]
+
+    @classmethod
+    def resume_from(cls, out: str | os.PathLike, *, shard: Shard | None = None, **run_kwargs: Any) -> FolderRun:
+        """Continue the interrupted run in ``out`` as it was asked (its ``request.json``), whoever began it."""
+        from diffkit.folder import partial_dir, read_json
+
+        saved = read_json(partial_dir(out) / "request.json", "there is no interrupted run to resume there",
+                          ("request", "batch_size"))
+        kwargs = request_kwargs(saved["request"])
+        kwargs.update(run_kwargs)
+        return cls(out, kwargs.pop("backend"), resume=True, shard=shard, batch_size=saved["batch_size"], **kwargs)
+
+    def steps(self) -> Iterator[BatchStep]:
+        """Sample this process's batches, each written as it finishes; at the end (every process done)
+        the first process publishes the run's files into ``out``, all at once. On a failure or an
+        interrupt the finished batches stay for a resume (see :attr:`kept`)."""
+        if self.already_done:
+            return
+        try:
+            yield from drive(self.run, self.todo, self.folder.write_batch)
+            dist.barrier(self.shard)  # every batch is written (a rank that failed never gets here)
+            if self.shard.rank == 0:
+                self.folder.publish(self.run.labels)
+        except BaseException:
+            self.abandon()
+            raise
+        finally:
+            self.folder.release()  # a process that lives on (a notebook, the UI) must not keep the folder locked
+
+    def run_all(self) -> Path:
+        """Run to the end; the folder."""
+        for _ in self.steps():
+            pass
+        return self.out
+
+    def abandon(self) -> str:
+        """After a failure: what is kept (finished batches stay for a resume; with none, no trace)."""
+        if self.kept is None:
+            self.kept = (self.folder.abandon() if self.shard.rank == 0
+                         else f"samples of finished batches are kept in {self.folder.path}")
+        return self.kept
+
+
+def sample_to(out: str | os.PathLike, backend: str | Backend = "mnist", **kwargs: Any) -> Path:
+    """:class:`FolderRun` run to the end: ``sample_to("out/", "mnist", classes=[3], num=1000, resume=True)``."""
+    return FolderRun(out, backend, **kwargs).run_all()
+
+
+def request_kwargs(request: dict[str, Any]) -> dict[str, Any]:
+    """:class:`Run`'s keyword arguments (and ``backend``) from what a run recorded (``Run.request()``, the
+    ``request`` of run.json and of an interrupted run's request.json)."""
+    try:
+        kind = plugins.get_backend(request["backend"]).label_kind
+        labels = request["labels"]
+        return {
+            "backend": request["backend"],
+            ("classes" if kind == "class" else "prompts"): None if labels == [None] else labels,
+            "hooks": [plugins.technique_from(h["name"], h["args"]) for h in request["hooks"]],
+            "sampler": request["sampler"]["spec"], "backend_options": request["backend_options"],
+            **{k: request[k] for k in ("num", "seed", "steps", "stride", "timesteps", "timesteps2", "i_start",
+                                       "save_every", "stages")},
+        }
+    except (KeyError, TypeError) as e:
+        raise UserError(f"the recorded request lacks {e}: it was not written by this diffkit") from None
+
+
+SWEEP_RUN_ARGS = ("steps", "sampler", "i_start", "seed")  # what --sweep may vary besides a parameter
+
+
+def sweep_runs(name: str, values: Sequence[str], backend: str | Backend = "mnist", *,
+               hooks: Sequence[str | Technique] = (), sampler: str | None = None,
+               **run_kwargs: Any) -> list[tuple[str, Run]]:
+    """One :class:`Run` per value of ``name``: a parameter of a hook or of the sampler (the first that
+    declares it), or ``steps``, ``sampler``, ``i_start``, ``seed``. All are built (and so checked)
+    before any samples: a UserError names the first bad value."""
+    values = [str(v) for v in values]
+    if not name or not values:
+        raise UserError("a sweep needs a name and at least one value")
+    if len(set(values)) != len(values):
+        raise UserError(f"sweep {name}: a value is given twice in {', '.join(values)}")
+    techs = [plugins.make_technique(h) if isinstance(h, str) else h for h in hooks]
+    swept = next((i for i, t in enumerate(techs) if any(p.name == name for p in t.params)), None)
+    rule_cls = plugins.samplers().get(parse(sampler or plugins.DEFAULT_SAMPLER)[0])
+    in_rule = swept is None and rule_cls is not None and any(p.name == name for p in rule_cls.params)
+    if swept is None and not in_rule and name not in SWEEP_RUN_ARGS:
+        raise UserError(f"sweep {name}: no hook or sampler has a parameter {name!r}, and it is not "
+                        f"{', '.join(SWEEP_RUN_ARGS)}")
+    runs = []
+    for value in values:
+        kw, these, rule = dict(run_kwargs), list(techs), sampler
+        if swept is not None:
+            these[swept] = plugins.technique_from(techs[swept].name, dict(techs[swept].args, **{name: value}))
+        elif in_rule:
+            rule = plugins.make_sampler(sampler, **{name: value})
+        elif name == "sampler":
+            rule = value
+        else:
+            try:
+                kw[name] = int(value)
+            except ValueError:
+                raise UserError(f"sweep {name}: {value!r} is not an integer") from None
+        runs.append((value, Run(backend, hooks=these, sampler=rule, **kw)))
+    return runs
+
+
+def check_sweep_out(out: str | os.PathLike, name: str, runs: list[tuple[str, Run]], overwrite: bool = False) -> None:
+    """Refuse (UserError) a sweep whose outputs would replace files, before any samples."""
+    out = Path(out)
+    if (out / "sweep.png").exists() and not overwrite:
+        raise OutputInTheWay(f"{out / 'sweep.png'} exists; pass --overwrite to replace it")
+    for value, run in runs:
+        check_out(out / f"{name}-{value}", len(run.labels), bool(run.save_every), overwrite)
+
+
+def sweep(out: str | os.PathLike, name: str, values: Sequence[str], backend: str | Backend = "mnist", *,
+          overwrite: bool = False, **run_kwargs: Any) -> Path:
+    """One run per value of ``name`` (see :func:`sweep_runs`), written as ``out/NAME-v/`` folders and
+    ``out/sweep.png`` side by side, all or none::
+
+        diffkit.api.sweep("out/strength", "strength", ["0.3", "0.6", "0.9"], "mnist",
+                          classes=[3], hooks=["sdedit:image=seven.png,strength=0.5"])
+    """
+    runs = sweep_runs(name, values, backend, **run_kwargs)
+    check_sweep_out(out, name, runs, overwrite)
+    for _, run in runs:
+        for _ in run.steps():
+            pass
+    return save_sweep(name, [(v, r.result) for v, r in runs], out, overwrite=overwrite)
+
+
+class MnistEval:
+    """Class-conditioned MNIST samples judged by a classifier: accuracy and a Frechet distance to real
+    digits, beside the real-data floor (docs/quality.md). Under torchrun (``shard``) the batches are
+    shared and the first process reports on all of them: the same numbers as one process. Only the
+    classifier's features of each batch are kept, so memory holds one batch whatever ``num`` is::
+
+        ev = MnistEval(checkpoint="mnist-h64", num=100, hooks=["cfg:1.5"])
+        for step in ev.steps(): ...      # progress
+        ev.report                         # dict (None on other processes than the first)
+    """
+
+    def __init__(self, *, checkpoint: str | None = None, classifier: str | os.PathLike | None = None, num: int = 50,
+                 hooks: Sequence[str | Technique] = ("cfg:5",), sampler: str | None = None, steps: int | None = None,
+                 stride: int | None = 1, seed: int = 0, data: str | os.PathLike | None = None,
+                 batch_size: int | None = None, device: str | None = None, shard: Shard | None = None):
+        from diffkit.mnist import data as mnist
+        from diffkit.mnist.evaluate import load_classifier, test_features
+
+        check_device(device or "cpu")
+        self.shard, self.seed, self.num = shard or Shard(), seed, num
+        self.hooks = [h if isinstance(h, str) else repr(h) for h in hooks]
+        self.clf = load_classifier(classifier)
+        self.real_feats = test_features(str(classifier) if classifier else None, str(data) if data else None)
+        self.train = mnist.load("train", data)
+        self.run = Run("mnist", classes=list(range(10)), hooks=hooks, seed=seed, num=num, steps=steps,
+                       stride=None if steps else stride, sampler=sampler, batch_size=batch_size or DEFAULT_BATCH,
+                       backend_options={"checkpoint": checkpoint,
+                                        "device": dist.local_device(self.shard, device)})
+        self.report: dict[str, Any] | None = None
+
+    def steps(self) -> Iterator[BatchStep]:
+        from diffkit.mnist.evaluate import judge, real_floor, report
+
+        judged: dict[int, tuple] = {}  # batch -> (predictions, features): all that is kept of the samples
+        yield from drive(self.run, self.shard.mine(range(len(self.run.batches()))),
+                         lambda k, res: judged.update({k: judge(self.clf, res.images.cpu())}))
+        everything = dist.gather(self.shard, (judged, self.run.sampler.stats.get("rows", 0)))
+        if self.shard.rank:
+            return
+        judged = {k: v for part, _ in everything for k, v in part.items()}
+        pred = torch.cat([judged[k][0] for k in sorted(judged)])
+        feats = torch.cat([judged[k][1] for k in sorted(judged)])
+        labels = torch.tensor([int(c) for c in self.run.labels])
+        result = report(pred, feats, labels, self.real_feats)
+        floor = real_floor(self.clf, *self.train, labels, self.real_feats, self.seed)
+        result.update({"real_data_floor": floor, "times_floor": result["frechet_distance"] / floor,
+                       "checkpoint": self.run.meta()["checkpoint"], "num_per_class": self.num, "hooks": self.hooks,
+                       "sampler": self.run.rule.spec, "timesteps": len(self.run.timesteps),
+                       "model_calls_per_sample": sum(rows for _, rows in everything) / len(labels),
+                       "seed": self.seed})
+        self.report = result
+
+
+def evaluate_mnist(**kwargs: Any) -> dict[str, Any] | None:
+    """:class:`MnistEval` run to the end; its report."""
+    ev = MnistEval(**kwargs)
+    for _ in ev.steps():
+        pass
+    return ev.report

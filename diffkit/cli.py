@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from diffkit import interrupt
+from diffkit.errors import DiffkitError, RunFailure, UserError
 
 # rich_markup_mode=None: click's plain usage errors, one line each, never boxed and wrapped at 80 columns.
 app = typer.Typer(help="Compose diffusion sampling techniques as plugins.", no_args_is_help=True,
@@ -30,7 +31,7 @@ console = Console(stderr=True, soft_wrap=True)
 # What the one line printed on SIGINT/SIGTERM says about the outputs (or a function that cleans up and
 # says it); commands update it as they go.
 _on_interrupt: list[Any] = ["nothing was written"]
-DEFAULT_BATCH = 256  # samples through the Sampler at a time when --batch-size is not given
+DEFAULT_BATCH = 256  # api.DEFAULT_BATCH, for the help text (not imported: `diffkit --help` must not import torch)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -51,6 +52,10 @@ def main() -> None:
     except interrupt.Interrupted as e:
         said = _on_interrupt[0]
         console.print(f"interrupted by {e}: {said() if callable(said) else said}", highlight=False)
+        _leave(e.exit_code)
+        sys.exit(e.exit_code)
+    except DiffkitError as e:  # one a command did not catch: still the user's message and its exit code
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         _leave(e.exit_code)
         sys.exit(e.exit_code)
     except Exception as e:  # a bug in diffkit or a plugin: one line, the traceback only when asked for
@@ -166,14 +171,12 @@ def train_mnist(
     import torch
 
     from diffkit import dist
-    from diffkit.backends.base import BackendError, check_device
-    from diffkit.mnist.checkpoint import CheckpointError
-    from diffkit.mnist.data import MnistNotFound
+    from diffkit.backends.base import check_device
     from diffkit.mnist.train import TrainConfig, train
 
     try:
         check_device(device)
-    except BackendError as e:
+    except UserError as e:
         fail(str(e), 2)
     if dist.launched() and torch.device(device).type != "cpu":
         fail(f"--device {device}: training under torchrun runs on the CPU (gloo) only; drop --device or train "
@@ -202,12 +205,10 @@ def train_mnist(
                     bar.console.print(f"epoch {ev.epoch}: mean loss {ev.loss:.4f}, checkpoint {ev.checkpoint}")
                     if ev.snapshot is not None:
                         _preview(ev.snapshot, resolved, out / f"samples-epoch-{ev.epoch:03d}.png")
-    except (MnistNotFound, CheckpointError, FileExistsError) as e:
+    except UserError as e:  # missing data, a checkpoint in the way, options that contradict the run resumed
         fail(f"{shard.who()}{e}", 2)
-    except FloatingPointError as e:
+    except RunFailure as e:  # the loss went NaN
         fail(str(e), 1)
-    except ValueError as e:  # options that contradict each other or the run being resumed
-        fail(f"{shard.who()}{e}", 2)
     dist.finish(shard)
     if shard.rank == 0:
         console.print(f"done: {out / 'checkpoint'}")
@@ -266,6 +267,9 @@ def sample(
     dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 (IF default: fp16 on CUDA)."),
     embeddings: Optional[str] = typer.Option(None, help="Prompt embeddings from `diffkit embed` (IF: T5 not loaded)."),
     offload: Optional[bool] = typer.Option(None, "--offload/--no-offload", help="IF: keep the UNet on the CPU between calls."),
+    backend_option: Optional[list[str]] = typer.Option(None, "--backend-option", "-O", help="NAME=VALUE: an option the "
+                                                       "backend declares (see `diffkit backends`; repeatable). "
+                                                       "--checkpoint, --model, --device ... are short for it."),
     max_batch: Optional[int] = Int(None, lo=1, hi=1_000_000, help="Split the step's model call above this many rows."),
     sweep: Optional[str] = typer.Option(None, help="NAME=v1,v2,...: one run per value of a hook or sampler parameter "
                                                    "(or steps, sampler, i_start, seed); writes NAME-v/ folders "
@@ -282,77 +286,60 @@ def sample(
     Under `torchrun --nproc-per-node K -m diffkit sample ...` the batches are shared among the K processes
     and the output is the same bytes as one process writes.
     """
-    from diffkit import dist
-    from diffkit.folder import AlreadyDone, DamagedRun, ResumeError, RunFolder
+    from diffkit import api, dist
 
-    options = {"checkpoint": checkpoint, "device": device, "model": model, "upscaler": upscaler, "dtype": dtype,
-               "embeddings": embeddings, "offload": offload}
+    options = _backend_options(backend_option, checkpoint=checkpoint, device=device, model=model, upscaler=upscaler,
+                               dtype=dtype, embeddings=embeddings, offload=offload)
+    kwargs = dict(_labels(prompt, classes), hooks=hook or [], seed=seed, num=num, steps=steps, stride=stride,
+                  timesteps=_ints(timesteps, "--timesteps") or None, timesteps2=_ints(timesteps2, "--timesteps2") or None,
+                  i_start=i_start, save_every=save_every, max_batch=max_batch, backend_options=options, sampler=sampler)
     if sweep:
         for flag, given in (("--batch-size", batch_size), ("--resume", resume), ("torchrun", dist.launched())):
             if given:
                 fail(f"--sweep runs each value whole, in one process: it takes no {flag}", 2)
-        return _sweep(sweep, backend, _labels(prompt, classes), hook or [], seed, num, steps, stride, timesteps,
-                      i_start, out, overwrite, max_batch, options, save_every, timesteps2, sampler)
+        return _sweep(sweep, backend, out, overwrite, kwargs)
     shard = _shard(device, rendezvous_timeout)
-    # What can be refused without the model is refused before it loads (IF's take minutes).
-    labels = _labels(prompt, classes)
-    early = None
-    if shard.rank == 0:
-        try:
-            n = len(next(iter(labels.values()), [None])) * num
-            RunFolder.precheck(out, n, bool(save_every), resume=resume, overwrite=overwrite)
-        except OSError as e:
-            early = str(e)
-    early = dist.broadcast(shard, early)
-    if early:
-        dist.finish(shard)
-        if shard.rank == 0:
-            fail(early, 2)
-        raise typer.Exit(2)
-    options["device"] = dist.local_device(shard, device)
-    run = _make_run(backend, labels, hook or [], seed, num, steps, stride, timesteps, i_start,
-                    save_every, max_batch, options, timesteps2, sampler, batch_size or DEFAULT_BATCH)
-    request = run.request()
-    # Rank 0 alone looks at and prepares the folder; every rank then follows its answer.
-    answer = None
-    if shard.rank == 0:
-        try:
-            folder, note = RunFolder.start(out, request, len(run.labels), run.batch_size, bool(save_every),
-                                           resume=resume, overwrite=overwrite)
-            answer = ("ok", note, folder.batch_size, sorted(folder.done()))
-        except (FileExistsError, ResumeError, DamagedRun) as e:
-            answer = ("fail", str(e))
-        except AlreadyDone as e:
-            answer = ("done", str(e))
-        except OSError as e:
-            answer = ("fail", f"cannot write to {out}: {e}")
-    answer = dist.broadcast(shard, answer)
-    if answer[0] != "ok":
-        dist.finish(shard)
-        if answer[0] == "done":
-            if shard.rank == 0:
-                console.print(answer[1])
-            raise typer.Exit(0)
-        if shard.rank == 0:
-            fail(answer[1], 2)
-        raise typer.Exit(2)
-    _, note, run.batch_size, done = answer
-    if shard.rank:
-        folder = RunFolder(out, request, len(run.labels), run.batch_size, bool(save_every))
-    elif note:
-        console.print(note)
-    after = folder.abandon if shard.rank == 0 else (lambda: f"samples of finished batches are kept in {folder.path}")
-    _on_interrupt[0] = after
-    todo = [k for k in shard.mine(range(len(run.batches()))) if k not in done]
     try:
-        _execute(run, todo, folder.write_batch, shard, after)
-        dist.barrier(shard)  # every batch is written (a rank that failed never gets here: the launcher stops all)
+        job = api.FolderRun(out, backend, resume=resume, overwrite=overwrite, shard=shard, batch_size=batch_size,
+                            **kwargs)
+    except UserError as e:
+        dist.finish(shard)
         if shard.rank == 0:
-            _publish(lambda: folder.publish(run.labels), out, after)
-            console.print(f"wrote {len(run.labels)} samples, grid.png and run.json to {out}")
-    finally:
-        folder.release()  # a process that lives on (a test, a notebook) must not keep the folder locked
+            fail(str(e), 2)
+        raise typer.Exit(2)
+    except RunFailure as e:
+        fail(str(e), 1)
+    if job.already_done:
+        dist.finish(shard)
+        if shard.rank == 0:
+            console.print(job.already_done)
+        raise typer.Exit(0)
+    if job.note and shard.rank == 0:
+        console.print(job.note)
+    _on_interrupt[0] = job.abandon
+    _draw(job.steps(), job.run, job.todo, shard, job.abandon, out)
+    if shard.rank == 0:
+        console.print(f"wrote {len(job.run.labels)} samples, grid.png and run.json to {out}")
     dist.finish(shard)
+
+
+# Today's flags of `sample` that are short for --backend-option NAME=VALUE.
+BACKEND_FLAGS = ("checkpoint", "device", "model", "upscaler", "dtype", "embeddings", "offload")
+
+
+def _backend_options(pairs: Optional[list[str]], **flags: Any) -> dict[str, Any]:
+    """``--backend-option NAME=VALUE`` items and the short flags, as one dict (read and checked against
+    the backend's declarations by the api, before the model loads)."""
+    options = {k: v for k, v in flags.items() if v is not None}
+    for item in pairs or []:
+        key, eq, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or not key:
+            fail(f"--backend-option must be NAME=VALUE, got {item!r}", 2)
+        if key in options:
+            fail(f"backend option {key!r} is given twice (--{key} is short for --backend-option {key}=...)", 2)
+        options[key] = value
+    return options
 
 
 def _shard(device: Optional[str], rendezvous_s: Optional[float] = None):
@@ -391,123 +378,73 @@ def _why(e: OSError) -> str:
     return f"{e}{hint}"
 
 
-def _sweep(sweep, backend, labels, hooks, seed, num, steps, stride, timesteps, i_start, out, overwrite, max_batch,
-           options, save_every=0, timesteps2=None, sampler=None) -> None:
+def _sweep(sweep: str, backend: str, out: Path, overwrite: bool, kwargs: dict[str, Any]) -> None:
     """One run per value; every run is checked before the first starts, and all outputs land together."""
-    from diffkit import plugins
-    from diffkit.api import check_out, save_sweep
-    from diffkit.spec import SpecError, format_spec, keyed, parse
+    from diffkit import api
 
     name, eq, values = sweep.partition("=")
     name, values = name.strip(), [v.strip() for v in values.split(",") if v.strip()]
     if not eq or not name or not values:
         fail(f"--sweep must look like NAME=v1,v2,..., got {sweep!r}", 2)
-    if len(set(values)) != len(values):
-        fail(f"--sweep {name}: a value is given twice in {sweep!r}", 2)
-    if (out / "sweep.png").exists() and not overwrite:
-        fail(f"{out / 'sweep.png'} exists; pass --overwrite to replace it", 2)
-    runs = []
-    for value in values:
-        specs, used = [], False
-        for h in hooks:
-            try:
-                hname, args = parse(h)
-            except SpecError as e:
-                fail(str(e), 2)
-            cls = plugins.techniques().get(hname)
-            if cls is not None and any(p.name == name for p in cls.params):
-                args = [(k, v) for k, v in keyed(cls, args) if k != name] + [(name, value)]
-                used = True
-            specs.append(format_spec(hname, args))
-        rule = sampler
-        if not used and name != "sampler":
-            try:
-                sname, sargs = parse(sampler or plugins.DEFAULT_SAMPLER)
-            except SpecError as e:
-                fail(f"--sampler: {e}", 2)
-            scls = plugins.samplers().get(sname)
-            if scls is not None and any(p.name == name for p in scls.params):
-                rule, used = format_spec(sname, [(k, v) for k, v in keyed(scls, sargs) if k != name] + [(name, value)]), True
-        kw = {"seed": seed, "i_start": i_start, "steps": steps}
-        if name == "sampler":
-            rule = value
-        elif not used:
-            if name not in kw:
-                fail(f"--sweep {name}: no --hook or --sampler has a parameter {name!r}, and it is not steps, "
-                     "sampler, i_start or seed", 2)
-            kw[name] = _ints(value, f"--sweep {name}", 1 if name == "steps" else 0,
-                             SEED_MAX if name == "seed" else 100_000)[0]
-        run = _make_run(backend, labels, specs, kw["seed"], num, kw["steps"], stride, timesteps, kw["i_start"],
-                        save_every, max_batch, options, timesteps2, rule)
-        folder = out / f"{name}-{value}"
-        try:
-            check_out(folder, len(run.labels), bool(save_every), overwrite)
-        except FileExistsError as e:
-            fail(str(e), 2)
-        runs.append((value, run, folder))
+    try:
+        runs = api.sweep_runs(name, values, backend, **kwargs)
+        api.check_sweep_out(out, name, runs, overwrite)
+    except UserError as e:
+        fail(f"--sweep {name}: {e}" if not str(e).startswith("sweep") else f"--{e}", 2)
+    except RunFailure as e:
+        fail(str(e), 1)
     _on_interrupt[0] = f"nothing was written to {out}"
-    for value, run, folder in runs:
+    for value, run in runs:
         console.print(f"{name} = {value}")
-        _execute(run)
-    _publish(lambda: save_sweep(name, [(v, r.result) for v, r, _ in runs], out, overwrite=overwrite), out)
+        _draw(api.drive(run), run)
+    _publish(lambda: api.save_sweep(name, [(v, r.result) for v, r in runs], out, overwrite=overwrite), out)
     console.print(f"wrote {len(values)} runs and sweep.png to {out}")
 
 
-def _make_run(backend, labels, hooks, seed, num, steps, stride, timesteps, i_start, save_every, max_batch, options,
-              timesteps2=None, sampler=None, batch_size=None):
-    from diffkit.api import Run
-    from diffkit.backends.base import BackendError
-    from diffkit.mnist.checkpoint import CheckpointError
-    from diffkit.plugins import PluginError, UnknownName
-    from diffkit.spec import SpecError
-
-    try:
-        return Run(backend, hooks=hooks, seed=seed, num=num, steps=steps, stride=stride,
-                   timesteps=_ints(timesteps, "--timesteps") or None,
-                   timesteps2=_ints(timesteps2, "--timesteps2") or None, i_start=i_start, save_every=save_every,
-                   max_batch=max_batch, backend_options=options, sampler=sampler, batch_size=batch_size, **labels)
-    except (UnknownName, SpecError, BackendError, CheckpointError, ValueError) as e:
-        fail(str(e), 2)
-    except PluginError as e:
-        fail(str(e), 1)
-
-
-def _execute(run, todo=None, on_batch=None, shard=None, after=None) -> None:
-    """Drive batches ``todo`` of a run (all of them by default) with progress bars, handing each finished
-    batch's result to ``on_batch(k, result)``. A failure exits 1 naming the culprit (and the rank), and
-    says what ``after()`` left of the run."""
-    from diffkit.backends.base import BackendError
-    from diffkit.denoise import NonFiniteError
+def _draw(steps, run, todo: Optional[list[int]] = None, shard=None, after=None, out: Optional[Path] = None) -> None:
+    """Draw a run's :class:`~diffkit.api.BatchStep` s (of batches ``todo``; default all) as progress bars (one
+    set under torchrun: rank 0's). A failure exits naming the culprit (and the rank), and says what
+    ``after()`` left of the run: 1 for a run that failed, 2 for input found bad only once it ran."""
     from diffkit.dist import Shard
-    from diffkit.plugins import PluginError
 
     shard = shard or Shard()
     batches = run.batches()
-    todo = list(range(len(batches))) if todo is None else list(todo)
-    n, steps = sum(len(batches[k]) for k in todo), len(run.timesteps) - run.i_start
+    todo = list(range(len(batches))) if todo is None else todo
+    n, steps_n = sum(len(batches[k]) for k in todo), len(run.timesteps) - run.i_start
     split = f", {len(todo)} batches of up to {run.batch_size}" if len(batches) > 1 else ""
-    console.print(f"{shard.who()}sampling {n} sample{'s' if n != 1 else ''}, {steps} steps{split}", highlight=False)
+    console.print(f"{shard.who()}sampling {n} sample{'s' if n != 1 else ''}, {steps_n} steps{split}", highlight=False)
+
+    def kept() -> str:
+        return after() if after else "nothing was written"
+
     try:
-        with progress(disable=shard.rank != 0) as bar:  # one set of bars under torchrun: rank 0's
+        with progress(disable=shard.rank != 0) as bar:
             whole = bar.add_task("samples", total=n, info="") if len(batches) > 1 else None
-            for j, k in enumerate(todo):
-                tasks: dict[int, int] = {}
-                for st in run.steps(batches[k]):
-                    if st.stage not in tasks:
-                        name = f"stage {st.stage + 1}" if st.stage else "sample"
-                        tasks[st.stage] = bar.add_task(name if whole is None else f"  batch {j + 1}/{len(todo)} {name}",
-                                                       total=st.n_steps, completed=st.i, info="")
-                    bar.update(tasks[st.stage], completed=st.i + 1, info=f"t={st.t}")
-                if on_batch is not None:
-                    on_batch(k, run.result)
-                if whole is not None:
-                    bar.update(whole, advance=len(batches[k]))
-                    for task in tasks.values():
-                        bar.remove_task(task)
-    except (PluginError, NonFiniteError, BackendError, ValueError) as e:
-        fail(f"{shard.who()}{e}; {after() if after else 'nothing was written'}", 1)
+            tasks: dict[int, int] = {}
+            for ev in steps:
+                st = ev.state
+                if st is None:  # the batch is written
+                    if whole is not None:
+                        bar.update(whole, advance=ev.size)
+                        for task in tasks.values():
+                            bar.remove_task(task)
+                    tasks = {}
+                    continue
+                if st.stage not in tasks:
+                    name = f"stage {st.stage + 1}" if st.stage else "sample"
+                    tasks[st.stage] = bar.add_task(name if whole is None else f"  batch {ev.batch + 1}/{ev.batches} {name}",
+                                                   total=st.n_steps, completed=st.i, info="")
+                bar.update(tasks[st.stage], completed=st.i + 1, info=f"t={st.t}")
+    except interrupt.Interrupted as e:
+        if e.committed:
+            _on_interrupt[0] = f"the run had finished; its outputs are complete in {out}"
+        raise
+    except RunFailure as e:
+        fail(f"{shard.who()}{e}; {kept()}", 1)
+    except UserError as e:
+        fail(f"{shard.who()}{e}; {kept()}", 2)
     except OSError as e:
-        fail(f"{shard.who()}cannot write the samples: {_why(e)}; {after() if after else 'nothing was written'}", 1)
+        fail(f"{shard.who()}cannot write the samples: {_why(e)}; {kept()}", 1)
 
 
 def _print_params(out: Console, params: tuple) -> None:
@@ -637,7 +574,7 @@ def data_mnist(
             with console.status(f"downloading MNIST to {folder}"):
                 mnist.download(folder)
         ok = mnist.verify(folder)
-    except mnist.MnistNotFound as e:
+    except UserError as e:
         fail(str(e), 2)
     except OSError as e:
         fail(f"{e}. Without network, copy the four files (raw or .gz) into {folder}", 1)
@@ -657,7 +594,6 @@ def train_classifier(
     """Train the MNIST classifier that `diffkit eval mnist` measures samples with."""
     import json
 
-    from diffkit.mnist.data import MnistNotFound
     from diffkit.mnist.evaluate import train_classifier as run
 
     try:
@@ -666,7 +602,7 @@ def train_classifier(
             for epoch, step, steps, loss in run(out, data, epochs, seed=seed):
                 task = task if task is not None else bar.add_task("train", total=epochs * steps, info="")
                 bar.update(task, advance=1, description=f"epoch {epoch}/{epochs}", info=f"loss {loss:.4f}")
-    except MnistNotFound as e:
+    except UserError as e:
         fail(str(e), 2)
     acc = json.loads((out / "config.json").read_text())["test_accuracy"]
     console.print(f"test accuracy {acc:.4f}; classifier in {out}")
@@ -702,51 +638,27 @@ def eval_mnist(
     """
     import json
 
-    import torch
+    from diffkit import api, dist, io
 
-    from diffkit import io
-    from diffkit.mnist import data as mnist
-    from diffkit.mnist.checkpoint import CheckpointError
-    from diffkit import dist
-    from diffkit.backends.base import BackendError, check_device
-    from diffkit.mnist.evaluate import judge, load_classifier, real_floor, report, test_features
-
-    try:
-        check_device(device or "cpu")
-    except BackendError as e:
-        fail(str(e), 2)
     shard = _shard("cpu", rendezvous_timeout)
     try:
-        clf = load_classifier(classifier)
-        real_feats = test_features(str(classifier) if classifier else None, str(data) if data else None)
-        train_x, train_y = mnist.load("train", data)
-    except (CheckpointError, mnist.MnistNotFound) as e:
+        ev = api.MnistEval(checkpoint=checkpoint, classifier=classifier, num=num, hooks=list(hook or [f"cfg:{cfg}"]),
+                           sampler=sampler, steps=steps, stride=stride, seed=seed, data=data, batch_size=batch_size,
+                           device=device, shard=shard)
+    except UserError as e:
         fail(str(e), 2)
-    hooks = list(hook) if hook else [f"cfg:{cfg}"]
-    run = _make_run("mnist", {"classes": list(range(10))}, hooks, seed, num, steps, None if steps else stride, None,
-                    0, 0, None, {"checkpoint": checkpoint, "device": dist.local_device(shard, device)}, None, sampler,
-                    batch_size or DEFAULT_BATCH)
-    judged: dict[int, tuple] = {}  # batch -> (predictions, features): all that is kept of the samples
-    _execute(run, shard.mine(range(len(run.batches()))),
-             lambda k, res: judged.update({k: judge(clf, res.images.cpu())}), shard)
-    everything = dist.gather(shard, (judged, run.sampler.stats.get("rows", 0)))
+    except RunFailure as e:
+        fail(str(e), 1)
+    _draw(ev.steps(), ev.run, shard.mine(range(len(ev.run.batches()))), shard)
     dist.finish(shard)
     if shard.rank:
         return
-    judged = {k: v for part, _ in everything for k, v in part.items()}
-    pred = torch.cat([judged[k][0] for k in sorted(judged)])
-    feats = torch.cat([judged[k][1] for k in sorted(judged)])
-    labels = torch.tensor([int(c) for c in run.labels])
-    result = report(pred, feats, labels, real_feats)
-    floor = real_floor(clf, train_x, train_y, labels, real_feats, seed)
-    result.update({"real_data_floor": floor, "times_floor": result["frechet_distance"] / floor,
-                   "checkpoint": run.meta()["checkpoint"], "num_per_class": num, "hooks": hooks,
-                   "sampler": run.rule.spec, "timesteps": len(run.timesteps),
-                   "model_calls_per_sample": sum(rows for _, rows in everything) / len(labels), "seed": seed})
+    result = ev.report
     if out:
         io.write_json(out, result)
     console.print(f"accuracy {result['accuracy']:.4f}  frechet distance {result['frechet_distance']:.2f} "
-                  f"({result['times_floor']:.1f}x the {floor:.2f} of {len(labels)} real training digits)")
+                  f"({result['times_floor']:.1f}x the {result['real_data_floor']:.2f} of {len(ev.run.labels)} real "
+                  "training digits)")
     print(json.dumps(result, indent=2))
 
 
@@ -756,7 +668,7 @@ def _load_study_image(backend, image: Path):
     C, H, W = backend.sample_shape
     try:
         return io.load_image(image, (H, W), C)[None].to(backend.device)
-    except (FileNotFoundError, ValueError) as e:
+    except (UserError, FileNotFoundError) as e:
         fail(str(e), 2)
 
 
@@ -783,19 +695,16 @@ def noise(
     cols = [img.cpu()] + [be.to_image(x[None]).float().cpu() for x in xs]
     io.save_png(io.labelled_columns(cols, ["original"] + [f"t={v}" for v in ts]), out)
     io.write_json(out.with_suffix(".json"), {"image": str(image), "t": ts, "backend": backend, "seed": seed,
-                                             "checkpoint": getattr(be, "checkpoint", None) or model})
+                                             "checkpoint": be.checkpoint or model})
     console.print(f"wrote {out} and {out.with_suffix('.json').name}")
 
 
 def _study_backend(name: str, checkpoint: Optional[str], model: Optional[str] = None, device: Optional[str] = None):
     from diffkit.api import load_backend
-    from diffkit.backends.base import BackendError
-    from diffkit.mnist.checkpoint import CheckpointError
-    from diffkit.plugins import UnknownName
 
     try:
         return load_backend(name, checkpoint=checkpoint, model=model, device=device)
-    except (UnknownName, BackendError, CheckpointError) as e:
+    except UserError as e:
         fail(str(e), 2)
 
 
@@ -885,7 +794,7 @@ def _denoiser_study(checkpoint: Optional[str], sigmas: str, data: Optional[Path]
     try:
         model, config = ckpt.load_model(checkpoint)
         x, _ = mnist.load("test", data)
-    except (ckpt.CheckpointError, mnist.MnistNotFound) as e:
+    except UserError as e:
         fail(str(e), 2)
     if config.get("objective") != "denoise":
         fail(f"{checkpoint} is a {config.get('objective')} checkpoint; the sigma study needs a one-step denoiser", 2)
@@ -912,10 +821,8 @@ def embed(
     """Encode prompts with IF's T5 once; `diffkit sample --embeddings FILE` then never loads T5."""
     import torch
 
-    from diffkit.backends.base import BackendError
-    from diffkit.backends.deepfloyd import STAGE_I, TextEncoder, load_embeddings, resolve_dtype, save_embeddings
-
     from diffkit.backends.base import check_device
+    from diffkit.backends.deepfloyd import STAGE_I, TextEncoder, load_embeddings, resolve_dtype, save_embeddings
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -925,6 +832,6 @@ def embed(
         with console.status("encoding prompts with T5"):
             text(list(prompt))
         save_embeddings(out, text.cache, model or STAGE_I)
-    except BackendError as e:
+    except UserError as e:
         fail(str(e), 2)
     console.print(f"wrote {len(text.cache)} prompt embeddings to {out}")

@@ -13,12 +13,13 @@ import torch
 from torch import Tensor
 
 from diffkit.backends.base import Backend
+from diffkit.errors import RunFailure
 from diffkit.plugins import PluginError
 from diffkit.state import Denoiser, Query
 from diffkit.technique import Combiner
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(RunFailure, FloatingPointError):
     """The model returned NaN or inf."""
 
 

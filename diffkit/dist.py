@@ -15,10 +15,12 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 
+from diffkit.errors import UserError
+
 T = TypeVar("T")
 
 
-class LaunchError(RuntimeError):
+class LaunchError(UserError, RuntimeError):
     """The launcher's environment is incomplete or the rendezvous failed."""
 
 

@@ -35,13 +35,14 @@ import torch
 from torch import Tensor
 
 from diffkit import io
+from diffkit.errors import OutputInTheWay, UserError
 
 GRID_MAX = 64  # samples shown in grid.png and the frames
 WORK = ".diffkit-partial"  # the work folder's name inside --out
 _SAMPLE = re.compile(r"sample-\d{3,}\.png")
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError):
     """--resume on a folder that another command began (or finished)."""
 
 
@@ -49,11 +50,11 @@ class AlreadyDone(Exception):
     """--resume on a folder that holds this very run, finished."""
 
 
-class Busy(FileExistsError):
+class Busy(OutputInTheWay):
     """Another live diffkit run holds the folder's lock."""
 
 
-class DamagedRun(ValueError):
+class DamagedRun(UserError):
     """A file diffkit wrote (request.json, run.json) no longer reads."""
 
 
@@ -76,10 +77,10 @@ def check_out(out: str | os.PathLike, n: int, frames: bool, overwrite: bool) -> 
     """Refuse (FileExistsError) before any work if the run would overwrite files in ``out``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a folder")
+        raise OutputInTheWay(f"--out {out} is a file, not a folder")
     clash = [name for name in output_names(n, frames) if (out / name).exists()]
     if clash and not overwrite:
-        raise FileExistsError(f"{out} already holds {', '.join(clash[:3])}{' ...' if len(clash) > 3 else ''}; "
+        raise OutputInTheWay(f"{out} already holds {', '.join(clash[:3])}{' ...' if len(clash) > 3 else ''}; "
                               "pass --overwrite to replace them, or choose another --out")
 
 
@@ -116,9 +117,9 @@ def _differences(old: dict, new: dict) -> str:
     return "; ".join(f"{k}: {json.dumps(old.get(k))} there, {json.dumps(new.get(k))} now" for k in keys)
 
 
-def _interrupted(path: Path) -> FileExistsError:
+def _interrupted(path: Path) -> OutputInTheWay:
     done = len(list((path / "parts").glob("batch-*.safetensors")))
-    return FileExistsError(f"{path} holds an interrupted run ({done} batches done); pass --resume to continue it, "
+    return OutputInTheWay(f"{path} holds an interrupted run ({done} batches done); pass --resume to continue it, "
                            "or --overwrite to discard it")
 
 

@@ -12,6 +12,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from PIL import Image
+
+from diffkit.errors import UserError
 from torch import Tensor
 
 
@@ -186,7 +188,7 @@ def load_image(path: str | os.PathLike, size: tuple[int, int], channels: int) ->
         img = Image.open(path)
         img.load()
     except Exception as e:  # PIL raises many kinds
-        raise ValueError(f"cannot read image {path}: {e}") from e
+        raise UserError(f"cannot read image {path}: {e}") from e
     if img.mode in ("RGBA", "LA", "P", "PA"):
         img = img.convert("RGBA")
         bg = Image.new("RGBA", img.size, (255, 255, 255, 255))

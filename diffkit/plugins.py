@@ -13,19 +13,20 @@ from typing import Any
 import pluggy
 
 from diffkit import hookspecs
+from diffkit.errors import RunFailure, UserError
 from diffkit.backends.base import BackendInfo
-from diffkit.spec import SpecError, bind, parse
+from diffkit.spec import SpecError, bind, keyed, parse
 from diffkit.technique import Technique
 
 GROUP = "diffkit"
 DISABLE_ENV = "DIFFKIT_DISABLE_PLUGIN_AUTOLOAD"
 
 
-class PluginError(RuntimeError):
+class PluginError(RunFailure):
     """A plugin failed; the message starts with the plugin's name."""
 
 
-class UnknownName(LookupError):
+class UnknownName(UserError, LookupError):
     """An unknown hook, view or backend; the message lists what is installed."""
 
 
@@ -118,29 +119,72 @@ def get_backend(name: str) -> BackendInfo:
         raise UnknownName(f"unknown backend {name!r}; available: {', '.join(sorted(backends()))}") from None
 
 
-def make_technique(spec: str) -> Technique:
-    """``'cfg:7'`` -> a configured technique instance; unknown names and bad args raise clear errors."""
+def make_technique(spec: str, **overrides: Any) -> Technique:
+    """``'cfg:7'`` -> a configured technique instance; unknown names and bad args raise clear errors.
+
+    ``overrides`` replace parameters the spec gave (or left at their default), as values or text
+    (a ``--sweep``: ``make_technique("sdedit:image=a.png", strength="0.5")``).
+    """
     name, args = parse(spec)
+    cls = _technique_class(name)
+    kwargs = bind(cls, [a for a in keyed(cls, args) if a[0] not in overrides])
+    kwargs.update(read_args(cls, overrides))
+    return _build(cls, kwargs)
+
+
+def technique_from(name: str, args: dict[str, Any]) -> Technique:
+    """A technique from its name and arguments as a run recorded them (``run.json``'s ``hooks``)."""
+    cls = _technique_class(name)
+    kwargs = read_args(cls, args)
+    for p in cls.params:
+        if p.name not in kwargs:
+            if p.required:
+                raise SpecError(f"hook {name!r}: missing required parameter {p.name!r} ({p.help})")
+            kwargs[p.name] = list(p.default) if p.multiple else p.default
+    return _build(cls, kwargs)
+
+
+def read_args(cls: Any, values: dict[str, Any], what: str = "hook") -> dict[str, Any]:
+    """Values (typed, or text) for ``cls``'s declared params, each read and checked by its ``Param``."""
+    params = {p.name: p for p in cls.params}
+    out = {}
+    for key, value in values.items():
+        if key not in params:
+            raise SpecError(f"{what} {cls.name!r}: unknown parameter {key!r} (parameters: {', '.join(params) or 'none'})")
+        p = params[key]
+        try:
+            out[key] = [p.read(v) for v in value] if p.multiple and isinstance(value, (list, tuple)) else p.read(value)
+        except ValueError as e:
+            raise SpecError(f"{what} {cls.name!r}: parameter {key!r} {e}") from None
+        if p.multiple and not isinstance(out[key], list):
+            out[key] = [out[key]]
+    return out
+
+
+def _technique_class(name: str) -> type[Technique]:
     table = techniques()
     if name not in table:
         raise UnknownName(f"unknown hook {name!r}; available: {', '.join(sorted(table))}")
-    cls = table[name]
-    kwargs = bind(cls, args)
+    return table[name]
+
+
+def _build(cls: type[Technique], kwargs: dict[str, Any]) -> Technique:
     try:
         return cls(**kwargs)
     except (SpecError, UnknownName):
         raise
     except (ValueError, TypeError, FileNotFoundError) as e:
-        raise SpecError(f"hook {name!r}: {e}") from e
+        raise SpecError(f"hook {cls.name!r}: {e}") from e
 
 
 DEFAULT_SAMPLER = "ddpm"
 
 
-def make_sampler(spec: str | None = None) -> Any:
+def make_sampler(spec: str | None = None, **overrides: Any) -> Any:
     """``'ddim:eta=0.5'`` -> a configured step rule (None: ``ddpm``); unknown names and bad args raise clear errors.
 
     ``diffusers:CLASS,key=value,...`` takes any ``key=value`` as an entry of the scheduler's config.
+    ``overrides`` replace declared parameters, as :func:`make_technique`'s do.
     """
     from diffkit.rules import RuleError, literal
 
@@ -158,7 +202,8 @@ def make_sampler(spec: str | None = None) -> Any:
             except ValueError as e:
                 raise SpecError(f"sampler 'diffusers': {key}: {e}") from None
         args = [a for a in args if a[0] is None or a[0] in declared]
-    kwargs = bind(cls, args, "sampler")
+    kwargs = bind(cls, [a for a in keyed(cls, args) if a[0] not in overrides], "sampler")
+    kwargs.update(read_args(cls, overrides, "sampler"))
     if config:
         kwargs["config"] = config
     try:

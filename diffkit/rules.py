@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from diffkit import schedule
+from diffkit.errors import UserError
 from diffkit.technique import TYPE_NAMES, Param, to_bool
 
 # evaluate(x, t): the combined estimate for state x at model timestep t, ``[N x C' x H x W]``: noise in
@@ -40,7 +41,7 @@ def check_timesteps(name: str, ts: Sequence[int], T: int | None = None) -> None:
     if (not len(ts) or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in ts)
             or any(a <= b for a, b in zip(ts, ts[1:])) or (T is not None and ts[0] >= T)):
         span = "integers >= 0" if T is None else f"within 0..{T - 1}"
-        raise ValueError(f"{name} must be strictly decreasing {span}, got {list(ts)}")
+        raise UserError(f"{name} must be strictly decreasing {span}, got {list(ts)}")
 
 
 def timesteps_for(backend: Any, steps: int | None = None, stride: int | None = None,
@@ -52,12 +53,12 @@ def timesteps_for(backend: Any, steps: int | None = None, stride: int | None = N
         return list(timesteps)
     if steps:
         if not 1 <= steps <= T:
-            raise ValueError(f"steps must be in 1..{T}, got {steps}")
+            raise UserError(f"steps must be in 1..{T}, got {steps}")
         k = max(1, T // steps)
         return list(range((steps - 1) * k, -1, -k))
     if stride:
         if not 1 <= stride < T:
-            raise ValueError(f"stride must be in 1..{T - 1}, got {stride}")
+            raise UserError(f"stride must be in 1..{T - 1}, got {stride}")
         return schedule.strided_timesteps(T, stride)
     return backend.default_timesteps()
 
@@ -72,7 +73,7 @@ class StepOutput(NamedTuple):
     x0: Tensor
     eps: Tensor
 
-class RuleError(ValueError):
+class RuleError(UserError):
     """A step rule cannot serve this request (steps it cannot take, explicit timesteps, an option)."""
 
 
@@ -195,7 +196,7 @@ STATELESS = {"DDIMScheduler", "DDPMScheduler"}
 
 def scheduler_config(backend: Any) -> dict[str, Any]:
     """The backend's diffusers scheduler config; without one, its betas as ``trained_betas``."""
-    config = getattr(backend, "scheduler_config", None)
+    config = backend.scheduler_config
     if config is not None:
         return dict(config)
     abar = backend.alphas_cumprod.double()

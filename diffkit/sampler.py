@@ -72,8 +72,7 @@ class Sampler:
         # restore out of order (two interleaved runs left the thread in inference mode for good).
         with torch.inference_mode():
             x = ctx.randn()
-            if hasattr(backend, "start"):  # a stage that draws its own noise (IF II) does so next, as diffusers does
-                backend.start(ctx)
+            backend.start(ctx)  # a stage that draws its own noise (IF II) does so next, as diffusers does
             start = relay.hook.diffkit_initial_state(ctx=ctx, noise=x)
             if start is not None:
                 x, ctx.i_start = start

@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from diffkit.errors import UserError
 from diffkit.technique import Param, Technique
 
 
-class SpecError(ValueError):
+class SpecError(UserError):
     """A malformed or ill-typed hook spec; the message names the hook and the parameter."""
 
 

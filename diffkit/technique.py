@@ -2,79 +2,12 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor
 
+from diffkit.params import REQUIRED, TYPE_NAMES, Param, to_bool  # noqa: F401 - where plugins import them
 from diffkit.state import Context, Query
-
-REQUIRED: Any = object()
-
-
-def to_bool(text: str) -> bool:
-    v = text.strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
-
-
-def _num(v: float) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-TYPE_NAMES: dict[Callable[[str], Any], str] = {int: "int", float: "float", str: "str", to_bool: "bool", Path: "path"}
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter of a technique: ``type`` converts the spec's text; ``multiple`` collects repeats.
-
-    Numbers (``int``, ``float``) must declare ``range=(low, high)``, both inclusive: a value outside it,
-    and NaN or inf for a float, is refused before any model loads, with the range in the message.
-    """
-
-    name: str
-    type: Callable[[str], Any] = str
-    default: Any = REQUIRED
-    help: str = ""
-    multiple: bool = False
-    range: tuple[float, float] | None = None
-    # What a file-valued parameter holds, for UIs (`diffkit ui`): "image" (an upload), "sketch" (an
-    # upload or a drawing), "mask" (painted over this technique's "image"), "path" (a server path: a
-    # browser may only pick from the paths the server allows). "" for plain values.
-    kind: str = ""
-
-    @property
-    def numeric(self) -> bool:
-        return self.type in (int, float)
-
-    def range_text(self) -> str:
-        lo, hi = self.range or (-math.inf, math.inf)
-        kind = "an integer" if self.type is int else "a finite number"
-        return f"{kind} in {_num(lo)}..{_num(hi)}"
-
-    def check(self, value: Any) -> None:
-        """Raise ValueError (naming the valid range) for a number this parameter cannot take."""
-        if not self.numeric or value is None:
-            return
-        lo, hi = self.range or (-math.inf, math.inf)
-        if not (math.isfinite(value) and lo <= value <= hi):
-            raise ValueError(f"must be {self.range_text()}, got {value!r}")
-
-    @property
-    def required(self) -> bool:
-        return self.default is REQUIRED
-
-    @property
-    def type_name(self) -> str:
-        name = TYPE_NAMES.get(self.type, getattr(self.type, "__name__", "value"))
-        return f"{name}..." if self.multiple else name
-
 
 # Guidance limited to an interval of noise levels (Kynkaanniemi et al. 2024), shared by cfg and autoguide.
 INTERVAL = (

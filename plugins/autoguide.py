@@ -17,32 +17,13 @@ def autoguide(eps_weak: Tensor, eps_main: Tensor, scale: float) -> Tensor:
     return eps_weak + scale * (eps_main - eps_weak)
 
 
-def _weak_mnist(ctx: Context, model: str | None):
-    from diffkit.backends.mnist import MnistBackend
-    from diffkit.mnist import checkpoint
-
-    path = checkpoint.named(model) if model else checkpoint.SHIPPED_WEAK
-    if not (path / "config.json").is_file():
-        raise ValueError(f"model={path}: no MNIST checkpoint there (a folder written by `diffkit train mnist`)"
-                         + ("; the shipped weak model is missing from this install" if not model else ""))
-    weak, main = checkpoint.load_config(path), ctx.backend.config
-    for key in ("objective", "conditioning", "T", "beta_start", "beta_end"):
-        if weak.get(key) != main.get(key):
-            raise ValueError(f"model={path} has {key} {weak.get(key)!r} but the main model has {main.get(key)!r}: "
-                             "the weak model must be trained like the main one, only smaller or shorter")
-    return MnistBackend(str(path), str(ctx.backend.device))
-
-
-def _weak_if(ctx: Context, model: str | None):
-    from diffkit.backends.deepfloyd import IFStage
-
-    if not model:
-        raise ValueError("on IF give the weak stage I as model= (a hub id or folder, e.g. DeepFloyd/IF-I-M-v1.0)")
+def weak_model(ctx: Context, model: str | None):
+    """The backend's weak model (``Backend.weak_model``), checked to denoise the same states as the main one."""
     main = ctx.backend
-    weak = IFStage(model, main.text, str(main.device), main.dtype, 1, stride=main.stride, offload=main.offload)
+    weak = main.weak_model(model)
     if weak.sample_shape != main.sample_shape:
         raise ValueError(f"model={model} makes {weak.sample_shape} images but the main model "
-                         f"{main.sample_shape}: give a stage I of the same size")
+                         f"{main.sample_shape}: give a model of the same size")
     if not bool((weak.alphas_cumprod == main.alphas_cumprod).all()):
         raise ValueError(f"model={model} was trained with another noise schedule than the main model")
     return weak
@@ -55,10 +36,11 @@ class Autoguide(Combiner):
     params = (
         Param("scale", float, 2.0, "guidance weight w (1: the main model alone)", range=(-100.0, 100.0)),
         Param("model", str, None, "the weak model: an MNIST checkpoint folder or shipped name (default: "
-                                  "mnist-weak) or an IF stage I hub id or folder", kind="path"),
+                                  "mnist-weak) or an IF stage I hub id or folder; another backend's model "
+                                  "as that backend takes it", kind="path"),
         *INTERVAL,
     )
-    backends = ("mnist", "if")
+    # every backend whose Backend.weak_model gives one (mnist: a shipped weak model; if: a smaller stage I)
     extra_channels = "first"  # IF's variance: the main model's
 
     def __init__(self, **args):
@@ -71,8 +53,7 @@ class Autoguide(Combiner):
         if not self.active:
             return
         if WEAK not in ctx.models:
-            load = _weak_mnist if ctx.backend.name == "mnist" else _weak_if
-            ctx.models[WEAK] = load(ctx, self.args["model"])
+            ctx.models[WEAK] = weak_model(ctx, self.args["model"])
         self.t_lo, self.t_hi = interval_timesteps(ctx, self.args)
 
     def expand(self, query: Query) -> list[Query]:

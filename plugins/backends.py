@@ -1,21 +1,26 @@
-"""Built-in backends: mnist (diffkit's own UNet), gaussian (exact denoiser, for tests), if (DeepFloyd IF)."""
+"""Built-in backends: mnist (diffkit's own UNet), gaussian (exact denoiser, for tests), if (DeepFloyd IF).
+
+Each is declared here (name, help, options as ``Param``s) and built by a ``load`` that imports its
+module only when called, so listing backends loads no model code.
+"""
 
 from __future__ import annotations
 
 from diffkit.backends.base import BackendInfo
 from diffkit.hookspecs import hookimpl
+from diffkit.params import Param, to_bool
 
 
-def _mnist(checkpoint: str | None = None, device: str = "cpu", stride: int = 1, **_: object):
+def _mnist(checkpoint: str | None = None, device: str | None = None):
     from diffkit.backends.mnist import MnistBackend
 
-    return MnistBackend(checkpoint, device or "cpu", stride)
+    return MnistBackend(checkpoint, device or "cpu")
 
 
-def _gaussian(stride: int = 1, **_: object):
+def _gaussian(means: str = "0.2,0.8", std: float = 0.15):
     from diffkit.backends.gaussian import GaussianBackend
 
-    return GaussianBackend(means=(0.2, 0.8), std=0.15, stride=stride)
+    return GaussianBackend.from_options(means, std)
 
 
 def _if(**options: object):
@@ -27,18 +32,27 @@ def _if(**options: object):
 @hookimpl
 def diffkit_backends() -> list[BackendInfo]:
     return [
-        BackendInfo("mnist", "diffkit's class-conditioned MNIST DDPM (28x28, T=300); ships with diffkit.",
-                    _mnist, {"checkpoint": "checkpoint folder or shipped name: mnist-class (default), mnist-h64",
-                             "device": "cpu or cuda"},
-                    label_kind="class"),
-        BackendInfo("gaussian", "exact denoiser of a 2-class Gaussian mixture (8x8): for tests and teaching.",
-                    _gaussian, {}, label_kind="class"),
-        BackendInfo("if", "DeepFloyd IF stage I (64x64) and stage II (x4) through diffusers; T5 prompts.",
-                    _if, {"model": "stage I: hub id or local folder (default DeepFloyd/IF-I-XL-v1.0)",
-                          "upscaler": "stage II: hub id, folder, or none (default DeepFloyd/IF-II-L-v1.0)",
-                          "device": "cpu, cuda, ... (default: cuda if available)",
-                          "dtype": "fp16, bf16 or fp32 (default: fp16 on CUDA, fp32 on CPU)",
-                          "embeddings": "safetensors file from `diffkit embed` (T5 is not loaded for its prompts)",
-                          "offload": "keep the UNet on the CPU between calls (small GPUs)"},
-                    label_kind="prompt"),
+        BackendInfo("mnist", "diffkit's class-conditioned MNIST DDPM (28x28, T=300); ships with diffkit.", _mnist, (
+            Param("checkpoint", str, None, "checkpoint folder written by `diffkit train mnist`, or a shipped "
+                                           "model: mnist-class (default, fast), mnist-h64 (quality)", kind="path"),
+            Param("device", str, None, "where the model runs: cpu (default), cuda, cuda:N", kind="device"),
+        ), label_kind="class"),
+        BackendInfo("gaussian", "exact denoiser of a Gaussian mixture (8x8), one class per mean: for tests "
+                                "and teaching.", _gaussian, (
+            Param("means", str, "0.2,0.8", "comma list: the pixel value of each class's mean (2..10 classes)"),
+            Param("std", float, 0.15, "standard deviation of every class around its mean", range=(0.01, 10.0)),
+        ), label_kind="class"),
+        BackendInfo("if", "DeepFloyd IF stage I (64x64) and stage II (x4) through diffusers; T5 prompts.", _if, (
+            Param("model", str, None, "stage I: hub id or local folder (default DeepFloyd/IF-I-XL-v1.0)",
+                  kind="path"),
+            Param("upscaler", str, None, "stage II: hub id, folder, or none (default DeepFloyd/IF-II-L-v1.0)",
+                  kind="path"),
+            Param("device", str, None, "where the model runs: cpu, cuda, cuda:N (default: cuda if available)",
+                  kind="device"),
+            Param("dtype", str, None, "weights' precision (default: fp16 on CUDA, fp32 on CPU)",
+                  choices=("fp16", "bf16", "fp32")),
+            Param("embeddings", str, None, "safetensors file from `diffkit embed` (T5 is not loaded for its "
+                                           "prompts)", kind="path"),
+            Param("offload", to_bool, False, "keep the UNet on the CPU between calls (small GPUs)"),
+        ), label_kind="prompt"),
     ]

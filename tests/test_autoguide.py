@@ -115,7 +115,7 @@ def test_bad_weak_models_and_intervals_exit_2_naming_the_parameter(ckpts, tmp_pa
 
 
 def test_autoguide_is_refused_on_a_backend_without_a_weak_model():
-    with pytest.raises(ValueError, match="does not support backend 'gaussian'"):
+    with pytest.raises(ValueError, match="backend 'gaussian' has no weak model"):
         diffkit.sample("gaussian", classes=[0], hooks=["autoguide:2"])
 
 

@@ -3,76 +3,126 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
+from diffkit.errors import UserError
 from diffkit.fixed_calls import in_fixed_chunks  # noqa: F401 - the backends' helper, here as before
-from diffkit.schedule import StepConfig
+from diffkit.params import Param
+from diffkit.schedule import StepConfig, strided_timesteps
 
 
-@runtime_checkable
-class Backend(Protocol):
-    """A diffusion model as the Sampler sees it.
+class Backend:
+    """Base class of every backend: a diffusion model as the Sampler sees it.
 
-    - ``alphas_cumprod``: ``[T]`` float64 on the CPU (the schedule the model was trained with).
-    - ``sample_shape``: ``(C, H, W)`` of the state ``x``; the first ``C`` channels of an estimate are noise.
-    - ``step_config``: how the DDPM step reads the estimate (variance type, clipping, thresholding).
-    - ``scheduler_config`` (optional): the diffusers scheduler config of the training schedule, from
-      which every sampler but ``ddpm`` is built; without it, ``alphas_cumprod`` as ``trained_betas``.
+    A backend subclasses this and sets or overrides what it needs (``diffkit/backends/gaussian.py`` is
+    the worked example; docs/writing-plugins.md walks through it). Required:
+
+    - ``name``; ``alphas_cumprod``: ``[T]`` float64 on the CPU (the schedule the model was trained with);
+      ``sample_shape``: ``(C, H, W)`` of the state ``x``; the first ``C`` channels of an estimate are noise.
+    - :meth:`encode`, :meth:`predict`, :meth:`to_image`, :meth:`from_image`.
+
+    Optional, each with a default that fits a one-stage pixel-space model on the CPU: ``step_config``,
+    ``scheduler_config``, ``checkpoint``, ``device``, ``dtype``, ``conditional``, ``stride``,
+    :meth:`default_timesteps`, :meth:`model_input`, :meth:`start`, :meth:`next_stage`, :meth:`weak_model`.
     """
 
-    name: str
+    name: str = ""
     alphas_cumprod: Tensor
     sample_shape: tuple[int, int, int]
-    step_config: StepConfig
-    device: torch.device
-    dtype: torch.dtype
-    conditional: bool
+    # how the DDPM step reads the estimate (variance type, clipping, thresholding)
+    step_config: StepConfig = StepConfig()
+    # the diffusers scheduler config of the training schedule, from which every sampler but ``ddpm`` is
+    # built; None: ``alphas_cumprod`` as ``trained_betas``
+    scheduler_config: dict[str, Any] | None = None
+    checkpoint: str | None = None  # the weights' folder or id, recorded in run.json
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+    conditional: bool = True
+    stride: int = 1  # of the default timesteps
 
     def default_timesteps(self) -> list[int]:
         """The strided timesteps used when the user gives none, descending, each one a model call."""
+        return strided_timesteps(len(self.alphas_cumprod), self.stride)
 
     def encode(self, labels: list[Any]) -> Tensor | None:
-        """One label a sample (prompt, class; None = unconditional) -> conditioning ``[N x ...]``."""
+        """One label a sample (prompt, class; None = unconditional) -> conditioning ``[N x ...]``; a label
+        it cannot take is a :class:`BackendError` naming it."""
+        raise NotImplementedError
 
     def model_input(self, x: Tensor) -> Tensor:
         """The model's input for state ``x`` (IF stage II appends the upsampled stage I image)."""
+        return x
 
     def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         """Batched estimate ``[B x C' x H x W]`` for inputs ``[B x C_in x H x W]``, timesteps ``[B]``."""
+        raise NotImplementedError
 
     def to_image(self, x: Tensor) -> Tensor:
         """State ``[N x C x H x W]`` -> image in [0, 1]."""
+        raise NotImplementedError
 
     def from_image(self, img: Tensor) -> Tensor:
         """Image in [0, 1] ``[N x C x H x W]`` -> state scale (the ``x0`` the model was trained on)."""
+        raise NotImplementedError
 
-    # Optional: ``start(ctx)``, called right after the run's initial noise draw, for a stage that draws
-    # noise of its own before the first step (IF II noises the upsampled stage I image), so draws come
-    # in the order diffusers' pipelines make them.
+    def start(self, ctx: Any) -> None:
+        """Called right after the run's initial noise draw, for a stage that draws noise of its own before
+        the first step (IF II noises the upsampled stage I image), so draws come in the order diffusers'
+        pipelines make them."""
 
     def next_stage(self, images: Tensor, labels: list[Any]) -> Backend | None:
         """The backend that refines this stage's output ``[N x C x H x W]`` (IF II), or None."""
+        return None
+
+    def weak_model(self, model: str | None) -> Backend:
+        """A weaker model of the same kind, conditioned alike, for guidance (``autoguide``): ``model`` names
+        it (a checkpoint, a hub id); None asks for the backend's own default, if it ships one."""
+        raise BackendError(f"backend {self.name!r} has no weak model to guide with (autoguide)")
 
 
 @dataclass
 class BackendInfo:
-    """A backend as a plugin declares it: ``load(**options)`` builds it.
+    """A backend as a plugin declares it: ``load(**options)`` builds it from its declared ``params``.
 
-    ``options`` names the CLI options it understands (``checkpoint``, ``model``, ``device``, ...),
-    each with its help text; others given on the command line are an error.
+    The declaration is light, so listing backends (``diffkit backends``, the UI) imports no model code:
+    ``load`` imports the backend's module when it is called. ``params`` are :class:`~diffkit.params.Param`
+    declarations, as a technique's: the CLI (``--backend-option NAME=VALUE``), the UI's form and the
+    checks before any model loads are all made from them.
     """
 
     name: str
     help: str
     load: Callable[..., Backend]
-    options: dict[str, str] = field(default_factory=dict)
+    params: tuple[Param, ...] = ()
     label_kind: str = "prompt"  # what --prompt/--class feed: "prompt" or "class"
 
+    @property
+    def options(self) -> dict[str, str]:
+        """Option name -> help (the declared params)."""
+        return {p.name: p.help for p in self.params}
 
-class BackendError(ValueError):
+    def read_options(self, given: dict[str, Any]) -> dict[str, Any]:
+        """``given`` (text or typed values; None: not given) -> typed, checked values; an unknown option or
+        a bad value is a :class:`BackendError` naming the backend, the option and what it takes."""
+        declared = {p.name: p for p in self.params}
+        given = {k: v for k, v in given.items() if v is not None}
+        unknown = sorted(set(given) - set(declared))
+        if unknown:
+            raise BackendError(f"backend {self.name!r} takes no option {', '.join(unknown)} "
+                               f"(it takes: {', '.join(declared) or 'none'})")
+        out = {}
+        for key, value in given.items():
+            try:
+                out[key] = declared[key].read(value)
+            except ValueError as e:
+                raise BackendError(f"backend {self.name!r}: option {key!r} {e}") from None
+        return out
+
+
+class BackendError(UserError):
     """Bad backend input: an unknown option, missing checkpoint, label it cannot encode."""
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffkit import schedule
-from diffkit.backends.base import BackendError
+from diffkit.backends.base import Backend, BackendError
 from diffkit.schedule import StepConfig
 
 STAGE_I = "DeepFloyd/IF-I-XL-v1.0"
@@ -123,10 +123,8 @@ def load_embeddings(path: str | os.PathLike) -> dict[str, Tensor]:
                            f"with its prompts in the metadata): {type(e).__name__}") from None
 
 
-class IFStage:
+class IFStage(Backend):
     """One IF stage as a diffkit backend. Stage II adds the upsampled, noised stage I image to the input."""
-
-    conditional = True
 
     def __init__(self, model: str, text: TextEncoder, device: str, dtype: torch.dtype, stage: int,
                  upscaler: str | None = None, stride: int = 30, offload: bool = False, noise_level: int = 250):
@@ -158,9 +156,6 @@ class IFStage:
         if stage == 2:
             self.noising = schedule.alphas_cumprod_from_config(
                 _load_json(model, "image_noising_scheduler", "scheduler_config.json"))
-
-    def default_timesteps(self) -> list[int]:
-        return schedule.strided_timesteps(len(self.alphas_cumprod), self.stride)
 
     def encode(self, labels: list[Any]) -> Tensor:
         return self.text(["" if lab is None else str(lab) for lab in labels])
@@ -205,6 +200,12 @@ class IFStage:
                       offload=self.offload)
         nxt.low_res = x
         return nxt
+
+    def weak_model(self, model: str | None) -> IFStage:
+        """A smaller stage I (``model``: hub id or folder) sharing this one's T5, device and dtype."""
+        if not model:
+            raise BackendError("on IF give the weak stage I as model= (a hub id or folder, e.g. DeepFloyd/IF-I-M-v1.0)")
+        return IFStage(model, self.text, str(self.device), self.dtype, 1, stride=self.stride, offload=self.offload)
 
 
 def load(model: str | None = None, upscaler: str | None = None, device: str | None = None, dtype: str | None = None,

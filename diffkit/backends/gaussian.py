@@ -1,9 +1,14 @@
-"""A test backend with an exact denoiser: data from a class-conditional Gaussian mixture.
+"""A backend with an exact denoiser, and the worked example of writing a backend (docs/writing-plugins.md).
 
-Class ``k`` images are ``x0 ~ N(mu_k, s^2 I)``; every pixel of ``mu_k`` is ``means[k]``. Then
+The data: class ``k`` images are ``x0 ~ N(mu_k, s^2 I)``, every pixel of ``mu_k`` being ``means[k]``. Then
 ``x_t | k ~ N(sqrt(abar) mu_k, (abar s^2 + 1 - abar) I)`` and the optimal noise prediction is
 ``E[eps | x_t, k] = sqrt(1 - abar) (x_t - sqrt(abar) mu_k) / (abar s^2 + 1 - abar)``; unconditionally
 it is the posterior-weighted mean over classes. No network: the sampler's math is all that is tested.
+
+A backend is a :class:`~diffkit.backends.base.Backend` subclass plus a ``BackendInfo`` declaring its
+name and options (``plugins/backends.py``). What it must give: a schedule (``alphas_cumprod``), the state's
+shape, ``encode`` (labels -> conditioning), ``predict`` (the model call), ``to_image``/``from_image``.
+Everything else (samplers, techniques, batching, seeds, run folders, torchrun) is diffkit's.
 """
 
 from __future__ import annotations
@@ -14,27 +19,35 @@ import torch
 from torch import Tensor
 
 from diffkit import schedule
-from diffkit.backends.base import BackendError
-from diffkit.schedule import StepConfig
+from diffkit.backends.base import Backend, BackendError
 
 
-class GaussianBackend:
+class GaussianBackend(Backend):
     name = "gaussian"
-    conditional = True
+    # The rest of the optional members keep the base class's defaults: one stage, the CPU, DDPM steps
+    # without clipping, every sampler built from alphas_cumprod, default timesteps every `stride`.
 
     def __init__(self, means: tuple[float, ...] = (0.3, 0.7), std: float = 0.2, shape: tuple[int, int, int] = (1, 8, 8),
                  T: int = 300, stride: int = 1):
         self.means = torch.tensor(means, dtype=torch.float64)
         self.std = std
         self.sample_shape = shape
-        self.alphas_cumprod = schedule.alphas_cumprod(schedule.linear_betas(T))
-        self.step_config = StepConfig()
-        self.device = torch.device("cpu")
-        self.dtype = torch.float64
+        self.alphas_cumprod = schedule.alphas_cumprod(schedule.linear_betas(T))  # [T] float64, the training schedule
+        self.dtype = torch.float64  # exact math: float64 states
         self.stride = stride
 
-    def default_timesteps(self) -> list[int]:
-        return schedule.strided_timesteps(len(self.alphas_cumprod), self.stride)
+    @classmethod
+    def from_options(cls, means: str, std: float) -> GaussianBackend:
+        """The backend as ``--backend-option means=0.2,0.8 --backend-option std=0.15`` asks for it.
+
+        Raises BackendError (exit 2, before anything runs) for means it cannot use."""
+        try:
+            values = tuple(float(m) for m in means.split(","))
+        except ValueError:
+            raise BackendError(f"backend 'gaussian': option 'means' must be a comma list of numbers, got {means!r}") from None
+        if not 2 <= len(values) <= 10 or not all(-10 <= m <= 10 for m in values):
+            raise BackendError(f"backend 'gaussian': option 'means' must list 2 to 10 numbers in -10..10, got {means!r}")
+        return cls(means=values, std=std)
 
     def encode(self, labels: list[Any]) -> Tensor:
         """Class index -> one-hot ``[N x K]``; None -> zeros (unconditional)."""
@@ -52,9 +65,6 @@ class GaussianBackend:
             out[i, k] = 1
         return out
 
-    def model_input(self, x: Tensor) -> Tensor:
-        return x
-
     def abar(self, t: Tensor) -> Tensor:
         """``abar`` at timesteps ``[B]``; between training timesteps, sigma = sqrt((1 - abar) / abar) is
         interpolated linearly, as diffusers' sigma-space schedulers place their fractional timesteps."""
@@ -68,6 +78,7 @@ class GaussianBackend:
         return 1 / (1 + s * s)
 
     def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        """The exact ``E[eps | x_t, class]`` ``[B x C x H x W]`` (conditioning all zeros: over all classes)."""
         a = self.abar(t.cpu()).to(x.dtype)[:, None, None, None]  # [B x 1 x 1 x 1]
         var = a * self.std**2 + 1 - a
         mu = self.means.to(x.dtype)[None, :, None, None, None]  # [1 x K x 1 x 1 x 1]
@@ -81,10 +92,7 @@ class GaussianBackend:
         return (w[:, :, None, None, None] * eps_k).sum(1)
 
     def to_image(self, x: Tensor) -> Tensor:
-        return x.clamp(0, 1)
+        return x.clamp(0, 1)  # the data lives in [0, 1] already
 
     def from_image(self, img: Tensor) -> Tensor:
         return img.to(self.dtype)
-
-    def next_stage(self, images: Tensor, labels: list[Any]) -> None:
-        return None

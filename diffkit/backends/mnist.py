@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from diffkit import schedule
-from diffkit.backends.base import BackendError, in_fixed_chunks
+from diffkit.backends.base import Backend, BackendError, in_fixed_chunks
 from diffkit.mnist import checkpoint
 from diffkit.schedule import StepConfig
 
@@ -38,7 +38,7 @@ def parse_class(label: Any) -> int | None:
 CHUNK_ROWS = {"cpu": 3, "cuda": 256}
 
 
-class MnistBackend:
+class MnistBackend(Backend):
     """Images ``[N x 1 x 28 x 28]`` in [0, 1] (the seed's scale); conditioning one-hot ``[N x 10]``."""
 
     name = "mnist"
@@ -87,9 +87,6 @@ class MnistBackend:
             if k is not None:
                 out[i, k] = 1
         return out
-
-    def model_input(self, x: Tensor) -> Tensor:
-        return x
 
     def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         if self.device.type != "cpu":
@@ -144,5 +141,16 @@ class MnistBackend:
     def from_image(self, img: Tensor) -> Tensor:
         return img.to(self.device, self.dtype)
 
-    def next_stage(self, images: Tensor, labels: list[Any]) -> None:
-        return None
+    def weak_model(self, model: str | None) -> MnistBackend:
+        """Another MNIST checkpoint trained like this one (default: the shipped weak model, mnist-weak)."""
+        path = checkpoint.named(model) if model else checkpoint.SHIPPED_WEAK
+        if not (path / "config.json").is_file():
+            raise BackendError(f"model={path}: no MNIST checkpoint there (a folder written by `diffkit train mnist`)"
+                               + ("; the shipped weak model is missing from this install" if not model else ""))
+        weak = checkpoint.load_config(path)
+        for key in ("objective", "conditioning", "T", "beta_start", "beta_end"):
+            if weak.get(key) != self.config.get(key):
+                raise BackendError(f"model={path} has {key} {weak.get(key)!r} but the main model has "
+                                   f"{self.config.get(key)!r}: the weak model must be trained like the main one, "
+                                   "only smaller or shorter")
+        return MnistBackend(str(path), str(self.device))

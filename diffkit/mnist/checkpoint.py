@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from diffkit.errors import UserError
 from diffkit.io import replace_dir
 from diffkit.mnist.model import UNet
 
@@ -26,7 +27,7 @@ SHIPPED_H64 = SHIPPED.parent / "mnist-h64"  # the seed's width, 20 epochs on a G
 SHIPPED_NAMES = {"mnist-class": SHIPPED, "mnist-h64": SHIPPED_H64, "mnist-weak": SHIPPED_WEAK}
 
 
-class CheckpointError(FileNotFoundError):
+class CheckpointError(UserError, FileNotFoundError):
     pass
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from diffkit.errors import UserError
+
 FILES = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
@@ -24,8 +26,8 @@ MIRRORS = (
 ENV = "DIFFKIT_MNIST"
 
 
-class MnistNotFound(FileNotFoundError):
-    pass
+class MnistNotFound(UserError, FileNotFoundError):
+    """The MNIST files are not where they were looked for."""
 
 
 def default_dir() -> Path:

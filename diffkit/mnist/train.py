@@ -19,10 +19,15 @@ import torch.nn.functional as F
 
 from diffkit import interrupt, schedule
 from diffkit.dist import Shard
+from diffkit.errors import OutputInTheWay, RunFailure, UserError
 from diffkit.io import write_json
 from diffkit.mnist import checkpoint, data
 from diffkit.mnist.model import UNet
 from diffkit.plot import loss_curve
+
+
+class TrainingDiverged(RunFailure, FloatingPointError):
+    """The loss became NaN or inf: the run stops at the last finished epoch's checkpoint."""
 
 
 @dataclass
@@ -49,13 +54,13 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         d = self.objective == "denoise"
         if self.objective not in ("denoise", "ddpm"):
-            raise ValueError(f"--objective must be denoise or ddpm, not {self.objective!r}")
+            raise UserError(f"--objective must be denoise or ddpm, not {self.objective!r}")
         c = TrainConfig(**asdict(self))
         c.conditioning = c.conditioning or ("none" if d else "time")
         if d and c.conditioning != "none":
-            raise ValueError("the denoise objective has no conditioning (use --objective ddpm)")
+            raise UserError("the denoise objective has no conditioning (use --objective ddpm)")
         if not d and c.conditioning not in ("time", "class"):
-            raise ValueError(f"--conditioning must be time or class for ddpm, not {c.conditioning!r}")
+            raise UserError(f"--conditioning must be time or class for ddpm, not {c.conditioning!r}")
         c.hidden = c.hidden or (128 if d else 64)
         c.epochs = c.epochs or (5 if d else 20)
         c.batch_size = c.batch_size or (256 if d else 128)
@@ -145,7 +150,7 @@ def _merge_for_resume(saved: dict, requested: TrainConfig, folder: Path) -> Trai
         elif v is not None and v != saved.get(k) and v != defaults[k]:  # a default means "not given"
             changed.append(k)
     if changed:
-        raise ValueError(f"cannot resume {folder}: options differ from the saved run: {', '.join(changed)}")
+        raise UserError(f"cannot resume {folder}: options differ from the saved run: {', '.join(changed)}")
     return TrainConfig(**merged)
 
 
@@ -171,7 +176,7 @@ def train(cfg: TrainConfig, out: str | Path, data_dir: str | Path | None = None,
         state = checkpoint.load_state(folder)
         cfg = _merge_for_resume(state["config"], cfg, folder)
         if state.get("processes", 1) != shard.world:
-            raise ValueError(f"cannot resume {folder}: it was trained by {state.get('processes', 1)} process(es), "
+            raise UserError(f"cannot resume {folder}: it was trained by {state.get('processes', 1)} process(es), "
                              f"this is {shard.world}; resume it with the same number (the effective batch "
                              "size and the data each process sees depend on it)")
     cfg = cfg.resolved()
@@ -191,7 +196,7 @@ def train(cfg: TrainConfig, out: str | Path, data_dir: str | Path | None = None,
             sched.load_state_dict(state["scheduler"])
         losses, start_epoch, elapsed = state["losses"], state["epoch"], state["elapsed_s"]
     elif (ckpt / "config.json").exists():
-        raise FileExistsError(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
+        raise OutputInTheWay(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
 
     x_all, y_all = data.load("train", data_dir)
     if cfg.subset:
@@ -224,7 +229,7 @@ def train(cfg: TrainConfig, out: str | Path, data_dir: str | Path | None = None,
             else:
                 loss = denoise_loss(net, x0, cfg, gen, dev)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"{shard.who()}loss became {loss.item()} at epoch {epoch + 1} step "
+                raise TrainingDiverged(f"{shard.who()}loss became {loss.item()} at epoch {epoch + 1} step "
                                          f"{i + 1}; last good checkpoint kept at {ckpt}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
