@@ -20,7 +20,7 @@ from torch import Tensor
 
 from diffkit import dist, io, plugins, schedule
 from diffkit.dist import Shard
-from diffkit.folder import AlreadyDone, RunFolder, assemble, check_out, output_names, run_files, write_batch
+from diffkit.folder import AlreadyDone, ResumeError, RunFolder, assemble, check_out, output_names, run_files, write_batch
 from diffkit.backends.base import Backend, BackendError, check_device
 from diffkit.errors import OutputInTheWay, RunFailure, UserError  # noqa: F401 - api names
 from diffkit.rules import RuleError, Stepper, StepRule, check_timesteps, timesteps_for  # noqa: F401 - api names
@@ -415,8 +415,10 @@ class FolderRun:
         """Continue the interrupted run in ``out`` as it was asked (its ``request.json``), whoever began it."""
         from diffkit.folder import partial_dir, read_json
 
-        saved = read_json(partial_dir(out) / "request.json", "there is no interrupted run to resume there",
-                          ("request", "batch_size"))
+        path = partial_dir(out) / "request.json"
+        if not path.is_file():
+            raise ResumeError(f"{out} holds no interrupted run to resume (no {path.relative_to(Path(out).parent)})")
+        saved = read_json(path, "start the run afresh with overwrite=True", ("request", "batch_size"))
         kwargs = request_kwargs(saved["request"])
         kwargs.update(run_kwargs)
         return cls(out, kwargs.pop("backend"), resume=True, shard=shard, batch_size=saved["batch_size"], **kwargs)

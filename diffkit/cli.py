@@ -75,7 +75,7 @@ def _leave(code: Any) -> None:
     if dist.joined():
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+        os._exit(code if isinstance(code, int) else (0 if code is None else 1))  # dist.leave, past finish()
 
 
 # Numeric options: every int and float option declares a closed range, checked (with NaN and inf
@@ -351,7 +351,7 @@ def _shard(device: Optional[str], rendezvous_s: Optional[float] = None):
                       f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}", highlight=False)
     try:
         return dist.init(device, rendezvous_s=rendezvous_s or dist.RENDEZVOUS_S)
-    except dist.LaunchError as e:
+    except UserError as e:  # dist.LaunchError: the launch is incomplete or the rendezvous failed
         fail(str(e), 2)
 
 
@@ -448,6 +448,7 @@ def _draw(steps, run, todo: Optional[list[int]] = None, shard=None, after=None, 
 
 
 def _print_params(out: Console, params: tuple) -> None:
+    """A table of declared parameters (techniques', samplers', backends'): name, type, default, range, help."""
     from rich.table import Table
 
     if not params:
@@ -457,7 +458,7 @@ def _print_params(out: Console, params: tuple) -> None:
         table.add_column(col)
     for p in params:
         default = "required" if p.required else repr(p.default)
-        span = f"{p.range[0]:g}..{p.range[1]:g}" if p.range else ""
+        span = f"{p.range[0]:g}..{p.range[1]:g}" if p.range else "|".join(p.choices)
         table.add_row(p.name, p.type_name, default, span, p.help)
     out.print(table)
 
@@ -544,14 +545,15 @@ def ui(
 
 @app.command()
 def backends() -> None:
-    """List installed backends with their options."""
+    """List installed backends with their options (give them as --backend-option NAME=VALUE)."""
     from diffkit import plugins
 
     out = Console()
     for name, info in sorted(plugins.backends().items()):
         out.print(f"[bold]{name}[/] (labels: {info.label_kind})  {info.help}", highlight=False)
-        for opt, text in info.options.items():
-            out.print(f"    --{opt}: {text}", highlight=False)
+        _print_params(out, info.params)
+    out.print(f"Options: --backend-option NAME=VALUE (-O); {', '.join(f'--{f}' for f in BACKEND_FLAGS)} are short "
+              "for it.", highlight=False)
 
 
 data_app = typer.Typer(help="Datasets.", no_args_is_help=True)

@@ -185,3 +185,17 @@ def finish(shard: Shard) -> None:
         if td.is_initialized():
             td.barrier()
             td.destroy_process_group()
+
+
+def leave(shard: Shard, code: int = 0) -> None:
+    """The end of a script run under torchrun: leave the group together (:func:`finish`), then the process
+    (``os._exit(code)`` once output is flushed), skipping the interpreter's teardown, during which gloo's
+    worker threads now and then abort a process that has finished its work ("terminate called without an
+    active exception"), failing the whole launch. One process (no group): just returns."""
+    import sys
+
+    finish(shard)
+    if joined():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

@@ -50,15 +50,22 @@ class Settings:
 
 
 def default_choices(extra: list[str] | None = None) -> dict[str, list[str]]:
-    """Checkpoints and models a page may pick: the shipped MNIST models, IF's hub ids, and ``extra``."""
+    """What a page may pick for each path-valued parameter (``BACKEND.OPTION`` or ``TECHNIQUE.PARAM``):
+    the shipped MNIST models, IF's hub ids, and ``extra`` (``diffkit ui --allow``) for every one of them,
+    a third party's too."""
     from diffkit.backends.deepfloyd import STAGE_I, STAGE_II
     from diffkit.mnist import checkpoint
 
-    weak = str(checkpoint.SHIPPED_WEAK)
     paths = list(extra or [])
-    return {"checkpoint": ["", *checkpoint.SHIPPED_NAMES, *paths], "model": ["", STAGE_I, *paths],
-            "upscaler": ["", STAGE_II, "none", *paths], "embeddings": ["", *paths],
-            "autoguide.model": ["", weak, "mnist-class", *paths]}
+    known = {"mnist.checkpoint": list(checkpoint.SHIPPED_NAMES), "if.model": [STAGE_I], "if.upscaler": [STAGE_II, "none"],
+             "autoguide.model": [str(checkpoint.SHIPPED_WEAK), "mnist-class"]}
+    out = {}
+    for owner, params in [*((n, i.params) for n, i in plugins.backends().items()),
+                          *((n, c.params) for n, c in plugins.techniques().items())]:
+        for p in params:
+            if p.kind == "path":
+                out[f"{owner}.{p.name}"] = ["", *known.get(f"{owner}.{p.name}", []), *paths]
+    return out
 
 
 # ---- the run a page describes, as the command line would spell it ----
@@ -99,10 +106,16 @@ def command(backend: str, options: dict[str, Any], labels: dict[str, list[str]],
             num: int, steps: int | None, sampler: str | None, out: Path) -> str:
     """The ``diffkit sample`` command that writes this run (into ``out``: the page gives the run folder's
     name, relative, so the command runs as shown where the user is, not into the server's full folder)."""
+    from diffkit.cli import BACKEND_FLAGS
+
     args = ["diffkit", "sample", "--backend", backend]
     for k, v in options.items():
-        if v not in (None, "", False):
+        if v in (None, "", False):
+            continue
+        if k in BACKEND_FLAGS:
             args += [f"--{k}"] if v is True else [f"--{k}", str(v)]
+        else:
+            args += ["--backend-option", f"{k}={_text(v)}"]
     if "classes" in labels:
         args += ["--class", ",".join(labels["classes"])]
     for p in labels.get("prompts", []):
@@ -164,36 +177,45 @@ def run_page(settings: Settings, session: Path, backend: str, options: dict[str,
     info = plugins.backends().get(backend)
     if info is None:
         raise PageError(f"unknown backend {backend!r}")
+    declared = {p.name: p for p in info.params}
     for k, v in options.items():
-        if k in settings.choices and v not in settings.choices[k] and v not in (None, ""):
+        p = declared.get(k)
+        if p is not None and p.kind == "path" and v not in (None, "", *settings.choices.get(f"{backend}.{k}", [])):
             raise PageError(f"{k} {v!r} is not one this server offers")
-    options = {k: v for k, v in options.items() if v not in (None, "") and k in info.options}
+    # the chosen backend's options, those left at their default omitted (as hook_spec omits a technique's)
+    options = {k: v for k, v in options.items()
+               if k in declared and v not in (None, "") and not (declared[k].default == v)}
     labels = labels_of(labels_text, info.label_kind)
     n = max(1, len(next(iter(labels.values()), [None]))) * int(num)
-    if n > settings.max_samples:
-        raise PageError(f"{n:,} samples asked ({len(next(iter(labels.values()), [None])):,} labels x {int(num):,}); "
-                        f"this server makes at most {settings.max_samples:,} a run (diffkit ui --max-samples N "
-                        "raises it; the command line has no such cap)")
+    _check_size(settings, n, len(next(iter(labels.values()), [None])), int(num))
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{uuid.uuid4().hex[:4]}"
     folder = settings.out / f"run-{stamp}"
     try:
         yield from _run(settings, session, backend, options, labels, stack, seed, num, steps, sampler, progress, folder)
-    except BaseException:  # a refusal, a failure, or Stop (the generator is closed): no half run folder
-        if not (folder / "run.json").is_file():
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
+    finally:
+        _tidy(folder)
+
+
+def _check_size(settings: Settings, n: int, labels: int, num: int) -> None:
+    if n > settings.max_samples:
+        raise PageError(f"{n:,} samples asked ({labels:,} labels x {num:,}); this server makes at most "
+                        f"{settings.max_samples:,} a run (diffkit ui --max-samples N raises it; the command line "
+                        "has no such cap)")
+
+
+def _tidy(folder: Path) -> None:
+    """After a run ends, however: a folder with neither a finished run nor finished batches to resume goes."""
+    from diffkit.folder import partial_dir
+
+    if folder.is_dir() and not (folder / "run.json").is_file() and not partial_dir(folder).exists():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run(settings: Settings, session: Path, backend: str, options: dict[str, Any], labels: dict[str, list[str]],
          stack: list[dict[str, Any]], seed: int, num: int, steps: int | None, sampler: str | None, progress: Any,
          folder: Path) -> Iterator[tuple[str, list, Any, str, str | None]]:
     from diffkit import api
-    from diffkit.backends.base import BackendError
-    from diffkit.folder import RunFolder
-    from diffkit.denoise import NonFiniteError
-    from diffkit.mnist.checkpoint import CheckpointError
-    from diffkit.plugins import PluginError, UnknownName
-    from diffkit.spec import SpecError
+    from diffkit.errors import UserError
 
     inputs = folder / "inputs"
     hooks = []
@@ -214,45 +236,100 @@ def _run(settings: Settings, session: Path, backend: str, options: dict[str, Any
         hooks.append(hook_spec(item["name"], values))
     cmd = command(backend, options, labels, hooks, seed, num, steps, sampler, Path(folder.name))
     try:
-        run = api.Run(backend, hooks=hooks, seed=int(seed), num=int(num), steps=int(steps) if steps else None,
-                      sampler=sampler or None, backend_options=options, batch_size=BATCH, **labels)
-    except (UnknownName, SpecError, BackendError, CheckpointError, ValueError, PluginError) as e:
+        # Batch by batch into the run's folder, as `diffkit sample` writes it: memory holds one batch, and
+        # a run stopped or cut short keeps its finished batches for Resume.
+        job = api.FolderRun(folder, backend, hooks=hooks, seed=int(seed), num=int(num),
+                            steps=int(steps) if steps else None, sampler=sampler or None, backend_options=options,
+                            batch_size=BATCH, **labels)
+    except UserError as e:
         raise PageError(str(e)) from None
-    n = len(run.labels)
-    yield f"sampling {n} samples, {len(run.timesteps) - run.i_start} steps", [], None, cmd, None
-    # Batch by batch into the run's work folder, as `diffkit sample` writes it: memory holds one batch.
-    work, _ = RunFolder.start(folder, run.request(), n, run.batch_size, False)
+    (job.folder.path / "command.txt").write_text(cmd + "\n")  # published with the run; read by a resume
+    yield from _sample(job, cmd, progress)
+
+
+def _sample(job: Any, cmd: str, progress: Any) -> Iterator[tuple[str, list, Any, str, str | None]]:
+    """Drive a :class:`diffkit.api.FolderRun` with previews; at the end the gallery and the zip."""
+    from diffkit.errors import RunFailure, UserError
+
+    run, folder = job.run, job.out
+    n, batches = len(run.labels), run.batches()
+    todo = len(job.todo)
+    left = sum(len(batches[k]) for k in job.todo)
+    yield (f"sampling {left} samples, {len(run.timesteps) - run.i_start} steps"
+           + (f" ({n - left} were done)" if left < n else ""), [], None, cmd, None)
+    steps = job.steps()
     try:
-        for k, batch in enumerate(run.batches()):
-            for st in run.steps(batch):
-                stage = f"stage {st.stage + 1}, " if st.stage else ""
-                part = f"batch {k + 1}/{len(run.batches())}, " if len(run.batches()) > 1 else ""
-                if progress is not None:
-                    done = batch.start + len(batch) * (st.i + 1) / st.n_steps
-                    progress(done / n, desc=f"{part}{stage}step {st.i + 1}/{st.n_steps}")
-                if st.i % PREVIEW_EVERY == 0 or st.i == st.n_steps - 1:
-                    # every stage's state maps to an image as stage 1's does (IF: [-1, 1] -> [0, 1])
-                    preview = io.to_pil(io.grid(run.backend.to_image(st.x0).float().cpu(), min(len(batch), 8)))
-                    yield f"{part}{stage}step {st.i + 1} of {st.n_steps}", [], preview, cmd, None
-            work.write_batch(k, run.result)
-        work.publish(run.labels)
-    except (PluginError, NonFiniteError, BackendError, ValueError) as e:
-        raise PageError(f"{e}; nothing was written") from None
+        for ev in steps:
+            st = ev.state
+            if st is None:
+                continue
+            stage = f"stage {st.stage + 1}, " if st.stage else ""
+            part = f"batch {ev.batch + 1}/{todo}, " if todo > 1 else ""
+            if progress is not None:
+                progress((ev.batch + (st.i + 1) / st.n_steps) / max(1, todo), desc=f"{part}{stage}step {st.i + 1}/{st.n_steps}")
+            if st.i % PREVIEW_EVERY == 0 or st.i == st.n_steps - 1:
+                # every stage's state maps to an image as stage 1's does (IF: [-1, 1] -> [0, 1])
+                preview = io.to_pil(io.grid(run.backend.to_image(st.x0).float().cpu(), min(ev.size, 8)))
+                yield f"{part}{stage}step {st.i + 1} of {st.n_steps}", [], preview, cmd, None
+    except (RunFailure, UserError) as e:
+        raise PageError(f"{e}; {job.abandon()}") from None
     finally:
-        work.release()
-    (folder / "command.txt").write_text(cmd + "\n")
+        steps.close()  # now, not when the traceback lets go of it: a stopped run's folder is tidied at once
     archive = shutil.make_archive(str(folder), "zip", folder)
     samples = json.loads((folder / "run.json").read_text())["samples"]
     gallery = [(str(folder / s["file"]), f"{s['label']} · seed {s['seed']}") for s in samples]
     yield f"done: {n} samples in {folder}", gallery, io.to_pil(io.load_png(folder / "grid.png")), cmd, archive
 
 
+def interrupted_runs(settings: Settings) -> list[str]:
+    """The run folders under the output root holding an interrupted run (finished batches to resume)."""
+    from diffkit.folder import partial_dir
+
+    return sorted((f.name for f in settings.out.glob("run-*") if (partial_dir(f) / "request.json").is_file()),
+                  reverse=True)
+
+
+def resume_page(settings: Settings, name: str, progress: Any = None) -> Iterator[tuple[str, list, Any, str, str | None]]:
+    """Continue the interrupted run ``name`` (one of :func:`interrupted_runs`) as it was asked; what the
+    page shows is as for a new run."""
+    from diffkit import api
+    from diffkit.errors import UserError
+    from diffkit.folder import partial_dir
+
+    if name not in interrupted_runs(settings):  # a name, never a path, from the page
+        raise PageError(f"{name!r} is not an interrupted run of this server")
+    folder = settings.out / name
+    try:
+        saved = json.loads((partial_dir(folder) / "request.json").read_text())
+        labels = saved["request"]["labels"]
+        _check_size(settings, int(saved["num_samples"]), len(labels), int(saved["request"]["num"]))
+        job = api.FolderRun.resume_from(folder)
+    except UserError as e:
+        raise PageError(str(e)) from None
+    except (OSError, ValueError, KeyError) as e:
+        raise PageError(f"{name}: its saved request does not read ({e}); start the run afresh") from None
+    if job.already_done:
+        raise PageError(job.already_done)
+    command_file = job.folder.path / "command.txt"
+    cmd = command_file.read_text().strip() if command_file.is_file() else ""
+    try:
+        yield from _sample(job, cmd, progress)
+    finally:
+        _tidy(folder)
+
+
 # ---- the page ----
 
-def widget(gr: Any, tech: str, p: Param, value: Any, settings: Settings, k: int = 0) -> Any:
-    """The Gradio component for one declared parameter (``value``: what the page set before)."""
+def widget(gr: Any, tech: str, p: Param, value: Any, settings: Settings, k: int = 0, elem_id: str | None = None) -> Any:
+    """The Gradio component for one declared parameter of a technique or backend ``tech`` (``value``:
+    what the page set before; ``elem_id``: the component's id, by default ``p{k}-{name}``)."""
     label = p.name + ("" if not p.required else " (required)")
     info = p.help + (f" [{p.range_text()}]" if p.range else "")
+    ident = elem_id or f"p{k}-{p.name}"
+    if p.kind == "device" or p.choices:
+        options = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])] if p.kind == "device" else list(p.choices)
+        return gr.Dropdown(["", *options], value=value or "", label=label, info=info, interactive=True,
+                           elem_id=ident)
     if p.kind in ("image", "sketch"):
         if p.kind == "sketch":
             from PIL import Image
@@ -260,29 +337,29 @@ def widget(gr: Any, tech: str, p: Param, value: Any, settings: Settings, k: int 
             # a white page to draw on (an editor without a background takes no strokes)
             return gr.ImageEditor(value=value or Image.new("RGB", (256, 256), "white"),
                                   label=f"{label}: upload or draw — {p.help}", type="pil", image_mode="RGB",
-                                  sources=("upload",), canvas_size=(256, 256), elem_id=f"p{k}-{p.name}", interactive=True,
+                                  sources=("upload",), canvas_size=(256, 256), elem_id=ident, interactive=True,
                                   brush=gr.Brush(colors=["#000000"], default_size=6, color_mode="fixed"))
         return gr.Image(value=value, label=f"{label} — {p.help}", type="pil", image_mode="RGB", sources=("upload",),
-                        interactive=True, elem_id=f"p{k}-{p.name}")
+                        interactive=True, elem_id=ident)
     if p.kind == "mask":
         return gr.ImageEditor(label=f"{label}: paint the region to make new — {p.help}", type="pil",
-                              sources=("upload",), image_mode="RGBA", elem_id=f"p{k}-{p.name}", layers=False,
+                              sources=("upload",), image_mode="RGBA", elem_id=ident, layers=False,
                               interactive=True,
                               brush=gr.Brush(colors=["#ff0000"], default_size=4, color_mode="fixed"))
     if p.kind == "path":
         opts = settings.choices.get(f"{tech}.{p.name}", [""])
         return gr.Dropdown(opts, value=value or "", label=label, info=info, interactive=True,
-                           elem_id=f"p{k}-{p.name}")
+                           elem_id=ident)
     if p.type is to_bool:
-        return gr.Checkbox(value=bool(value), label=label, info=info, interactive=True, elem_id=f"p{k}-{p.name}")
+        return gr.Checkbox(value=bool(value), label=label, info=info, interactive=True, elem_id=ident)
     if p.numeric and not p.multiple:
         lo, hi = p.range or (None, None)
         return gr.Number(value=value, label=label, info=info, minimum=lo, maximum=hi, interactive=True,
                          precision=0 if p.type is int else None, step=1 if p.type is int else 0.001,
-                         elem_id=f"p{k}-{p.name}")
+                         elem_id=ident)
     text = ", ".join(map(str, value)) if p.multiple and value else ("" if value in (None, ()) else str(value))
     return gr.Textbox(value=text, label=label + (" (comma list)" if p.multiple else ""), info=info,
-                      interactive=True, elem_id=f"p{k}-{p.name}")
+                      interactive=True, elem_id=ident)
 
 
 def _initial(p: Param) -> Any:
@@ -319,16 +396,14 @@ def build(settings: Settings) -> Any:
         with gr.Row():
             with gr.Column(scale=1):
                 backend = gr.Dropdown(sorted(backends), value="mnist", label="backend", elem_id="backend")
-                option_boxes = {}
-                for opt in ("checkpoint", "model", "upscaler", "embeddings"):
-                    option_boxes[opt] = gr.Dropdown(settings.choices.get(opt, [""]), value="", label=opt,
-                                                    elem_id=f"opt-{opt}", visible=opt == "checkpoint",
-                                                    interactive=True)
-                cuda = ["cuda"] if torch.cuda.is_available() else []
-                option_boxes["device"] = gr.Dropdown(["", "cpu", *cuda], value="", label="device",
-                                                     elem_id="opt-device", interactive=True)
-                option_boxes["dtype"] = gr.Dropdown(["", "fp16", "bf16", "fp32"], value="", label="dtype",
-                                                    elem_id="opt-dtype", visible=False, interactive=True)
+                # each backend's options, from its declared Params (a third party's too); the chosen one's show
+                option_boxes: dict[tuple[str, str], Any] = {}
+                groups = {}
+                for bname, binfo in sorted(backends.items()):
+                    with gr.Group(visible=bname == "mnist") as groups[bname]:
+                        for p in binfo.params:
+                            option_boxes[bname, p.name] = widget(gr, bname, p, _initial(p), settings,
+                                                                 elem_id=f"opt-{bname}-{p.name}")
                 labels = gr.Textbox(label="classes (comma list) or prompts (one a line)", value="3",
                                     lines=2, elem_id="labels", interactive=True)
                 with gr.Row():
@@ -397,7 +472,9 @@ def build(settings: Settings) -> Any:
                         on_run, inputs=[backend, labels, seed, num, steps, sampler, stack, values, session,
                                         *option_boxes.values()],
                         outputs=[status, gallery, preview, cmd, archive])
-                    stop.click(lambda: "stopped: nothing was written", outputs=status, cancels=[event])
+                    stop.click(lambda: "stopped: finished batches (if any) are kept for Resume", outputs=status,
+                               cancels=[event])
+                    event.then(refresh, outputs=resumable)
 
                 with gr.Row():
                     go = gr.Button("Run", variant="primary", elem_id="run")
@@ -409,6 +486,10 @@ def build(settings: Settings) -> Any:
                                        "and drawn images are saved in the run's inputs/)",
                                  interactive=False, elem_id="command", lines=2)
                 archive = gr.File(label="run folder (zip)", elem_id="zip", interactive=False)
+                with gr.Row():
+                    resumable = gr.Dropdown([], value=None, label="interrupted runs (Stop, a failure or a restart "
+                                            "keeps their finished batches)", elem_id="resumable", interactive=True)
+                    resume = gr.Button("Resume", elem_id="resume")
 
         def on_add(items, vals, name):
             if not name:
@@ -420,14 +501,15 @@ def build(settings: Settings) -> Any:
         add.click(on_add, inputs=[stack, values, pick], outputs=[stack, values])
 
         def on_backend(name):
-            opts = set(backends[name].options) if name in backends else set()
-            return [gr.update(visible=o in opts) for o in option_boxes]
+            return [gr.update(visible=b == name) for b in groups]
 
-        backend.change(on_backend, inputs=backend, outputs=list(option_boxes.values()))
+        backend.change(on_backend, inputs=backend, outputs=list(groups.values()))
 
         def on_run(backend_name, labels_text, seed_v, num_v, steps_v, sampler_v, items, vals, sess, *opts,
                    progress=gr.Progress()):
-            options = dict(zip(option_boxes, opts))
+            declared = {p.name: p for p in backends[backend_name].params} if backend_name in backends else {}
+            options = {name: _from_widget(declared[name], v) for (b, name), v in zip(option_boxes, opts)
+                       if b == backend_name}
             sess_dir = Path(sess) if sess else uploads / "none"
             chosen = [{"name": it["name"], "values": vals.get(it["id"], {})} for it in items]
             try:
@@ -436,6 +518,25 @@ def build(settings: Settings) -> Any:
                                     sampler_v or None, progress)
             except PageError as e:
                 raise gr.Error(str(e), duration=None) from None
+
+        def refresh():
+            names = interrupted_runs(settings)
+            return gr.update(choices=names, value=names[0] if names else None)
+
+        app.load(refresh, outputs=resumable)
+
+        def on_resume(name, progress=gr.Progress()):
+            if not name:
+                raise gr.Error("no interrupted run is chosen", duration=None)
+            try:
+                yield from resume_page(settings, name, progress)
+            except PageError as e:
+                raise gr.Error(str(e), duration=None) from None
+
+        resumed = resume.click(on_resume, inputs=resumable, outputs=[status, gallery, preview, cmd, archive])
+        resumed.then(refresh, outputs=resumable)
+        stop.click(lambda: "stopped: finished batches (if any) are kept for Resume", outputs=status, cancels=[resumed]).then(
+            refresh, outputs=resumable)
 
     return app
 

@@ -353,3 +353,28 @@ def test_auth_asks_for_a_login(tmp_path):
             assert c.get("gradio_api/login_check").status_code == 200
     finally:
         s.stop()
+
+
+def test_an_interrupted_run_is_offered_and_resumed_from_the_page(page, server, tmp_path):
+    """A run cut short (here by the API, as a killed server would leave it: one of two batches written)
+    appears under "interrupted runs"; Resume finishes it, with the bytes of an uninterrupted run."""
+    from diffkit import api
+
+    kw = dict(classes=["3", "5"], num=2, hooks=["cfg:3"], steps=4, sampler="ddim", seed=7)
+    name = "run-00000000-resume-test"
+    job = api.FolderRun(server.out / name, "mnist", batch_size=2, **kw)
+    steps = job.steps()
+    for ev in steps:
+        if ev.state is None:
+            break
+    steps.close()
+    assert job.kept.startswith("2 of 4 samples are kept")
+    whole = api.sample_to(tmp_path / "whole", "mnist", **kw)
+    page.reload()
+    page.wait_for_selector("#resume")
+    choose(page, "resumable", name)
+    page.click("#resume")
+    page.wait_for_function("document.querySelectorAll('#gallery img').length >= 4", timeout=240_000)
+    assert ui_folder(page) == server.out / name
+    for f in ("sample-000.png", "sample-003.png", "final.safetensors"):
+        assert (server.out / name / f).read_bytes() == (whole / f).read_bytes(), f

@@ -218,3 +218,54 @@ def test_ui_serves_max_runs_at_once(monkeypatch, tmp_path):
     assert r.exit_code == 0, r.output
     assert seen["settings"].max_runs == 3 and "3 runs at once" in r.output
     assert CliRunner().invoke(app, ["ui", "--out", str(tmp_path), "--max-runs", "0"]).exit_code == 2
+
+
+def test_a_stopped_run_keeps_its_batches_and_resumes_from_the_page_to_the_same_bytes(tmp_path, monkeypatch):
+    """Stop after the first of two batches (the page closes the run's generator): the batch is kept, the
+    run is offered for resume, and resuming it writes what an uninterrupted run writes."""
+    monkeypatch.setattr(ui, "BATCH", 2)
+    s = settings(tmp_path)
+    args = dict(backend="mnist", options={}, labels_text="3, 8", stack=[{"name": "cfg", "values": {"scale": 3.0}}],
+                seed=4, num=2, steps=3, sampler="ddim")
+    whole = list(ui.run_page(s, tmp_path / "session", **args))
+    done = Path(whole[-1][0].split(" samples in ", 1)[1])
+    steps = ui.run_page(s, tmp_path / "session", **args)
+    for status, *_ in steps:
+        if status.startswith("batch 2/2"):
+            break
+    steps.close()  # what Stop does
+    [name] = ui.interrupted_runs(s)
+    resumed = list(ui.resume_page(s, name))
+    assert resumed[0][0] == "sampling 2 samples, 3 steps (2 were done)", resumed[0][0]
+    status, gallery, _, cmd, archive = resumed[-1]
+    assert status.startswith("done: 4 samples") and len(gallery) == 4 and Path(archive).is_file()
+    folder = s.out / name
+    assert cmd == whole[-1][3].replace(done.name, name) and (folder / "command.txt").read_text().strip() == cmd
+    for f in ("sample-000.png", "sample-003.png", "final.safetensors"):
+        assert (folder / f).read_bytes() == (done / f).read_bytes(), f
+    assert ui.interrupted_runs(s) == []
+    with pytest.raises(ui.PageError, match="not an interrupted run of this server"):
+        list(ui.resume_page(s, "../../etc"))
+
+
+def test_a_stopped_run_with_no_finished_batch_leaves_nothing(tmp_path):
+    s = settings(tmp_path)
+    gen = ui.run_page(s, tmp_path / "session", "mnist", {}, "3", [], 0, 1, 5, "ddim")
+    next(gen)
+    next(gen)
+    gen.close()
+    assert list(s.out.glob("run-*")) == [] and ui.interrupted_runs(s) == []
+
+
+def test_a_backends_declared_options_reach_it_from_the_page(tmp_path):
+    s = settings(tmp_path)
+    out = list(ui.run_page(s, tmp_path / "session", "gaussian", {"means": "0.1,0.9", "std": 0.15}, "0", [], 0, 1, 3,
+                           "ddim"))
+    status, _, _, cmd, _ = out[-1]
+    assert "--backend-option means=0.1,0.9" in cmd and "std" not in cmd  # the default is left out, as for hooks
+    folder = Path(status.split(" samples in ", 1)[1])
+    import json
+
+    assert json.loads((folder / "run.json").read_text())["request"]["backend_options"] == {"means": "0.1,0.9"}
+    with pytest.raises(ui.PageError, match="option 'std' must be a finite number"):
+        list(ui.run_page(s, tmp_path / "session", "gaussian", {"std": 99.0}, "0", [], 0, 1, 3, "ddim"))
