@@ -17,16 +17,26 @@ def _mnist(checkpoint: str | None = None, device: str | None = None):
     return MnistBackend(checkpoint, device or "cpu")
 
 
-def _gaussian(means: str = "0.2,0.8", std: float = 0.15):
-    from diffkit.backends.gaussian import GaussianBackend
-
-    return GaussianBackend.from_options(means, std)
-
-
 def _if(**options: object):
     from diffkit.backends.deepfloyd import load
 
     return load(**options)
+
+
+def _gaussian(means: str = "0.2,0.8", std: float = 0.15):
+    from diffkit.backends.gaussian import GaussianBackend  # imported when the backend is built, not listed
+
+    return GaussianBackend.from_options(means, std)
+
+
+GAUSSIAN = BackendInfo(
+    "gaussian", "exact denoiser of a Gaussian mixture (8x8), one class per mean: for tests and teaching.", _gaussian,
+    params=(
+        Param("means", str, "0.2,0.8", "comma list: the pixel value of each class's mean (2..10 classes)"),
+        Param("std", float, 0.15, "standard deviation of every class around its mean", range=(0.01, 10.0)),
+    ),
+    label_kind="class",  # --class feeds it (a prompt backend: "prompt")
+)
 
 
 @hookimpl
@@ -37,11 +47,7 @@ def diffkit_backends() -> list[BackendInfo]:
                                            "model: mnist-class (default, fast), mnist-h64 (quality)", kind="path"),
             Param("device", str, None, "where the model runs: cpu (default), cuda, cuda:N", kind="device"),
         ), label_kind="class"),
-        BackendInfo("gaussian", "exact denoiser of a Gaussian mixture (8x8), one class per mean: for tests "
-                                "and teaching.", _gaussian, (
-            Param("means", str, "0.2,0.8", "comma list: the pixel value of each class's mean (2..10 classes)"),
-            Param("std", float, 0.15, "standard deviation of every class around its mean", range=(0.01, 10.0)),
-        ), label_kind="class"),
+        GAUSSIAN,
         BackendInfo("if", "DeepFloyd IF stage I (64x64) and stage II (x4) through diffusers; T5 prompts.", _if, (
             Param("model", str, None, "stage I: hub id or local folder (default DeepFloyd/IF-I-XL-v1.0)",
                   kind="path"),

@@ -93,3 +93,23 @@ def test_the_views_example_declares_valid_views_and_the_plugin_walkthrough_is_th
         check_view(view)
     example = (DOCS.parent / "examples" / "diffkit-negative-prompt" / "diffkit_negative.py").read_text()
     assert python_blocks("writing-plugins.md")[0].strip() in example  # the walk-through shows the real code
+
+
+def test_the_backend_walkthrough_is_the_shipped_gaussian_declaration_and_works():
+    import pytest
+    import torch
+
+    import diffkit
+    from diffkit.backends.base import BackendError
+
+    (decl,) = [b for b in python_blocks("writing-plugins.md") if "GAUSSIAN = BackendInfo(" in b]
+    shipped = (DOCS.parent / "plugins" / "backends.py").read_text()
+    body = decl.split("\n\n\n", 1)[1].strip()  # after the imports
+    assert body in shipped  # the walk-through shows the real declaration
+    info = run_block(decl)["GAUSSIAN"]
+    backend = info.load(**info.read_options({"means": "0.1,0.9", "std": "0.05"}))
+    res = diffkit.sample(backend, classes=[1], steps=30, sampler="ddim", seed=3)
+    assert abs(res.x.mean().item() - 0.9) < 0.05
+    with pytest.raises(BackendError, match="'std' must be a finite number in 0.01..10"):
+        info.read_options({"std": "100"})
+    assert torch.is_tensor(res.images)
