@@ -18,10 +18,10 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from diffkit import dist, io, plugins, schedule
+from diffkit import dist, io, plugins
 from diffkit.dist import Shard
 from diffkit.folder import AlreadyDone, ResumeError, RunFolder, assemble, check_out, output_names, run_files, write_batch
-from diffkit.backends.base import Backend, BackendError, check_device
+from diffkit.backends.base import Backend, check_device
 from diffkit.errors import OutputInTheWay, RunFailure, UserError  # noqa: F401 - api names
 from diffkit.rules import RuleError, Stepper, StepRule, check_timesteps, timesteps_for  # noqa: F401 - api names
 from diffkit.sampler import Sampler
@@ -75,6 +75,11 @@ def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
     """Refuse (ValueError naming ``name`` and its range) anything but an integer in ``lo..hi``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
         raise UserError(f"{name} must be an integer in {lo}..{'' if hi is None else hi}, got {value!r}")
+
+
+# Backend options `diffkit sample` also takes as flags of their own (--checkpoint X for --backend-option
+# checkpoint=X), as it did before backends declared their options; the UI's shown command uses them too.
+BACKEND_FLAGS = ("checkpoint", "device", "model", "upscaler", "dtype", "embeddings", "offload")
 
 
 def load_backend(name: str, **options: Any) -> Backend:

@@ -323,10 +323,6 @@ def sample(
     dist.finish(shard)
 
 
-# Today's flags of `sample` that are short for --backend-option NAME=VALUE.
-BACKEND_FLAGS = ("checkpoint", "device", "model", "upscaler", "dtype", "embeddings", "offload")
-
-
 def _backend_options(pairs: Optional[list[str]], **flags: Any) -> dict[str, Any]:
     """``--backend-option NAME=VALUE`` items and the short flags, as one dict (read and checked against
     the backend's declarations by the api, before the model loads)."""
@@ -546,13 +542,13 @@ def ui(
 @app.command()
 def backends() -> None:
     """List installed backends with their options (give them as --backend-option NAME=VALUE)."""
-    from diffkit import plugins
+    from diffkit import api, plugins
 
     out = Console()
     for name, info in sorted(plugins.backends().items()):
         out.print(f"[bold]{name}[/] (labels: {info.label_kind})  {info.help}", highlight=False)
         _print_params(out, info.params)
-    out.print(f"Options: --backend-option NAME=VALUE (-O); {', '.join(f'--{f}' for f in BACKEND_FLAGS)} are short "
+    out.print(f"Options: --backend-option NAME=VALUE (-O); {', '.join(f'--{f}' for f in api.BACKEND_FLAGS)} are short "
               "for it.", highlight=False)
 
 

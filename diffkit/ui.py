@@ -106,7 +106,7 @@ def command(backend: str, options: dict[str, Any], labels: dict[str, list[str]],
             num: int, steps: int | None, sampler: str | None, out: Path) -> str:
     """The ``diffkit sample`` command that writes this run (into ``out``: the page gives the run folder's
     name, relative, so the command runs as shown where the user is, not into the server's full folder)."""
-    from diffkit.cli import BACKEND_FLAGS
+    from diffkit.api import BACKEND_FLAGS
 
     args = ["diffkit", "sample", "--backend", backend]
     for k, v in options.items():

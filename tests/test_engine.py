@@ -261,3 +261,13 @@ def test_the_mnist_report_is_an_api_call(mnist_dir):
     rep = api.evaluate_mnist(checkpoint="mnist-class", num=1, steps=2, data=mnist_dir, hooks=["cfg:3"])
     assert rep["num_per_class"] == 1 and rep["timesteps"] == 2 and rep["hooks"] == ["cfg:3"]
     assert 0 <= rep["accuracy"] <= 1 and rep["times_floor"] == pytest.approx(rep["frechet_distance"] / rep["real_data_floor"])
+
+
+def test_every_short_backend_flag_is_an_option_of_sample_and_a_declared_backend_option():
+    import typer.main
+
+    sample = typer.main.get_command(app).commands["sample"]
+    flags = {o for p in sample.params for o in getattr(p, "opts", [])}
+    declared = {p.name for info in plugins.backends().values() for p in info.params}
+    for name in api.BACKEND_FLAGS:
+        assert f"--{name}" in flags and name in declared, name
