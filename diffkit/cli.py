@@ -470,7 +470,12 @@ def hooks() -> None:
         _print_params(out, cls.params)
     views = plugins.views()
     if views:
-        out.print(f"[bold]views[/] (for anagram): {', '.join(sorted(views))}", highlight=False)
+        def spelled(name: str) -> str:  # a view with arguments as it is written: skew:factor=1.5
+            params = getattr(views[name], "params", ())
+            return name + (":" + ",".join(f"{p.name}={'FILE' if p.required else p.default}" for p in params)
+                           if params else "")
+        out.print(f"[bold]views[/] (for anagram's view=): {', '.join(spelled(n) for n in sorted(views))}",
+                  highlight=False)
 
 
 @app.command()

@@ -81,13 +81,17 @@ def techniques() -> dict[str, type[Technique]]:
 
 @functools.lru_cache(maxsize=None)
 def views() -> dict[str, Any]:
-    """Every installed view by name, each checked to declare its parts truthfully (views.check_view)."""
-    from diffkit.views import check_view
+    """Every installed view (a ``View``, or a ``ViewKind`` taking arguments) by name, each checked to
+    declare its parts truthfully (views.check_view; a kind with its default arguments, at 64 pixels)."""
+    from diffkit.views import ViewKind, check_view
 
     table = _collect("diffkit_views", "view")
-    for view in table.values():
+    for item in table.values():
         try:
-            check_view(view)
+            if not isinstance(item, ViewKind):
+                check_view(item)
+            elif not any(p.required for p in item.params):
+                check_view(item.make(), 64)
         except ValueError as e:
             raise PluginError(str(e)) from None
     return table
@@ -105,11 +109,31 @@ def samplers() -> dict[str, Any]:
     return _collect("diffkit_samplers", "sampler")
 
 
-def get_view(name: str) -> Any:
+def get_view(spec: str) -> Any:
+    """A view by its spec: a name (``flip``), or a kind with arguments (``patch_permute:16,seed=3``, the
+    arguments read as a hook's are); unknown names and bad arguments raise clear errors."""
+    from diffkit.views import SizeError, ViewKind, check_view
+
+    name, args = parse(spec)
+    table = views()
+    if name not in table:
+        raise UnknownName(f"unknown view {name!r}; available: {', '.join(sorted(table))}")
+    item = table[name]
+    if not isinstance(item, ViewKind):
+        if args:
+            raise SpecError(f"view {name!r} takes no arguments, got {spec!r}")
+        return item
+    kwargs = bind(item, args, "view")
     try:
-        return views()[name]
-    except KeyError:
-        raise UnknownName(f"unknown view {name!r}; available: {', '.join(sorted(views()))}") from None
+        view = item.make(**kwargs)
+        if args:  # a kind's defaults were checked at registration
+            try:
+                check_view(view, 64)
+            except SizeError:  # it takes other sizes only (a file's permutation): checked where it is used
+                pass
+    except ValueError as e:
+        raise SpecError(f"view {name!r}: {e}") from None
+    return view
 
 
 def get_backend(name: str) -> BackendInfo:

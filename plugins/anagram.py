@@ -19,8 +19,11 @@ class Anagram(Combiner):
     extra_channels = "mean"
     params = (
         Param("prompt", str, help="another prompt (or class); repeat for more views", multiple=True, default=()),
-        Param("view", str, help="view for each extra prompt, in order (default flip_v for the first)", multiple=True,
-              default=()),
+        Param("view", str, help="view for each extra prompt, in order (default flip_v for the first): a name "
+                                "(`diffkit hooks` lists them) or a kind with arguments, quoted: "
+                                "view=\"patch_permute:16,seed=3\"", multiple=True, default=()),
+        Param("reduction", str, "mean", "how the branches combine: mean (every step, every view) or alternate "
+                                        "(step i: only branch i mod n), the release's two", choices=("mean", "alternate")),
     )
 
     def __init__(self, **args):
@@ -35,17 +38,35 @@ class Anagram(Combiner):
                 raise ValueError("with more than one extra prompt, give a view= for each")
             names = ["flip_v"]
         self.views = [plugins.get_view(v) for v in names]
+        self.args["view"] = [v.name for v in self.views]  # every argument spelled out: run.json re-makes them
         self.prompts = prompts
 
     def setup(self, ctx: Context) -> None:
         self.conds = [ctx.encode_all(p) for p in self.prompts]
+        for v in self.views:  # a view that cannot take this stage's size is refused before any step
+            v.forward(torch.zeros(1, *ctx.backend.sample_shape, dtype=torch.float64))
+        # reduction=alternate: a query's step is the index of its timestep in the stage's walk
+        self.step_of = {float(t): i for i, t in enumerate(ctx.timesteps)}
+
+    def _branch(self, t: float) -> int:
+        """The one branch an alternating step uses: the release's ``i % num_prompts``."""
+        i = self.step_of.get(float(t))
+        if i is None:  # an evaluation between the walk's timesteps: the nearest step's
+            i = min(self.step_of.items(), key=lambda kv: abs(kv[0] - float(t)))[1]
+        return i % (1 + len(self.views))
 
     def expand(self, query: Query) -> list[Query]:
         # An unconditional query stays unconditional in every view: CFG around or inside commutes.
-        return [query] + [query.with_view(v, query.cond if query.cond.is_null else c)
-                          for v, c in zip(self.views, self.conds)]
+        branches = [query] + [query.with_view(v, query.cond if query.cond.is_null else c)
+                              for v, c in zip(self.views, self.conds)]
+        if self.args["reduction"] == "alternate":
+            return [branches[self._branch(query.t)]]  # only the model call this step uses
+        return branches
 
     def reduce(self, query: Query, estimates: list[Tensor]) -> Tensor:
+        if self.args["reduction"] == "alternate":
+            b = self._branch(query.t)
+            return estimates[0] if b == 0 else self.views[b - 1].inverse(estimates[0])
         mapped = [estimates[0]] + [v.inverse(e) for v, e in zip(self.views, estimates[1:])]
         return torch.stack(mapped).mean(0)
 

@@ -41,6 +41,48 @@ def jigsaw_ref(grid: int):
     return (lambda x: move(x, perm)), (lambda x: move(x, torch.argsort(perm)))
 
 
+def by_index(make_index):
+    """A view as the Visual Anagrams release applies a permutation: ``im.flatten()[perm]`` per pixel,
+    the permutation made for the image's own size; the inverse by the inverse permutation."""
+    def move(x, inverse=False):
+        n = x.shape[-1]
+        perm = torch.tensor(make_index(n))
+        if inverse:
+            inv = torch.empty_like(perm)
+            inv[perm] = torch.arange(len(perm))
+            perm = inv
+        return x.flatten(-2)[..., perm].reshape(x.shape)
+
+    return (lambda x: move(x)), (lambda x: move(x, True))
+
+
+def skew_perm(n, factor=1.5):
+    """Column i rolled down by int(factor (i - n // 2)), wrapping: output (r, i) shows input (r - shift, i)."""
+    return [((r - int(factor * (i - n // 2))) % n) * n + i for r in range(n) for i in range(n)]
+
+
+def inner_circle_perm(n):
+    """The release's make_inner_circle_perm, with r = 3/8 of the side."""
+    r, perm = n * 3 // 8, []
+    for iy in range(n):
+        for ix in range(n):
+            x, y = ix - n // 2 + 0.5, iy - n // 2 + 0.5
+            if x**2 + y**2 < r**2:
+                x, y = -x, -y
+            perm.append(int(x + n // 2 - 0.5) + int(y + n // 2 - 0.5) * n)
+    return perm
+
+
+def square_hinge_perm(n):
+    """The release's make_square_hinge: 3x3 squares of side n // 3, each index block turned by rot90."""
+    s, idx = n // 3, torch.arange(n * n).view(n, n)
+    for i in range(3):
+        for j in range(3):
+            k = -1 if (i + j) % 2 == 0 else 1
+            idx[i * s:(i + 1) * s, j * s:(j + 1) * s] = torch.rot90(idx[i * s:(i + 1) * s, j * s:(j + 1) * s], k)
+    return idx.flatten().tolist()
+
+
 # name -> (rearrangement, its inverse, sign): written independently of diffkit.views
 VIEWS = {
     "identity": (lambda x: x, lambda x: x, 1),
@@ -51,8 +93,14 @@ VIEWS = {
     "rot270": (lambda x: torch.rot90(x, 3, [-2, -1]), lambda x: torch.rot90(x, 1, [-2, -1]), 1),
     "transpose": (lambda x: x.transpose(-1, -2), lambda x: x.transpose(-1, -2), 1),
     "negate": (lambda x: x, lambda x: x, -1),
-    "jigsaw": (*jigsaw_ref(4), 1),
-    "jigsaw2": (*jigsaw_ref(2), 1),
+    "patch_permute:4": (*jigsaw_ref(4), 1),  # the old square-patch "jigsaw", under its own name
+    "patch_permute:2": (*jigsaw_ref(2), 1),
+    # the release's names and geometric views
+    "flip": (lambda x: torch.flip(x, [-2]), lambda x: torch.flip(x, [-2]), 1),
+    "rotate_cw": (lambda x: torch.rot90(x, 3, [-2, -1]), lambda x: torch.rot90(x, 1, [-2, -1]), 1),
+    "skew": (*by_index(skew_perm), 1),
+    "inner_circle": (*by_index(inner_circle_perm), 1),
+    "square_hinge": (*by_index(square_hinge_perm), 1),
 }
 
 
@@ -357,4 +405,24 @@ def test_sdedit_in_a_two_stage_run_leaves_stage_ii_a_plain_super_resolution(tiny
     folder, _ = photo
     res = run_diffkit(tiny_if, ["cfg:7", f"sdedit:image={folder / 'photo.png'},strength=0.5"])
     check(res.x, s2.loop(mean, [(PROMPT, "identity")], torch.Generator().manual_seed(SEED), upscaled=res.stage_x[0]),
+          STAGE2_TOL)
+
+
+def test_alternating_views_equal_the_reference_loop_on_both_stages(tiny_if, stages):
+    """reduction=alternate: step i takes branch i mod n alone (the release's reduction='alternate')."""
+    s1, s2 = stages
+
+    def alternate():
+        step = [0]
+
+        def combine(eps, var):
+            k = step[0] % len(eps)
+            step[0] += 1
+            return eps[k], var[k]
+        return combine
+
+    res = run_diffkit(tiny_if, ["cfg:7", f"anagram:{OTHER},view=rotate_180,reduction=alternate"])
+    branches = [(PROMPT, "identity"), (OTHER, "rot180")]
+    check(res.stage_x[0], s1.loop(alternate(), branches, torch.Generator().manual_seed(SEED)))
+    check(res.x, s2.loop(alternate(), branches, torch.Generator().manual_seed(SEED), upscaled=res.stage_x[0]),
           STAGE2_TOL)

@@ -15,23 +15,26 @@ from diffkit.hookspecs import hookimpl
 from diffkit.state import Query
 from diffkit.technique import Observer
 
-VIEWS = sorted(plugins.views())
+VIEWS = sorted(n for n in plugins.views() if n != "permute")  # permute needs a file: tests/test_views.py
 
 
 @settings(max_examples=60, deadline=None)
-@given(name=st.sampled_from(VIEWS), c=st.sampled_from([1, 3, 6]), side=st.sampled_from([4, 8, 28]),
+@given(name=st.sampled_from(VIEWS), c=st.sampled_from([1, 3, 6]), side=st.sampled_from([4, 8, 28, 64]),
        seed=st.integers(0, 10**6))
 def test_every_view_is_exactly_invertible_on_all_channels(name, c, side, seed):
     view = plugins.get_view(name)
-    if name == "jigsaw" and side % 4 or name == "jigsaw2" and side % 2:
-        return
     x = torch.randn(2, c, side, side, generator=torch.Generator().manual_seed(seed))
-    assert torch.equal(view.inverse(view.forward(x)), x)
+    try:
+        y = view.forward(x)
+    except ValueError as e:  # a size the view cannot take is refused, saying so
+        assert "needs" in str(e) and side != 64, (name, side, e)
+        return
+    assert torch.equal(view.inverse(y), x)
     assert torch.equal(view.forward(view.inverse(x)), x)
 
 
 def test_non_identity_views_move_pixels():
-    x = torch.arange(64.0).reshape(1, 1, 8, 8)
+    x = torch.arange(64.0 * 64).reshape(1, 1, 64, 64)
     for name in VIEWS:
         if name != "identity":
             assert not torch.equal(plugins.get_view(name).forward(x), x), name
@@ -74,7 +77,7 @@ def test_linear_combiners_commute_with_cfg(s, scale):
     b = GaussianBackend()
     ctx = make_ctx(b, [label, 1 - label])
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    for combiner in ("anagram:1,view=rot90", "hybrid:1,kernel=5,sigma=1", "anagram:0,1,view=flip_h,view=jigsaw2"):
+    for combiner in ("anagram:1,view=rot90", "hybrid:1,kernel=5,sigma=1", "anagram:0,1,view=flip_h,view=patch_permute:2"):
         a, ra = estimate([f"cfg:{scale}", combiner], b, x, t, ctx)
         c, rc = estimate([combiner, f"cfg:{scale}"], b, x, t, ctx)
         assert torch.allclose(a, c, atol=1e-10)
@@ -189,8 +192,8 @@ def test_a_view_that_hides_a_sign_mixes_channels_or_does_not_undo_itself_is_refu
                        (View("half", lambda x: x.flip(-1), lambda x: x), "does not undo")]:
         with pytest.raises(ValueError, match=text):
             check_view(view)
-    for view in plugins.views().values():
-        check_view(view)  # every registered view passes
+    for name in VIEWS:
+        check_view(plugins.get_view(name), 64)  # every registered view passes (a kind with its defaults)
 
 
 def test_a_branch_naming_an_unregistered_view_or_dropping_the_query_s_views_is_an_error():
