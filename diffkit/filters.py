@@ -32,3 +32,25 @@ def lowpass(x: Tensor, size: int = 33, sigma: float = 2.0) -> Tensor:
 def highpass(x: Tensor, size: int = 33, sigma: float = 2.0) -> Tensor:
     """``x - lowpass(x)``: the two are complementary by construction."""
     return x - lowpass(x, size, sigma)
+
+
+def scaled_kernel(kernel: int, sigma: float, factor: float) -> tuple[int, float]:
+    """Kernel and sigma for an image ``factor`` times the size: the same cut-off in the picture's frequencies.
+
+    The kernel is rounded up to odd (33 at 64 px -> 133 at 256 px, as the factorized-diffusion code does).
+    """
+    k = round(kernel * factor)
+    return k + (k % 2 == 0), sigma * factor
+
+
+def motion_blur(x: Tensor, size: int) -> Tensor:
+    """``[N x C x H x W]`` averaged along the diagonal (a line kernel ``eye(size) / size``), every channel
+    alone, zero padding: the Factorized Diffusion release's motion blur."""
+    n, c, h, w = x.shape
+    k = (torch.eye(size, dtype=x.dtype, device=x.device) / size)[None, None]
+    return F.conv2d(x.reshape(n * c, 1, h, w), k, padding=size // 2).reshape(n, c, h, w)
+
+
+def grayscale(x: Tensor) -> Tensor:
+    """Each pixel's mean over the channels, on every channel."""
+    return x.mean(1, keepdim=True).expand_as(x).contiguous()

@@ -4,7 +4,7 @@ Hooks are called with keyword arguments only; an implementation takes just the a
 (pluggy matches them by name). Two groups:
 
 Registration hooks, called on every installed plugin module (entry-point group ``diffkit``):
-``diffkit_techniques``, ``diffkit_views``, ``diffkit_backends``, ``diffkit_samplers``.
+``diffkit_techniques``, ``diffkit_views``, ``diffkit_factors``, ``diffkit_backends``, ``diffkit_samplers``.
 
 Run hooks, called on the techniques the user turned on (``--hook``), in the order given, and on
 always-on plugin modules after them: ``diffkit_initial_state``, ``diffkit_after_step``,
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from diffkit.backends.base import BackendInfo
+    from diffkit.factors import Factor
     from diffkit.rules import StepRule
     from diffkit.state import Context, Step, StepState
     from diffkit.technique import Technique
@@ -42,6 +43,12 @@ def diffkit_techniques() -> list[type[Technique]]:
 @hookspec
 def diffkit_views() -> list[View]:
     """Declare image views for anagrams (each with an exact inverse). Collected; names must be unique."""
+
+
+@hookspec
+def diffkit_factors() -> list[Factor]:
+    """Declare factors for factorized diffusion (linear filters of a noise estimate, ``diffkit.factors``).
+    Collected; names must be unique."""
 
 
 @hookspec

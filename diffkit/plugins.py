@@ -98,6 +98,21 @@ def views() -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=None)
+def factors() -> dict[str, Any]:
+    """Every installed factor (factorized diffusion's components) by name."""
+    return _collect("diffkit_factors", "factor")
+
+
+def get_factor(spec: str) -> tuple[Any, dict[str, Any]]:
+    """A factor and its bound arguments from a spec: ``low_pass``, ``low_pass:sigma=1,kernel=9``, ``scale:15``."""
+    name, args = parse(spec)
+    table = factors()
+    if name not in table:
+        raise UnknownName(f"unknown factor {name!r}; available: {', '.join(sorted(table))}")
+    return table[name], bind(table[name], args, "factor")
+
+
+@functools.lru_cache(maxsize=None)
 def backends() -> dict[str, BackendInfo]:
     """Every installed backend by name."""
     return _collect("diffkit_backends", "backend")

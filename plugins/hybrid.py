@@ -4,19 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from diffkit.filters import gaussian_kernel, highpass, lowpass  # noqa: F401 - also this plugin's API
+from diffkit.filters import gaussian_kernel, highpass, lowpass, scaled_kernel  # noqa: F401 - also this plugin's API
 from diffkit.hookspecs import hookimpl
 from diffkit.state import Context, Query
 from diffkit.technique import Combiner, Param, to_bool
-
-
-def scaled_kernel(kernel: int, sigma: float, factor: float) -> tuple[int, float]:
-    """Kernel and sigma for an image ``factor`` times the size: the same cut-off in the picture's frequencies.
-
-    The kernel is rounded up to odd (33 at 64 px -> 133 at 256 px, as the factorized-diffusion code does).
-    """
-    k = round(kernel * factor)
-    return k + (k % 2 == 0), sigma * factor
 
 
 class Hybrid(Combiner):

@@ -20,7 +20,7 @@ from conftest import IF_TOL
 from diffkit.backends.deepfloyd import load
 from diffkit.views import patch_permutation
 
-PROMPT, OTHER = "an oil painting of a snowy mountain village", "an old man"
+PROMPT, OTHER, THIRD = "an oil painting of a snowy mountain village", "an old man", "a photo of a cat"
 TS1 = list(range(990, -1, -90))
 TS2 = list(range(990, -1, -110))
 SCALE, SEED = 7.0, 3
@@ -126,7 +126,7 @@ class Stage:
         pipe = IFPipeline.from_pretrained(folder, unet=self.unet, safety_checker=None, watermarker=None,
                                           feature_extractor=None, requires_safety_checker=False)
         self.embed = {p: pipe.encode_prompt(p, do_classifier_free_guidance=True, clean_caption=False)
-                      for p in (PROMPT, OTHER)}
+                      for p in (PROMPT, OTHER, THIRD)}
         self.folder, self.ts, self.size = folder, list(timesteps), self.unet.config.sample_size
         self.up = None
 
@@ -425,4 +425,45 @@ def test_alternating_views_equal_the_reference_loop_on_both_stages(tiny_if, stag
     branches = [(PROMPT, "identity"), (OTHER, "rot180")]
     check(res.stage_x[0], s1.loop(alternate(), branches, torch.Generator().manual_seed(SEED)))
     check(res.x, s2.loop(alternate(), branches, torch.Generator().manual_seed(SEED), upscaled=res.stage_x[0]),
+          STAGE2_TOL)
+
+
+def factor_ref(name, f):
+    """A factor of the Factorized Diffusion release on ``[1 x 3 x H x W]`` noise, written from its
+    definitions: kernels and sigmas times the stage's size factor ``f``, kernels made odd."""
+    odd = lambda k: k + (k % 2 == 0)  # noqa: E731
+    gray = lambda e: e.mean(1, keepdim=True).expand_as(e)  # noqa: E731
+
+    def motion(e):
+        size = odd(7 * f)
+        k = (torch.eye(size) / size)[None, None]
+        return torch.cat([F.conv2d(e[:, i:i + 1], k, padding=size // 2) for i in range(3)], 1)
+
+    def bands(e):
+        k = odd(25 * f)
+        mid = blur_ref(e, k, 1.0 * f)
+        low = blur_ref(mid, k, 2.0 * f)
+        return low, mid - low, e - mid
+
+    return {"grayscale": gray, "color": lambda e: e - gray(e), "motion": motion, "motion_res": lambda e: e - motion(e),
+            "triple_low_pass": lambda e: bands(e)[0], "triple_medium_pass": lambda e: bands(e)[1],
+            "triple_high_pass": lambda e: bands(e)[2]}[name]
+
+
+@pytest.mark.parametrize("parts", ["grayscale+color", "motion+motion_res",
+                                   "triple_low_pass+triple_medium_pass+triple_high_pass"])
+def test_factorize_equals_the_reference_loop_on_both_stages(tiny_if, stages, parts):
+    """Each prompt's estimate through CFG, filtered by its part, the parts summed (the release's
+    reduction='sum'); the variance the mean of the branches'."""
+    s1, s2 = stages
+    names = parts.split("+")
+    prompts = [OTHER, THIRD][:len(names) - 1]
+    res = run_diffkit(tiny_if, ["cfg:7", f"factorize:{','.join(prompts)},parts={parts}"])
+    branches = [(PROMPT, "identity")] + [(p, "identity") for p in prompts]
+
+    def summed(f):
+        return lambda eps, var: (sum(factor_ref(n, f)(e) for n, e in zip(names, eps)), torch.stack(var).mean(0))
+
+    check(res.stage_x[0], s1.loop(summed(1), branches, torch.Generator().manual_seed(SEED)))
+    check(res.x, s2.loop(summed(2), branches, torch.Generator().manual_seed(SEED), upscaled=res.stage_x[0]),
           STAGE2_TOL)

@@ -21,7 +21,7 @@ LAYERS = [
                   "diffkit.backends.gaussian", "diffkit.backends.mnist", "diffkit.mnist", "diffkit.mnist.checkpoint",
                   "diffkit.mnist.model", "diffkit.mnist.data"}),
     ("io/schedule/views", {"diffkit.io", "diffkit.schedule", "diffkit.views", "diffkit.interrupt", "diffkit.plot",
-                           "diffkit.dist", "diffkit.folder", "diffkit.filters", "diffkit.fixed_calls", "diffkit.errors",
+                           "diffkit.dist", "diffkit.folder", "diffkit.filters", "diffkit.fixed_calls", "diffkit.errors", "diffkit.factors",
                            "diffkit.params"}),
 ]
 

@@ -1,0 +1,126 @@
+"""Factorized diffusion (Geng, Park, Owens, ECCV 2024): the estimate as a sum of components, each a filter
+of one prompt's estimate, the filters summing to the identity (the release's ``--reduction sum``); and
+its inverse-problem mode, one component taken from a real image instead of a prompt."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import Tensor
+
+from diffkit import factors, plugins
+from diffkit.hookspecs import hookimpl
+from diffkit.spec import format_spec
+from diffkit.state import Context, Query, Step
+from diffkit.technique import REQUIRED, Combiner, Param, Projector
+
+
+def parse_parts(text: str) -> list[str]:
+    """``low_pass+high_pass`` -> the part specs; a ``+`` not before a name (``scale:+3``) is a sign."""
+    return [p.strip() for p in re.split(r"\+(?=\s*[A-Za-z_])", text) if p.strip()]
+
+
+def make_parts(text: str) -> list[tuple[factors.Factor, dict]]:
+    return [plugins.get_factor(p) for p in parse_parts(text)]
+
+
+def spelled(parts: list[tuple[factors.Factor, dict]]) -> str:
+    """The parts with every argument written out: what run.json records."""
+    return "+".join(format_spec(f.name, list(args.items())) for f, args in parts)
+
+
+def check_parts(ctx: Context, parts: list[tuple[factors.Factor, dict]], factor: float) -> None:
+    """Refuse, before any step, a part the backend's images cannot take (colour on one channel, a kernel
+    too large for the stage)."""
+    C, H, W = ctx.backend.sample_shape
+    for f, args in parts:
+        if f.channels and ctx.eps_channels != f.channels:
+            raise ValueError(f"part {f.name!r} needs {f.channels}-channel images; backend {ctx.backend.name!r} "
+                             f"makes {ctx.eps_channels}-channel ones")
+        try:
+            f(torch.zeros(1, ctx.eps_channels, H, W, dtype=torch.float64), factor, args)
+        except (ValueError, RuntimeError) as e:
+            raise ValueError(f"part {f.name!r} cannot act on this stage's {H}x{W} images: {e}") from None
+
+
+class Factorize(Combiner):
+    name = "factorize"
+    help = ("Factorized diffusion: eps = part_1(eps_1) + part_2(eps_2) + ..., part i a filter of prompt i's "
+            "estimate (the first the sample's own), the parts summing to the identity: hybrid images "
+            "(low_pass+high_pass), three bands, grayscale+color, motion+motion_res, weighted prompts (scale).")
+    params = (
+        Param("prompt", str, help="the prompt (or class) of each part after the first", multiple=True, default=()),
+        Param("parts", str, REQUIRED, "one part a prompt, joined by +: low_pass, high_pass, triple_low_pass, "
+                                      "triple_medium_pass, triple_high_pass, grayscale, color, motion, "
+                                      "motion_res, scale:WEIGHT; arguments as low_pass:sigma=1,kernel=9 (quoted)"),
+    )
+    extra_channels = "mean"  # IF's variance: the mean of the branches'
+
+    def __init__(self, **args):
+        super().__init__(**args)
+        self.parts = make_parts(args["parts"])
+        n = 1 + len(args["prompt"])
+        if len(self.parts) != n:
+            raise ValueError(f"parts={args['parts']} names {len(self.parts)} part(s) for {n} prompt(s) (the "
+                             f"sample's own and {n - 1} more): give one part a prompt")
+        self.args["parts"] = spelled(self.parts)
+
+    def setup(self, ctx: Context) -> None:
+        self.conds = [ctx.encode_all(p) for p in self.args["prompt"]]
+        self.factor = ctx.size_factor
+        check_parts(ctx, self.parts, self.factor)
+
+    def expand(self, query: Query) -> list[Query]:
+        # An unconditional query stays unconditional in every part: the parts then sum to the plain
+        # unconditional estimate (times the weights' sum), so CFG around it is CFG of each part.
+        return [query] + [query if query.cond.is_null else query.with_cond(c) for c in self.conds]
+
+    def reduce(self, query: Query, estimates: list[Tensor]) -> Tensor:
+        return sum(f(e, self.factor, args) for (f, args), e in zip(self.parts, estimates))
+
+
+class Reference(Projector):
+    name = "reference"
+    help = ("Factorized diffusion's inverse problem: one component from a real image. After every step "
+            "x = x - part(x) + part(forward(image, t')): e.g. a photo's low frequencies, the prompt's high ones.")
+    params = (
+        Param("image", str, help="the reference image (any size and mode; cropped and resized)", kind="image"),
+        Param("part", str, "low_pass", "the component taken from the image (a factor, with arguments quoted: "
+                                       "\"low_pass:sigma=3\")"),
+    )
+
+    def __init__(self, **args):
+        super().__init__(**args)
+        self.parts = make_parts(args["part"])
+        if len(self.parts) != 1:
+            raise ValueError(f"part={args['part']} names {len(self.parts)} parts: give one")
+        self.args["part"] = spelled(self.parts)
+
+    def setup(self, ctx: Context) -> None:
+        self.x_ref = ctx.load_image(self.args["image"], "image")
+        self.factor = ctx.size_factor
+        check_parts(ctx, self.parts, self.factor)
+
+    def component(self, x: Tensor) -> Tensor:
+        """The part of the noise channels of ``x``; other channels are left out (zero)."""
+        (f, args), c = self.parts[0], self.eps_channels
+        out = torch.zeros_like(x)
+        out[:, :c] = f(x[:, :c], self.factor, args)
+        return out
+
+    @hookimpl
+    def diffkit_after_step(self, ctx: Context, step: Step) -> None:
+        self.eps_channels = ctx.eps_channels
+        ref = self.x_ref if step.t_next < 0 else ctx.forward(self.x_ref, step.t_next, stream="reference")
+        step.x = step.x - self.component(step.x) + self.component(ref.expand_as(step.x))
+
+
+@hookimpl
+def diffkit_techniques():
+    return [Factorize, Reference]
+
+
+@hookimpl
+def diffkit_factors():
+    return list(factors.BUILTIN)
