@@ -435,7 +435,7 @@ class FolderRun:
         if self.already_done:
             return
         try:
-            yield from drive(self.run, self.todo, self.folder.write_batch)
+            yield from drive(self.run, self.todo, self._write_batch)
             dist.barrier(self.shard)  # every batch is written (a rank that failed never gets here)
             if self.shard.rank == 0:
                 self.folder.publish(self.run.labels)
@@ -444,6 +444,19 @@ class FolderRun:
             raise
         finally:
             self.folder.release()  # a process that lives on (a notebook, the UI) must not keep the folder locked
+
+    def _write_batch(self, k: int, result: Result) -> None:
+        """Batch ``k``'s files: each anagram view of each sample (``sample-000.view1.png``, as the Visual
+        Anagrams release saves them), then the samples and the part that marks the batch done."""
+        from diffkit.animate import view_image
+
+        start = k * self.run.batch_size
+        anagrams = [t for t in self.run.techniques if t.name == "anagram" and hasattr(t, "views")]
+        for tech in anagrams[:1]:
+            for j, view in enumerate(tech.views, 1):
+                for i, img in enumerate(result.images):
+                    io.save_png(view_image(view, img), self.folder.path / f"sample-{start + i:03d}.view{j}.png")
+        self.folder.write_batch(k, result)
 
     def run_all(self) -> Path:
         """Run to the end; the folder."""

@@ -279,6 +279,8 @@ def sample(
                                     "Any size gives the same bytes."),
     resume: bool = typer.Option(False, help="Continue the interrupted run of this same command in --out, skipping "
                                             "the batches it finished."),
+    animate: bool = typer.Option(False, "--animate", help="Afterwards, as `diffkit animate OUT`: a GIF (and MP4) "
+                                                          "of every sample moving into each view."),
     rendezvous_timeout: float = Rendezvous(),
 ) -> None:
     """Sample images with any composition of techniques.
@@ -320,7 +322,40 @@ def sample(
     _draw(job.steps(), job.run, job.todo, shard, job.abandon, out)
     if shard.rank == 0:
         console.print(f"wrote {len(job.run.labels)} samples, grid.png and run.json to {out}")
+        if animate:
+            _animate(out, overwrite=True)
     dist.finish(shard)
+
+
+def _animate(folder: Path, overwrite: bool, frames: int = 24, fps: int = 12, mp4: bool = True) -> None:
+    from diffkit.animate import animate as make
+
+    try:
+        with progress() as bar:
+            task = bar.add_task("animate", total=None, info="")
+            written = make(folder, overwrite=overwrite, n=frames, fps=fps, mp4=mp4,
+                           progress=lambda k, n: bar.update(task, completed=k, total=n))
+    except UserError as e:
+        fail(str(e), 2)
+    gifs = [p for p in written if p.suffix == ".gif"]
+    mp4s = [p for p in written if p.suffix == ".mp4"]
+    console.print(f"wrote {len(gifs)} GIF{'s' if len(gifs) != 1 else ''}"
+                  + (f" and {len(mp4s)} MP4s" if mp4s else escape(" (MP4 too with pip install -e '.[video]')") if mp4 else "")
+                  + f" to {folder}", highlight=False)
+
+
+@app.command("animate")
+def animate_cmd(
+    run_dir: Path = typer.Argument(..., help="A run folder `diffkit sample` wrote (run.json and its samples)."),
+    overwrite: bool = typer.Option(False, help="Replace animations already there."),
+    frames: int = Int(24, lo=2, hi=1000, help="Frames of the move (held 8 frames at each end)."),
+    fps: int = Int(12, lo=1, hi=120, help="Frames a second."),
+    mp4: bool = typer.Option(True, "--mp4/--no-mp4", help="Also write MP4s (needs imageio-ffmpeg: "
+                                                           "pip install -e '.[video]')."),
+) -> None:
+    """Animate a run's illusions: every sample moving into each anagram view (or zooming out, fading colour
+    in, shaking for factorized images), captioned with the prompts: sample-000.view1.gif and .mp4."""
+    _animate(run_dir, overwrite, frames, fps, mp4)
 
 
 def _backend_options(pairs: Optional[list[str]], **flags: Any) -> dict[str, Any]:

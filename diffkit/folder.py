@@ -39,7 +39,8 @@ from diffkit.errors import OutputInTheWay, UserError
 
 GRID_MAX = 64  # samples shown in grid.png and the frames
 WORK = ".diffkit-partial"  # the work folder's name inside --out
-_SAMPLE = re.compile(r"sample-\d{3,}\.png")
+# a sample, and the views and animations of it (sample-000.view1.png / .gif / .mp4, sample-000.factorize.gif)
+_SAMPLE = re.compile(r"sample-\d{3,}(\.(view\d+|factorize))?\.(png|gif|mp4)")
 
 
 class ResumeError(UserError):

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # top to bottom; a module may import its own layer or any below it
 LAYERS = [
     ("frontends", {"diffkit", "diffkit.__main__", "diffkit.cli", "diffkit.ui"}),
-    ("api", {"diffkit.api", "diffkit.studies", "diffkit.mnist.train", "diffkit.mnist.evaluate"}),
+    ("api", {"diffkit.api", "diffkit.studies", "diffkit.mnist.train", "diffkit.mnist.evaluate", "diffkit.animate"}),
     ("sampler", {"diffkit.sampler"}),
     ("denoise/plugins", {"diffkit.denoise", "diffkit.plugins", "diffkit.rules", "diffkit.hookspecs", "diffkit.spec",
                          "diffkit.technique"}),
