@@ -19,10 +19,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from diffkit.errors import UserError
 from diffkit.params import REQUIRED, Param
 
 
-class SizeError(ValueError):
+class SizeError(UserError):
     """A view asked to act on an image size it cannot take (a jigsaw on a side not divisible by 4)."""
 
 

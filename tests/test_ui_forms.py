@@ -28,6 +28,8 @@ def test_every_parameter_of_every_installed_technique_gets_a_widget(tmp_path):
                 w = ui.widget(gr, name, p, ui._initial(p), settings(tmp_path))
                 if p.kind:
                     assert isinstance(w, kinds[p.kind]), (name, p.name)
+                elif p.choices:
+                    assert isinstance(w, gr.Dropdown) and [c[0] for c in w.choices] == ["", *p.choices], (name, p.name)
                 elif p.numeric and not p.multiple:
                     assert isinstance(w, gr.Number) and (w.minimum, w.maximum) == tuple(p.range), (name, p.name)
                 else:
