@@ -25,6 +25,7 @@ from torch import Tensor
 from diffkit import io, plugins, views
 from diffkit.errors import OutputInTheWay, UserError
 
+ANIMATED = ("anagram", "factorize", "hybrid")  # the hooks whose runs have something to animate
 FRAMES = 24  # frames of the move
 HOLD = 8  # frames held at each end
 FPS = 12

@@ -290,6 +290,10 @@ def sample(
     """
     from diffkit import api, dist
 
+    from diffkit.animate import ANIMATED
+
+    if animate and not any(h.partition(":")[0].strip() in ANIMATED for h in hook or []):
+        fail("--animate animates anagram, factorize or hybrid hooks, and this run has none", 2)
     options = _backend_options(backend_option, checkpoint=checkpoint, device=device, model=model, upscaler=upscaler,
                                dtype=dtype, embeddings=embeddings, offload=offload)
     kwargs = dict(_labels(prompt, classes), hooks=hook or [], seed=seed, num=num, steps=steps, stride=stride,

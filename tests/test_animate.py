@@ -132,3 +132,9 @@ def test_overwriting_a_run_removes_its_earlier_views(tmp_path):
     r = runner.invoke(app, [*base, "--hook", "anagram:5,view=flip", "--overwrite"])
     assert r.exit_code == 0, r.output
     assert (out / "sample-000.view1.png").is_file() and not (out / "sample-000.view2.png").exists()
+
+
+def test_animate_on_a_run_without_illusions_is_refused_before_sampling(tmp_path):
+    r = runner.invoke(app, ["sample", "--class", "3", "--steps", "2", "--hook", "cfg:2", "--animate",
+                            "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--animate animates anagram" in r.output and not (tmp_path / "o").exists()
