@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import diffkit
 from conftest import IF_TOL
 from diffkit.backends.deepfloyd import load
-from diffkit.views import patch_permutation
+from diffkit.views import jigsaw_index, patch_permutation
 
 PROMPT, OTHER, THIRD = "an oil painting of a snowy mountain village", "an old man", "a photo of a cat"
 TS1 = list(range(990, -1, -90))
@@ -101,6 +101,10 @@ VIEWS = {
     "skew": (*by_index(skew_perm), 1),
     "inner_circle": (*by_index(inner_circle_perm), 1),
     "square_hinge": (*by_index(square_hinge_perm), 1),
+    "pixel_permute:16": (*jigsaw_ref(16), 1),  # every pixel of the 16-pixel stage; 2x2 blocks at 32
+    # the jigsaw's permutation is diffkit's own (its pieces are tested to be rigid and to tile, in
+    # tests/test_views.py); here it runs through both stages as the release applies a permutation
+    "jigsaw": (*by_index(lambda n: jigsaw_index(n, n).tolist()), 1),
 }
 
 
