@@ -192,7 +192,10 @@ def technique_specs(tmp_path: Path) -> dict[str, list[str]]:
     return {"cfg": ["cfg:3", "cfg:2,lo=0.5"], "autoguide": ["autoguide:2", "autoguide:1.5"],
             "anagram": ["anagram:5,view=flip_h", "anagram:8,view=rot180"], "hybrid": ["hybrid:1", "hybrid:8,sigma=1"],
             "inpaint": [f"inpaint:{img},{mask}", f"inpaint:{img},{mask},resample=2"],
-            "sdedit": [f"sdedit:{img},i_start=1", f"sdedit:{img},i_start=2"]}
+            "sdedit": [f"sdedit:{img},i_start=1", f"sdedit:{img},i_start=2"],
+            "factorize": ['factorize:1,parts="low_pass:sigma=2,kernel=9+high_pass:sigma=2,kernel=9"',
+                          "factorize:8,parts=scale:2+scale:-1"],
+            "reference": [f"reference:image={img}", f'reference:image={img},part="high_pass:sigma=1,kernel=5"']}
 
 
 def test_every_pair_of_techniques_either_composes_or_is_refused(tmp_path):
