@@ -396,11 +396,16 @@ def _publish(write, out: Path, after=None) -> None:
     try:
         write()
     except interrupt.Interrupted as e:
-        if e.committed:
-            _on_interrupt[0] = f"the run had finished; its outputs are complete in {out}"
+        _finished_if_committed(e, out)
         raise
     except OSError as e:
         fail(f"cannot write to {out}: {_why(e)}; {after() if after else 'nothing was written'}", 1)
+
+
+def _finished_if_committed(e: interrupt.Interrupted, out: Optional[Path]) -> None:
+    """A signal answered once the final renames were done: the run is complete, and the line says so."""
+    if e.committed:
+        _on_interrupt[0] = f"the run had finished; its outputs are complete in {out}"
 
 
 def _why(e: OSError) -> str:
@@ -471,8 +476,7 @@ def _draw(steps, run, todo: Optional[list[int]] = None, shard=None, after=None, 
                                                    total=st.n_steps, completed=st.i, info="")
                 bar.update(tasks[st.stage], completed=st.i + 1, info=f"t={st.t}")
     except interrupt.Interrupted as e:
-        if e.committed:
-            _on_interrupt[0] = f"the run had finished; its outputs are complete in {out}"
+        _finished_if_committed(e, out)
         raise
     except RunFailure as e:
         fail(f"{shard.who()}{e}; {kept()}", 1)

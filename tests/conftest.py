@@ -99,3 +99,14 @@ def interrupted(batches: int, *args: str) -> None:
         m.setattr(RunFolder, "write_batch", write_then_stop)
         with pytest.raises(interrupt.Interrupted):
             CliRunner().invoke(app, [str(a) for a in args])
+
+
+def refused_hook(tmp_path: Path, spec: str, text: str) -> None:
+    """``diffkit sample --hook SPEC`` on MNIST exits 2 saying ``text``, and writes nothing."""
+    from typer.testing import CliRunner
+
+    from diffkit.cli import app
+
+    r = CliRunner().invoke(app, ["sample", "--class", "3", "--steps", "2", "--hook", spec, "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and text in " ".join(r.output.split()), r.output
+    assert not (tmp_path / "o").exists()
