@@ -451,11 +451,10 @@ class FolderRun:
         from diffkit.animate import view_image
 
         start = k * self.run.batch_size
-        anagrams = [t for t in self.run.techniques if t.name == "anagram" and hasattr(t, "views")]
-        for tech in anagrams[:1]:
-            for j, view in enumerate(tech.views, 1):
-                for i, img in enumerate(result.images):
-                    io.save_png(view_image(view, img), self.folder.path / f"sample-{start + i:03d}.view{j}.png")
+        anagram = next((t for t in self.run.techniques if t.name == "anagram" and hasattr(t, "views")), None)
+        for j, view in enumerate(anagram.views if anagram else [], 1):
+            for i, img in enumerate(result.images):
+                io.save_png(view_image(view, img), self.folder.path / f"sample-{start + i:03d}.view{j}.png")
         self.folder.write_batch(k, result)
 
     def run_all(self) -> Path:

@@ -57,11 +57,14 @@ class Anagram(Combiner):
 
     def expand(self, query: Query) -> list[Query]:
         # An unconditional query stays unconditional in every view: CFG around or inside commutes.
-        branches = [query] + [query.with_view(v, query.cond if query.cond.is_null else c)
-                              for v, c in zip(self.views, self.conds)]
+        def branch(j: int) -> Query:
+            if j == 0:
+                return query
+            return query.with_view(self.views[j - 1], query.cond if query.cond.is_null else self.conds[j - 1])
+
         if self.args["reduction"] == "alternate":
-            return [branches[self._branch(query.t)]]  # only the model call this step uses
-        return branches
+            return [branch(self._branch(query.t))]  # only the view this step uses is made and evaluated
+        return [branch(j) for j in range(1 + len(self.views))]
 
     def reduce(self, query: Query, estimates: list[Tensor]) -> Tensor:
         if self.args["reduction"] == "alternate":

@@ -99,7 +99,7 @@ class Reference(Projector):
 
     def setup(self, ctx: Context) -> None:
         self.x_ref = ctx.load_image(self.args["image"], "image")
-        self.factor = ctx.size_factor
+        self.factor, self.eps_channels = ctx.size_factor, ctx.eps_channels
         check_parts(ctx, self.parts, self.factor)
 
     def component(self, x: Tensor) -> Tensor:
@@ -111,7 +111,6 @@ class Reference(Projector):
 
     @hookimpl
     def diffkit_after_step(self, ctx: Context, step: Step) -> None:
-        self.eps_channels = ctx.eps_channels
         ref = self.x_ref if step.t_next < 0 else ctx.forward(self.x_ref, step.t_next, stream="reference")
         step.x = step.x - self.component(step.x) + self.component(ref.expand_as(step.x))
 
