@@ -79,7 +79,7 @@ def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
 
 # Backend options `diffkit sample` also takes as flags of their own (--checkpoint X for --backend-option
 # checkpoint=X), as it did before backends declared their options; the UI's shown command uses them too.
-BACKEND_FLAGS = ("checkpoint", "device", "model", "upscaler", "dtype", "embeddings", "offload")
+BACKEND_FLAGS = ("checkpoint", "device", "model", "upscaler", "stage3", "dtype", "embeddings", "offload")
 
 
 def load_backend(name: str, **options: Any) -> Backend:
@@ -152,6 +152,7 @@ class Run:
         # Encode every distinct label now, so one the backend cannot take fails before any work.
         Context.make_cond(self.backend, list(dict.fromkeys(self.labels)) + [None])
         self.sampler = Sampler(self.techniques, max_batch)
+        self._recipe_samplers: dict[Any, Sampler] = {}  # later stages with a recipe of their own
         self.result: Result | None = None
         self.stage_timesteps: list[list[int]] = []
         self.samples_done = 0
@@ -172,6 +173,23 @@ class Run:
             raise
         except ValueError as e:
             raise RuleError(f"sampler {self.rule.name!r}: {e}") from None
+
+    def _stage_plan(self, backend: Backend) -> Stepper:
+        """A later stage's walk: its own recipe's, else the run's rule and steps (or ``timesteps2``)."""
+        if backend.recipe is None:
+            return self.plan(backend, self.n_steps, self.timesteps2)
+        rule = plugins.make_sampler(backend.recipe.sampler)
+        return rule.plan(backend, backend.recipe.steps, None, None)
+
+    def _stage_sampler(self, backend: Backend) -> Sampler:
+        """The run's Sampler, or one with a stage's own recipe's techniques (counted in the same stats)."""
+        if backend.recipe is None:
+            return self.sampler
+        if backend.recipe not in self._recipe_samplers:
+            sampler = Sampler([plugins.make_technique(h) for h in backend.recipe.hooks], self.sampler.max_batch)
+            sampler.stats = self.sampler.stats
+            self._recipe_samplers[backend.recipe] = sampler
+        return self._recipe_samplers[backend.recipe]
 
     def context(self, backend: Backend, stage: int, stepper: Stepper, i_start: int,
                 batch: range | None = None) -> Context:
@@ -215,7 +233,7 @@ class Run:
             if stage == 0:
                 self._ctx0 = None  # its generators are being used: a second steps() starts afresh
             self.stage_timesteps.append(ctx.timesteps)
-            run = self.sampler.run(ctx)
+            run = self._stage_sampler(backend).run(ctx)
             while True:
                 try:
                     state = next(run)
@@ -232,7 +250,7 @@ class Run:
             stage += 1
             backend = None if self.stages and stage >= self.stages else backend.next_stage(x, labels)
             if backend is not None:
-                stepper, i_start = self.plan(backend, self.n_steps, self.timesteps2), 0
+                stepper, i_start = self._stage_plan(backend), 0
         self.samples_done += len(batch)
         self.result = Result(stage_images[-1], labels, self.seeds[batch.start: batch.stop], self.meta(),
                              final, stage_images, stage_x, frames)

@@ -264,6 +264,8 @@ def sample(
     device: Optional[str] = typer.Option(None, help="Device: cpu, cuda, cuda:1 ..."),
     model: Optional[str] = typer.Option(None, help="IF stage I: hub id or local folder."),
     upscaler: Optional[str] = typer.Option(None, help="IF stage II: hub id, local folder, or none."),
+    stage3: Optional[str] = typer.Option(None, "--stage3", help="IF stage III (1024 px): the SD x4 upscaler's hub id "
+                                         "or folder (default none)."),
     dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 (IF default: fp16 on CUDA)."),
     embeddings: Optional[str] = typer.Option(None, help="Prompt embeddings from `diffkit embed` (IF: T5 not loaded)."),
     offload: Optional[bool] = typer.Option(None, "--offload/--no-offload", help="IF: keep the UNet on the CPU between calls."),
@@ -295,7 +297,7 @@ def sample(
     if animate and not any(h.partition(":")[0].strip() in ANIMATED for h in hook or []):
         fail("--animate animates anagram, factorize or hybrid hooks, and this run has none", 2)
     options = _backend_options(backend_option, checkpoint=checkpoint, device=device, model=model, upscaler=upscaler,
-                               dtype=dtype, embeddings=embeddings, offload=offload)
+                               stage3=stage3, dtype=dtype, embeddings=embeddings, offload=offload)
     kwargs = dict(_labels(prompt, classes), hooks=hook or [], seed=seed, num=num, steps=steps, stride=stride,
                   timesteps=_ints(timesteps, "--timesteps") or None, timesteps2=_ints(timesteps2, "--timesteps2") or None,
                   i_start=i_start, save_every=save_every, max_batch=max_batch, backend_options=options, sampler=sampler)
@@ -493,7 +495,8 @@ def _print_params(out: Console, params: tuple) -> None:
     if not params:
         return
     table = Table(show_header=True, box=None, padding=(0, 2))
-    for col in ("parameter", "type", "default", "range", "help"):
+    table.add_column("parameter", no_wrap=True)  # a name is typed as shown: never cut
+    for col in ("type", "default", "range", "help"):
         table.add_column(col)
     for p in params:
         default = "required" if p.required else repr(p.default)

@@ -7,7 +7,7 @@ expands its queries, calls the denoiser inside it once, and reduces.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -15,6 +15,7 @@ from torch import Tensor
 from diffkit.backends.base import Backend
 from diffkit.errors import RunFailure
 from diffkit.plugins import PluginError
+from diffkit.schedule import eps_from_v
 from diffkit.state import Denoiser, Query
 from diffkit.technique import Combiner
 
@@ -24,11 +25,13 @@ class NonFiniteError(RunFailure, FloatingPointError):
 
 
 def batched(backend: Backend, max_batch: int | None = None, stats: dict[str, int] | None = None,
-            models: dict[str, Backend] | None = None) -> Denoiser:
+            models: dict[str, Backend] | None = None, abar: Callable[[int | float], float] | None = None) -> Denoiser:
     """One ``backend.predict`` call for all distinct queries (chunked only above ``max_batch`` rows).
 
     A query naming another model (``Query.model``, registered in ``models``) goes to that model's
     call: one call a model a step. ``stats`` counts ``evaluations`` (model calls) and ``rows``.
+    A v-predicting model's estimate becomes noise here, each query's with the noise level ``abar(t)``
+    of its state (the run's ``ctx.abar``), so everything above sees noise.
     """
 
     def call(be: Backend, unique: list[Query]) -> Tensor:
@@ -48,6 +51,15 @@ def batched(backend: Backend, max_batch: int | None = None, stats: dict[str, int
                              for i in range(0, x.shape[0], max_batch)])
         else:
             out = be.predict(x, t, c)
+        if be.prediction_type == "v_prediction":
+            if abar is None:
+                raise PluginError(f"backend {be.name!r} predicts v: the denoiser needs the run's abar(t)")
+            k = be.sample_shape[0]
+            out = torch.cat([torch.cat([eps_from_v(xq[:, :k], oq[:, :k], abar(q.t)), oq[:, k:]], dim=1)
+                             for q, xq, oq in zip(unique, x.split(sizes), out.split(sizes))])
+        elif be.prediction_type != "epsilon":
+            raise PluginError(f"backend {be.name!r}: prediction_type must be 'epsilon' or 'v_prediction', "
+                              f"not {be.prediction_type!r}")
         if not torch.isfinite(out).all():
             which = "" if unique[0].model is None else f"model {unique[0].model!r}, "
             raise NonFiniteError(f"backend {be.name!r} returned NaN or inf at t={unique[0].t} in "

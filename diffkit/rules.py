@@ -110,6 +110,8 @@ class Stepper:
             table = self._abar_of = dict(zip(self.timesteps, self.abars))
         if t in table:
             return table[t]
+        if t != int(t):  # a rule's interpolated timestep (KDPM2's midpoints)
+            return schedule.abar_between(self.alphas_cumprod, float(t))
         return schedule.abar_at(self.alphas_cumprod, int(t))
 
 
@@ -198,7 +200,9 @@ def scheduler_config(backend: Any) -> dict[str, Any]:
     """The backend's diffusers scheduler config; without one, its betas as ``trained_betas``."""
     config = backend.scheduler_config
     if config is not None:
-        return dict(config)
+        # The Sampler hands every rule noise: a v-predicting backend's estimate is turned into noise
+        # before any technique sees it (denoise.batched), so the rule must read it as epsilon.
+        return {**config, "prediction_type": "epsilon"}
     abar = backend.alphas_cumprod.double()
     betas = 1 - abar / torch.cat([abar.new_ones(1), abar[:-1]])
     return {"num_train_timesteps": len(abar), "trained_betas": betas.tolist(), "prediction_type": "epsilon",

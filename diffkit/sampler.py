@@ -37,7 +37,8 @@ class Sampler:
 
     def denoiser(self, ctx: Context) -> Denoiser:
         combiners = [t for t in self.techniques if isinstance(t, Combiner)]
-        return compose(combiners, batched(ctx.backend, self.max_batch, self.stats, ctx.models), ctx.eps_channels)
+        inner = batched(ctx.backend, self.max_batch, self.stats, ctx.models, ctx.abar)
+        return compose(combiners, inner, ctx.eps_channels)
 
     def setup(self, ctx: Context) -> None:
         """Each technique's ``setup(ctx)`` (encode prompts, load images), once per context.
@@ -71,6 +72,7 @@ class Sampler:
         # across a yield is thread state another run's generator, advanced in between, would save and
         # restore out of order (two interleaved runs left the thread in inference mode for good).
         with torch.inference_mode():
+            backend.prepare(ctx)  # a stage whose pipeline draws noise of its own first (the SD x4 upscaler)
             x = ctx.randn()
             backend.start(ctx)  # a stage that draws its own noise (IF II) does so next, as diffusers does
             start = relay.hook.diffkit_initial_state(ctx=ctx, noise=x)

@@ -47,9 +47,13 @@ def betas_from_config(config: dict) -> Tensor:
         return torch.linspace(
             config.get("beta_start", 1e-4), config.get("beta_end", 0.02), T, dtype=torch.float32
         ).double()
+    if kind == "scaled_linear":  # Stable Diffusion's: linear in sqrt(beta), in float32 as diffusers makes it
+        return (torch.linspace(config.get("beta_start", 1e-4) ** 0.5, config.get("beta_end", 0.02) ** 0.5, T,
+                               dtype=torch.float32) ** 2).double()
     if kind == "squaredcos_cap_v2":
         return cosine_betas(T).float().double()
-    raise ValueError(f"unsupported beta_schedule {kind!r} (diffkit knows 'linear' and 'squaredcos_cap_v2')")
+    raise ValueError(f"unsupported beta_schedule {kind!r} (diffkit knows 'linear', 'scaled_linear' and "
+                     "'squaredcos_cap_v2')")
 
 
 def alphas_cumprod_from_config(config: dict) -> Tensor:
@@ -68,6 +72,25 @@ def abar_at(alphas_cumprod: Tensor, t: int) -> float:
     Scalars stay Python floats (double precision) so the per-step math costs no tensor ops.
     """
     return float(alphas_cumprod[t]) if t >= 0 else 1.0
+
+
+def abar_between(alphas_cumprod: Tensor, t: float) -> float:
+    """``abar`` at a fractional timestep, log-sigma interpolated between its two training timesteps.
+
+    The inverse of diffusers' ``_sigma_to_t`` (how its Karras and interpolated-sigma schedulers turn a
+    noise level into the timestep the model sees), so it gives back the noise level the state has.
+    """
+    lo = min(int(math.floor(t)), len(alphas_cumprod) - 1)
+    hi, w = min(lo + 1, len(alphas_cumprod) - 1), t - lo
+    a_lo, a_hi = float(alphas_cumprod[lo]), float(alphas_cumprod[hi])
+    log_sigma = (1 - w) * 0.5 * math.log((1 - a_lo) / a_lo) + w * 0.5 * math.log((1 - a_hi) / a_hi)
+    return 1 / (1 + math.exp(2 * log_sigma))
+
+
+def eps_from_v(x: Tensor, v: Tensor, abar: float) -> Tensor:
+    """Noise from a v-prediction: ``eps = sqrt(abar) v + sqrt(1 - abar) x_t`` (Salimans & Ho 2022, with
+    ``v = sqrt(abar) eps - sqrt(1 - abar) x0``)."""
+    return math.sqrt(abar) * v + math.sqrt(1 - abar) * x
 
 
 def strided_timesteps(T: int, stride: int, start: int | None = None) -> list[int]:

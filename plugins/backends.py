@@ -6,7 +6,7 @@ module only when called, so listing backends loads no model code.
 
 from __future__ import annotations
 
-from diffkit.backends.base import BackendInfo
+from diffkit.backends.base import BackendError, BackendInfo
 from diffkit.hookspecs import hookimpl
 from diffkit.params import Param, to_bool
 
@@ -17,10 +17,20 @@ def _mnist(checkpoint: str | None = None, device: str | None = None):
     return MnistBackend(checkpoint, device or "cpu")
 
 
-def _if(**options: object):
+def _if(stage3: str | None = None, stage3_guidance: float = 9.0, stage3_steps: int = 75,
+        stage3_noise_level: int = 0, **options: object):
     from diffkit.backends.deepfloyd import load
 
-    return load(**options)
+    then = None
+    if stage3 and stage3 != "none":  # its layout is checked before IF loads
+        from diffkit_plugins.sd import UpscalerSpec, upscaler_stage
+
+        if options.get("upscaler") == "none":
+            raise BackendError("stage III upscales stage II's 256-pixel image: --stage3 needs a stage II "
+                               "(drop --upscaler none)")
+        then = upscaler_stage(UpscalerSpec(stage3, stage3_guidance, stage3_steps, stage3_noise_level),
+                              offload=bool(options.get("offload")))
+    return load(**options, stage3=then)
 
 
 def _gaussian(means: str = "0.2,0.8", std: float = 0.15):
@@ -48,13 +58,22 @@ def diffkit_backends() -> list[BackendInfo]:
             Param("device", str, None, "where the model runs: cpu (default), cuda, cuda:N", kind="device"),
         ), label_kind="class"),
         GAUSSIAN,
-        BackendInfo("if", "DeepFloyd IF stage I (64x64) and stage II (x4) through diffusers; T5 prompts.", _if, (
+        BackendInfo("if", "DeepFloyd IF stage I (64x64), stage II (x4) and optionally stage III (the SD x4 "
+                          "upscaler) through diffusers; T5 prompts.", _if, (
             Param("model", str, None, "stage I: hub id or local folder (default DeepFloyd/IF-I-XL-v1.0)",
                   kind="path"),
             Param("upscaler", str, None, "stage II: hub id, folder, or none (default DeepFloyd/IF-II-L-v1.0)",
                   kind="path"),
             Param("device", str, None, "where the model runs: cpu, cuda, cuda:N (default: cuda if available)",
                   kind="device"),
+            Param("stage3", str, None, "stage III, x4 to 1024 pixels: the SD x4 upscaler's hub id "
+                                       "(stabilityai/stable-diffusion-x4-upscaler) or folder; default none",
+                  kind="path"),
+            Param("stage3_guidance", float, 9.0, "stage III's guidance scale (the upscale pipeline's default)",
+                  range=(0.0, 100.0)),
+            Param("stage3_steps", int, 75, "stage III's steps with the upscaler's own scheduler", range=(1, 1000)),
+            Param("stage3_noise_level", int, 0, "noise added to stage II's image before stage III (the Visual "
+                                                "Anagrams release: 0)", range=(0, 350)),
             Param("dtype", str, None, "weights' precision (default: fp16 on CUDA, fp32 on CPU)",
                   choices=("fp16", "bf16", "fp32")),
             Param("embeddings", str, None, "safetensors file from `diffkit embed` (T5 is not loaded for its "

@@ -77,6 +77,14 @@ def tiny_if(tmp_path_factory):
     return tiny_if.build(tmp_path_factory.mktemp("if"))
 
 
+@pytest.fixture(scope="session")
+def tiny_x4(tmp_path_factory):
+    """A tiny SD x4 upscaler folder (v-prediction, as the real one), built from config."""
+    import tiny_sd
+
+    return tiny_sd.build_x4(tmp_path_factory.mktemp("x4"))
+
+
 def interrupted(batches: int, *args: str) -> None:
     """Run ``diffkit ARGS`` in this process and stop it (as a SIGINT would) right after its
     ``batches``-th batch is written."""

@@ -18,7 +18,7 @@ LAYERS = [
                          "diffkit.technique"}),
     ("state", {"diffkit.state"}),
     ("backends", {"diffkit.backends", "diffkit.backends.base", "diffkit.backends.deepfloyd",
-                  "diffkit.backends.gaussian", "diffkit.backends.mnist", "diffkit.mnist", "diffkit.mnist.checkpoint",
+                  "diffkit.backends.gaussian", "diffkit.backends.hub", "diffkit.backends.mnist", "diffkit.mnist", "diffkit.mnist.checkpoint",
                   "diffkit.mnist.model", "diffkit.mnist.data"}),
     ("io/schedule/views", {"diffkit.io", "diffkit.schedule", "diffkit.views", "diffkit.interrupt", "diffkit.plot",
                            "diffkit.dist", "diffkit.folder", "diffkit.filters", "diffkit.fixed_calls", "diffkit.errors", "diffkit.factors",

@@ -91,9 +91,44 @@ def test_linear_betas_from_a_config_equal_diffusers_bit_for_bit():
     assert torch.equal(schedule.alphas_cumprod_from_config(dict(sched.config)).float(), sched.alphas_cumprod)
     # A config without the schedule's keys takes diffusers' defaults (1000 steps, 1e-4 .. 0.02), as diffusers does.
     assert torch.equal(schedule.betas_from_config({}).float(), DDPMScheduler().betas)
-    for kind in ("cosine", "scaled_linear"):  # sorting before and after 'linear' and 'squaredcos_cap_v2'
+    for kind in ("cosine", "scaled_linea", "zzz"):  # sorting before, between and after the known ones
         with pytest.raises(ValueError, match=f"unsupported beta_schedule '{kind}'"):
             schedule.betas_from_config({"beta_schedule": kind})
+
+
+def test_scaled_linear_betas_equal_diffusers_bit_for_bit():
+    """Stable Diffusion's schedule."""
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    assert torch.equal(schedule.betas_from_config(dict(sched.config)).float(), sched.betas)
+    assert torch.equal(schedule.alphas_cumprod_from_config(dict(sched.config)).float(), sched.alphas_cumprod)
+
+
+def test_abar_between_inverts_diffusers_sigma_to_t():
+    """A Karras sigma turned into a fractional timestep by diffusers gives back that sigma's abar."""
+    import numpy as np
+    from diffusers import EulerDiscreteScheduler
+
+    s = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                               use_karras_sigmas=True)
+    s.set_timesteps(7)
+    abar = s.alphas_cumprod.double()
+    log_sigmas = np.log(((1 - s.alphas_cumprod) / s.alphas_cumprod).numpy() ** 0.5)
+    ts = [float(s._sigma_to_t(np.array(sigma), log_sigmas)) for sigma in s.sigmas[:-1].tolist()]
+    assert sum(t != int(t) for t in ts) >= 5  # Karras' sigmas fall between the training timesteps
+    for sigma, t in zip(s.sigmas[:-1].tolist(), ts):
+        # diffusers' log sigmas and sigmas are float32 (rel. 6e-8 a rounding): a few roundings apart
+        assert schedule.abar_between(abar, t) == pytest.approx(1 / (1 + sigma ** 2), rel=1e-6)
+    assert schedule.abar_between(abar, 10.0) == pytest.approx(float(abar[10]), rel=1e-12)
+
+
+def test_eps_from_v_is_the_noise_of_a_v_prediction():
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64), torch.randn(2, 3, 4, 4, generator=g,
+                                                                                    dtype=torch.float64)
+    for abar in (0.999, 0.5, 0.01):
+        x = schedule.noised(x0, abar, eps)
+        v = abar ** 0.5 * eps - (1 - abar) ** 0.5 * x0
+        assert torch.allclose(schedule.eps_from_v(x, v, abar), eps, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["aaa", "zzz", "fixed_small_log"])

@@ -26,7 +26,8 @@ class Backend:
 
     Optional, each with a default that fits a one-stage pixel-space model on the CPU: ``step_config``,
     ``scheduler_config``, ``checkpoint``, ``device``, ``dtype``, ``conditional``, ``stride``,
-    :meth:`default_timesteps`, :meth:`model_input`, :meth:`start`, :meth:`next_stage`, :meth:`weak_model`.
+    ``prediction_type``, ``recipe``, :meth:`default_timesteps`, :meth:`model_input`, :meth:`prepare`,
+    :meth:`start`, :meth:`next_stage`, :meth:`weak_model`.
     """
 
     name: str = ""
@@ -42,6 +43,13 @@ class Backend:
     dtype: torch.dtype = torch.float32
     conditional: bool = True
     stride: int = 1  # of the default timesteps
+    # What ``predict`` returns in its first ``C`` channels: "epsilon" (the noise) or "v_prediction"
+    # (``v = sqrt(abar) eps - sqrt(1 - abar) x0``, Salimans & Ho 2022). The Sampler turns v into noise
+    # before any technique or rule sees it, so every technique keeps its meaning on either kind.
+    prediction_type: str = "epsilon"
+    # A later stage that samples its own way instead of with the run's techniques and sampler (IF's
+    # stage III, the SD x4 upscaler, runs as the Visual Anagrams release runs it); None: the run's.
+    recipe: StageRecipe | None = None
 
     def default_timesteps(self) -> list[int]:
         """The strided timesteps used when the user gives none, descending, each one a model call."""
@@ -68,6 +76,10 @@ class Backend:
         """Image in [0, 1] ``[N x C x H x W]`` -> state scale (the ``x0`` the model was trained on)."""
         raise NotImplementedError
 
+    def prepare(self, ctx: Any) -> None:
+        """Called right before the run's initial noise draw, for a stage whose pipeline draws noise of its
+        own first (the SD x4 upscaler noises the low-resolution image, then draws the latents)."""
+
     def start(self, ctx: Any) -> None:
         """Called right after the run's initial noise draw, for a stage that draws noise of its own before
         the first step (IF II noises the upsampled stage I image), so draws come in the order diffusers'
@@ -81,6 +93,16 @@ class Backend:
         """A weaker model of the same kind, conditioned alike, for guidance (``autoguide``): ``model`` names
         it (a checkpoint, a hub id); None asks for the backend's own default, if it ships one."""
         raise BackendError(f"backend {self.name!r} has no weak model to guide with (autoguide)")
+
+
+@dataclass(frozen=True)
+class StageRecipe:
+    """How a stage with a recipe of its own samples: technique specs (``("cfg:9",)``), a step rule spec
+    (``"diffusers:DDIMScheduler"``) and a number of steps, in the words of the CLI."""
+
+    hooks: tuple[str, ...]
+    sampler: str
+    steps: int
 
 
 @dataclass

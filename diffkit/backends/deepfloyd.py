@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from torch import Tensor
 
 from diffkit import schedule
 from diffkit.backends.base import Backend, BackendError
+from diffkit.backends.hub import is_local, load_json
 from diffkit.schedule import StepConfig
 
 STAGE_I = "DeepFloyd/IF-I-XL-v1.0"
@@ -26,23 +27,13 @@ STAGE_II = "DeepFloyd/IF-II-L-v1.0"
 MAX_LENGTH = 77  # IF's T5 was trained with 77 tokens
 
 
-def _exists_local(path: str) -> bool:
-    return os.path.isdir(path)
+_exists_local = is_local
+IF_HINT = ("IF weights are gated: accept the licence on huggingface.co and `huggingface-cli login`, or pass a "
+           "local folder")
 
 
 def _load_json(model: str, sub: str, name: str) -> dict:
-    if _exists_local(model):
-        f = Path(model) / sub / name
-        if not f.is_file():
-            raise BackendError(f"{model} is not a diffusers IF folder: {sub}/{name} is missing")
-        return json.loads(f.read_text())
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return json.loads(Path(hf_hub_download(model, name, subfolder=sub)).read_text())
-    except Exception as e:  # network, gated repo, missing file
-        raise BackendError(f"cannot fetch {model}/{sub}/{name}: {e}. IF weights are gated: accept the licence on "
-                           "huggingface.co and `huggingface-cli login`, or pass a local folder") from e
+    return load_json(model, sub, name, "a diffusers IF folder", IF_HINT)
 
 
 def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
@@ -127,7 +118,8 @@ class IFStage(Backend):
     """One IF stage as a diffkit backend. Stage II adds the upsampled, noised stage I image to the input."""
 
     def __init__(self, model: str, text: TextEncoder, device: str, dtype: torch.dtype, stage: int,
-                 upscaler: str | None = None, stride: int = 30, offload: bool = False, noise_level: int = 250):
+                 upscaler: str | None = None, stride: int = 30, offload: bool = False, noise_level: int = 250,
+                 stage3: Callable[[Tensor, list[Any]], Backend] | None = None):
         from diffusers import UNet2DConditionModel
 
         self.name = "if"
@@ -151,6 +143,9 @@ class IFStage(Backend):
         channels = self.unet.config.in_channels // (2 if stage == 2 else 1)
         self.sample_shape = (channels, size, size)
         self.stride, self.upscaler, self.noise_level = stride, upscaler, noise_level
+        # After stage II: a factory of stage III from stage II's output and labels (the SD x4 upscaler,
+        # made by diffkit_plugins.sd; the load function passes it in, so core imports no plugin)
+        self.stage3 = stage3
         self.upscaled: Tensor | None = None
         self.low_res: Tensor | None = None
         if stage == 2:
@@ -193,11 +188,13 @@ class IFStage(Backend):
     def from_image(self, img: Tensor) -> Tensor:
         return (img * 2 - 1).to(self.device, self.dtype)
 
-    def next_stage(self, x: Tensor, labels: list[Any]) -> IFStage | None:
-        if self.stage != 1 or not self.upscaler or self.upscaler == "none":
+    def next_stage(self, x: Tensor, labels: list[Any]) -> Backend | None:
+        if self.stage == 2:
+            return None if self.stage3 is None else self.stage3(x, labels)
+        if not self.upscaler or self.upscaler == "none":
             return None
         nxt = IFStage(self.upscaler, self.text, str(self.device), self.dtype, 2, stride=self.stride,
-                      offload=self.offload)
+                      offload=self.offload, stage3=self.stage3)
         nxt.low_res = x
         return nxt
 
@@ -209,8 +206,10 @@ class IFStage(Backend):
 
 
 def load(model: str | None = None, upscaler: str | None = None, device: str | None = None, dtype: str | None = None,
-         embeddings: str | None = None, offload: bool | None = None, stride: int = 30, **_: Any) -> IFStage:
-    """``--backend if``: stage I from ``model`` (default the IF-I-XL hub id), stage II from ``upscaler``."""
+         embeddings: str | None = None, offload: bool | None = None, stride: int = 30,
+         stage3: Callable[[Tensor, list[Any]], Backend] | None = None, **_: Any) -> IFStage:
+    """``--backend if``: stage I from ``model`` (default the IF-I-XL hub id), stage II from ``upscaler``,
+    then ``stage3(stage II's output, labels)`` if given."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if offload and torch.device(device).type == "cpu":
         raise BackendError("--offload keeps the UNet on the CPU between calls to free GPU memory; with --device "
@@ -220,4 +219,5 @@ def load(model: str | None = None, upscaler: str | None = None, device: str | No
     upscaler = STAGE_II if upscaler is None else upscaler
     emb = load_embeddings(embeddings) if embeddings else None
     text = TextEncoder(model, device, dt, emb)
-    return IFStage(model, text, device, dt, 1, upscaler=upscaler, stride=stride, offload=bool(offload))
+    return IFStage(model, text, device, dt, 1, upscaler=upscaler, stride=stride, offload=bool(offload),
+                   stage3=stage3)
