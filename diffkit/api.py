@@ -127,11 +127,14 @@ class Run:
                        "save_every": save_every, "stages": stages}
         self.techniques = [plugins.make_technique(h) if isinstance(h, str) else h for h in hooks]
         plugins.check_together(self.techniques)
-        self.rule = sampler if isinstance(sampler, StepRule) else plugins.make_sampler(sampler)
+        # a sampler spec is checked before the model loads; without one, the backend's default is taken after
+        self.rule = sampler if isinstance(sampler, StepRule) else plugins.make_sampler(sampler) if sampler else None
         self.backend_options = {k: v for k, v in (backend_options or {}).items() if v is not None}
         if isinstance(backend, str):  # checked against the declarations before the model loads
             self.backend_options = plugins.get_backend(backend).read_options(self.backend_options)
         self.backend = load_backend(backend, **self.backend_options) if isinstance(backend, str) else backend
+        if self.rule is None:
+            self.rule = plugins.make_sampler(self.backend.default_sampler)
         for tech in self.techniques:
             if not tech.supports(self.backend.name):
                 raise UserError(f"hook {tech.name!r} does not support backend {self.backend.name!r} "

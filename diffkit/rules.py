@@ -86,12 +86,15 @@ class Stepper:
     - ``init_scale``: factor on the initial unit noise (1 but for rules that start at their own sigma).
     - ``can_redo``: ``step`` may be called again at any earlier index (RePaint's resampling);
       False for rules that keep a history (multistep solvers) or a position.
+    - ``asked``: the steps asked for (diffusers' ``num_inference_steps``), which img2img's strength
+      counts; None: ``len(timesteps)``. PNDM walks one step more than it was asked for.
     """
 
     timesteps: list[int | float]
     abars: list[float]
     init_scale: float = 1.0
     can_redo: bool = False
+    asked: int | None = None
 
     def begin(self, i_start: int) -> None:
         """Reset for a walk that starts at step ``i_start``."""
@@ -242,6 +245,7 @@ class DiffusersStepper(Stepper):
                  timesteps: Sequence[int] | None, step_kwargs: dict[str, Any], what: str):
         self.cls, self.config, self.overrides, self.what = cls, config, overrides, what
         self.n_request, self.custom = steps, list(timesteps) if timesteps else None
+        self.asked = len(self.custom) if self.custom else steps
         self.step_kwargs = step_kwargs
         self.sched = self._fresh()
         s = self.sched
@@ -277,6 +281,8 @@ class DiffusersStepper(Stepper):
                 s.set_timesteps(self.n_request)
         except (ValueError, TypeError, AssertionError, IndexError) as e:
             raise RuleError(f"{self.what}: {e}") from None
+        except ImportError as e:  # diffusers' stand-in for a scheduler whose package is missing (LMS: scipy)
+            raise RuleError(f"{self.what}: {' '.join(str(e).split())}") from None
         return s
 
     def begin(self, i_start: int) -> None:

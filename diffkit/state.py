@@ -139,8 +139,12 @@ class Context:
         return torch.cat([torch.randn((1, *shape), generator=g, dtype=dt) for g in gens]).to(self.backend.device)
 
     def load_image(self, image: Any, what: str = "image") -> Tensor:
-        """A path or an image tensor in [0, 1] -> this backend's state scale ``[N x C x H x W]``."""
-        C, H, W = self.backend.sample_shape
+        """A path or an image tensor in [0, 1] -> this backend's state scale ``[N x C x H x W]``.
+
+        The image is read at the size of the backend's images (``backend.image_shape``: a latent model's
+        are its decoder's), then ``backend.state_from_image`` makes each sample's state of it.
+        """
+        C, H, W = self.backend.image_shape
         if isinstance(image, Tensor):
             img = image.float()
             img = img[None] if img.dim() == 3 else img
@@ -151,8 +155,7 @@ class Context:
             from diffkit.io import load_image
 
             img = load_image(image, (H, W), C)[None]
-        x = self.backend.from_image(img.expand(-1, C, -1, -1).to(self.backend.device))
-        return x.expand(self.n, -1, -1, -1) if x.shape[0] == 1 else x
+        return self.backend.state_from_image(img.expand(-1, C, -1, -1).to(self.backend.device), self)
 
     def forward(self, x0: Tensor, t: int, eps: Tensor | None = None, *, stream: str | None = None) -> Tensor:
         """``x_t`` from ``x0`` at this run's noise level for ``t`` (:meth:`abar`): with ``eps``, or fresh

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from diffkit.hookspecs import hookimpl
-from diffkit.rules import SIGMA_KEYS, SIGMA_PARAMS, SPACING_PARAM, Ddpm, DiffusersRule, Generic
+from diffkit.rules import SIGMA_KEYS, SIGMA_PARAMS, SPACING_PARAM, Ddpm, DiffusersRule, Generic, RuleError
 from diffkit.technique import Param
 
 SPACING_KEYS = {"spacing": "timestep_spacing"}
@@ -71,6 +71,20 @@ class Deis(SigmaRule):
     scheduler = "DEISMultistepScheduler"
 
 
+class Own(DiffusersRule):
+    name = "own"
+    help = ("The model's own scheduler: the diffusers class its scheduler config names, with that config, as "
+            "the model's pipeline runs it (Stable Diffusion: PNDM or DDIM or Euler, whichever it ships).")
+
+    def plan(self, backend, steps=None, timesteps=None, stride=None):
+        config = backend.scheduler_config or {}
+        if not config.get("_class_name"):
+            raise RuleError(f"sampler 'own': backend {backend.name!r} ships no scheduler of its own; give "
+                            "--sampler (see `diffkit samplers`)")
+        self.scheduler = config["_class_name"]
+        return super().plan(backend, steps, timesteps, stride)
+
+
 @hookimpl
 def diffkit_samplers():
-    return [Ddpm, Ddim, Euler, EulerAncestral, Heun, DpmPP2M, DpmPP2MSde, UniPC, Deis, Generic]
+    return [Ddpm, Ddim, Euler, EulerAncestral, Heun, DpmPP2M, DpmPP2MSde, UniPC, Deis, Own, Generic]

@@ -1,7 +1,7 @@
 """Stable Diffusion's family through diffusers: latent models whose images go in and out through a VAE.
 
-This module holds what those models share (CLIP prompts as diffusers' pipelines encode them, the VAE)
-and the x4 upscaler, which IF runs as its stage III (``--stage3``) the way the Visual Anagrams release
+This module holds the `sd` (1.x/2.x) and `sdxl` backends, what those models share (CLIP prompts as
+diffusers' pipelines encode them, the VAE) and the x4 upscaler, which IF runs as its stage III (``--stage3``) the way the Visual Anagrams release
 runs it: ``StableDiffusionUpscalePipeline`` with the first prompt at noise level 0, its default guidance
 (9) and steps (75) with the model's own scheduler. Models load with ``from_pretrained`` from a hub id or a
 local folder in diffusers' layout; the layout is checked, configs first, before any weights load.
@@ -13,14 +13,20 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from diffkit import schedule
-from diffkit.backends.base import Backend, BackendError, StageRecipe
+from diffkit.backends.base import Backend, BackendError, BackendInfo, StageRecipe, in_fixed_chunks
 from diffkit.backends.hub import load_json
+from diffkit.hookspecs import hookimpl
+from diffkit.params import Param, to_bool
 from diffkit.schedule import StepConfig
 
 X4_UPSCALER = "stabilityai/stable-diffusion-x4-upscaler"
+SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SDXL_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+HUB_HINT = "Pass a local folder in diffusers' layout (save_pretrained), or log in and check the id"
 PREDICTIONS = ("epsilon", "v_prediction")
 
 
@@ -36,6 +42,17 @@ def check_prediction(model: str, config: dict) -> str:
         raise BackendError(f"{model}: prediction_type {kind!r} is not supported (diffkit runs "
                            f"{' and '.join(PREDICTIONS)} models)")
     return kind
+
+
+def by_rows(f: Callable[..., Tensor], device: torch.device, *args: Tensor | None) -> Tensor:
+    """``f(*args)`` one row a call on the CPU, each call on one thread, as many at a time as torch has
+    threads (``in_fixed_chunks``, as the MNIST backend): a CPU kernel's float sums depend on the batch
+    and the thread count, and so a sample's bytes would depend on its batch, on --batch-size and on the
+    number of torchrun processes. On a GPU one call (cuDNN, too, picks kernels by batch shape: the
+    bytes may move in the last bits between batch sizes there, as IF's)."""
+    if device.type != "cpu":
+        return f(*args)
+    return in_fixed_chunks(f, 1, *args, workers=torch.get_num_threads())
 
 
 def _pretrained(cls: Any, model: str, sub: str, dtype: torch.dtype) -> Any:
@@ -70,7 +87,8 @@ class ClipText:
                                  truncation=True, return_tensors="pt")
             mask = tok.attention_mask.to(self.device) if getattr(self.encoder.config, "use_attention_mask",
                                                                  False) else None
-            emb = self.encoder(tok.input_ids.to(self.device), attention_mask=mask)[0]
+            emb = by_rows(lambda ids, m: self.encoder(ids, attention_mask=m)[0], self.device,
+                          tok.input_ids.to(self.device), mask)
             for p, e in zip(missing, emb):
                 self.cache[p] = e.to(self.dtype)
         return torch.stack([self.cache[p] for p in prompts])
@@ -93,13 +111,27 @@ class Vae:
 
     @torch.inference_mode()
     def decode(self, latents: Tensor) -> Tensor:
-        img = self.vae.decode(latents.to(self.dtype) / self.scale, return_dict=False)[0]
+        img = by_rows(lambda z: self.vae.decode(z / self.scale, return_dict=False)[0], latents.device,
+                      latents.to(self.dtype))
         return (img / 2 + 0.5).clamp(0, 1)
+
+    def _posterior(self, img: Tensor) -> Tensor:
+        """The latent distribution's parameters ``[N x 2C x h x w]`` (mean, log-variance)."""
+        return by_rows(lambda x: self.vae.encode(x).latent_dist.parameters, img.device, img.to(self.dtype) * 2 - 1)
 
     @torch.inference_mode()
     def encode(self, img: Tensor) -> Tensor:
         """The latent distribution's mean (deterministic: the same image, the same latents)."""
-        return self.vae.encode(img.to(self.dtype) * 2 - 1).latent_dist.mean * self.scale
+        return self._posterior(img).chunk(2, dim=1)[0] * self.scale
+
+    @torch.inference_mode()
+    def encode_sampled(self, img: Tensor, eps: Tensor) -> Tensor:
+        """A sample of the latent distribution, ``(mean + std eps) * scaling_factor``, as diffusers'
+        img2img and inpaint pipelines take it (``retrieve_latents``, ``sample_mode="sample"``)."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        dist = DiagonalGaussianDistribution(self._posterior(img))  # diffusers' own clamp of the log-variance
+        return (dist.mean + dist.std * eps.to(dist.mean.dtype)) * self.scale
 
 
 @dataclass
@@ -170,7 +202,7 @@ class X4Upscaler(Backend):
         self.sample_shape = (models.vae.vae.config.latent_channels, *low_res.shape[-2:])
         self.image: Tensor | None = None
         hooks = (f"cfg:{spec.guidance}",) if spec.guidance > 1 else ()  # the pipeline guides only above 1
-        self.recipe = StageRecipe(hooks, f"diffusers:{sched.get('_class_name', 'DDIMScheduler')}", spec.steps)
+        self.recipe = StageRecipe(hooks, "own", spec.steps)  # the model's own scheduler (DDIM), as the pipeline
 
     def encode(self, labels: list[Any]) -> Tensor:
         return self.models.text(["" if lab is None else str(lab) for lab in labels])
@@ -189,8 +221,8 @@ class X4Upscaler(Backend):
         if self.models.offload:
             unet.to(self.device)
         level = torch.full((x.shape[0],), self.noise_level, dtype=torch.long, device=self.device)
-        out = unet(x.to(self.dtype), t.to(self.device), encoder_hidden_states=cond, class_labels=level,
-                   return_dict=False)[0]
+        out = by_rows(lambda x, t, c, lv: unet(x, t, encoder_hidden_states=c, class_labels=lv, return_dict=False)[0],
+                      self.device, x.to(self.dtype), t.to(self.device), cond, level)
         if self.models.offload:
             unet.to("cpu")
         return out
@@ -212,3 +244,242 @@ def upscaler_stage(spec: UpscalerSpec, offload: bool = False) -> Callable[[Tenso
         return X4Upscaler(models.load(low_res.device, low_res.dtype, offload), low_res)
 
     return make
+
+
+# ------------------------------------------------------------------------------ Stable Diffusion 1.x/2.x
+
+
+def _dtype(dtype: str | None, device: str) -> torch.dtype:
+    from diffkit.backends.deepfloyd import resolve_dtype  # the same words as IF: fp16 on CUDA by default
+
+    return resolve_dtype(dtype, device)
+
+
+def _check_size(name: str, value: int, factor: int) -> None:
+    step = max(8, factor)  # diffusers' check_inputs: multiples of 8; and whole latent pixels
+    if value % step:
+        raise BackendError(f"--{name} must be a multiple of {step}, got {value} (the VAE's latent grid is 1/{factor} "
+                           "of the image)")
+
+
+class StableDiffusion(Backend):
+    """Stable Diffusion 1.x/2.x as a diffkit backend: the Sampler runs on latents ``[N x 4 x H/f x W/f]``;
+    ``from_image`` encodes through the VAE and ``to_image`` decodes, so every technique keeps its meaning.
+
+    ``model``: hub id or folder in diffusers' layout (``unet/ vae/ text_encoder/ tokenizer/ scheduler/``);
+    ``height``/``width``: the image's (default the model's own: ``unet.sample_size x f``, as the pipeline).
+    """
+
+    name = "sd"
+    KIND = "a diffusers Stable Diffusion 1.x/2.x folder"
+    PARTS = {"": "model_index.json", "unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
+             "tokenizer": "tokenizer_config.json", "scheduler": "scheduler_config.json"}
+    stride = 20  # 50 steps by default, the pipeline's num_inference_steps
+    default_sampler = "own"
+
+    def __init__(self, model: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 height: int | None = None, width: int | None = None, offload: bool = False,
+                 text: Any = None, vae: Vae | None = None):
+        self.configs = self.read(model)
+        unet, vae_cfg = self.configs["unet"], self.configs["vae"]
+        factor = 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
+        latent = int(vae_cfg.get("latent_channels", 4))
+        if unet.get("in_channels", 4) != latent or unet.get("num_class_embeds"):
+            raise BackendError(f"{model}: its UNet takes {unet.get('in_channels')} input channels and "
+                               f"{latent}-channel latents; `{self.name}` runs text-to-image models (an inpainting "
+                               "or upscaler UNet is not one)")
+        size = int(unet.get("sample_size", 64)) * factor
+        height, width = height or size, width or size
+        for name, value in (("height", height), ("width", width)):
+            _check_size(name, value, factor)
+        self.prediction_type = check_prediction(model, self.configs["scheduler"])
+        self.scheduler_config = self.configs["scheduler"]
+        self.alphas_cumprod = schedule.alphas_cumprod_from_config(self.scheduler_config)
+        self.step_config = StepConfig.from_scheduler_config(self.scheduler_config)
+        self.checkpoint, self.model_id = model, model
+        self.device, self.dtype, self.offload = torch.device(device), dtype, offload
+        self.sample_shape = (latent, height // factor, width // factor)
+        self._image_shape = (3, height, width)
+        self.load_models(model, text, vae)
+
+    @classmethod
+    def read(cls, model: str) -> dict[str, dict]:
+        index = load_json(model, "", "model_index.json", cls.KIND, HUB_HINT)
+        if "text_encoder_2" in index and cls.name == "sd":
+            raise BackendError(f"{model} is an SDXL folder (it has text_encoder_2): use --backend sdxl")
+        if "text_encoder_2" not in index and cls.name == "sdxl":
+            raise BackendError(f"{model} is not an SDXL folder (no text_encoder_2): use --backend sd")
+        return read_layout(model, cls.KIND, cls.PARTS)
+
+    def load_models(self, model: str, text: Any, vae: Vae | None) -> None:
+        from diffusers import UNet2DConditionModel
+
+        self.text = text or ClipText(model, self.device, self.dtype)
+        self.vae = vae or Vae(model, self.device, self.dtype)
+        self.unet = _pretrained(UNet2DConditionModel, model, "unet", self.dtype).to(
+            "cpu" if self.offload else self.device)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self._image_shape
+
+    def encode(self, labels: list[Any]) -> Tensor:
+        return self.text(["" if lab is None else str(lab) for lab in labels])
+
+    def unet_kwargs(self, cond: Tensor, n: int) -> dict[str, Any]:
+        return {"encoder_hidden_states": cond}
+
+    @torch.inference_mode()
+    def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        if self.offload:
+            self.unet.to(self.device)
+        out = by_rows(lambda x, t, c: self.unet(x, t, return_dict=False, **self.unet_kwargs(c, x.shape[0]))[0],
+                      self.device, x.to(self.dtype), t.to(self.device), cond)
+        if self.offload:
+            self.unet.to("cpu")
+        return out
+
+    def to_image(self, x: Tensor) -> Tensor:
+        return self.vae.decode(x)
+
+    def from_image(self, img: Tensor) -> Tensor:
+        return self.vae.encode(img.to(self.device)).to(self.dtype)
+
+    def state_from_image(self, img: Tensor, ctx: Any) -> Tensor:
+        """The VAE posterior sampled with each sample's generator, as the img2img pipeline does."""
+        eps = ctx.randn(self.sample_shape)  # [N x 4 x h x w], drawn before the run's initial noise
+        return self.vae.encode_sampled(img.to(self.device).expand(ctx.n, -1, -1, -1), eps).to(self.dtype)
+
+    def weak_model(self, model: str | None) -> StableDiffusion:
+        """A smaller model of the same family (``model``: hub id or folder) for autoguide; it shares this
+        one's text encoder and VAE, so its UNet must take the same embeddings and latents."""
+        if not model:
+            raise BackendError(f"on {self.name} give the weak model as model= (a hub id or folder of a smaller "
+                               "UNet trained with the same text encoder and VAE)")
+        weak = type(self)(model, str(self.device), self.dtype, self.image_shape[1], self.image_shape[2],
+                          self.offload, text=self.text, vae=self.vae)
+        mine, its = self.configs["unet"], weak.configs["unet"]
+        if mine.get("cross_attention_dim") != its.get("cross_attention_dim"):
+            raise BackendError(f"model={model} takes {its.get('cross_attention_dim')}-wide text embeddings, this "
+                               f"model {mine.get('cross_attention_dim')}: give one trained with the same text encoder")
+        return weak
+
+
+class StableDiffusionXL(StableDiffusion):
+    """SDXL: two CLIP text encoders (their penultimate layers side by side, the second's pooled output)
+    and size/crop conditioning, as ``StableDiffusionXLPipeline`` makes them. The null label is zeros where
+    the model's ``force_zeros_for_empty_prompt`` says so (the pipeline's unconditional branch).
+
+    A condition is one tensor a sample (so equal ones batch and dedupe): ``[N x (L + 1) x D]``, the
+    embeddings and, in the last row, the pooled embedding zero-padded to ``D``.
+    """
+
+    name = "sdxl"
+    KIND = "a diffusers SDXL folder"
+    PARTS = {**StableDiffusion.PARTS, "text_encoder_2": "config.json", "tokenizer_2": "tokenizer_config.json"}
+
+    def load_models(self, model: str, text: Any, vae: Vae | None) -> None:
+        self.zeros_for_null = bool(self.configs[""].get("force_zeros_for_empty_prompt", True))
+        super().load_models(model, text or XLText(model, self.device, self.dtype), vae)
+        self.pooled = self.text.pooled_dim
+        H, W = self.image_shape[1:]
+        # (original size, crop top-left, target size): the pipeline's defaults for an uncropped image
+        self.time_ids = torch.tensor([[H, W, 0, 0, H, W]], dtype=self.dtype, device=self.device)
+        expected = self.unet.add_embedding.linear_1.in_features
+        given = self.unet.config.addition_time_embed_dim * 6 + self.pooled
+        if expected != given:
+            raise BackendError(f"{model}: the UNet expects {expected} added conditioning features, the text "
+                               f"encoders and size conditioning give {given}: the folder's parts do not match")
+
+    def encode(self, labels: list[Any]) -> Tensor:
+        emb, pooled = self.text(["" if lab is None else str(lab) for lab in labels])
+        packed = torch.cat([emb, F.pad(pooled, (0, emb.shape[-1] - pooled.shape[-1]))[:, None]], dim=1)
+        if self.zeros_for_null:
+            null = torch.tensor([lab is None for lab in labels], device=packed.device)
+            packed = torch.where(null[:, None, None], torch.zeros_like(packed), packed)
+        return packed
+
+    def unet_kwargs(self, cond: Tensor, n: int) -> dict[str, Any]:
+        return {"encoder_hidden_states": cond[:, :-1],
+                "added_cond_kwargs": {"text_embeds": cond[:, -1, : self.pooled],
+                                      "time_ids": self.time_ids.expand(n, -1)}}
+
+
+class XLText:
+    """SDXL's two text encoders as ``StableDiffusionXLPipeline.encode_prompt`` uses them: each one's
+    penultimate hidden state, side by side ``[N x L x (D1 + D2)]``, and the second's projected pooled
+    output ``[N x P]``; cached per prompt."""
+
+    def __init__(self, model: str, device: torch.device, dtype: torch.dtype):
+        from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+        self.parts = []
+        for tok, enc, cls in (("tokenizer", "text_encoder", CLIPTextModel),
+                              ("tokenizer_2", "text_encoder_2", CLIPTextModelWithProjection)):
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(model, subfolder=tok)
+            except (OSError, ValueError) as e:
+                raise BackendError(f"cannot load {tok}/ from {model}: {e}") from e
+            self.parts.append((tokenizer, _pretrained(cls, model, enc, dtype).to(device)))
+        self.device, self.dtype = device, dtype
+        self.pooled_dim = int(self.parts[1][1].config.projection_dim)
+        self.cache: dict[str, tuple[Tensor, Tensor]] = {}
+
+    @torch.inference_mode()
+    def __call__(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.cache]
+        if missing:
+            hidden = []
+            for tokenizer, encoder in self.parts:
+                ids = tokenizer(missing, padding="max_length", max_length=tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt").input_ids.to(self.device)
+                hidden.append(by_rows(lambda i: encoder(i, output_hidden_states=True).hidden_states[-2],
+                                      self.device, ids))
+            # the pooled, projected output of the second encoder (the pipeline keeps the last one's)
+            pooled = by_rows(lambda i: encoder(i)[0], self.device, ids)
+            emb = torch.cat(hidden, dim=-1)
+            for i, p in enumerate(missing):
+                self.cache[p] = (emb[i].to(self.dtype), pooled[i].to(self.dtype))
+        return (torch.stack([self.cache[p][0] for p in prompts]).to(self.device),
+                torch.stack([self.cache[p][1] for p in prompts]).to(self.device))
+
+
+def _load(cls: type[StableDiffusion], model: str | None, height: int | None, width: int | None,
+          device: str | None, dtype: str | None, offload: bool | None) -> StableDiffusion:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if offload and torch.device(device).type == "cpu":
+        raise BackendError("--offload keeps the UNet on the CPU between calls to free GPU memory; with --device "
+                           "cpu it is there already: drop --offload")
+    default = SD_MODEL if cls is StableDiffusion else SDXL_MODEL
+    return cls(model or default, device, _dtype(dtype, device), height, width, bool(offload))
+
+
+def _sd(model=None, height=None, width=None, device=None, dtype=None, offload=None):
+    return _load(StableDiffusion, model, height, width, device, dtype, offload)
+
+
+def _sdxl(model=None, height=None, width=None, device=None, dtype=None, offload=None):
+    return _load(StableDiffusionXL, model, height, width, device, dtype, offload)
+
+
+def _params(default: str) -> tuple[Param, ...]:
+    return (
+        Param("model", str, None, f"hub id or folder in diffusers' layout (default {default})", kind="path"),
+        Param("height", int, None, "image height, a multiple of 8 (default the model's own)", range=(8, 8192)),
+        Param("width", int, None, "image width, a multiple of 8 (default the model's own)", range=(8, 8192)),
+        Param("device", str, None, "where the model runs: cpu, cuda, cuda:N (default: cuda if available)",
+              kind="device"),
+        Param("dtype", str, None, "weights' precision (default: fp16 on CUDA, fp32 on CPU)",
+              choices=("fp16", "bf16", "fp32")),
+        Param("offload", to_bool, False, "keep the UNet on the CPU between calls (small GPUs)"),
+    )
+
+
+@hookimpl
+def diffkit_backends() -> list[BackendInfo]:
+    return [
+        BackendInfo("sd", "Stable Diffusion 1.x/2.x (latent; epsilon or v-prediction) through diffusers; CLIP "
+                          "prompts.", _sd, _params(SD_MODEL), label_kind="prompt"),
+        BackendInfo("sdxl", "Stable Diffusion XL through diffusers: two CLIP encoders, size conditioning.", _sdxl,
+                    _params(SDXL_MODEL), label_kind="prompt"),
+    ]

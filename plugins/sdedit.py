@@ -35,19 +35,23 @@ class SDEdit(Projector):
         if args["strength"] is not None and not 0 <= args["strength"] <= 1:
             raise ValueError(f"strength must be in [0, 1], got {args['strength']}")
 
-    def start_index(self, n_steps: int) -> int:
+    def start_index(self, ctx: Context) -> int:
         """``i_start``, or from ``strength`` the index diffusers' img2img pipelines start at, so that
-        ``strength=s`` here is ``strength=s`` there: skip ``n - int(n s)`` of the ``n`` steps."""
+        ``strength=s`` here is ``strength=s`` there: skip ``n - int(n s)`` of the ``n`` steps asked for
+        (``num_inference_steps``; PNDM walks one more, and img2img counts the ones asked for)."""
         if self.args["strength"] is not None:
-            return n_steps - min(int(n_steps * self.args["strength"]), n_steps)
+            n = ctx.stepper.asked or len(ctx.timesteps)
+            return n - min(int(n * self.args["strength"]), n)
         return self.args["i_start"]
 
     def setup(self, ctx: Context) -> None:
         self.x_orig = ctx.load_image(self.args["image"], "image") if ctx.stage == 0 else None
         n = len(ctx.timesteps)
-        i = self.start_index(n)
-        if self.args["strength"] is not None and i == n:
-            raise ValueError(f"strength {self.args['strength']} runs no step of {n}: give at least 1/{n} = {1 / n:.3g}")
+        i = self.start_index(ctx)
+        asked = ctx.stepper.asked or n
+        if self.args["strength"] is not None and i == asked:
+            raise ValueError(f"strength {self.args['strength']} runs no step of {asked}: give at least "
+                             f"1/{asked} = {1 / asked:.3g}")
         if not 0 <= i < n:
             whose = " (sdedit's default, when neither i_start nor strength is given)" if self.by_default else ""
             raise ValueError(f"i_start {i}{whose} is outside 0..{n - 1} of the run's {n} steps: give i_start=K "
@@ -57,7 +61,7 @@ class SDEdit(Projector):
     def diffkit_initial_state(self, ctx: Context, noise: Tensor):
         if ctx.stage != 0:  # later stages refine the first stage's output, not the input image
             return None
-        i = self.start_index(len(ctx.timesteps))
+        i = self.start_index(ctx)
         if i == 0:  # strength 1: plain sampling from pure noise
             return None
         return ctx.forward(self.x_orig, ctx.timesteps[i], noise), i

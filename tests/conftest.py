@@ -85,6 +85,17 @@ def tiny_x4(tmp_path_factory):
     return tiny_sd.build_x4(tmp_path_factory.mktemp("x4"))
 
 
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory):
+    """Tiny Stable Diffusion folders built from config: ``sd`` (epsilon, PNDM as SD 1.5), ``sdv``
+    (v-prediction, DDIM as SD 2.x), ``weak`` (a smaller UNet, same text encoder and VAE), ``sdxl``."""
+    import tiny_sd
+
+    root = tmp_path_factory.mktemp("sd")
+    return {"sd": tiny_sd.build_sd(root), "sdv": tiny_sd.build_sd(root, "sdv", "v_prediction"),
+            "weak": tiny_sd.build_sd(root, "weak", seed=7, channels=(8, 16)), "sdxl": tiny_sd.build_sdxl(root)}
+
+
 def interrupted(batches: int, *args: str) -> None:
     """Run ``diffkit ARGS`` in this process and stop it (as a SIGINT would) right after its
     ``batches``-th batch is written."""

@@ -8,6 +8,12 @@ from pathlib import Path
 
 import torch
 
+# A random UNet is no denoiser: its noise estimate swings with its input, and DDIM's x0 = (x - ...) / sqrt(abar)
+# on an epsilon model amplified a 1e-7 rounding difference (row-at-a-time calls against the pipeline's batch,
+# or another CPU's kernels) to 1.7e-2 in 20 steps. Scaling the output layer by 0.3 brings that to 3e-5 while
+# guidance 7.0 for 7.5 still moves the images by 0.2 (measured by tests/test_sd.py's tolerance test), so the
+# comparisons with diffusers measure our code, not the chaos of random weights.
+SCALE_OUT = 0.3
 WORDS = ("a an the of oil painting people around campfire old man photo rocket ship waterfall dog cat "
          "high quality hat skull snowy mountain village lithograph red blue").split()
 
@@ -51,14 +57,18 @@ def sd_unet(in_channels: int = 4, seed: int = 2, **extra):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
-    return UNet2DConditionModel(
-        sample_size=8, layers_per_block=1, block_out_channels=(16, 32), in_channels=in_channels, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8, **extra).eval()
+    kw = dict(sample_size=8, layers_per_block=1, block_out_channels=(16, 32), in_channels=in_channels, out_channels=4,
+              down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+              cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8)
+    unet = UNet2DConditionModel(**{**kw, **extra}).eval()
+    with torch.no_grad():  # SCALE_OUT says why
+        unet.conv_out.weight.mul_(SCALE_OUT)
+        unet.conv_out.bias.mul_(SCALE_OUT)
+    return unet
 
 
 def sd_scheduler(prediction_type: str = "epsilon"):
-    """Stable Diffusion's own: PNDM over scaled-linear betas (SD 2.x v-models ship DDIM; any works)."""
+    """DDIM over SD's scaled-linear betas, as SD 2.x's v-models and the x4 upscaler ship it."""
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
@@ -79,3 +89,47 @@ def build_x4(root: Path, prediction_type: str = "v_prediction") -> Path:
                                           max_noise_level=350)
     pipe.save_pretrained(root / "x4")
     return root / "x4"
+
+
+def pndm():
+    """SD 1.x's own scheduler, with its shipped settings."""
+    from diffusers import PNDMScheduler
+
+    return PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+                         set_alpha_to_one=False, steps_offset=1)
+
+
+def build_sd(root: Path, name: str = "sd", prediction_type: str = "epsilon", seed: int = 2,
+             channels: tuple[int, int] = (16, 32)) -> Path:
+    """An SD-1.x-shaped folder: 16x16 images, 8x8 latents (a 2x VAE). epsilon: PNDM, as SD 1.5 ships;
+    v_prediction: DDIM, as SD 2.x's 768 models ship."""
+    from diffusers import StableDiffusionPipeline
+
+    unet = sd_unet(seed=seed)
+    if channels != (16, 32):  # a smaller UNet of the same family (autoguide's weak model)
+        from diffusers import UNet2DConditionModel
+
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel.from_config(dict(unet.config, block_out_channels=channels)).eval()
+    sched = pndm() if prediction_type == "epsilon" else sd_scheduler(prediction_type)
+    pipe = StableDiffusionPipeline(vae=vae(), text_encoder=text_encoder(), tokenizer=tokenizer(), unet=unet,
+                                   scheduler=sched, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(root / name)
+    return root / name
+
+
+def build_sdxl(root: Path) -> Path:
+    """An SDXL-shaped folder: two text encoders (the second with a projection), text_time conditioning,
+    Euler as SDXL ships."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    unet = sd_unet(seed=4, addition_embed_type="text_time", addition_time_embed_dim=8,
+                   projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64)
+    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=vae(), text_encoder=text_encoder(5), text_encoder_2=text_encoder(6, projection=True),
+                                     tokenizer=tokenizer(), tokenizer_2=tokenizer(), unet=unet, scheduler=sched,
+                                     force_zeros_for_empty_prompt=True, add_watermarker=False)
+    pipe.save_pretrained(root / "sdxl")
+    return root / "sdxl"

@@ -26,8 +26,9 @@ class Backend:
 
     Optional, each with a default that fits a one-stage pixel-space model on the CPU: ``step_config``,
     ``scheduler_config``, ``checkpoint``, ``device``, ``dtype``, ``conditional``, ``stride``,
-    ``prediction_type``, ``recipe``, :meth:`default_timesteps`, :meth:`model_input`, :meth:`prepare`,
-    :meth:`start`, :meth:`next_stage`, :meth:`weak_model`.
+    ``prediction_type``, ``recipe``, ``default_sampler``, ``image_shape``, :meth:`default_timesteps`,
+    :meth:`model_input`, :meth:`state_from_image`, :meth:`prepare`, :meth:`start`, :meth:`next_stage`,
+    :meth:`weak_model`.
     """
 
     name: str = ""
@@ -50,6 +51,15 @@ class Backend:
     # A later stage that samples its own way instead of with the run's techniques and sampler (IF's
     # stage III, the SD x4 upscaler, runs as the Visual Anagrams release runs it); None: the run's.
     recipe: StageRecipe | None = None
+    # The --sampler a run uses when none is given (None: diffkit's ddpm); Stable Diffusion's is "own",
+    # the scheduler the model ships with, as its pipeline samples.
+    default_sampler: str | None = None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the images :meth:`to_image` makes and :meth:`from_image` takes: the state's for
+        a pixel-space model; a latent model's decoder makes larger ones with 3 channels."""
+        return self.sample_shape
 
     def default_timesteps(self) -> list[int]:
         """The strided timesteps used when the user gives none, descending, each one a model call."""
@@ -79,6 +89,15 @@ class Backend:
     def prepare(self, ctx: Any) -> None:
         """Called right before the run's initial noise draw, for a stage whose pipeline draws noise of its
         own first (the SD x4 upscaler noises the low-resolution image, then draws the latents)."""
+
+    def state_from_image(self, img: Tensor, ctx: Any) -> Tensor:
+        """An image a technique was given, in [0, 1] ``[1 or N x C x H x W]`` -> the state of each of the
+        run's ``ctx.n`` samples ``[N x ...]``. Default: :meth:`from_image`, the same for every sample. A
+        latent backend whose pipelines sample the VAE's posterior draws that sample here, from each
+        sample's generator, as diffusers does (techniques read their images in setup, so before the
+        initial noise, in diffusers' order)."""
+        x = self.from_image(img)
+        return x.expand(ctx.n, -1, -1, -1) if x.shape[0] == 1 else x
 
     def start(self, ctx: Any) -> None:
         """Called right after the run's initial noise draw, for a stage that draws noise of its own before
