@@ -53,11 +53,11 @@ def vae(blocks: int = 2, seed: int = 1):
                          latent_channels=4, norm_num_groups=4, sample_size=32).eval()
 
 
-def sd_unet(in_channels: int = 4, seed: int = 2, **extra):
+def sd_unet(in_channels: int = 4, seed: int = 2, sample_size: int = 8, **extra):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
-    kw = dict(sample_size=8, layers_per_block=1, block_out_channels=(16, 32), in_channels=in_channels, out_channels=4,
+    kw = dict(sample_size=sample_size, layers_per_block=1, block_out_channels=(16, 32), in_channels=in_channels, out_channels=4,
               down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
               cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8)
     unet = UNet2DConditionModel(**{**kw, **extra}).eval()
@@ -100,12 +100,12 @@ def pndm():
 
 
 def build_sd(root: Path, name: str = "sd", prediction_type: str = "epsilon", seed: int = 2,
-             channels: tuple[int, int] = (16, 32)) -> Path:
-    """An SD-1.x-shaped folder: 16x16 images, 8x8 latents (a 2x VAE). epsilon: PNDM, as SD 1.5 ships;
-    v_prediction: DDIM, as SD 2.x's 768 models ship."""
+             channels: tuple[int, int] = (16, 32), sample_size: int = 8) -> Path:
+    """An SD-1.x-shaped folder: 16x16 images, 8x8 latents (a 2x VAE; ``sample_size`` the latents').
+    epsilon: PNDM, as SD 1.5 ships; v_prediction: DDIM, as SD 2.x's 768 models ship."""
     from diffusers import StableDiffusionPipeline
 
-    unet = sd_unet(seed=seed)
+    unet = sd_unet(seed=seed, sample_size=sample_size)
     if channels != (16, 32):  # a smaller UNet of the same family (autoguide's weak model)
         from diffusers import UNet2DConditionModel
 

@@ -1,0 +1,79 @@
+"""diffkit's Stable Diffusion backend against diffusers' StableDiffusionPipeline on the same tiny
+SD-shaped model (tests/tiny_sd.py), same prompt, seed, scheduler, steps and guidance, measured in one
+run on this machine with the default thread count. Target ratio <= 1.0.
+
+    python benchmarks/sd_vs_diffusers.py [--steps 20] [--repeats 7] [--latent 32]
+    # writes benchmarks/results/sd_vs_diffusers.json
+
+Like with like: diffkit caches prompt embeddings, so the pipeline gets its embeddings computed once
+too (``prompt_embeds=``); both decode with the VAE. diffkit makes every model call one row on one
+thread on the CPU (so a run's bytes do not depend on its batch, plugins/sd.py ``by_rows``); the
+pipeline makes one call of both CFG rows with all threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import diffkit  # noqa: E402
+
+from common import ROOT, interleaved, ratio, record, rounds, spread  # noqa: E402
+
+PROMPT = "an oil painting of a snowy mountain village"
+
+
+def main() -> None:
+    import tiny_sd
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    from diffkit_plugins.sd import StableDiffusion
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--latent", type=int, default=32, help="latent size of the tiny model (images 2x that)")
+    ap.add_argument("--num", type=int, default=1, help="images a call (prompts)")
+    args = ap.parse_args()
+    folder = tiny_sd.build_sd(Path(tempfile.mkdtemp()), sample_size=args.latent)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    backend = StableDiffusion(str(folder))
+    cond, null = pipe.encode_prompt(PROMPT, "cpu", args.num, True)
+    backend.text([PROMPT, ""])  # diffkit's cache filled once, as the pipeline's embeddings are
+
+    def theirs():
+        return pipe(prompt_embeds=cond, negative_prompt_embeds=null, num_inference_steps=args.steps,
+                    guidance_scale=7.5, generator=[torch.Generator().manual_seed(i) for i in range(args.num)],
+                    output_type="pt").images
+
+    def ours():
+        return diffkit.sample(backend, prompts=[PROMPT], num=args.num, seed=0, steps=args.steps, sampler="euler",
+                              hooks=["cfg:7.5"]).images
+
+    diff = (ours() - theirs()).abs().max().item()
+    t = interleaved({"diffkit": ours, "StableDiffusionPipeline": theirs}, args.repeats)
+    size = args.latent * 2
+    print(f"tiny SD ({size}x{size} images, {args.latent}x{args.latent} latents), {args.num} image(s), "
+          f"{args.steps} Euler steps, CFG 7.5, {torch.get_num_threads()} threads, prompt embeddings computed once "
+          f"on both sides; max |diffkit - pipeline| = {diff:.1e} (images in [0, 1])")
+    for k, v in t.items():
+        print(f"  {k:24s} {spread(v)}")
+    print(f"ratio diffkit / StableDiffusionPipeline = {ratio(t['diffkit'], t['StableDiffusionPipeline'])}  "
+          "(target <= 1.0)")
+    name = "sd_vs_diffusers.json" if args.num == 1 else f"sd_vs_diffusers_n{args.num}.json"
+    record(ROOT / "benchmarks" / "results" / name,
+           {"latent": args.latent, "images": args.num, "steps": args.steps, "repeats": args.repeats,
+            "max_abs_diff": diff, "seconds": t, "diffkit_over_pipeline": rounds(t["diffkit"],
+                                                                             t["StableDiffusionPipeline"])})
+
+
+if __name__ == "__main__":
+    main()
