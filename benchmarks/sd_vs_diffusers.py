@@ -8,7 +8,8 @@ run on this machine with the default thread count. Target ratio <= 1.0.
 Like with like: diffkit caches prompt embeddings, so the pipeline gets its embeddings computed once
 too (``prompt_embeds=``); both decode with the VAE. diffkit makes every model call one row on one
 thread on the CPU (so a run's bytes do not depend on its batch, plugins/sd.py ``by_rows``); the
-pipeline makes one call of both CFG rows with all threads.
+pipeline makes one call of both CFG rows with all threads. A third side, diffkit with whole calls
+(``by_rows`` off), says what the row-at-a-time calls cost and what the rest of diffkit costs.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main() -> None:
     import tiny_sd
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
+    from diffkit_plugins import sd
     from diffkit_plugins.sd import StableDiffusion
 
     ap = argparse.ArgumentParser(description=__doc__)
@@ -58,8 +60,17 @@ def main() -> None:
         return diffkit.sample(backend, prompts=[PROMPT], num=args.num, seed=0, steps=args.steps, sampler="euler",
                               hooks=["cfg:7.5"]).images
 
+    def one_call():  # what the row-at-a-time calls cost: every call whole, as the pipeline makes it
+        by_rows = sd.by_rows
+        sd.by_rows = lambda f, device, *a: f(*a)
+        try:
+            return ours()
+        finally:
+            sd.by_rows = by_rows
+
     diff = (ours() - theirs()).abs().max().item()
-    t = interleaved({"diffkit": ours, "StableDiffusionPipeline": theirs}, args.repeats)
+    t = interleaved({"diffkit": ours, "diffkit, whole calls": one_call, "StableDiffusionPipeline": theirs},
+                    args.repeats)
     size = args.latent * 2
     print(f"tiny SD ({size}x{size} images, {args.latent}x{args.latent} latents), {args.num} image(s), "
           f"{args.steps} Euler steps, CFG 7.5, {torch.get_num_threads()} threads, prompt embeddings computed once "
@@ -68,11 +79,14 @@ def main() -> None:
         print(f"  {k:24s} {spread(v)}")
     print(f"ratio diffkit / StableDiffusionPipeline = {ratio(t['diffkit'], t['StableDiffusionPipeline'])}  "
           "(target <= 1.0)")
+    print(f"ratio diffkit with whole calls (bytes depend on the batch) / pipeline = "
+          f"{ratio(t['diffkit, whole calls'], t['StableDiffusionPipeline'])}")
     name = "sd_vs_diffusers.json" if args.num == 1 else f"sd_vs_diffusers_n{args.num}.json"
     record(ROOT / "benchmarks" / "results" / name,
            {"latent": args.latent, "images": args.num, "steps": args.steps, "repeats": args.repeats,
-            "max_abs_diff": diff, "seconds": t, "diffkit_over_pipeline": rounds(t["diffkit"],
-                                                                             t["StableDiffusionPipeline"])})
+            "max_abs_diff": diff, "seconds": t,
+            "diffkit_over_pipeline": rounds(t["diffkit"], t["StableDiffusionPipeline"]),
+            "whole_calls_over_pipeline": rounds(t["diffkit, whole calls"], t["StableDiffusionPipeline"])})
 
 
 if __name__ == "__main__":
