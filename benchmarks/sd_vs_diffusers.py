@@ -42,8 +42,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--latent", type=int, default=32, help="latent size of the tiny model (images 2x that)")
     ap.add_argument("--num", type=int, default=1, help="images a call (prompts)")
+    ap.add_argument("--channels", default="16,32", help="the UNet's block widths (SD 1.5: 320,640,1280,1280)")
     args = ap.parse_args()
-    folder = tiny_sd.build_sd(Path(tempfile.mkdtemp()), sample_size=args.latent)
+    channels = tuple(int(c) for c in args.channels.split(","))
+    folder = tiny_sd.build_sd(Path(tempfile.mkdtemp()), sample_size=args.latent, channels=channels)
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -81,9 +83,10 @@ def main() -> None:
           "(target <= 1.0)")
     print(f"ratio diffkit with whole calls (bytes depend on the batch) / pipeline = "
           f"{ratio(t['diffkit, whole calls'], t['StableDiffusionPipeline'])}")
-    name = "sd_vs_diffusers.json" if args.num == 1 else f"sd_vs_diffusers_n{args.num}.json"
+    name = "sd_vs_diffusers" + ("" if args.num == 1 else f"_n{args.num}") + (
+        "" if channels == (16, 32) else "_c" + "-".join(map(str, channels))) + ".json"
     record(ROOT / "benchmarks" / "results" / name,
-           {"latent": args.latent, "images": args.num, "steps": args.steps, "repeats": args.repeats,
+           {"latent": args.latent, "channels": list(channels), "images": args.num, "steps": args.steps, "repeats": args.repeats,
             "max_abs_diff": diff, "seconds": t,
             "diffkit_over_pipeline": rounds(t["diffkit"], t["StableDiffusionPipeline"]),
             "whole_calls_over_pipeline": rounds(t["diffkit, whole calls"], t["StableDiffusionPipeline"])})

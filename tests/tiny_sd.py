@@ -105,12 +105,7 @@ def build_sd(root: Path, name: str = "sd", prediction_type: str = "epsilon", see
     epsilon: PNDM, as SD 1.5 ships; v_prediction: DDIM, as SD 2.x's 768 models ship."""
     from diffusers import StableDiffusionPipeline
 
-    unet = sd_unet(seed=seed, sample_size=sample_size)
-    if channels != (16, 32):  # a smaller UNet of the same family (autoguide's weak model)
-        from diffusers import UNet2DConditionModel
-
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel.from_config(dict(unet.config, block_out_channels=channels)).eval()
+    unet = sd_unet(seed=seed, sample_size=sample_size, block_out_channels=channels)
     sched = pndm() if prediction_type == "epsilon" else sd_scheduler(prediction_type)
     pipe = StableDiffusionPipeline(vae=vae(), text_encoder=text_encoder(), tokenizer=tokenizer(), unet=unet,
                                    scheduler=sched, safety_checker=None, feature_extractor=None,
