@@ -45,6 +45,14 @@ def test_every_installed_sampler_is_documented():
             assert f"`{p.name}`" in text, f"parameter {p.name} of sampler {name} missing from docs/samplers.md"
 
 
+def test_every_installed_backend_and_option_is_documented():
+    text = (DOCS / "backends.md").read_text()
+    for name, info in plugins.backends().items():
+        assert f"`{name}`" in text, f"backend {name} missing from docs/backends.md"
+        for p in info.params:
+            assert f"`{p.name}`" in text, f"option {p.name} of backend {name} missing from docs/backends.md"
+
+
 def python_blocks(name: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", (DOCS / name).read_text(), re.S)
 
