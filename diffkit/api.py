@@ -79,7 +79,8 @@ def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
 
 # Backend options `diffkit sample` also takes as flags of their own (--checkpoint X for --backend-option
 # checkpoint=X), as it did before backends declared their options; the UI's shown command uses them too.
-BACKEND_FLAGS = ("checkpoint", "device", "model", "upscaler", "stage3", "dtype", "embeddings", "offload")
+BACKEND_FLAGS = ("checkpoint", "device", "model", "upscaler", "stage3", "height", "width", "dtype", "embeddings",
+                 "offload")
 
 
 def load_backend(name: str, **options: Any) -> Backend:

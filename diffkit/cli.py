@@ -266,7 +266,10 @@ def sample(
     upscaler: Optional[str] = typer.Option(None, help="IF stage II: hub id, local folder, or none."),
     stage3: Optional[str] = typer.Option(None, "--stage3", help="IF stage III (1024 px): the SD x4 upscaler's hub id "
                                          "or folder (default none)."),
-    dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 (IF default: fp16 on CUDA)."),
+    dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 (IF, SD default: fp16 on CUDA)."),
+    height: Optional[int] = Int(None, lo=8, hi=8192, help="Image height, a multiple of 8 (sd, sdxl; default the "
+                                                          "model's own)."),
+    width: Optional[int] = Int(None, lo=8, hi=8192, help="Image width, a multiple of 8 (sd, sdxl)."),
     embeddings: Optional[str] = typer.Option(None, help="Prompt embeddings from `diffkit embed` (IF: T5 not loaded)."),
     offload: Optional[bool] = typer.Option(None, "--offload/--no-offload", help="IF: keep the UNet on the CPU between calls."),
     backend_option: Optional[list[str]] = typer.Option(None, "--backend-option", "-O", help="NAME=VALUE: an option the "
@@ -297,7 +300,7 @@ def sample(
     if animate and not any(h.partition(":")[0].strip() in ANIMATED for h in hook or []):
         fail("--animate animates anagram, factorize or hybrid hooks, and this run has none", 2)
     options = _backend_options(backend_option, checkpoint=checkpoint, device=device, model=model, upscaler=upscaler,
-                               stage3=stage3, dtype=dtype, embeddings=embeddings, offload=offload)
+                               stage3=stage3, height=height, width=width, dtype=dtype, embeddings=embeddings, offload=offload)
     kwargs = dict(_labels(prompt, classes), hooks=hook or [], seed=seed, num=num, steps=steps, stride=stride,
                   timesteps=_ints(timesteps, "--timesteps") or None, timesteps2=_ints(timesteps2, "--timesteps2") or None,
                   i_start=i_start, save_every=save_every, max_batch=max_batch, backend_options=options, sampler=sampler)

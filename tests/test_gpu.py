@@ -175,3 +175,31 @@ def test_one_cuda_process_under_torchrun_equals_a_plain_run(tmp_path):
     assert plain.returncode == 0 and launched.returncode == 0, (plain.stderr[-2000:], launched.stderr[-2000:])
     a, b = tmp_path / "plain" / "final.safetensors", tmp_path / "tr" / "final.safetensors"
     assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_sd_fp16_on_cuda_against_the_pipeline_fp16(tiny_sd, kind):
+    """SD on a GPU in fp16 (the default there), each call whole, against diffusers' fp16 pipeline; the
+    VAE decodes in fp32 where its config says force_upcast, as the pipeline does. Written without a GPU
+    at hand (none was lent): the bound is FP16_TOL, and another seed must land 25 times farther."""
+    import diffusers
+
+    cls = "StableDiffusionXLPipeline" if kind == "sdxl" else "StableDiffusionPipeline"
+    kw = {} if kind == "sdxl" else {"safety_checker": None}
+    pipe = getattr(diffusers, cls).from_pretrained(tiny_sd[kind], torch_dtype=torch.float16, **kw).to("cuda")
+    pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = ["a photo of a red dog", "an oil painting of a snowy mountain village"]
+
+    def ref(seed):
+        gens = [torch.Generator().manual_seed(seed + i) for i in range(2)]
+        return pipe(prompts, num_inference_steps=10, guidance_scale=5.0, generator=gens, output_type="pt").images
+
+    res = diffkit.sample(kind, prompts=prompts, hooks=["cfg:5"], steps=10, seed=3, sampler="euler",
+                         backend_options={"model": str(tiny_sd[kind]), "device": "cuda"})
+    ours = (res.images.float().cpu() * 255).round()
+    levels = (ours - (ref(3).float().cpu() * 255).round()).abs()
+    other = (ours - (ref(5).float().cpu() * 255).round()).abs()
+    print(f"{kind} fp16: max {levels.max().item():.0f} grey levels, mean {levels.mean().item():.4f}; "
+          f"another seed {other.mean().item():.2f}")
+    assert levels.max().item() <= FP16_TOL and other.mean().item() > 25 * max(levels.mean().item(), 0.01)

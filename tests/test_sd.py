@@ -67,6 +67,15 @@ def test_sd_equals_the_pipeline(tiny_sd, kind, sampler):
     assert got.shape == (2, 3, 16, 16) and (got - ref).abs().max() < TOL
 
 
+def test_height_and_width_equal_the_pipeline_s(tiny_sd):
+    ref = pipeline("StableDiffusionPipeline", tiny_sd["sd"], "EulerDiscreteScheduler")(
+        PROMPTS[:1], height=24, width=32, num_inference_steps=10, guidance_scale=7.5, generator=gens(3),
+        output_type="pt").images
+    got = diffkit.sample("sd", prompts=PROMPTS[:1], hooks=["cfg:7.5"], steps=10, seed=3, sampler="euler",
+                         backend_options={"model": str(tiny_sd["sd"]), "height": 24, "width": 32}).images
+    assert got.shape == (1, 3, 24, 32) and (got - ref).abs().max() < TOL
+
+
 def test_sd_default_sampler_is_the_model_s_own_with_the_pipeline_s_50_steps(tiny_sd, threads):
     ref = pipeline("StableDiffusionPipeline", tiny_sd["sd"])(PROMPTS[:1], guidance_scale=7.5, generator=gens(3),
                                                              output_type="pt").images
@@ -220,7 +229,7 @@ def test_torchrun_and_resume_write_the_bytes_of_one_process(tiny_sd, tmp_path):
     ("sd", "sdxl", [], "is an SDXL folder"),
     ("sdxl", "sd", [], "is not an SDXL folder"),
     ("sd", "X4", [], "runs text-to-image models"),
-    ("sd", "sd", ["-O", "height=20"], "must be a multiple of 8"),
+    ("sd", "sd", ["--height", "20"], "must be a multiple of 8"),
     ("sd", "sd", ["-O", "width=4"], "width"),
     ("sd", "nowhere", [], "nowhere"),
 ])

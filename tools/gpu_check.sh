@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What a session lent a GPU runs (the device tool; CI has none): tests/test_gpu.py, benchmarks/gpu.py
-# (the MNIST model's calls and bytes on the GPU) and benchmarks/if_gpu.py on an IF-shaped random stage I
-# for three samplers. Needs, in .whl/, the wheels of diffusers and transformers as pinned in
+# (the MNIST model's calls and bytes on the GPU), benchmarks/if_gpu.py on an IF-shaped random stage I
+# for three samplers and benchmarks/sd_gpu.py on an SD-1.5-shaped random model. Needs, in .whl/, the wheels of diffusers and transformers as pinned in
 # constraints.txt and of diffkit itself (`pip wheel --no-deps -w .whl .`); logs go to $OUT (or /tmp/gpu-out).
 set -uo pipefail
 out="${OUT:-/tmp/gpu-out}"; mkdir -p "$out"
@@ -16,3 +16,5 @@ for s in "ddpm" "dpmpp_2m --steps 20" "euler --steps 20"; do
   # shellcheck disable=SC2086
   timeout 120 python3 benchmarks/if_gpu.py --shaped /tmp/if-shaped --sampler $s 2>&1 | grep -v -i -E "warn|it/s|Loading" | tee -a "$out/if_gpu.log"
 done
+timeout 240 python3 benchmarks/sd_gpu.py --shaped /tmp/sd-shaped 2>&1 | grep -v -i -E "warn|it/s|Loading" | tee "$out/sd_gpu.log"
+cp benchmarks/results/sd_gpu.json "$out/" 2>/dev/null
