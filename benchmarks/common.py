@@ -89,3 +89,32 @@ def record(path: Path, data: dict, at: dict | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**(at or machine()), **data}, indent=2) + "\n")
     print(f"stored in {path}")
+
+
+def cuda_timed(fn: Callable[[], object]) -> tuple[object, float]:
+    """``fn()`` and its seconds, the GPU's queued work included."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize()
+    return out, time.perf_counter() - t0
+
+
+def peak_alone(make: Callable[..., tuple[object, Callable[[], object]]], *args: object) -> float:
+    """Peak GiB of one call (after a warm-up) with only this side's weights on the GPU: ``make(*args)``
+    returns (what holds the weights, the call)."""
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    held, call = make(*args)
+    call()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    call()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    del held, call
+    gc.collect()
+    torch.cuda.empty_cache()
+    return peak

@@ -22,9 +22,7 @@ embeddings are computed once on both sides. Needs CUDA and the gated weights (or
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -34,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffkit  # noqa: E402
 from diffkit.backends.deepfloyd import load  # noqa: E402
 
-from common import ratio, spread  # noqa: E402
+from common import cuda_timed, peak_alone, ratio, spread  # noqa: E402
 
 PROMPT = "an oil painting of people around a campfire"
 TS1 = list(range(990, -1, -30))  # 34 steps, each one model call of both CFG branches
@@ -129,31 +127,6 @@ def diffusers_side(args):
     return (pipe1, pipe2), call
 
 
-def timed(fn):
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    out = fn()
-    torch.cuda.synchronize()
-    return out, time.perf_counter() - t0
-
-
-def peak_alone(make, args) -> float:
-    """Peak GiB of one call (after a warm-up) with only this side's weights on the GPU."""
-    gc.collect()
-    torch.cuda.empty_cache()
-    held, call = make(args)
-    call()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    call()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    del held, call
-    gc.collect()
-    torch.cuda.empty_cache()
-    return peak
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="DeepFloyd/IF-I-XL-v1.0")
@@ -182,7 +155,7 @@ def main() -> None:
     times = {k: [] for k in calls}
     for _ in range(args.repeats):
         for k, call in calls.items():
-            times[k].append(timed(call)[1])
+            times[k].append(cuda_timed(call)[1])
     for k in times:
         print(f"  {k:10s} {spread(times[k], 1.0, 's')}  peak alone {peaks[k]:.2f} GiB")
     if both:

@@ -13,9 +13,7 @@ both sides). Peak memory: each side alone on the GPU, one call after a warm-up.
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import diffkit  # noqa: E402
 
-from common import ROOT, ratio, record, rounds, spread  # noqa: E402
+from common import ROOT, cuda_timed, peak_alone, ratio, record, rounds, spread  # noqa: E402
 
 PROMPT = "an oil painting of a snowy mountain village"
 
@@ -81,30 +79,6 @@ def diffusers_side(model: str, num: int, steps: int):
     return pipe, call
 
 
-def timed(fn):
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    out = fn()
-    torch.cuda.synchronize()
-    return out, time.perf_counter() - t0
-
-
-def peak_alone(make, *args) -> float:
-    gc.collect()
-    torch.cuda.empty_cache()
-    held, call = make(*args)
-    call()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    call()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    del held, call
-    gc.collect()
-    torch.cuda.empty_cache()
-    return peak
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="stable-diffusion-v1-5/stable-diffusion-v1-5")
@@ -125,7 +99,7 @@ def main() -> None:
         times = {k: [] for k in calls}
         for _ in range(args.repeats):
             for k, call in calls.items():
-                times[k].append(timed(call)[1])
+                times[k].append(cuda_timed(call)[1])
         diff = (outs["diffkit"].float() - outs["diffusers"].float()).abs().max().item()
         print(f"{num} image(s), fp16, Euler {args.steps} steps, CFG 7.5, {torch.cuda.get_device_name()}")
         for k in times:

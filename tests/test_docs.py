@@ -37,20 +37,19 @@ def test_every_installed_technique_is_documented():
         assert f"{name}:" in text or f"`{name}`" in text, f"technique {name} missing from docs/"
 
 
+def undocumented(page: str, table: dict, what: str) -> list[str]:
+    """Each entry of ``table`` (name -> declaration with ``params``) and its parameters, missing from ``page``."""
+    text = (DOCS / page).read_text()
+    return [f"{what} {name}" + (f": {p}" if p else "") for name, decl in table.items()
+            for p in [None, *(q.name for q in decl.params)] if f"`{p or name}`" not in text]
+
+
 def test_every_installed_sampler_is_documented():
-    text = (DOCS / "samplers.md").read_text()
-    for name, cls in plugins.samplers().items():
-        assert f"`{name}`" in text, f"sampler {name} missing from docs/samplers.md"
-        for p in cls.params:
-            assert f"`{p.name}`" in text, f"parameter {p.name} of sampler {name} missing from docs/samplers.md"
+    assert not undocumented("samplers.md", plugins.samplers(), "sampler")
 
 
 def test_every_installed_backend_and_option_is_documented():
-    text = (DOCS / "backends.md").read_text()
-    for name, info in plugins.backends().items():
-        assert f"`{name}`" in text, f"backend {name} missing from docs/backends.md"
-        for p in info.params:
-            assert f"`{p.name}`" in text, f"option {p.name} of backend {name} missing from docs/backends.md"
+    assert not undocumented("backends.md", plugins.backends(), "backend")
 
 
 def python_blocks(name: str) -> list[str]:
