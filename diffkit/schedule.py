@@ -40,6 +40,11 @@ def alphas_cumprod(betas: Tensor) -> Tensor:
 
 def betas_from_config(config: dict) -> Tensor:
     """Betas ``[T]`` from a diffusers scheduler config (``beta_schedule``, ``num_train_timesteps``)."""
+    if config.get("rescale_betas_zero_snr"):
+        raise ValueError("rescale_betas_zero_snr (a zero terminal SNR schedule) is not supported: its last "
+                         "noise level has no signal, and diffkit's steps divide by it")
+    if config.get("trained_betas") is not None:  # as diffusers reads them: float32
+        return torch.tensor(config["trained_betas"], dtype=torch.float32).double()
     T = int(config.get("num_train_timesteps", 1000))
     kind = config.get("beta_schedule", "linear")
     if kind == "linear":

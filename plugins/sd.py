@@ -37,6 +37,11 @@ def read_layout(model: str, kind: str, parts: dict[str, str]) -> dict[str, dict]
 
 
 def check_prediction(model: str, config: dict) -> str:
+    """The scheduler config's prediction type, refused unless diffkit runs it; the schedule checked too."""
+    try:
+        schedule.betas_from_config(config)
+    except ValueError as e:
+        raise BackendError(f"{model}: {e}") from None
     kind = config.get("prediction_type", "epsilon")
     if kind not in PREDICTIONS:
         raise BackendError(f"{model}: prediction_type {kind!r} is not supported (diffkit runs "

@@ -103,6 +103,13 @@ def test_scaled_linear_betas_equal_diffusers_bit_for_bit():
     assert torch.equal(schedule.alphas_cumprod_from_config(dict(sched.config)).float(), sched.alphas_cumprod)
 
 
+def test_trained_betas_are_read_as_diffusers_reads_them_and_zero_snr_is_refused():
+    sched = DDPMScheduler(trained_betas=torch.linspace(1e-4, 0.02, 50).tolist(), num_train_timesteps=50)
+    assert torch.equal(schedule.alphas_cumprod_from_config(dict(sched.config)).float(), sched.alphas_cumprod)
+    with pytest.raises(ValueError, match="rescale_betas_zero_snr"):
+        schedule.betas_from_config({"rescale_betas_zero_snr": True})
+
+
 def test_abar_between_inverts_diffusers_sigma_to_t():
     """A Karras sigma turned into a fractional timestep by diffusers gives back that sigma's abar."""
     import numpy as np

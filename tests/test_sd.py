@@ -232,6 +232,7 @@ def test_torchrun_and_resume_write_the_bytes_of_one_process(tiny_sd, tmp_path):
     ("sd", "sd", ["--height", "20"], "must be a multiple of 8"),
     ("sd", "sd", ["-O", "width=4"], "width"),
     ("sd", "nowhere", [], "nowhere"),
+    ("sd", "zero-snr", [], "rescale_betas_zero_snr"),
 ])
 def test_bad_sd_input_exits_2_before_the_unet_loads(tiny_sd, tiny_if, tiny_x4, tmp_path, monkeypatch, backend, model,
                                                     extra, says):
@@ -241,7 +242,13 @@ def test_bad_sd_input_exits_2_before_the_unet_loads(tiny_sd, tiny_if, tiny_x4, t
         raise AssertionError("a UNet loaded")
 
     monkeypatch.setattr(UNet2DConditionModel, "from_pretrained", no_load)
-    folders = {**tiny_sd, "IF": tiny_if[0], "X4": tiny_x4, "nowhere": tmp_path / "nowhere"}
+    import shutil
+
+    folders = {**tiny_sd, "IF": tiny_if[0], "X4": tiny_x4, "nowhere": tmp_path / "nowhere", "zero-snr": tmp_path / "z"}
+    if model == "zero-snr":  # a v-model whose schedule ends at zero SNR
+        shutil.copytree(tiny_sd["sdv"], folders[model])
+        config = folders[model] / "scheduler" / "scheduler_config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "rescale_betas_zero_snr": True}))
     r = CliRunner().invoke(app, ["sample", "-b", backend, "--model", str(folders[model]), "--prompt", "a dog",
                                  "--device", "cpu", "--out", str(tmp_path / "o"), *extra])
     assert r.exit_code == 2, r.output
