@@ -101,23 +101,44 @@ class ClipText:
 
 class Vae:
     """A diffusers ``AutoencoderKL``: images in [0, 1] ``[N x 3 x H x W]`` <-> latents ``[N x C x H/f x W/f]``
-    scaled by the model's ``scaling_factor``. In fp16 a VAE marked ``force_upcast`` runs in fp32, as the
-    pipelines run it (its decoder overflows in fp16)."""
+    scaled by the model's ``scaling_factor``, as each pipeline scales them.
 
-    def __init__(self, model: str, device: torch.device, dtype: torch.dtype):
+    ``upcast``: in fp16, run a VAE whose config says ``force_upcast`` in fp32, as the SDXL and x4-upscaler
+    pipelines do (SDXL's decoder overflows in fp16); ``StableDiffusionPipeline`` never upcasts, so `sd`
+    passes False and decodes in the model's dtype as it does. ``normalise``: shift and scale by the config's
+    ``latents_mean``/``latents_std`` where it has them, as the SDXL pipelines do (SD's ignore them)."""
+
+    def __init__(self, model: str, device: torch.device, dtype: torch.dtype, upcast: bool = False,
+                 normalise: bool = False):
         from diffusers import AutoencoderKL
 
         config = load_json(model, "vae", "config.json", "a diffusers folder")
-        self.upcast = dtype == torch.float16 and bool(config.get("force_upcast", True))
+        self.upcast = upcast and dtype == torch.float16 and bool(config.get("force_upcast", True))
         self.dtype = torch.float32 if self.upcast else dtype
         self.vae = _pretrained(AutoencoderKL, model, "vae", self.dtype).to(device)
         self.scale = float(self.vae.config.scaling_factor)
         self.factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        mean, std = config.get("latents_mean"), config.get("latents_std")
+        self.shift = None
+        if normalise and mean is not None and std is not None:
+            self.shift = (torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1))
+
+    def _to_latents(self, z: Tensor) -> Tensor:
+        """The VAE's latent space -> the diffusion model's: ``z * scale`` or ``(z - mean) * scale / std``."""
+        if self.shift is None:
+            return z * self.scale
+        mean, std = (v.to(z.device, z.dtype) for v in self.shift)
+        return (z - mean) * self.scale / std
 
     @torch.inference_mode()
     def decode(self, latents: Tensor) -> Tensor:
-        img = by_rows(lambda z: self.vae.decode(z / self.scale, return_dict=False)[0], latents.device,
-                      latents.to(self.dtype))
+        z = latents.to(self.dtype)
+        if self.shift is None:
+            z = z / self.scale
+        else:
+            mean, std = (v.to(z.device, z.dtype) for v in self.shift)
+            z = z * std / self.scale + mean
+        img = by_rows(lambda z: self.vae.decode(z, return_dict=False)[0], latents.device, z)
         return (img / 2 + 0.5).clamp(0, 1)
 
     def _posterior(self, img: Tensor) -> Tensor:
@@ -127,16 +148,16 @@ class Vae:
     @torch.inference_mode()
     def encode(self, img: Tensor) -> Tensor:
         """The latent distribution's mean (deterministic: the same image, the same latents)."""
-        return self._posterior(img).chunk(2, dim=1)[0] * self.scale
+        return self._to_latents(self._posterior(img).chunk(2, dim=1)[0])
 
     @torch.inference_mode()
     def encode_sampled(self, img: Tensor, eps: Tensor) -> Tensor:
-        """A sample of the latent distribution, ``(mean + std eps) * scaling_factor``, as diffusers'
-        img2img and inpaint pipelines take it (``retrieve_latents``, ``sample_mode="sample"``)."""
+        """A sample of the latent distribution, ``mean + std eps`` scaled, as diffusers' img2img and inpaint
+        pipelines take it (``retrieve_latents``, ``sample_mode="sample"``)."""
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
         dist = DiagonalGaussianDistribution(self._posterior(img))  # diffusers' own clamp of the log-variance
-        return (dist.mean + dist.std * eps.to(dist.mean.dtype)) * self.scale
+        return self._to_latents(dist.mean + dist.std * eps.to(dist.mean.dtype))
 
 
 @dataclass
@@ -178,7 +199,7 @@ class X4Models:
 
         m = self.spec.model
         self.text = ClipText(m, device, dtype)
-        self.vae = Vae(m, device, dtype)
+        self.vae = Vae(m, device, dtype, upcast=True)  # StableDiffusionUpscalePipeline upcasts
         self.unet = _pretrained(UNet2DConditionModel, m, "unet", dtype).to("cpu" if offload else device)
         self.device, self.dtype, self.offload, self.loaded = device, dtype, offload, True
         return self
@@ -281,6 +302,7 @@ class StableDiffusion(Backend):
              "tokenizer": "tokenizer_config.json", "scheduler": "scheduler_config.json"}
     stride = 20  # 50 steps by default, the pipeline's num_inference_steps
     default_sampler = "own"
+    VAE_LIKE_XL = False  # the VAE as StableDiffusionPipeline runs it: never upcast, no latents_mean (see Vae)
 
     def __init__(self, model: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
                  height: int | None = None, width: int | None = None, offload: bool = False,
@@ -320,7 +342,7 @@ class StableDiffusion(Backend):
         from diffusers import UNet2DConditionModel
 
         self.text = text or ClipText(model, self.device, self.dtype)
-        self.vae = vae or Vae(model, self.device, self.dtype)
+        self.vae = vae or Vae(model, self.device, self.dtype, upcast=self.VAE_LIKE_XL, normalise=self.VAE_LIKE_XL)
         self.unet = _pretrained(UNet2DConditionModel, model, "unet", self.dtype).to(
             "cpu" if self.offload else self.device)
 
@@ -382,6 +404,7 @@ class StableDiffusionXL(StableDiffusion):
     name = "sdxl"
     KIND = "a diffusers SDXL folder"
     PARTS = {**StableDiffusion.PARTS, "text_encoder_2": "config.json", "tokenizer_2": "tokenizer_config.json"}
+    VAE_LIKE_XL = True  # upcast in fp16 where force_upcast says so; latents_mean/latents_std
 
     def load_models(self, model: str, text: Any, vae: Vae | None) -> None:
         self.zeros_for_null = bool(self.configs[""].get("force_zeros_for_empty_prompt", True))

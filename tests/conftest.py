@@ -88,12 +88,14 @@ def tiny_x4(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory):
     """Tiny Stable Diffusion folders built from config: ``sd`` (epsilon, PNDM as SD 1.5), ``sdv``
-    (v-prediction, DDIM as SD 2.x), ``weak`` (a smaller UNet, same text encoder and VAE), ``sdxl``."""
+    (v-prediction, DDIM as SD 2.x), ``weak`` (a smaller UNet, same text encoder and VAE), ``sdxl``, and
+    ``sdxl-mean`` (the same with a VAE that declares ``latents_mean``/``latents_std``)."""
     import tiny_sd
 
     root = tmp_path_factory.mktemp("sd")
     return {"sd": tiny_sd.build_sd(root), "sdv": tiny_sd.build_sd(root, "sdv", "v_prediction"),
-            "weak": tiny_sd.build_sd(root, "weak", seed=7, channels=(8, 16)), "sdxl": tiny_sd.build_sdxl(root)}
+            "weak": tiny_sd.build_sd(root, "weak", seed=7, channels=(8, 16)), "sdxl": tiny_sd.build_sdxl(root),
+            "sdxl-mean": tiny_sd.build_sdxl(root, "sdxl-mean", latents_mean=True)}
 
 
 def interrupted(batches: int, *args: str) -> None:

@@ -116,6 +116,52 @@ def test_sdxl_equals_the_pipeline(tiny_sd, threads):
     assert (got - ref).abs().max() < TOL
 
 
+def test_sdxl_latents_mean_and_img2img_equal_the_pipelines(tiny_sd, tmp_path):
+    """A VAE with ``latents_mean``/``latents_std`` (the SDXL pipelines shift and scale by them, both ways),
+    text to image and sdedit against StableDiffusionXLImg2ImgPipeline."""
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    image = torch.from_numpy(np.asarray(Image.open(tmp_path / "in.png"))).permute(2, 0, 1)[None].float() / 255
+    folder = tiny_sd["sdxl-mean"]
+    ref = pipeline("StableDiffusionXLPipeline", folder)(
+        PROMPTS, num_inference_steps=10, guidance_scale=5.0, generator=gens(3, 4), output_type="pt").images
+    got = ours(folder, "sdxl", hooks=["cfg:5"], steps=10)
+    not_flat(got)
+    assert (got - ref).abs().max() < TOL
+    ref = pipeline("StableDiffusionXLImg2ImgPipeline", folder)(
+        PROMPTS, image=image, strength=0.6, num_inference_steps=10, guidance_scale=5.0, generator=gens(3, 4),
+        output_type="pt").images
+    got = ours(folder, "sdxl", hooks=["cfg:5", f"sdedit:image={tmp_path / 'in.png'},strength=0.6"], steps=10)
+    not_flat(got)
+    assert (got - ref).abs().max() < TOL
+
+
+@pytest.mark.parametrize("backend, cls, kw", [
+    ("sd", "StableDiffusionPipeline", {"guidance_scale": 7.5, "num_inference_steps": 20}),
+    ("sdxl", "StableDiffusionXLPipeline", {"guidance_scale": 5.0, "num_inference_steps": 10})])
+def test_fp16_equals_the_fp16_pipeline_within_one_grey_level(tiny_sd, backend, cls, kw):
+    """fp16 weights run as the pipelines run them (on the CPU here: no GPU in CI; tests/test_gpu.py repeats
+    it on CUDA): the UNet and text encoders in fp16, the VAE too for `sd` (StableDiffusionPipeline never
+    upcasts it) but fp32 for `sdxl` (force_upcast, as StableDiffusionXLPipeline).
+
+    The bound is the issue's one grey level (1/255), not the fp32 tests' quarter: fp16 keeps 11 significant
+    bits (a relative 2^-11 = 4.9e-4 a rounding), the pipeline rounds its latents to fp16 after every step
+    where diffkit's Sampler keeps its state in fp32, and each of the ~40 layers a call rounds its
+    activations; the fp16 pipeline lands 1.6e-3 from the fp32 one here, so two correct fp16 runs may
+    differ by about as much (1.2e-3 read here). What this bound catches is fp16 run wrongly (weights or
+    VAE in the wrong precision, an overflow, another seed); a guidance of 7.0 for 7.5 moves Euler's image
+    by only 2e-3 on this weakly conditioned tiny model, which the fp32 tests' quarter level catches."""
+    ref = pipeline(cls, tiny_sd[backend])
+    ref = ref.to(torch.float16)(PROMPTS, generator=gens(3, 4), output_type="pt", **kw).images.float()
+    backend_ = diffkit.api.load_backend(backend, model=str(tiny_sd[backend]), device="cpu", dtype="fp16")
+    assert backend_.unet.dtype == torch.float16
+    assert backend_.vae.vae.dtype == (torch.float32 if backend == "sdxl" else torch.float16)
+    got = diffkit.sample(backend_, prompts=PROMPTS, hooks=[f"cfg:{kw['guidance_scale']}"], seed=3,
+                         steps=kw["num_inference_steps"]).images  # the model's own scheduler, as the pipeline
+    not_flat(got.float())
+    assert (got.float() - ref).abs().max() < 1 / 255
+
+
 def test_negative_prompt_plugin_equals_the_pipeline_s_negative_prompt(tiny_sd, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "examples" / "diffkit-negative-prompt"))
     from diffkit_negative import Negative

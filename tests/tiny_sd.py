@@ -114,17 +114,21 @@ def build_sd(root: Path, name: str = "sd", prediction_type: str = "epsilon", see
     return root / name
 
 
-def build_sdxl(root: Path) -> Path:
+def build_sdxl(root: Path, name: str = "sdxl", latents_mean: bool = False) -> Path:
     """An SDXL-shaped folder: two text encoders (the second with a projection), text_time conditioning,
-    Euler as SDXL ships."""
+    Euler as SDXL ships. ``latents_mean``: the VAE declares a per-channel latent mean and std (as
+    Playground v2.5's does), which the SDXL pipelines shift and scale the latents by."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     unet = sd_unet(seed=4, addition_embed_type="text_time", addition_time_embed_dim=8,
                    projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64)
     sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                    steps_offset=1, timestep_spacing="leading")
-    pipe = StableDiffusionXLPipeline(vae=vae(), text_encoder=text_encoder(5), text_encoder_2=text_encoder(6, projection=True),
+    autoencoder = vae()
+    if latents_mean:
+        autoencoder.register_to_config(latents_mean=[0.1, -0.2, 0.3, 0.05], latents_std=[0.8, 1.2, 0.9, 1.1])
+    pipe = StableDiffusionXLPipeline(vae=autoencoder, text_encoder=text_encoder(5), text_encoder_2=text_encoder(6, projection=True),
                                      tokenizer=tokenizer(), tokenizer_2=tokenizer(), unet=unet, scheduler=sched,
                                      force_zeros_for_empty_prompt=True, add_watermarker=False)
-    pipe.save_pretrained(root / "sdxl")
-    return root / "sdxl"
+    pipe.save_pretrained(root / name)
+    return root / name
