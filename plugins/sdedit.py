@@ -19,8 +19,9 @@ class SDEdit(Projector):
         Param("image", str, help="the input image (any size and mode; cropped and resized)", kind="sketch"),
         Param("i_start", int, None, "index into the timesteps to start from (0 = pure noise)",
               range=(0, 100_000)),
-        Param("strength", float, None, "alternative to i_start: 1 = pure noise; runs int(steps x strength) "
-                                       "steps, as diffusers' img2img pipelines do",
+        Param("strength", float, None, "alternative to i_start: runs int(steps x strength) steps from the image "
+                                       "noised to the first of them, as diffusers' img2img pipelines do (1: "
+                                       "every step, still from the noised image)",
               range=(0.0, 1.0)),
     )
 
@@ -62,8 +63,10 @@ class SDEdit(Projector):
         if ctx.stage != 0:  # later stages refine the first stage's output, not the input image
             return None
         i = self.start_index(ctx)
-        if i == 0:  # strength 1: plain sampling from pure noise
+        if i == 0 and self.args["strength"] is None:  # i_start=0: plain sampling from pure noise (the seed's)
             return None
+        # strength=1 too starts from the image noised to t[0], as the img2img pipelines do: at t[0] the
+        # schedule keeps sqrt(abar) of it (0.07 for SD's 999, 0.22 for MNIST's T), so it is not pure noise
         return ctx.forward(self.x_orig, ctx.timesteps[i], noise), i
 
 

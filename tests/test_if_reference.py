@@ -297,7 +297,7 @@ def photo(tmp_path_factory):
     return folder, exact[None] * 2 - 1
 
 
-@pytest.mark.parametrize("strength", [0.25, 0.5, 0.8])
+@pytest.mark.parametrize("strength", [0.25, 0.5, 0.8, 1.0])
 def test_sdedit_strength_equals_diffusers_img2img_pipeline(tiny_if, photo, strength):
     from diffusers import IFImg2ImgPipeline
 

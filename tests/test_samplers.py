@@ -259,13 +259,15 @@ def test_sdedit_at_i_start_zero_is_plain_sampling(images, name):
                        diffkit.sample(b, hooks=[f"sdedit:{images / 'img.png'},i_start=0"], **kw).x)
 
 
+@pytest.mark.parametrize("strength", [0.5, 1.0])
 @pytest.mark.parametrize("name", ["euler", "euler:karras=true", "heun", "dpmpp_2m", "uni_pc", "ddim"])
-def test_sdedit_strength_equals_diffusers_img2img_loop(images, name):
-    """diffusers' img2img pipelines: skip n - int(n s) steps, add_noise at that timestep, set_begin_index."""
+def test_sdedit_strength_equals_diffusers_img2img_loop(images, name, strength):
+    """diffusers' img2img pipelines: skip n - int(n s) steps, add_noise at that timestep, set_begin_index
+    (strength 1 too: the image noised to the first timestep, not pure noise)."""
     import diffusers
 
     rule = plugins.make_sampler(name)
-    b, n, strength, seed = gaussian(), 10, 0.5, 6
+    b, n, seed = gaussian(), 10, 6
     s = getattr(diffusers, rule.scheduler).from_config(scheduler_config(b), **rule.overrides())
     s.set_timesteps(n)
     t_start = n - int(n * strength)

@@ -67,6 +67,24 @@ def test_sd_equals_the_pipeline(tiny_sd, kind, sampler):
     assert got.shape == (2, 3, 16, 16) and (got - ref).abs().max() < TOL
 
 
+@pytest.mark.parametrize("sampler, scheduler, config, call", [
+    ("euler_ancestral", "EulerAncestralDiscreteScheduler", {}, {}),
+    ("dpmpp_2m_sde", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, {}),
+    ("ddim:eta=1.0", "DDIMScheduler", {}, {"eta": 1.0})])
+def test_stochastic_samplers_draw_each_step_s_noise_as_the_pipeline(tiny_sd, sampler, scheduler, config, call):
+    """A stochastic step's fresh noise comes from each sample's own generator, after its initial noise,
+    as the pipeline draws it from the list of generators."""
+    import diffusers
+
+    pipe = pipeline("StableDiffusionPipeline", tiny_sd["sd"])
+    pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config, **config)
+    ref = pipe(PROMPTS, num_inference_steps=20, guidance_scale=7.5, generator=gens(3, 4), output_type="pt",
+               **call).images
+    got = ours(tiny_sd["sd"], sampler=sampler)
+    not_flat(got)
+    assert (got - ref).abs().max() < TOL
+
+
 def test_height_and_width_equal_the_pipeline_s(tiny_sd):
     ref = pipeline("StableDiffusionPipeline", tiny_sd["sd"], "EulerDiscreteScheduler")(
         PROMPTS[:1], height=24, width=32, num_inference_steps=10, guidance_scale=7.5, generator=gens(3),
@@ -93,17 +111,18 @@ def test_sd_tolerance_catches_a_wrong_guidance_seed_or_step_count(tiny_sd):
         assert (ours(tiny_sd["sd"], sampler="ddim", **kw) - ref).abs().max() > 10 * TOL, kw
 
 
-@pytest.mark.parametrize("sampler", ["euler", "own"])
-def test_sdedit_strength_equals_img2img(tiny_sd, tmp_path, sampler):
+@pytest.mark.parametrize("sampler, strength", [("euler", 0.6), ("own", 0.6), ("euler", 1.0), ("own", 1.0)])
+def test_sdedit_strength_equals_img2img(tiny_sd, tmp_path, sampler, strength):
     """sdedit's strength is img2img's: the same skipped steps, the VAE posterior sampled with each
-    sample's generator before the noise, as diffusers draws them."""
+    sample's generator before the noise, as diffusers draws them; strength 1 too starts from the image
+    noised to the first step (not from pure noise)."""
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "in.png")
     image = torch.from_numpy(np.asarray(Image.open(tmp_path / "in.png"))).permute(2, 0, 1)[None].float() / 255
     ref = pipeline("StableDiffusionImg2ImgPipeline", tiny_sd["sd"], SCHEDULERS[sampler])(
-        PROMPTS, image=image, strength=0.6, num_inference_steps=20, guidance_scale=7.5, generator=gens(3, 4),
+        PROMPTS, image=image, strength=strength, num_inference_steps=20, guidance_scale=7.5, generator=gens(3, 4),
         output_type="pt").images
-    got = ours(tiny_sd["sd"], sampler=sampler, hooks=["cfg:7.5", f"sdedit:image={tmp_path / 'in.png'},strength=0.6"])
+    got = ours(tiny_sd["sd"], sampler=sampler, hooks=["cfg:7.5", f"sdedit:image={tmp_path / 'in.png'},strength={strength}"])
     not_flat(got)
     assert (got - ref).abs().max() < TOL
 
