@@ -73,7 +73,7 @@ class Sampler:
         # restore out of order (two interleaved runs left the thread in inference mode for good).
         with torch.inference_mode():
             backend.prepare(ctx)  # a stage whose pipeline draws noise of its own first (the SD x4 upscaler)
-            x = ctx.randn()
+            x = ctx.noise = ctx.randn()
             backend.start(ctx)  # a stage that draws its own noise (IF II) does so next, as diffusers does
             start = relay.hook.diffkit_initial_state(ctx=ctx, noise=x)
             if start is not None:

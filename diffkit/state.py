@@ -85,6 +85,9 @@ class Context:
     streams: dict[str, list[torch.Generator]] = field(default_factory=dict, repr=False)
     stepper: Any = field(default=None, repr=False)  # the sampler's walk (rules.Stepper), set by api.Run.context
     models: dict[str, Any] = field(default_factory=dict, repr=False)  # second models by name (autoguide's weak one)
+    # The run's initial noise as the Sampler drew it ``[N x C x H x W]`` (before a start or a rule's
+    # scaling): a projector may re-noise with it, as diffusers' inpaint pipelines blend their latents.
+    noise: Tensor | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:

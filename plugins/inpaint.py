@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from diffkit.hookspecs import hookimpl
@@ -22,6 +23,9 @@ class Inpaint(Projector):
         Param("resample", int, 1, "RePaint: times each jump is sampled (1 = plain replacement)",
               range=(1, 1000)),
         Param("jump", int, 1, "RePaint: steps to go back before each resampling", range=(1, 100_000)),
+        Param("noise", str, "fresh", "the known region's noise at each step: fresh (RePaint: a new draw every "
+                                     "step) or initial (the run's initial noise every step, as diffusers' "
+                                     "StableDiffusionInpaintPipeline blends latents)", choices=("fresh", "initial")),
     )
 
     def __init__(self, **args):
@@ -44,20 +48,30 @@ class Inpaint(Projector):
                                      f"{a.size[0]}x{a.size[1]}: they must match")
         self.x_orig = ctx.load_image(image, "image")
         C, H, W = ctx.backend.sample_shape
+        IH, IW = ctx.backend.image_shape[1:]
         if isinstance(mask, Tensor):
             m = mask.float()
             while m.dim() < 4:
                 m = m[None]
-            if tuple(m.shape[-2:]) != (H, W) or m.shape[1] != 1:
-                raise ValueError(f"mask tensor has shape {tuple(mask.shape)}, needs [1 x {H} x {W}] or [{H} x {W}]")
+            if tuple(m.shape[-2:]) not in ((H, W), (IH, IW)) or m.shape[1] != 1:
+                sizes = f"{H} x {W}" + (f" (the state's grid) or {IH} x {IW} (the image's)" if (H, W) != (IH, IW) else "")
+                raise ValueError(f"mask tensor has shape {tuple(mask.shape)}, needs [1 x H x W] or [H x W] with H x W "
+                                 f"{sizes}")
         else:
-            m = load_image(mask, (H, W), 1)[None]
-        self.mask = (m > 0.5).to(ctx.backend.device, ctx.backend.dtype)  # [1|N x 1 x H x W]
+            m = load_image(mask, (IH, IW), 1)[None]  # the image's size (a latent model's: its decoder's)
+        m = (m > 0.5).float()
+        if tuple(m.shape[-2:]) != (H, W):
+            # a latent model: binarized at the image's size, then to the latent grid by nearest neighbour, as
+            # diffusers' inpaint pipelines make their mask (mask_processor, then prepare_mask_latents)
+            m = F.interpolate(m, size=(H, W))
+        self.mask = m.to(ctx.backend.device, ctx.backend.dtype)  # [1|N x 1 x H x W]
 
     def known(self, ctx: Context, t: int | float) -> Tensor:
         """The original noised to the run's noise level at ``t`` (the original itself after the last step)."""
         if t < 0:
             return self.x_orig
+        if self.args["noise"] == "initial":
+            return ctx.forward(self.x_orig, t, eps=ctx.noise)
         return ctx.forward(self.x_orig, t, stream="inpaint")
 
     def paste(self, ctx: Context, x: Tensor, t: int) -> Tensor:

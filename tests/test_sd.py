@@ -235,6 +235,36 @@ def test_inpaint_keeps_the_known_latents(tiny_sd, tmp_path):
     assert left < (x[..., 4:] - known[..., 4:]).abs().max() / 10
 
 
+@pytest.mark.parametrize("sampler, scheduler", [("euler", "EulerDiscreteScheduler"), ("own", None),
+                                                ("dpmpp_2m", "DPMSolverMultistepScheduler")])
+def test_inpaint_with_the_initial_noise_equals_the_inpaint_pipeline(tiny_sd, tmp_path, sampler, scheduler):
+    """``inpaint:...,noise=initial`` is StableDiffusionInpaintPipeline on a text-to-image (4-channel) UNet:
+    the image's latents a posterior sample drawn before the noise, the mask binarized at the image's size
+    and taken to the latent grid by nearest neighbour (a disc: not aligned with the grid), the known
+    latents noised with the initial noise after every step and put back as they are after the last.
+
+    One pipeline call a seed: with a list of generators and one image, the pipeline draws the image's
+    latents from the first generator only and repeats them, so its batch of two is not two seeds' images
+    (diffkit's batch is: each sample's own draws)."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    mask = Image.new("L", (16, 16), 0)
+    ImageDraw.Draw(mask).ellipse((3, 2, 12, 13), fill=255)  # white: repaint
+    mask.save(tmp_path / "mask.png")
+    pipe = pipeline("StableDiffusionInpaintPipeline", tiny_sd["sd"], scheduler)
+    ref = torch.cat([pipe([prompt], image=Image.open(tmp_path / "in.png"), mask_image=Image.open(tmp_path / "mask.png"),
+                          num_inference_steps=20, guidance_scale=7.5, generator=gens(seed), output_type="pt").images
+                     for prompt, seed in zip(PROMPTS, (3, 4))])
+    spec = f"inpaint:image={tmp_path / 'in.png'},mask={tmp_path / 'mask.png'}"
+    got = ours(tiny_sd["sd"], sampler=sampler, hooks=["cfg:7.5", spec + ",noise=initial"])
+    not_flat(got)
+    assert (got - ref).abs().max() < TOL
+    fresh = ours(tiny_sd["sd"], sampler=sampler, hooks=["cfg:7.5", spec])  # RePaint's fresh noise: another image
+    assert (fresh - ref).abs().max() > 10 * TOL
+
+
 def test_autoguide_with_a_smaller_sd(tiny_sd):
     res = diffkit.sample("sd", prompts=PROMPTS[:1], hooks=[f"autoguide:model={tiny_sd['weak']},scale=2"], steps=4,
                          sampler="euler", backend_options={"model": str(tiny_sd["sd"])})
