@@ -455,8 +455,13 @@ def build(settings: Settings) -> Any:
                         down.click(lambda s, k=k: _move(s, k, 1), inputs=stack, outputs=stack)
                         drop.click(lambda s, k=k: s[:k] + s[k + 1:], inputs=stack, outputs=stack)
 
+                    # Run and Stop are made here, with their listeners: a button shown before the page's first
+                    # render had wired it would take a click and do nothing (a test on a loaded CI machine did).
+                    with gr.Row():
+                        go = gr.Button("Run", variant="primary", elem_id="run", key="run")
+                        stop = gr.Button("Stop", variant="stop", elem_id="stop", key="stop")
                     # Run: first the images as the page holds them now (an editor's strokes reach the server
-                    # only as an event's input), then the run itself; Stop cancels the run.
+                    # only as an event's input), then the run itself; Stop cancels the run (or a resumed one).
                     def collect(request, vals, sess, *images):
                         sess = sess or str(_mk(session_dir(uploads, request)))
                         vals = {k: dict(v) for k, v in vals.items()}
@@ -472,13 +477,10 @@ def build(settings: Settings) -> Any:
                         on_run, inputs=[backend, labels, seed, num, steps, sampler, stack, values, session,
                                         *option_boxes.values()],
                         outputs=[status, gallery, preview, cmd, archive])
-                    stop.click(lambda: "stopped: finished batches (if any) are kept for Resume", outputs=status,
-                               cancels=[event])
                     event.then(refresh, outputs=resumable)
+                    stop.click(lambda: "stopped: finished batches (if any) are kept for Resume", outputs=status,
+                               cancels=[event, resumed]).then(refresh, outputs=resumable)
 
-                with gr.Row():
-                    go = gr.Button("Run", variant="primary", elem_id="run")
-                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
                 status = gr.Markdown("", elem_id="status")
                 preview = gr.Image(label="x0 preview", interactive=False, elem_id="preview", height=240)
                 gallery = gr.Gallery(label="samples", columns=8, elem_id="gallery", height="auto", interactive=False)
@@ -534,9 +536,7 @@ def build(settings: Settings) -> Any:
                 raise gr.Error(str(e), duration=None) from None
 
         resumed = resume.click(on_resume, inputs=resumable, outputs=[status, gallery, preview, cmd, archive])
-        resumed.then(refresh, outputs=resumable)
-        stop.click(lambda: "stopped: finished batches (if any) are kept for Resume", outputs=status, cancels=[resumed]).then(
-            refresh, outputs=resumable)
+        resumed.then(refresh, outputs=resumable)  # Stop, made with the stack above, cancels it too
 
     return app
 
