@@ -163,6 +163,10 @@ def train_mnist(
     data: Optional[Path] = typer.Option(None, help="MNIST folder (default: $DIFFKIT_MNIST or ~/.cache/diffkit/mnist)."),
     threads: Optional[int] = Int(None, lo=1, hi=1024, help="torch CPU threads (default: torch's choice)."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
+    init: Optional[str] = typer.Option(None, help="Start from this checkpoint's weights (a folder or a shipped "
+                                                  "name, e.g. mnist-h64): fine-tuning; its model options must match."),
+    ema: Optional[float] = Float(None, lo=0.5, hi=0.99999, help="Keep a moving average of the weights with this "
+                                 "decay a step (e.g. 0.999) and save it as the model."),
     device: str = typer.Option("cpu", help="Where the model trains: cpu, cuda, cuda:N (deterministic kernels; "
                                            "the same draws, other arithmetic than the CPU)."),
     rendezvous_timeout: float = Rendezvous(),
@@ -186,7 +190,7 @@ def train_mnist(
     shard = _shard("cpu", rendezvous_timeout)  # under torchrun: DistributedDataParallel over gloo
     cfg = TrainConfig(objective=objective, conditioning=conditioning, hidden=hidden, epochs=epochs,
                       batch_size=batch_size, lr=lr, sigma=sigma, seed=seed, subset=subset,
-                      sample_epochs=_ints(sample_epochs, "--sample-epochs", 1, 10_000))
+                      sample_epochs=_ints(sample_epochs, "--sample-epochs", 1, 10_000), ema=ema, init=init)
     command = "diffkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     _on_interrupt[0] = (f"the last finished epoch's checkpoint in {out / 'checkpoint'} is intact; "
                         "continue with --resume")

@@ -109,6 +109,69 @@ def test_resume_continues_exactly(mnist_dir, tmp_path):
     assert (tmp_path / "a" / "loss.png").stat().st_size > 1000
 
 
+def test_ema_is_the_moving_average_of_the_weights_and_resumes_exactly(mnist_dir, tmp_path):
+    # One step an epoch, a snapshot after each: the plain run's snapshots are the raw weights W1, W2, W3,
+    # which a run with --ema follows exactly (the average draws nothing), so its checkpoint must be
+    # E1 = W1, E_k = d E_(k-1) + (1 - d) W_k (torch's AveragedModel, buffers included).
+    kw = dict(subset=256, batch_size=256, epochs=3, sample_epochs=[1, 2, 3])
+    for _ in train(small(**kw), tmp_path / "raw", mnist_dir):
+        pass
+    d = 0.7
+    for _ in train(small(ema=d, **kw), tmp_path / "ema", mnist_dir):
+        pass
+    w = [weights(tmp_path / "raw" / f"epoch-{e:03d}") for e in (1, 2, 3)]
+    e3 = weights(tmp_path / "ema" / "checkpoint")
+    assert all(torch.equal(weights(tmp_path / "ema" / "epoch-001")[k], w[0][k]) for k in w[0])
+    for k, v in e3.items():
+        if v.is_floating_point():
+            want = d * d * w[0][k] + d * (1 - d) * w[1][k] + (1 - d) * w[2][k]
+            # three fp32 lerps of values of size |W|: a few ulps of the largest, never near the steps' size
+            bound = 8 * torch.finfo(torch.float32).eps * max(x[k].abs().max().item() for x in w) + 1e-30
+            assert (v - want).abs().max().item() <= bound, k
+    assert any((e3[k] - w[2][k]).abs().max() > 1e-4 for k in e3 if e3[k].is_floating_point())
+    # resumed after the first epoch: the raw weights come back from state.pt and the average goes on
+    cut = train(small(ema=d, **kw), tmp_path / "cut", mnist_dir)
+    for ev in cut:
+        if ev.kind == "epoch":
+            cut.close()
+            break
+    for _ in train(small(ema=d, **kw), tmp_path / "cut", mnist_dir, resume=True):
+        pass
+    assert all(torch.equal(e3[k], v) for k, v in weights(tmp_path / "cut" / "checkpoint").items())
+    with pytest.raises(ValueError, match="--ema"):
+        small(ema=1.0).resolved()
+
+
+def test_init_starts_from_a_checkpoint_and_refuses_another_model(mnist_dir, tmp_path):
+    for _ in train(small(epochs=1), tmp_path / "a", mnist_dir):
+        pass
+    a = weights(tmp_path / "a" / "checkpoint")
+    init = str(tmp_path / "a" / "checkpoint")
+    for _ in train(small(epochs=1, lr=1e-8, init=init, seed=1), tmp_path / "b", mnist_dir):
+        pass
+    b = weights(tmp_path / "b" / "checkpoint")
+    for _ in train(small(epochs=1, lr=1e-8, seed=1), tmp_path / "c", mnist_dir):
+        pass
+    c = weights(tmp_path / "c" / "checkpoint")
+    params = [k for k in a if "running" not in k and a[k].is_floating_point()]  # BatchNorm's statistics move anyway
+    # 4 Adam steps of at most lr each: within 1e-7 of the start, which a fresh start is not
+    assert max((b[k] - a[k]).abs().max().item() for k in params) < 1e-6
+    assert max((c[k] - a[k]).abs().max().item() for k in params) > 1e-2
+    assert json.loads((tmp_path / "b" / "checkpoint" / "config.json").read_text())["train_config"]["init"] == init
+    # another width: refused by name before any data is read (the data folder here does not exist)
+    args = ["train", "mnist", "--out", str(tmp_path / "d"), "--data", str(tmp_path / "nowhere"), "--conditioning",
+            "class", "--hidden", "16", "--init", init]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "--init" in r.output and "hidden 8" in r.output, r.output
+    r = runner.invoke(app, args[:-4] + ["--hidden", "8", "--conditioning", "time", "--init", init])
+    assert r.exit_code == 2 and "conditioning" in r.output, r.output
+    r = runner.invoke(app, args[:-1] + [str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "no MNIST checkpoint" in r.output, r.output
+    r = runner.invoke(app, args[:-2] + ["--ema", "1.5"])
+    assert r.exit_code == 2 and "--ema" in r.output, r.output
+    assert not (tmp_path / "d").exists()
+
+
 def test_interrupt_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch):
     run = train(small(epochs=3), tmp_path / "r", mnist_dir)
     for ev in run:

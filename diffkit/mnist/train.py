@@ -3,6 +3,8 @@
 The loop yields :class:`TrainEvent` s; the CLI draws them. Every epoch ends with an atomic
 checkpoint; ``resume=True`` continues from the last one and, because each epoch's shuffling and
 noise come from generators seeded by ``(seed, epoch)``, gives the same weights as an unbroken run.
+``init`` starts from another checkpoint's weights (fine-tuning); ``ema`` ships the exponential moving
+average of the weights instead of the last step's (torch's ``AveragedModel``; Ho et al. 2020, sec. 4).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from diffkit import interrupt, schedule
 from diffkit.dist import Shard
@@ -50,6 +53,8 @@ class TrainConfig:
     subset: int | None = None  # first N training images, for quick runs and tests
     channels_last: bool = True
     sample_epochs: list[int] = field(default_factory=list)
+    ema: float | None = None  # decay a step: the checkpoint holds the weights' moving average
+    init: str | None = None  # a checkpoint (folder or shipped name) whose weights start the run
 
     def resolved(self) -> TrainConfig:
         d = self.objective == "denoise"
@@ -65,6 +70,8 @@ class TrainConfig:
         c.epochs = c.epochs or (5 if d else 20)
         c.batch_size = c.batch_size or (256 if d else 128)
         c.lr = c.lr or (1e-4 if d else 1e-3)
+        if c.ema is not None and not 0 < c.ema < 1:
+            raise UserError(f"--ema is a decay a step, between 0 and 1 (e.g. 0.999), not {c.ema!r}")
         if c.gamma is None and not d:
             c.gamma = 0.1 ** (1 / c.epochs)
         return c
@@ -154,6 +161,21 @@ def _merge_for_resume(saved: dict, requested: TrainConfig, folder: Path) -> Trai
     return TrainConfig(**merged)
 
 
+# The options that make a checkpoint the same model as the run's: --init must agree on all of them.
+_MODEL_KEYS = ("objective", "conditioning", "hidden", "T", "beta_start", "beta_end")
+
+
+def initial_weights(cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """The weights ``cfg.init`` names, refused (a UserError naming the option) unless it is the run's model."""
+    model, config = checkpoint.load_model(cfg.init)
+    differ = [f"{k} {config.get(k)!r} (the run: {getattr(cfg, k)!r})" for k in _MODEL_KEYS
+              if config.get(k) != getattr(cfg, k)]
+    if differ:
+        raise UserError(f"--init {cfg.init}: not the model this run trains: {'; '.join(differ)}; pass the "
+                        "options it was trained with, or start from scratch without --init")
+    return model.state_dict()
+
+
 def train(cfg: TrainConfig, out: str | Path, data_dir: str | Path | None = None, resume: bool = False,
           command: str = "", shard: Shard | None = None, device: str = "cpu") -> Iterator[TrainEvent]:
     """Train, yielding events; writes ``out/checkpoint/`` every epoch and ``out/loss.json``.
@@ -180,17 +202,27 @@ def train(cfg: TrainConfig, out: str | Path, data_dir: str | Path | None = None,
                              f"this is {shard.world}; resume it with the same number (the effective batch "
                              "size and the data each process sees depend on it)")
     cfg = cfg.resolved()
+    start = initial_weights(cfg) if cfg.init and state is None else None
     torch.manual_seed(cfg.seed)  # initial weights
-    model = UNet(cfg.hidden, cfg.conditioning).to(dev)
+    model = UNet(cfg.hidden, cfg.conditioning)
+    if start is not None:
+        model.load_state_dict(start)
+    model = model.to(dev)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # The moving average sees BatchNorm's running statistics too (use_buffers), as its weights change.
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
+    shipped = ema.module if ema else model  # what the checkpoint holds
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, cfg.gamma) if cfg.gamma else None
     losses: list[float] = []
     start_epoch, elapsed = 0, 0.0
     if state is not None:
         loaded, _ = checkpoint.load_model(folder)
-        model.load_state_dict(loaded.state_dict())
+        model.load_state_dict(state["model"] if ema else loaded.state_dict())
+        if ema:  # the checkpoint's weights are the average; the raw ones continue from state.pt
+            ema.module.load_state_dict(loaded.state_dict())
+            ema.n_averaged.fill_(state["ema_steps"])
         opt.load_state_dict(state["optimizer"])
         if sched and state["scheduler"]:
             sched.load_state_dict(state["scheduler"])
@@ -234,6 +266,8 @@ def train(cfg: TrainConfig, out: str | Path, data_dir: str | Path | None = None,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema:
+                ema.update_parameters(model)
             losses.append(_mean_over_ranks(loss.detach(), shard))
             seen += len(idx) * shard.world
             yield TrainEvent("step", epoch + 1, i + 1, steps, losses[-1], seen / (time.perf_counter() - t0))
@@ -250,14 +284,17 @@ def train(cfg: TrainConfig, out: str | Path, data_dir: str | Path | None = None,
         }
         state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
                  "epoch": epoch + 1, "losses": losses, "elapsed_s": elapsed, "config": asdict(cfg), "processes": shard.world}
+        if ema:
+            state["model"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state["ema_steps"] = int(ema.n_averaged)
         snapshot = out / f"epoch-{epoch + 1:03d}" if epoch + 1 in cfg.sample_epochs and shard.rank == 0 else None
         if shard.rank == 0:
             with interrupt.deferred():  # a signal now lands after the epoch's files, never between them
-                checkpoint.save(ckpt, model, config, state)
+                checkpoint.save(ckpt, shipped, config, state)
                 write_json(out / "loss.json", {"steps_per_epoch": steps, "loss": losses})
                 loss_curve(losses, out / "loss.png", steps)
                 if snapshot is not None:
-                    checkpoint.save(snapshot, model, config)
+                    checkpoint.save(snapshot, shipped, config)
         yield TrainEvent("epoch", epoch + 1, steps, steps, config["training"]["final_loss"], checkpoint=ckpt,
                          snapshot=snapshot)
 
