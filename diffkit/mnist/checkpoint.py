@@ -22,9 +22,11 @@ from diffkit.mnist.model import UNet
 SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "mnist-class"
 SHIPPED_WEAK = SHIPPED.parent / "mnist-weak"  # autoguide's default weak model: smaller, shorter-trained
 SHIPPED_H64 = SHIPPED.parent / "mnist-h64"  # the seed's width, 20 epochs on a GPU: the quality model
+SHIPPED_H64_EMA = SHIPPED.parent / "mnist-h64-ema"  # mnist-h64 fine-tuned two epochs, its weights' moving average
 # Shipped models a --checkpoint (or autoguide's model=) may name instead of a folder; a folder of the
 # same name in the working directory wins, as a path always does.
-SHIPPED_NAMES = {"mnist-class": SHIPPED, "mnist-h64": SHIPPED_H64, "mnist-weak": SHIPPED_WEAK}
+SHIPPED_NAMES = {"mnist-class": SHIPPED, "mnist-h64": SHIPPED_H64, "mnist-h64-ema": SHIPPED_H64_EMA,
+                 "mnist-weak": SHIPPED_WEAK}
 
 
 class CheckpointError(UserError, FileNotFoundError):
