@@ -11,7 +11,7 @@ are appended to ``--out`` as they come; a recipe already there is not run again.
 
 ``--figures`` writes quality.png (accuracy against FD, one point a recipe, the floor marked) and
 quality-grid-RECIPE.png for the recipe nearest the target, the best one with accuracy >= 0.99, and
-the seed's cfg:5.
+README's cfg:5.
 """
 
 from __future__ import annotations

@@ -171,7 +171,7 @@ def train_mnist(
                                            "the same draws, other arithmetic than the CPU)."),
     rendezvous_timeout: float = Rendezvous(),
 ) -> None:
-    """Train the seed's MNIST UNet: one-step denoiser or time/class-conditioned DDPM."""
+    """Train the MNIST UNet: a one-step denoiser or a time- and class-conditioned DDPM."""
     import torch
 
     from diffkit import dist
@@ -781,24 +781,24 @@ def _refuse(out: Path, overwrite: bool) -> None:
 
 @app.command()
 def denoise(
-    image: Optional[Path] = typer.Argument(None, help="Image to noise and denoise (the Part A study)."),
-    t: Optional[str] = typer.Option(None, "--t", help="Part A: comma list of timesteps (default: T/4, T/2, 3T/4)."),
-    method: str = typer.Option("blur,onestep,iterative", help="Part A: any of blur, onestep, iterative."),
-    backend: str = typer.Option("mnist", "--backend", "-b", help="Part A: backend."),
-    prompt: Optional[str] = typer.Option(None, help="Part A: prompt or class of the model's estimate (default: none)."),
-    stride: Optional[int] = Int(None, lo=1, hi=100_000, help="Part A: stride of the iterative run (default: the backend's)."),
-    checkpoint: Optional[str] = typer.Option(None, help="Part A: backend checkpoint. Part B: a one-step denoiser "
+    image: Optional[Path] = typer.Argument(None, help="Image to noise and denoise (the image study)."),
+    t: Optional[str] = typer.Option(None, "--t", help="With IMAGE: comma list of timesteps (default: T/4, T/2, 3T/4)."),
+    method: str = typer.Option("blur,onestep,iterative", help="With IMAGE: any of blur, onestep, iterative."),
+    backend: str = typer.Option("mnist", "--backend", "-b", help="With IMAGE: backend."),
+    prompt: Optional[str] = typer.Option(None, help="With IMAGE: prompt or class of the model's estimate (default: none)."),
+    stride: Optional[int] = Int(None, lo=1, hi=100_000, help="With IMAGE: stride of the iterative run (default: the backend's)."),
+    checkpoint: Optional[str] = typer.Option(None, help="With IMAGE: backend checkpoint. Without: a one-step denoiser "
                                                         "checkpoint (`diffkit train mnist --objective denoise`)."),
-    model: Optional[str] = typer.Option(None, help="Part A: model hub id or folder (if)."),
-    device: Optional[str] = typer.Option(None, help="Part A: device."),
-    sigmas: str = typer.Option("0,0.2,0.4,0.5,0.6,0.8,1.0", help="Part B: noise levels."),
-    data: Optional[Path] = typer.Option(None, help="Part B: MNIST folder (test digits)."),
+    model: Optional[str] = typer.Option(None, help="With IMAGE: model hub id or folder (if)."),
+    device: Optional[str] = typer.Option(None, help="With IMAGE: device."),
+    sigmas: str = typer.Option("0,0.2,0.4,0.5,0.6,0.8,1.0", help="Without IMAGE: the one-step denoiser's noise levels."),
+    data: Optional[Path] = typer.Option(None, help="Without IMAGE: MNIST folder (test digits)."),
     seed: int = Int(0, lo=0, hi=SEED_MAX, help="Seed of the noise."),
     out: Path = typer.Option(Path("out/denoise.png"), "--out", "-o", help="Figure path (PNG); JSON beside it."),
     overwrite: bool = typer.Option(False, help="Replace an existing figure."),
 ) -> None:
-    """Denoising studies: blur vs one-step vs iterative on IMAGE (Part A), or, with a one-step denoiser
-    checkpoint and no IMAGE, that denoiser on MNIST test digits across noise levels (Part B)."""
+    """Denoising studies: blur vs one-step vs iterative on IMAGE, or, with a one-step denoiser
+    checkpoint and no IMAGE, that denoiser on MNIST test digits across noise levels."""
     import torch
 
     from diffkit import io, studies
@@ -845,7 +845,7 @@ def _denoiser_study(checkpoint: Optional[str], sigmas: str, data: Optional[Path]
     from diffkit.mnist import data as mnist
 
     if not checkpoint:
-        fail("give an IMAGE (Part A study) or --checkpoint of a one-step denoiser (Part B study)", 2)
+        fail("give an IMAGE to study, or --checkpoint of a one-step denoiser to study it on MNIST test digits", 2)
     levels = _floats(sigmas, "--sigmas", 0.0, 10.0)
     try:
         model, config = ckpt.load_model(checkpoint)

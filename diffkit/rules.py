@@ -13,7 +13,7 @@ in and out here, so inpainting and SDEdit need not know which rule runs.
 
 Every rule but ``ddpm`` is a diffusers scheduler (:class:`DiffusersRule`), configured from the
 backend's own training schedule (``backend.scheduler_config``: IF's ``scheduler_config.json``,
-MNIST's linear betas with T=300). ``ddpm`` stays the seed's hand-written strided formula
+MNIST's linear betas with T=300). ``ddpm`` stays the hand-written strided formula
 (``schedule.ddpm_step``) so that every earlier output is unchanged bit for bit.
 """
 
@@ -182,7 +182,7 @@ class DdpmStepper(Stepper):
 
 class Ddpm(StepRule):
     name = "ddpm"
-    help = ("The seed's DDPM posterior step, strided (DDPM eq. 7; IF's learned variance when the backend "
+    help = ("The DDPM posterior step, strided (DDPM eq. 7; IF's learned variance when the backend "
             "predicts one). Stochastic; steps evenly strided, or --stride, or explicit --timesteps.")
 
     def plan(self, backend, steps=None, timesteps=None, stride=None) -> Stepper:

@@ -1,5 +1,5 @@
-"""The seed's studies as functions: forward process, blur vs one-step vs iterative denoising (Part A),
-and the one-step MNIST denoiser across noise levels (Part B 1.2). The CLI turns them into figures."""
+"""Denoising studies as functions: the forward process, blur vs one-step vs iterative denoising of an
+image, and the one-step MNIST denoiser across noise levels. The CLI turns them into figures."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ class Iterative:
 
 def iterative(backend: Any, x_t: Tensor, t: int, stride: int, label: Any = None, hooks: list = (), seed: int = 0,
               every: int = 5) -> Iterative:
-    """Denoise ``x_t`` with the Sampler over ``t, t - stride, ..., >= 0`` (the seed's iterative_denoise)."""
+    """Denoise ``x_t`` with the Sampler over ``t, t - stride, ..., >= 0``."""
     from diffkit.api import Run
 
     run = Run(backend, classes=[label] if label is not None else None, seed=seed,

@@ -41,7 +41,7 @@ cp $R/mnist-time/loss.png $IMG/loss-time.png
 # class-conditioned: the shipped model's run
 cp $R/mnist-class-v2/samples-epoch-005.png $IMG/class-epoch5.png; cp $R/mnist-class-v2/samples-epoch-015.png $IMG/class-epoch15.png
 cp $R/mnist-class-v2/loss.png $IMG/loss-class.png
-# a sampling GIF and the Part A study on MNIST
+# a sampling GIF and the blur / one-step / iterative study on MNIST
 $DK sample --backend mnist --class 0,1,2,3,4,5,6,7,8,9 --num 1 --hook cfg:5 --save-every 10 --out $R/fig-gif --overwrite
 cp $R/fig-gif/trajectory.gif $IMG/sampling.gif
 

@@ -9,7 +9,7 @@ from diffkit.state import Context
 from diffkit.technique import Param, Projector
 
 
-DEFAULT_START = 10  # i_start when neither it nor strength is given (the seed project's default)
+DEFAULT_START = 10  # i_start when neither it nor strength is given (a light edit: 10 steps of the strided schedule kept)
 
 
 class SDEdit(Projector):
@@ -63,7 +63,7 @@ class SDEdit(Projector):
         if ctx.stage != 0:  # later stages refine the first stage's output, not the input image
             return None
         i = self.start_index(ctx)
-        if i == 0 and self.args["strength"] is None:  # i_start=0: plain sampling from pure noise (the seed's)
+        if i == 0 and self.args["strength"] is None:  # i_start=0: plain sampling from pure noise
             return None
         # strength=1 too starts from the image noised to t[0], as the img2img pipelines do: at t[0] the
         # schedule keeps sqrt(abar) of it (0.07 for SD's 999, 0.22 for MNIST's T), so it is not pure noise

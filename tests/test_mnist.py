@@ -239,6 +239,12 @@ def test_denoiser_study_cli(mnist_dir, tmp_path):
     assert r.exit_code == 2 and "one-step denoiser" in r.output
 
 
+def test_denoise_without_image_or_checkpoint_says_which_to_give(tmp_path):
+    r = runner.invoke(app, ["denoise", "--out", str(tmp_path / "d.png")])
+    assert r.exit_code == 2 and "IMAGE" in r.output and "--checkpoint" in r.output, r.output
+    assert not list(tmp_path.iterdir())
+
+
 def test_time_conditioned_model_samples_without_class(mnist_dir, tmp_path):
     out = tmp_path / "tc"
     for _ in train(TrainConfig(objective="ddpm", conditioning="time", hidden=8, epochs=1, subset=256), out, mnist_dir):

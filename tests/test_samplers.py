@@ -82,7 +82,7 @@ def test_ddpm_is_the_default_and_unchanged():
     c = diffkit.sample(b, classes=[0, 1], seed=2, stride=30, sampler="ddpm")
     assert torch.equal(a.x, c.x)
     assert a.meta["sampler"] == {"name": "ddpm", "args": {}, "spec": "ddpm"}
-    # the seed's formula by hand: x_t' = mean + sigma z, strided
+    # the DDPM posterior step by hand: x_t' = mean + sigma z, strided
     ts = schedule.strided_timesteps(300, 30)
     g = torch.Generator().manual_seed(2)
     x = torch.randn((1, 1, 8, 8), generator=g, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""The MNIST backend: diffkit's own Part B UNet (time- or class-conditioned DDPM, T = 300)."""
+"""The MNIST backend: diffkit's own small UNet (time- or class-conditioned DDPM, T = 300)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ CHUNK_ROWS = {"cpu": 3, "cuda": 256}
 
 
 class MnistBackend(Backend):
-    """Images ``[N x 1 x 28 x 28]`` in [0, 1] (the seed's scale); conditioning one-hot ``[N x 10]``."""
+    """Images ``[N x 1 x 28 x 28]`` in [0, 1]; conditioning one-hot ``[N x 10]``."""
 
     name = "mnist"
     sample_shape = (1, 28, 28)

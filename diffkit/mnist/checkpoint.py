@@ -21,7 +21,7 @@ from diffkit.mnist.model import UNet
 
 SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "mnist-class"
 SHIPPED_WEAK = SHIPPED.parent / "mnist-weak"  # autoguide's default weak model: smaller, shorter-trained
-SHIPPED_H64 = SHIPPED.parent / "mnist-h64"  # the seed's width, 20 epochs on a GPU: the quality model
+SHIPPED_H64 = SHIPPED.parent / "mnist-h64"  # train mnist's defaults (hidden 64, 20 epochs) on a GPU: the quality model
 SHIPPED_H64_EMA = SHIPPED.parent / "mnist-h64-ema"  # mnist-h64 fine-tuned two epochs, its weights' moving average
 # Shipped models a --checkpoint (or autoguide's model=) may name instead of a folder; a folder of the
 # same name in the working directory wins, as a path always does.

@@ -1,4 +1,4 @@
-"""The UNet of the seed's Part B, from its building blocks, at 28x28.
+"""The MNIST UNet, from its building blocks, at 28x28.
 
 Shapes: images ``[N x 1 x 28 x 28]``, normalised time ``t/T`` ``[N x 1]``, one-hot class ``[N x 10]``
 (all zeros is the unconditional class).
@@ -81,7 +81,7 @@ class FCBlock(nn.Sequential):
 
 
 class UNet(nn.Module):
-    """Part B UNet. ``conditioning``: ``"none"`` (one-step denoiser), ``"time"`` or ``"class"``.
+    """The MNIST UNet. ``conditioning``: ``"none"`` (one-step denoiser), ``"time"`` or ``"class"``.
 
     ``forward(x [N x 1 x 28 x 28], t [N x 1] or None, c [N x 10] or None) -> [N x 1 x 28 x 28]``.
     """

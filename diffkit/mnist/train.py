@@ -1,4 +1,4 @@
-"""``diffkit train mnist``: the seed's one-step denoiser and time/class-conditioned DDPM.
+"""``diffkit train mnist``: the one-step denoiser and time/class-conditioned DDPM.
 
 The loop yields :class:`TrainEvent` s; the CLI draws them. Every epoch ends with an atomic
 checkpoint; ``resume=True`` continues from the last one and, because each epoch's shuffling and
@@ -35,7 +35,8 @@ class TrainingDiverged(RunFailure, FloatingPointError):
 
 @dataclass
 class TrainConfig:
-    """Defaults are the seed's; ``None`` fields take the objective's default (see :meth:`resolved`)."""
+    """The DDPM defaults are ``mnist-h64``'s recipe; ``None`` fields take the objective's default
+    (see :meth:`resolved`)."""
 
     objective: str = "ddpm"  # "denoise" | "ddpm"
     conditioning: str | None = None  # ddpm: "time" | "class"; denoise: "none"
@@ -112,7 +113,7 @@ def ddpm_loss(model: UNet, x0: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, 
 
 def denoise_loss(model: UNet, x0: torch.Tensor, cfg: TrainConfig, gen: torch.Generator,
                  device: torch.device = torch.device("cpu")) -> torch.Tensor:
-    """``|| x - D_theta(x + sigma eps) ||^2`` (the seed's one-step denoiser)."""
+    """``|| x - D_theta(x + sigma eps) ||^2`` (the one-step denoiser)."""
     z = x0 + cfg.sigma * torch.randn(x0.shape, generator=gen)
     return F.mse_loss(model(_fmt(z.to(device), cfg)), x0.to(device))
 
