@@ -185,7 +185,8 @@ class Ddpm(StepRule):
     help = ("The DDPM posterior step, strided (DDPM eq. 7; IF's learned variance when the backend "
             "predicts one). Stochastic; steps evenly strided, or --stride, or explicit --timesteps.")
 
-    def plan(self, backend, steps=None, timesteps=None, stride=None) -> Stepper:
+    def plan(self, backend: Any, steps: int | None = None, timesteps: Sequence[int] | None = None,
+             stride: int | None = None) -> Stepper:
         return DdpmStepper(backend, timesteps_for(backend, steps, stride, timesteps))
 
 
@@ -340,7 +341,8 @@ class DiffusersRule(StepRule):
                 out[key] = self.args[p]
         return out
 
-    def plan(self, backend, steps=None, timesteps=None, stride=None) -> Stepper:
+    def plan(self, backend: Any, steps: int | None = None, timesteps: Sequence[int] | None = None,
+             stride: int | None = None) -> Stepper:
         cls = scheduler_class(self.scheduler)
         what = f"sampler {self.name!r}"
         if timesteps:

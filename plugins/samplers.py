@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 from diffkit.hookspecs import hookimpl
-from diffkit.rules import SIGMA_KEYS, SIGMA_PARAMS, SPACING_PARAM, Ddpm, DiffusersRule, Generic, RuleError
+from diffkit.rules import SIGMA_KEYS, SIGMA_PARAMS, SPACING_PARAM, Ddpm, DiffusersRule, Generic, RuleError, Stepper
 from diffkit.technique import Param
 
 SPACING_KEYS = {"spacing": "timestep_spacing"}
@@ -76,7 +78,8 @@ class Own(DiffusersRule):
     help = ("The model's own scheduler: the diffusers class its scheduler config names, with that config, as "
             "the model's pipeline runs it (Stable Diffusion: PNDM or DDIM or Euler, whichever it ships).")
 
-    def plan(self, backend, steps=None, timesteps=None, stride=None):
+    def plan(self, backend: Any, steps: int | None = None, timesteps: Sequence[int] | None = None,
+             stride: int | None = None) -> Stepper:
         config = backend.scheduler_config or {}
         if not config.get("_class_name"):
             raise RuleError(f"sampler 'own': backend {backend.name!r} ships no scheduler of its own; give "
