@@ -49,11 +49,14 @@ $DK denoise $IMG/digit7.png --prompt 7 --t 100,200,299 --stride 3 --out $IMG/par
 $DK eval mnist --data $DATA --out $IMG/eval.json
 
 # docs/quality.md: the recommended recipe on the quality model, 8 a class, as benchmarks/quality.py grids the others
+grid8() {   # RUN_DIR PNG: the run's samples 8 a row (one digit a row), as benchmarks/quality.py grids them
+  .venv/bin/python -c "from safetensors.torch import load_file; from diffkit import io; io.save_png(io.grid(load_file('$1/final.safetensors')['stage1_images'], 8), '$2')"
+}
 $DK sample --backend mnist --checkpoint mnist-h64 --class 0,1,2,3,4,5,6,7,8,9 --num 8 --hook cfg:1.5 --sampler dpmpp_2m_sde --steps 20 --out $R/fig-h64 --overwrite
-.venv/bin/python -c "from safetensors.torch import load_file; from diffkit import io; io.save_png(io.grid(load_file('$R/fig-h64/final.safetensors')['stage1_images'], 8), '$IMG/quality-grid-h64-cfg-1-5.png')"
+grid8 $R/fig-h64 $IMG/quality-grid-h64-cfg-1-5.png
 for m in mnist-h64 mnist-h64-ema; do   # the two at the recipe chosen at N = 2,000, same seeds
   $DK sample --backend mnist --checkpoint $m --class 0,1,2,3,4,5,6,7,8,9 --num 8 --hook cfg:1.4 --sampler dpmpp_2m_sde --steps 50 --out $R/fig-$m-cfg14 --overwrite
-  .venv/bin/python -c "from safetensors.torch import load_file; from diffkit import io; io.save_png(io.grid(load_file('$R/fig-$m-cfg14/final.safetensors')['stage1_images'], 8), '$IMG/quality-grid-$m-cfg-1-4-50.png')"
+  grid8 $R/fig-$m-cfg14 $IMG/quality-grid-$m-cfg-1-4-50.png
 done
 cp runs/mnist-h64-ema/loss.png $IMG/loss-h64-ema.png 2>/dev/null || echo "runs/mnist-h64-ema (the averaged model's run) is not here; docs/img/loss-h64-ema.png kept"
 cp runs/mnist-h64/loss.png $IMG/loss-h64.png 2>/dev/null || echo "runs/mnist-h64 (the quality model's GPU training run) is not here; docs/img/loss-h64.png kept"

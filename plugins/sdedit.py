@@ -9,7 +9,7 @@ from diffkit.state import Context
 from diffkit.technique import Param, Projector
 
 
-DEFAULT_START = 10  # i_start when neither it nor strength is given (a light edit: 10 steps of the strided schedule kept)
+DEFAULT_START = 10  # i_start when neither it nor strength is given: skip the schedule's 10 noisiest steps
 
 
 class SDEdit(Projector):

@@ -73,19 +73,25 @@ def test_the_quality_model_ships_by_name_with_its_gpu_training_record():
     assert checkpoint.resolve("mnist-class") == checkpoint.SHIPPED and checkpoint.resolve(None) == checkpoint.SHIPPED
 
 
-def test_the_quality_model_draws_the_asked_digit_with_the_recommended_recipe(tmp_path):
-    r = CliRunner().invoke(app, ["sample", "--checkpoint", "mnist-h64", "--class", "0,1,2,3,4,5,6,7,8,9", "--num", "5",
-                                 "--hook", "cfg:1.5", "--sampler", "dpmpp_2m_sde", "--steps", "20", "--seed", "1000",
-                                 "--out", str(tmp_path / "o")])
-    assert r.exit_code == 0, r.output
-    meta = json.loads((tmp_path / "o" / "run.json").read_text())
-    assert meta["checkpoint"].endswith("weights/mnist-h64")
+def cli_accuracy(out, checkpoint_name: str, num: int, hook: str, steps: int) -> tuple[float, dict]:
+    """``diffkit sample`` of every digit with the shipped model by name (seed 1000), read by the classifier:
+    the share drawn as asked, and the run's run.json."""
     from safetensors.torch import load_file
 
-    images = load_file(tmp_path / "o" / "final.safetensors")["stage1_images"]
-    pred = load_classifier()(images).argmax(1)
+    r = CliRunner().invoke(app, ["sample", "--checkpoint", checkpoint_name, "--class", "0,1,2,3,4,5,6,7,8,9", "--num",
+                                 str(num), "--hook", hook, "--sampler", "dpmpp_2m_sde", "--steps", str(steps),
+                                 "--seed", "1000", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((out / "run.json").read_text())
+    pred = load_classifier()(load_file(out / "final.safetensors")["stage1_images"]).argmax(1)
     labels = torch.tensor([int(s["label"]) for s in meta["samples"]])
-    assert (pred == labels).float().mean() >= 0.9  # 0.994 over ten seeds of 1,000 (docs/quality.md)
+    return (pred == labels).float().mean().item(), meta
+
+
+def test_the_quality_model_draws_the_asked_digit_with_the_recommended_recipe(tmp_path):
+    acc, meta = cli_accuracy(tmp_path / "o", "mnist-h64", 5, "cfg:1.5", 20)
+    assert meta["checkpoint"].endswith("weights/mnist-h64")
+    assert acc >= 0.9  # 0.994 over ten seeds of 1,000 (docs/quality.md)
 
 
 def test_the_averaged_model_ships_by_name_with_its_record_and_draws_the_asked_digit(tmp_path):
@@ -94,17 +100,8 @@ def test_the_averaged_model_ships_by_name_with_its_record_and_draws_the_asked_di
     assert cfg["hidden"] == 64 and cfg["conditioning"] == "class"
     assert cfg["train_config"]["init"] == "mnist-h64" and cfg["train_config"]["ema"] == 0.999
     assert cfg["training"]["epochs_done"] == 2 and "--ema 0.999" in cfg["training"]["command"]
-    r = CliRunner().invoke(app, ["sample", "--checkpoint", "mnist-h64-ema", "--class", "0,1,2,3,4,5,6,7,8,9", "--num",
-                                 "2", "--hook", "cfg:1.4", "--sampler", "dpmpp_2m_sde", "--steps", "50", "--seed", "1000",
-                                 "--out", str(tmp_path / "o")])
-    assert r.exit_code == 0, r.output
-    meta = json.loads((tmp_path / "o" / "run.json").read_text())
-    from safetensors.torch import load_file
-
-    images = load_file(tmp_path / "o" / "final.safetensors")["stage1_images"]
-    pred = load_classifier()(images).argmax(1)
-    labels = torch.tensor([int(s["label"]) for s in meta["samples"]])
-    assert (pred == labels).float().mean() >= 0.9  # 0.9945 over 2,000 (docs/quality.md)
+    acc, _ = cli_accuracy(tmp_path / "o", "mnist-h64-ema", 2, "cfg:1.4", 50)
+    assert acc >= 0.9  # 0.9945 over 2,000 (docs/quality.md)
 
 
 def test_a_folder_named_like_a_shipped_model_wins_and_a_missing_one_lists_the_names(tmp_path, monkeypatch,

@@ -12,11 +12,10 @@ out="${OUT:-/tmp/gpu-out}"; mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi -L
-large_n() { timeout "$1" python3 benchmarks/large_n.py --device cuda --data "$data" "${@:2}" 2>&1 | grep -v -i warn; }
 t0=$SECONDS
 timeout 330 python3 -m diffkit train mnist --out "$out/mnist-h64-ema30" --objective ddpm --conditioning class --device cuda \
   --ema 0.999 --epochs 30 --data "$data" 2>&1 | grep -E "^epoch|done|error" | tee "$out/train.log"
 echo "train: $((SECONDS - t0)) s"
 rm -f "$out/mnist-h64-ema30/checkpoint/state.pt"   # the optimizer state and raw weights: not shipped
-large_n 200 --models "$out/mnist-h64-ema30/checkpoint" --num 200 --seed 10000 --recipes "cfg:1.4 dpmpp_2m_sde 50" \
-  "cfg:1.5 dpmpp_2m_sde 20" --out "$out/large_n_selection_ema30.json" | tee "$out/selection.log"
+timeout 200 python3 benchmarks/large_n.py --device cuda --data "$data" --models "$out/mnist-h64-ema30/checkpoint" --num 200 --seed 10000 --recipes "cfg:1.4 dpmpp_2m_sde 50" \
+  "cfg:1.5 dpmpp_2m_sde 20" --out "$out/large_n_selection_ema30.json" 2>&1 | grep -v -i warn | tee "$out/selection.log"
