@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -228,60 +229,227 @@ def _caption(frame: Tensor, text: str, canvas: float) -> Tensor:
     return arr.permute(2, 0, 1).float() / 255
 
 
-def frames(clip: Clip, n: int = FRAMES, hold: int = HOLD) -> list[Tensor]:
-    """Held at the start, the move (``n`` frames, both ends included), held at the view."""
+def iter_frames(clip: Clip, n: int = FRAMES, hold: int = HOLD) -> Iterator[Tensor]:
+    """Held at the start, the move (``n`` frames, both ends included), held at the view: one at a time,
+    so a long animation of a large image never holds more than one frame."""
     ts = [0.0] * hold + [k / (n - 1) for k in range(n)] + [1.0] * hold
-    return [_caption(clip.frame(t), clip.captions[0] if t < 0.5 else clip.captions[1], clip.canvas) for t in ts]
+    for t in ts:
+        yield _caption(clip.frame(t), clip.captions[0] if t < 0.5 else clip.captions[1], clip.canvas)
 
 
-def write_gif(frames_: list[Tensor], path: Path, fps: int = FPS) -> None:
-    """A looping GIF, ``1000 / fps`` ms a frame (PIL merges repeated frames into one longer frame)."""
-    pils = [io.to_pil(f) for f in frames_]
-    with io.atomic_path(path) as tmp:
-        pils[0].save(tmp, format="GIF", save_all=True, append_images=pils[1:], duration=round(1000 / fps), loop=0)
+def frames(clip: Clip, n: int = FRAMES, hold: int = HOLD) -> list[Tensor]:
+    """:func:`iter_frames` as a list (for tests and figures)."""
+    return list(iter_frames(clip, n, hold))
 
 
-def write_mp4(frames_: list[Tensor], path: Path, fps: int = FPS) -> bool:
-    """An H.264 MP4 through imageio-ffmpeg (its own ffmpeg binary); False when it is not installed."""
-    try:
+class GifWriter:
+    """A looping GIF written frame by frame to an open binary file: memory holds one frame, whatever the
+    count. Each frame carries its own adaptive palette; a frame equal to the one before lengthens it
+    (as PIL merges repeated frames when it writes a whole list). Written with Pillow's frame writers
+    (``GifImagePlugin.getheader``/``getdata``), since ``Image.save(save_all=True)`` takes every frame at once."""
+
+    def __init__(self, fp: Any, fps: int = FPS):
+        self.fp, self.ms = fp, round(1000 / fps)
+        self.pending: tuple[Any, bytes, int] | None = None  # (P image, its pixels and palette, duration)
+
+    def add(self, frame: Tensor) -> None:
+        from PIL import Image
+
+        rgb = io.to_pil(frame).convert("RGB")
+        key = rgb.tobytes()
+        if self.pending is not None and self.pending[1] == key:
+            self.pending = (self.pending[0], key, self.pending[2] + self.ms)
+            return
+        self._flush()
+        self.pending = (rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=256), key, self.ms)
+
+    def _flush(self) -> None:
+        from PIL import GifImagePlugin
+
+        if self.pending is None:
+            return
+        im, _, ms = self.pending
+        if self.fp.tell() == 0:
+            header, _ = GifImagePlugin.getheader(im, None, {"loop": 0, "duration": ms})
+            self.fp.write(b"".join(header))
+        for part in GifImagePlugin.getdata(im, duration=ms, include_color_table=True):
+            self.fp.write(part)
+        self.pending = None
+
+    def close(self) -> None:
+        self._flush()
+        self.fp.write(b";")  # the GIF trailer
+
+
+def write_gif(frames_: Iterable[Tensor], path: Path, fps: int = FPS) -> None:
+    """A looping GIF, ``1000 / fps`` ms a frame, atomically; frames may come one at a time."""
+    with io.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        w = GifWriter(f, fps)
+        for fr in frames_:
+            w.add(fr)
+        w.close()
+
+
+class Mp4Writer:
+    """An H.264 MP4 through imageio-ffmpeg (its own ffmpeg binary), frame by frame."""
+
+    def __init__(self, path: Path, fps: int = FPS):
         import imageio_ffmpeg
+
+        self.path, self.fps, self.writer = path, fps, None
+        self._open = lambda size: imageio_ffmpeg.write_frames(
+            str(path), size, fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1,
+            output_params=["-f", "mp4"])
+
+    def add(self, frame: Tensor) -> None:
+        c, h, w = frame.shape
+        frame = frame[:, : h - h % 2, : w - w % 2]  # yuv420p needs even sides
+        if self.writer is None:
+            self.writer = self._open((frame.shape[2], frame.shape[1]))
+            self.writer.send(None)
+        self.writer.send(io.to_uint8(frame.expand(3, -1, -1)).numpy().tobytes())
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def has_mp4() -> bool:
+    try:
+        import imageio_ffmpeg  # noqa: F401
     except ImportError:
         return False
-    c, h, w = frames_[0].shape
-    even = [f[:, : h - h % 2, : w - w % 2] for f in frames_]  # yuv420p needs even sides
-    with io.atomic_path(path) as tmp:
-        writer = imageio_ffmpeg.write_frames(str(tmp), (even[0].shape[2], even[0].shape[1]), fps=fps,
-                                             codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1,
-                                             output_params=["-f", "mp4"])
-        writer.send(None)
-        for f in even:
-            writer.send(io.to_uint8(f.expand(3, -1, -1)).numpy().tobytes())
-        writer.close()
     return True
+
+
+def write_mp4(frames_: Iterable[Tensor], path: Path, fps: int = FPS) -> bool:
+    """An H.264 MP4 atomically; False when imageio-ffmpeg is not installed."""
+    if not has_mp4():
+        return False
+    with io.atomic_path(path) as tmp:
+        w = Mp4Writer(tmp, fps)
+        for fr in frames_:
+            w.add(fr)
+        w.close()
+    return True
+
+
+# ---- reading a run folder: everything checked before the first frame ----
+
+class DamagedFolder(UserError):
+    """A run folder (or its run.json) that does not hold what ``diffkit sample`` wrote."""
+
+
+@dataclass
+class SampleJob:
+    """One sample to animate: its PNG, its label, and the names of the clips it makes."""
+
+    path: Path
+    label: str
+    hooks: list[Any]  # the animated techniques, rebuilt from run.json
+    names: list[str]  # clip names, in order: view1, view2, factorize
+
+
+def _read_run(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / "run.json"
+    if not Path(folder).is_dir():
+        raise UserError(f"{folder} is not a folder: give the folder `diffkit sample` wrote")
+    if not path.is_file():
+        raise UserError(f"{folder} holds no finished run (no run.json): give the folder `diffkit sample` wrote")
+    try:
+        run = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DamagedFolder(f"{path} does not read as JSON ({e}): it was not written by diffkit") from None
+    if not isinstance(run, dict):
+        raise DamagedFolder(f"{path} is damaged: it holds a {type(run).__name__}, not the object diffkit writes")
+    if not isinstance(run.get("samples"), list) or not run["samples"]:
+        raise DamagedFolder(f"{path} is damaged: it lists no samples")
+    return run
+
+
+def _hooks(run: dict[str, Any], path: Path) -> list[Any]:
+    """The run's animated techniques, rebuilt from their recorded arguments (bad ones refused by name)."""
+    hooks = run["request"].get("hooks") if isinstance(run.get("request"), dict) else run.get("hooks", [])
+    if not isinstance(hooks, list) or not all(isinstance(h, dict) and isinstance(h.get("name"), str)
+                                              and isinstance(h.get("args"), dict) for h in hooks):
+        raise DamagedFolder(f"{path} is damaged: its hooks are not the list diffkit writes")
+    out = []
+    for h in hooks:
+        if h["name"] not in ANIMATED:
+            continue
+        try:
+            out.append(plugins.technique_from(h["name"], h["args"]))
+        except UserError as e:
+            raise DamagedFolder(f"{path}: its {h['name']} hook cannot be made again: {e}") from None
+    return out
+
+
+def _clip_names(hooks: list[Any]) -> list[str]:
+    names = []
+    for tech in hooks:
+        if tech.name == "anagram":
+            names += [f"view{j}" for j in range(1, len(tech.views) + 1)]
+        else:
+            names.append("factorize")
+    return names
+
+
+def read_jobs(folder: str | Path) -> list[SampleJob]:
+    """Every sample of the run in ``folder`` with its clips' names, everything checked first: run.json's
+    shape, each sample's file (a PNG inside the folder, named once), the hooks' arguments. Nothing is
+    loaded beyond the images' headers."""
+    from PIL import Image
+
+    folder = Path(folder)
+    run = _read_run(folder)
+    path = folder / "run.json"
+    hooks = _hooks(run, path)
+    root = folder.resolve()
+    jobs, seen = [], {}
+    for k, s in enumerate(run["samples"]):
+        if not isinstance(s, dict) or not isinstance(s.get("file"), str) or "label" not in s:
+            raise DamagedFolder(f"{path} is damaged: sample {k} is not the {{file, label, seed}} diffkit writes")
+        name = s["file"]
+        target = (folder / name).resolve()
+        if Path(name).is_absolute() or target.parent != root:
+            raise DamagedFolder(f"{path}: sample {k}'s file {name!r} is not in {folder}: a run's samples are "
+                                "files of its own folder")
+        stem = Path(name).stem
+        if stem in seen:
+            raise DamagedFolder(f"{path} names {name!r} for samples {seen[stem]} and {k}: their animations would "
+                                "overwrite each other")
+        seen[stem] = k
+        if not target.is_file():
+            raise DamagedFolder(f"{folder} lacks {name}, which run.json lists: restore it, or sample the run again")
+        try:
+            with Image.open(target) as im:
+                im.verify()
+        except Exception as e:  # noqa: BLE001 - PIL raises many kinds for a file that is not an image
+            raise DamagedFolder(f"{folder / name} is not a readable image ({type(e).__name__}): restore it, or "
+                                "sample the run again") from None
+        jobs.append(SampleJob(folder / name, str(s["label"]), hooks, _clip_names(hooks)))
+    return jobs
+
+
+def clips_for(job: SampleJob) -> list[Clip]:
+    """The clips of one sample (its image loaded now)."""
+    image = io.load_png(job.path)
+    clips: list[Clip] = []
+    for tech in job.hooks:
+        if tech.name == "anagram":
+            for j, (view, prompt) in enumerate(zip(tech.views, tech.prompts), 1):
+                clips.append(view_clip(view, image, view_image(view, image), f"view{j}", (job.label, str(prompt))))
+        elif tech.name == "factorize":
+            clips.append(factor_clip([f.name for f, _ in tech.parts], [job.label, *map(str, tech.args["prompt"])],
+                                     image))
+        else:  # hybrid: low frequencies of the sample's own prompt, high of its prompt
+            clips.append(factor_clip(["low_pass", "high_pass"], [job.label, str(tech.args["prompt"])], image))
+    return clips
 
 
 def clips_of(folder: Path) -> list[tuple[str, list[Clip]]]:
     """Every sample's clips, from run.json alone: ``[(sample file, clips)]``."""
-    run = _read_run(folder)
-    hooks = run["request"]["hooks"] if "request" in run else run.get("hooks", [])
-    out = []
-    for s in run["samples"]:
-        image = io.load_png(folder / s["file"])
-        label = str(s["label"])
-        clips: list[Clip] = []
-        for h in hooks:
-            if h["name"] == "anagram":
-                tech = plugins.technique_from("anagram", h["args"])
-                for j, (view, prompt) in enumerate(zip(tech.views, tech.prompts), 1):
-                    exact = view_image(view, image)
-                    clips.append(view_clip(view, image, exact, f"view{j}", (label, str(prompt))))
-            elif h["name"] in ("factorize", "hybrid"):
-                others = h["args"]["prompt"] if h["name"] == "factorize" else [h["args"]["prompt"]]
-                parts = [p for p in (h["args"]["parts"].split("+") if h["name"] == "factorize"
-                                     else ["low_pass", "high_pass"])]
-                clips.append(factor_clip(parts, [label, *map(str, others)], image))
-        out.append((s["file"], clips))
-    return out
+    return [(job.path.name, clips_for(job)) for job in read_jobs(folder)]
 
 
 def view_image(view: Any, image: Tensor) -> Tensor:
@@ -290,38 +458,73 @@ def view_image(view: Any, image: Tensor) -> Tensor:
     return 1 - moved if view.negate else moved
 
 
-def _read_run(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / "run.json"
-    if not path.is_file():
-        raise UserError(f"{folder} holds no finished run (no run.json): give the folder `diffkit sample` wrote")
+@dataclass
+class Plan:
+    """What :func:`render` will write, every refusal already given."""
+
+    folder: Path
+    jobs: list[SampleJob]
+    mp4: bool
+
+    @property
+    def count(self) -> int:
+        return sum(len(j.names) for j in self.jobs)
+
+
+def plan(folder: str | Path, *, overwrite: bool = False, mp4: bool = True) -> Plan:
+    """Check everything :func:`render` needs, before any frame: a run with something to animate, a
+    folder that can be written, files in the way (unless ``overwrite``). UserError otherwise."""
+    import tempfile
+
+    folder = Path(folder)
+    jobs = read_jobs(folder)
+    if not any(j.names for j in jobs):
+        raise UserError(f"{folder}: its run has no anagram, factorize or hybrid hook: nothing to animate")
+    if not overwrite:
+        there = [f"{j.path.stem}.{n}.gif" for j in jobs for n in j.names if (folder / f"{j.path.stem}.{n}.gif").exists()]
+        if there:
+            raise OutputInTheWay(f"{folder} already holds {', '.join(there[:3])}{' ...' if len(there) > 3 else ''}; "
+                                 "pass --overwrite to replace them")
     try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise UserError(f"{path} does not read as JSON ({e}): it was not written by diffkit") from None
+        fd, probe = tempfile.mkstemp(prefix=".diffkit-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write to {folder}: {e.strerror or e}; the animations go beside the samples: "
+                        "make the folder writable, or copy it somewhere writable") from None
+    return Plan(folder, jobs, mp4 and has_mp4())
+
+
+def render(p: Plan, *, n: int = FRAMES, hold: int = HOLD, fps: int = FPS,
+           progress: Callable[[int, int], None] | None = None) -> list[Path]:
+    """Write every planned animation, one sample's image and one frame in memory at a time; the files."""
+    from contextlib import ExitStack
+
+    written: list[Path] = []
+    done = 0
+    for job in p.jobs:
+        for clip in clips_for(job):
+            stem = f"{job.path.stem}.{clip.name}"
+            gif, mp4 = p.folder / f"{stem}.gif", p.folder / f"{stem}.mp4"
+            with ExitStack() as stack:
+                tmp = stack.enter_context(io.atomic_path(gif))
+                writers: list[Any] = [GifWriter(stack.enter_context(open(tmp, "wb")), fps)]
+                if p.mp4:
+                    writers.append(Mp4Writer(stack.enter_context(io.atomic_path(mp4)), fps))
+                for fr in iter_frames(clip, n, hold):
+                    for w in writers:
+                        w.add(fr)
+                for w in writers:
+                    w.close()
+            written += [gif] + ([mp4] if p.mp4 else [])
+            done += 1
+            if progress:
+                progress(done, p.count)
+    return written
 
 
 def animate(folder: str | Path, *, overwrite: bool = False, mp4: bool = True, n: int = FRAMES,
             hold: int = HOLD, fps: int = FPS, progress: Callable[[int, int], None] | None = None) -> list[Path]:
     """Write ``sample-000.view1.gif`` (and ``.mp4``, with imageio-ffmpeg) for every sample and view of the
-    run in ``folder``; the files written. Refuses (UserError) a run with nothing to animate, and files
-    already there unless ``overwrite``, before writing any."""
-    folder = Path(folder)
-    todo = [(f, c) for f, clips in clips_of(folder) for c in clips]
-    if not todo:
-        raise UserError(f"{folder}: its run has no anagram, factorize or hybrid hook: nothing to animate")
-    names = [(f, c, Path(f).stem + f".{c.name}") for f, c in todo]
-    if not overwrite:
-        there = [f"{stem}.gif" for _, _, stem in names if (folder / f"{stem}.gif").exists()]
-        if there:
-            raise OutputInTheWay(f"{folder} already holds {', '.join(there[:3])}{' ...' if len(there) > 3 else ''}; "
-                                 "pass --overwrite to replace them")
-    written = []
-    for k, (_, clip, stem) in enumerate(names):
-        fr = frames(clip, n, hold)
-        write_gif(fr, folder / f"{stem}.gif", fps)
-        written.append(folder / f"{stem}.gif")
-        if mp4 and write_mp4(fr, folder / f"{stem}.mp4", fps):
-            written.append(folder / f"{stem}.mp4")
-        if progress:
-            progress(k + 1, len(names))
-    return written
+    run in ``folder``; the files written. Every refusal (:func:`plan`) comes before any file is written."""
+    return render(plan(folder, overwrite=overwrite, mp4=mp4), n=n, hold=hold, fps=fps, progress=progress)

@@ -118,6 +118,9 @@ class Run:
                 check_timesteps(name, ts)
         if prompts and classes:
             raise UserError("give prompts or classes, not both")
+        if timesteps is not None and steps is not None and steps != len(timesteps):
+            raise UserError(f"steps={steps} contradicts the {len(timesteps)} timesteps given: give steps or "
+                            "timesteps, not both")
         base = list(prompts or classes or [None])
         self.labels = [lab for lab in base for _ in range(num)]
         self.seeds = [seed + i for i in range(len(self.labels))]

@@ -43,6 +43,7 @@ def fail(message: str, code: int = 1) -> None:
 def main() -> None:
     """The ``diffkit`` console script: signals end a run cleanly, and no traceback reaches the user."""
     interrupt.install()
+    _quiet_libraries()
     try:
         try:
             app()
@@ -64,6 +65,20 @@ def main() -> None:
         console.print(f"[bold red]internal error:[/] {escape(type(e).__name__)}: {escape(str(e))}. "
                       "This is a bug in diffkit or a plugin; DIFFKIT_DEBUG=1 shows the traceback.", highlight=False)
         sys.exit(1)
+
+
+def _quiet_libraries() -> None:
+    """Libraries' warnings and log lines (Pillow's DecompressionBombWarning, diffusers' "install
+    accelerate", the hub client's retries) are not diffkit's messages: the user acts on diffkit's one
+    line. DIFFKIT_DEBUG=1 keeps them. Environment variables, not imports: `diffkit --help` stays fast."""
+    if os.environ.get("DIFFKIT_DEBUG"):
+        return
+    import warnings
+
+    warnings.simplefilter("ignore")
+    for var in ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY", "HF_HUB_VERBOSITY"):
+        os.environ.setdefault(var, "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _leave(code: Any) -> None:
@@ -124,11 +139,15 @@ def progress(disable: bool = False) -> Progress:
 
 
 def _ints(text: str | None, what: str, lo: int = 0, hi: int = 10**9) -> list[int]:
-    """A comma list of integers in ``lo..hi``; anything else exits 2 naming the option."""
-    if not text:
+    """A comma list of integers in ``lo..hi``; anything else (an empty item, an empty list) exits 2 naming
+    the option. None (not given): []."""
+    if text is None:
         return []
+    items = [v.strip() for v in text.split(",")]
+    if not all(items):
+        fail(f"{what} {text!r} has an empty item: give a comma list such as 20,10,0", 2)
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in items]
     except ValueError:
         values = None
     if values is None or any(not lo <= v <= hi for v in values):
@@ -341,15 +360,18 @@ def sample(
 
 
 def _animate(folder: Path, overwrite: bool, frames: int = 24, fps: int = 12, mp4: bool = True) -> None:
-    from diffkit.animate import animate as make
+    from diffkit import animate
 
-    try:
-        with progress() as bar:
-            task = bar.add_task("animate", total=None, info="")
-            written = make(folder, overwrite=overwrite, n=frames, fps=fps, mp4=mp4,
-                           progress=lambda k, n: bar.update(task, completed=k, total=n))
+    try:  # every refusal before the bar and the first frame
+        todo = animate.plan(folder, overwrite=overwrite, mp4=mp4)
     except UserError as e:
         fail(str(e), 2)
+    try:
+        with progress() as bar:
+            task = bar.add_task("animate", total=todo.count, info="")
+            written = animate.render(todo, n=frames, fps=fps, progress=lambda k, n: bar.update(task, completed=k))
+    except OSError as e:
+        fail(f"cannot write the animations to {folder}: {_why(e)}", 1)
     gifs = [p for p in written if p.suffix == ".gif"]
     mp4s = [p for p in written if p.suffix == ".mp4"]
     console.print(f"wrote {len(gifs)} GIF{'s' if len(gifs) != 1 else ''}"
@@ -380,8 +402,11 @@ def _backend_options(pairs: Optional[list[str]], **flags: Any) -> dict[str, Any]
         key = key.strip().replace("-", "_")
         if not eq or not key:
             fail(f"--backend-option must be NAME=VALUE, got {item!r}", 2)
+        if key in flags and flags[key] is not None:
+            fail(f"backend option {key!r} is given twice (--{key.replace('_', '-')} is short for "
+                 f"--backend-option {key}=...)", 2)
         if key in options:
-            fail(f"backend option {key!r} is given twice (--{key} is short for --backend-option {key}=...)", 2)
+            fail(f"backend option {key!r} is given twice (-O {key}={options[key]} and -O {item.strip()}): give it once", 2)
         options[key] = value
     return options
 
@@ -424,7 +449,9 @@ def _why(e: OSError) -> str:
     hint = {errno.ENOSPC: " (the disk is full: free some space first)",
             errno.EDQUOT: " (over the disk quota: free some space first)",
             errno.EROFS: " (a read-only filesystem: choose another --out)"}.get(e.errno or 0, "")
-    return f"{e}{hint}"
+    # the reason and the file, without the "[Errno 28]" an OSError prints first
+    text = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else e.strerror or str(e)
+    return f"{text}{hint}"
 
 
 def _sweep(sweep: str, backend: str, out: Path, overwrite: bool, kwargs: dict[str, Any]) -> None:

@@ -55,6 +55,15 @@ class Busy(OutputInTheWay):
     """Another live diffkit run holds the folder's lock."""
 
 
+class NotWritable(OSError):
+    """An ``--out`` that cannot be made or written. Its text is the message alone (an OSError built from
+    an errno prints ``[Errno 30]`` first); ``errno`` still says why, for hints."""
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        self.errno = code
+
+
 class DamagedRun(UserError):
     """A file diffkit wrote (request.json, run.json) no longer reads."""
 
@@ -99,7 +108,7 @@ def check_writable(out: str | os.PathLike) -> None:
             tmp.write_bytes(b"")
         (out / ".diffkit-probe").unlink()
     except OSError as e:
-        raise type(e)(e.errno, f"cannot write to --out {out}: {e.strerror or e}") from None
+        raise NotWritable(f"cannot write to --out {out}: {e.strerror or e}", e.errno) from None
     finally:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)

@@ -94,7 +94,10 @@ def _square(f: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
 
 
 def patch_permutation(grid: int, seed: int = 0) -> Tensor:
-    """A fixed permutation of ``grid * grid`` patches that moves every patch (a derangement)."""
+    """A fixed permutation of ``grid * grid`` patches that moves every patch (a derangement); ``grid`` >= 2
+    (one patch has nowhere else to go: the draw below would never end)."""
+    if grid < 2:
+        raise ValueError(f"num_patches must be in 2..1024 (one patch cannot move), got {grid}")
     g = torch.Generator().manual_seed(seed)
     n = grid * grid
     while True:
@@ -182,50 +185,135 @@ def patch_index(h: int, w: int, grid: int, perm: Tensor, name: str) -> Tensor:
     return _patches(idx, grid, perm).flatten().long()
 
 
+# The largest side a state of any stage has (IF stage III's 1024 pixels; SD's 8192-pixel images are
+# 1024-latent states): a permutation file is judged against it before its data is read, so a header or a
+# size that promises gigabytes is refused in microseconds, not after the memory is spent.
+MAX_SIDE = 1024
+_MAX_FILE = 8 * MAX_SIDE * MAX_SIDE * 4  # bytes: a few sizes of int64 indices, or their text
+
+
+class PermutationFileError(UserError, ValueError):
+    """A permutation file that cannot be used: missing, not a regular file, too large, damaged, pickled."""
+
+
+def _npy_header(f, path: str, where: str = "") -> None:
+    """Read a ``.npy`` header from ``f`` and refuse, before any data is read, what cannot be a permutation
+    of at most ``MAX_SIDE``-pixel squares (a shape that promises gigabytes, non-integer numbers)."""
+    import numpy as np
+
+    try:
+        fmt = np.lib.format
+        major, _ = fmt.read_magic(f)
+        read = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+        shape, _, dtype = read(f, max_header_size=10_000)
+    except Exception:  # noqa: BLE001 - a bad magic or header is the same refusal whatever numpy calls it
+        raise PermutationFileError(f"{path}{where} is not a .npy file (its header does not read)") from None
+    numel = 1
+    for d in shape:
+        numel *= d
+    if dtype.kind not in "iu":
+        raise PermutationFileError(f"{path}{where} holds {dtype} numbers: a permutation is integers")
+    if numel > MAX_SIDE * MAX_SIDE:
+        raise PermutationFileError(f"{path}{where} declares {numel} numbers, more than the largest image any stage "
+                                   f"has ({MAX_SIDE}x{MAX_SIDE} = {MAX_SIDE * MAX_SIDE})")
+
+
+def _checked_file(path: str):
+    """``path`` as a regular file of at most ``_MAX_FILE`` bytes, else a PermutationFileError saying what it is
+    (never opened first: a FIFO would block, /dev/zero never ends)."""
+    import stat
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise PermutationFileError(f"permutation file not found: {path}" if not p.exists() else
+                                   f"permutation file {path} cannot be read: {e.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise PermutationFileError(f"permutation file {path} is a folder: give a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise PermutationFileError(f"permutation file {path} is not a regular file (a device, a pipe or a "
+                                   "socket): give a file")
+    if st.st_size > _MAX_FILE:
+        raise PermutationFileError(f"permutation file {path} has {st.st_size} bytes, more than a permutation of "
+                                   f"the largest image any stage has ({MAX_SIDE}x{MAX_SIDE}) needs "
+                                   f"({_MAX_FILE} at most)")
+    return p
+
+
 def permutation_from_file(path: str) -> dict[int, Tensor]:
     """Permutations (``[h*w]`` source indices, by side ``h``) from a file the user gives; never runs code:
     ``.npy`` (no pickles), ``.npz``/``.safetensors`` (one array per size: any names), ``.pt``/``.pth``
     (``torch.load(weights_only=True)``: a tensor or a dict of them), or text (whitespace-separated
-    integers). Each must be a permutation of a square's pixels."""
+    integers). Each must be a permutation of a square's pixels, at most ``MAX_SIDE`` on a side; sizes and
+    headers are checked before any data is read. Refusals are :class:`PermutationFileError` s."""
     import math
-    from pathlib import Path
+    import pickle
 
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"permutation file not found: {path}")
+    p = _checked_file(path)
     suffix = p.suffix.lower()
     try:
         if suffix == ".npy":
             import numpy as np
 
+            with open(p, "rb") as f:
+                _npy_header(f, path)
             arrays = [torch.from_numpy(np.load(p, allow_pickle=False))]
         elif suffix == ".npz":
+            import zipfile
+
             import numpy as np
 
+            with zipfile.ZipFile(p) as z:
+                names = [n for n in z.namelist() if n.endswith(".npy")]
+                if not names or len(names) > 64:
+                    raise PermutationFileError(f"{path} holds {len(names)} arrays: give one a size (1..64)")
+                for name in names:
+                    with z.open(name) as f:
+                        _npy_header(f, path, f" ({name})")
             with np.load(p, allow_pickle=False) as z:
                 arrays = [torch.from_numpy(z[k]) for k in z.files]
         elif suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors import safe_open
 
-            arrays = list(load_file(p).values())
+            arrays = []
+            with safe_open(p, "pt") as f:
+                for k in f.keys():
+                    sl = f.get_slice(k)
+                    if math.prod(sl.get_shape()) > MAX_SIDE * MAX_SIDE:
+                        raise PermutationFileError(f"{path} ({k}) declares {math.prod(sl.get_shape())} numbers, more "
+                                                   f"than the largest image any stage has ({MAX_SIDE}x{MAX_SIDE})")
+                    arrays.append(f.get_tensor(k))
         elif suffix in (".pt", ".pth"):
-            obj = torch.load(p, weights_only=True, map_location="cpu")
+            try:
+                obj = torch.load(p, weights_only=True, map_location="cpu", mmap=True)
+            except pickle.UnpicklingError:
+                raise PermutationFileError(f"{path} is not a plain tensor file (it holds pickled Python objects); "
+                                           "nothing in it was run: save a tensor or a dict of tensors") from None
             arrays = list(obj.values()) if isinstance(obj, dict) else [obj]
+            if not all(isinstance(a, Tensor) for a in arrays):
+                raise PermutationFileError(f"{path} holds {type(obj).__name__}, not a tensor or a dict of tensors")
         else:
             arrays = [torch.tensor([int(v) for v in p.read_text().split()])]
+    except PermutationFileError:
+        raise
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same refusal
-        raise ValueError(f"cannot read a permutation from {path}: {type(e).__name__}: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise PermutationFileError(f"cannot read a permutation from {path}: {type(e).__name__}: {first}") from None
     out = {}
     for a in arrays:
         a = torch.as_tensor(a).flatten()
+        if a.is_complex() or a.is_floating_point() or a.dtype == torch.bool:
+            raise PermutationFileError(f"{path}: a permutation must hold integers, got {a.dtype} numbers")
         side = math.isqrt(a.numel())
-        if a.numel() == 0 or side * side != a.numel() or a.is_floating_point():
-            raise ValueError(f"{path}: a permutation must hold h*h integers (a square image's pixels), got "
-                             f"{a.numel()} {'numbers' if a.is_floating_point() else 'integers'}")
+        if a.numel() == 0 or side * side != a.numel() or side > MAX_SIDE:
+            raise PermutationFileError(f"{path}: a permutation must hold h*h integers (a square image's pixels, "
+                                       f"h in 1..{MAX_SIDE}), got {a.numel()} integers")
         a = a.long()
         if not torch.equal(a.sort().values, torch.arange(a.numel())):
-            raise ValueError(f"{path}: the {side}x{side} array is not a permutation (each of 0..{a.numel() - 1} "
-                             "exactly once)")
+            raise PermutationFileError(f"{path}: the {side}x{side} array is not a permutation (each of "
+                                       f"0..{a.numel() - 1} exactly once)")
         out[side] = a
     return out
 
@@ -374,11 +462,12 @@ SEED = Param("seed", int, 0, "seed of the permutation (recorded in run.json; the
 KINDS: list[ViewKind] = [
     ViewKind("skew", _skew, (Param("factor", float, 1.5, "rows a column moves per column from the centre",
                                    range=(-64.0, 64.0)),), "columns rolled, wrapping"),
-    ViewKind("patch_permute", _patch_permute, (Param("num_patches", int, 8, "patches per side", range=(1, 1024)),
+    ViewKind("patch_permute", _patch_permute, (Param("num_patches", int, 8, "patches per side (2 or more: each patch moves)",
+                                                                     range=(2, 1024)),
                                                SEED), "square patches moved (the release's patch_permute)"),
     ViewKind("pixel_permute", lambda num_patches=64, seed=0: _patch_permute(num_patches, seed, "pixel_permute"),
              (Param("num_patches", int, 64, "cells per side: every pixel of a 64-pixel stage; at 256 pixels the "
-                                            "same permutation moves 4x4 blocks", range=(1, 1024)), SEED),
+                                            "same permutation moves 4x4 blocks (2 or more)", range=(2, 1024)), SEED),
              "every pixel moved (the release's pixel_permute)"),
     ViewKind("jigsaw", _jigsaw, (SEED,), "a 4x4 jigsaw puzzle, its pieces moved and turned"),
     ViewKind("permute", _permute, (Param("file", str, REQUIRED, "a permutation file (.npy, .npz, .safetensors, .pt, "

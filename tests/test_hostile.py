@@ -1,0 +1,304 @@
+"""Issue 34's hostile-but-fair cases: nothing hangs, nothing grows without bound, nothing mixes, and every
+refusal is one clear line with exit 2, before any work. Each case names its number in the issue."""
+
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from diffkit.cli import app
+
+runner = CliRunner()
+
+
+@contextmanager
+def deadline(seconds: int):
+    """Fail (not hang) a call that does not return in time: SIGALRM interrupts a Python loop."""
+    def alarm(*_):
+        raise TimeoutError(f"did not return within {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def sample(tmp_path: Path, *args: str, out: str = "o"):
+    return runner.invoke(app, ["sample", "-b", "gaussian", "--steps", "2", *args, "--out", str(tmp_path / out)])
+
+
+def one_line_exit_2(r, *needles: str) -> str:
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and "internal error" not in r.output, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.output
+    for n in needles:
+        assert n in text, r.output
+    return text
+
+
+# ---- 1. a view that cannot move every patch ----
+
+@pytest.mark.parametrize("view", ["patch_permute:1", "pixel_permute:1", "patch_permute:num_patches=1,seed=3"])
+def test_a_one_patch_permutation_is_refused_with_its_range_not_searched_forever(tmp_path, view):
+    with deadline(30):
+        r = sample(tmp_path, "--hook", f'anagram:1,view="{view}"')
+    one_line_exit_2(r, "num_patches", "2..1024")
+    assert not (tmp_path / "o").exists()
+
+
+def test_animate_of_a_run_json_naming_a_one_patch_view_is_refused(tmp_path):
+    import json
+
+    assert sample(tmp_path, "--hook", 'anagram:1,view="patch_permute:2"').exit_code == 0
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    run["request"]["hooks"][0]["args"]["view"] = ["patch_permute:num_patches=1,seed=0"]
+    (tmp_path / "o" / "run.json").write_text(json.dumps(run))
+    with deadline(30):
+        r = runner.invoke(app, ["animate", str(tmp_path / "o"), "--no-mp4"])
+    one_line_exit_2(r, "num_patches", "2..1024")
+
+
+# ---- 2 and 12. permutation files: bounded before reading, and what a file is said plainly ----
+
+def _bad_files(d: Path) -> dict[str, tuple[Path, str]]:
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(d / "PWNED"),))
+
+    out = {}
+    p = d / "huge-sparse.npy"  # a 2 GB file whose header promises 250 million int64s
+    with open(p, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<i8", "fortran_order": False, "shape": (250_000_000,)})
+        f.truncate(2_000_000_000)
+    out["huge-sparse"] = p, "more than a permutation of the largest image any stage has"
+    p = d / "huge-header.npy"  # a small file whose header alone promises it
+    with open(p, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<i8", "fortran_order": False, "shape": (250_000_000,)})
+    out["huge-header"] = p, "declares 250000000 numbers, more than the largest image any stage has"
+    p = d / "huge.txt"
+    with open(p, "w") as f:
+        f.truncate(2_000_000_000)
+    out["huge-text"] = p, "has 2000000000 bytes"
+    p = d / "pickled.pt"
+    torch.save(Evil(), p)
+    out["pickled"] = p, "is not a plain tensor file (it holds pickled Python objects); nothing in it was run"
+    (d / "folder.npy").mkdir()
+    out["folder"] = d / "folder.npy", "is a folder"
+    os.mkfifo(d / "fifo.txt")
+    out["fifo"] = d / "fifo.txt", "is not a regular file"
+    os.symlink("/dev/zero", d / "zero.npy")
+    out["dev-zero"] = d / "zero.npy", "is not a regular file"
+    (d / "zeros.npy").write_bytes(b"\0" * 256)
+    out["all-zero"] = d / "zeros.npy", "is not a .npy file (its header does not read)"
+    np.save(d / "complex.npy", np.arange(16) + 0j)
+    out["complex"] = d / "complex.npy", "holds complex128 numbers: a permutation is integers"
+    out["missing"] = d / "nothing.npy", "permutation file not found"
+    return out
+
+
+BAD = ["huge-sparse", "huge-header", "huge-text", "pickled", "folder", "fifo", "dev-zero", "all-zero", "complex",
+       "missing"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_a_bad_permutation_file_is_one_line_naming_what_it_is(tmp_path, case):
+    import resource
+
+    path, text = _bad_files(tmp_path)[case]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with deadline(30):
+        r = sample(tmp_path, "--hook", f'anagram:1,view="permute:file={path}"')
+    t = one_line_exit_2(r, text)
+    assert "allow_pickle" not in t and "weights_only" not in t
+    assert not (tmp_path / "PWNED").exists()
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before  # KiB on Linux
+    assert grown < 200_000, f"reading {case} raised the peak memory by {grown} KiB"
+
+
+# ---- 13. options said once, in full ----
+
+def test_a_backend_option_given_twice_names_the_option_not_a_flag_that_does_not_exist(tmp_path):
+    t = one_line_exit_2(sample(tmp_path, "-O", "std=0.1", "-O", "std=0.2"), "backend option 'std' is given twice",
+                        "-O std=0.1", "-O std=0.2")
+    assert "--std" not in t
+
+
+def test_a_short_flag_and_its_option_together_still_name_the_flag(tmp_path):
+    r = runner.invoke(app, ["sample", "--checkpoint", "mnist-class", "-O", "checkpoint=mnist-h64", "--out",
+                            str(tmp_path / "o")])
+    one_line_exit_2(r, "backend option 'checkpoint' is given twice", "--checkpoint is short for")
+
+
+@pytest.mark.parametrize("value", ["20,,0", "", ",", "20,10,"])
+def test_timesteps_with_an_empty_item_are_refused(tmp_path, value):
+    one_line_exit_2(sample(tmp_path, "--timesteps", value), "--timesteps", "has an empty item")
+    assert not (tmp_path / "o").exists()
+
+
+def test_steps_that_contradict_the_timesteps_are_refused_in_the_api_too(tmp_path):
+    import diffkit
+    from diffkit.errors import UserError
+
+    one_line_exit_2(runner.invoke(app, ["sample", "-b", "gaussian", "--timesteps", "20,10", "--steps", "5",
+                                        "--out", str(tmp_path / "o")]), "steps=5 contradicts the 2 timesteps")
+    with pytest.raises(UserError, match="steps=3 contradicts"):
+        diffkit.Run("gaussian", timesteps=[20, 10], steps=3)
+    assert len(diffkit.Run("gaussian", timesteps=[20, 10], steps=2).timesteps) == 2  # agreeing: fine
+
+
+def test_a_missing_local_model_folder_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("the hub was asked"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m").mkdir()
+    for model in ["m/nope", str(tmp_path / "nope"), "./nope", "a/b/c"]:
+        r = runner.invoke(app, ["sample", "-b", "sd", "--model", model, "--prompt", "a", "--out", str(tmp_path / "o")])
+        t = one_line_exit_2(r, f"no folder at {model}")
+        assert "Internet" not in t and "connection" not in t
+
+
+# ---- 14. diffkit's line alone ----
+
+def test_write_errors_print_no_stray_errno(tmp_path):
+    (tmp_path / "ro").mkdir()
+    os.chmod(tmp_path / "ro", 0o500)
+    if os.access(tmp_path / "ro", os.W_OK):  # root ignores permissions: a read-only mount needs privileges
+        from diffkit import folder
+
+        real = folder.io.atomic_path
+
+        def refuse(path):
+            raise OSError(30, "Read-only file system", str(path))
+        folder.io.atomic_path = refuse
+        try:
+            r = sample(tmp_path, out="ro/run")
+        finally:
+            folder.io.atomic_path = real
+    else:
+        r = sample(tmp_path, out="ro/run")
+    t = one_line_exit_2(r, f"cannot write to --out {tmp_path / 'ro' / 'run'}:")
+    assert "[Errno" not in t
+
+
+def test_library_warnings_do_not_reach_the_output(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    big = tmp_path / "big.png"
+    Image.new("L", (10_000, 9_000), 128).save(big)  # over Pillow's 89-megapixel bomb warning
+    code = ("import sys; sys.argv = ['diffkit', 'sample', '-b', 'gaussian', '--steps', '2', '--hook', "
+            f"'sdedit:image={big},strength=0.5', '--out', {str(tmp_path / 'o')!r}]; from diffkit.cli import main; main()")
+    env = {k: v for k, v in os.environ.items() if k != "DIFFKIT_DEBUG"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Warning" not in r.stderr + r.stdout and "DecompressionBomb" not in r.stderr + r.stdout, r.stderr
+
+
+# ---- 3, 9, 10, 11. animate: frames streamed, a damaged folder named, nothing outside it, writability first ----
+
+@pytest.fixture
+def anagram_run(tmp_path):
+    assert sample(tmp_path, "-n", "2", "--hook", "anagram:1,view=rot180", out="run").exit_code == 0
+    return tmp_path / "run"
+
+
+def test_animate_holds_one_frame_at_a_time_however_many_frames(anagram_run, monkeypatch):
+    import weakref
+
+    from diffkit import animate
+
+    live, peak = [0], [0]
+    real = animate._caption
+
+    def counted(*a, **k):
+        fr = real(*a, **k)
+        live[0] += 1
+        peak[0] = max(peak[0], live[0])
+        weakref.finalize(fr, lambda: live.__setitem__(0, live[0] - 1))
+        return fr
+
+    monkeypatch.setattr(animate, "_caption", counted)
+    r = runner.invoke(app, ["animate", str(anagram_run), "--frames", "200"])
+    assert r.exit_code == 0, r.output
+    assert peak[0] <= 3, f"{peak[0]} frames were held at once"
+    from PIL import Image
+
+    with Image.open(anagram_run / "sample-000.view1.gif") as g:  # still every frame, merged where equal
+        assert g.n_frames > 150 and g.info["loop"] == 0
+
+
+def _damage(run: Path, how: str) -> str:
+    import json
+
+    path = run / "run.json"
+    data = json.loads(path.read_text())
+    if how == "missing png":
+        (run / "sample-001.png").unlink()
+        return "lacks sample-001.png, which run.json lists"
+    if how == "run.json a list":
+        path.write_text("[1, 2]")
+        return "holds a list, not the object diffkit writes"
+    if how == "no samples":
+        del data["samples"]
+    elif how == "factorize without its prompt":
+        data["request"]["hooks"] = [{"name": "factorize", "args": {"parts": "low_pass+high_pass"}}]
+    elif how == "not an image":
+        (run / "sample-000.png").write_text("not a png")
+        return "sample-000.png is not a readable image"
+    elif how == "outside":
+        data["samples"][0]["file"] = "../other/sample-000.png"
+    elif how == "absolute":
+        data["samples"][0]["file"] = str(run / "sample-000.png")
+    elif how == "two one stem":
+        data["samples"][1]["file"] = data["samples"][0]["file"]
+    path.write_text(json.dumps(data))
+    return {"no samples": "lists no samples", "factorize without its prompt": "its factorize hook cannot be made again",
+            "outside": "is not in", "absolute": "is not in", "two one stem": "for samples 0 and 1"}[how]
+
+
+@pytest.mark.parametrize("how", ["missing png", "run.json a list", "no samples", "factorize without its prompt",
+                                 "not an image", "outside", "absolute", "two one stem"])
+def test_animate_on_a_damaged_folder_names_what_is_wrong_and_writes_nothing(anagram_run, tmp_path, how):
+    (tmp_path / "other").mkdir()
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(tmp_path / "other" / "sample-000.png")
+    text = _damage(anagram_run, how)
+    before = sorted(p.name for p in anagram_run.iterdir())
+    r = runner.invoke(app, ["animate", str(anagram_run), "--no-mp4"])
+    one_line_exit_2(r, text)
+    assert sorted(p.name for p in anagram_run.iterdir()) == before
+    assert not list((tmp_path / "other").glob("*.gif"))
+
+
+def test_animate_on_a_read_only_folder_is_refused_before_any_frame(anagram_run, monkeypatch):
+    from diffkit import animate
+
+    os.chmod(anagram_run, 0o500)
+    try:
+        if os.access(anagram_run, os.W_OK):  # root: make the probe fail as a read-only mount would
+            import tempfile
+
+            def ro(*a, **k):
+                raise OSError(30, "Read-only file system")
+            monkeypatch.setattr(tempfile, "mkstemp", ro)
+        monkeypatch.setattr(animate, "_caption", lambda *a, **k: pytest.fail("a frame was rendered"))
+        r = runner.invoke(app, ["animate", str(anagram_run), "--no-mp4"])
+    finally:
+        os.chmod(anagram_run, 0o755)
+    one_line_exit_2(r, f"cannot write to {anagram_run}")
