@@ -75,7 +75,7 @@ BUILTIN: list[Factor] = [
            "the residual of the motion blur (what is seen when still)"),
     Factor("scale", lambda e, f, weight: weight * e, (Param("weight", float, 1.0, "the estimate's weight",
                                                             range=(-1000.0, 1000.0)),),
-           "the whole estimate times a weight (prompt arithmetic: the weights sum as you choose)"),
+           "the whole estimate times a weight (prompt arithmetic: the parts' weights sum to 1)"),
 ]
 
 # Decompositions whose parts sum to the identity (tests/test_factorize.py checks each).

@@ -181,27 +181,81 @@ def load_image(path: str | os.PathLike, size: tuple[int, int], channels: int) ->
     Transparent pixels become white (hand drawings saved with alpha), and the mode is converted to
     L or RGB to match ``channels``.
     """
+    import warnings
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
-        img = Image.open(path)
-        img.load()
+        with warnings.catch_warnings():  # a large photo is read, not warned about (bombs over 2x are refused)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            img.load()
     except Exception as e:  # PIL raises many kinds
         raise UserError(f"cannot read image {path}: {e}") from e
-    if img.mode in ("RGBA", "LA", "P", "PA"):
-        img = img.convert("RGBA")
+    H, W = size
+    if img.mode in HIGH_DEPTH:  # 16-bit and float images: read at their depth, never clipped to 8 bits
+        return _high_depth(img, path, size, channels)
+    if img.mode in ("RGBA", "LA", "P", "PA", "RGBa", "La"):
+        img = _convert(img, "RGBA", path)
         bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(bg, img)
-    img = img.convert("L" if channels == 1 else "RGB")
+    img = _convert(img, "L" if channels == 1 else "RGB", path)
+    img = _fit(img, size).resize((W, H), Image.Resampling.LANCZOS)
+    t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).float() / 255
+    return t.reshape(H, W, channels).permute(2, 0, 1).contiguous()
+
+
+# Modes whose values are not 8-bit: Pillow's convert("L") clips them (a 16-bit PNG reads almost white, a
+# float TIFF black), so they are scaled to [0, 1] here instead.
+HIGH_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _convert(img: Image.Image, mode: str, path: Path) -> Image.Image:
+    """``img`` in ``mode``, through RGB(A) where Pillow has no direct conversion (LAB to L); a mode it
+    cannot convert at all is refused by name."""
+    for via in ((), ("RGBA",), ("RGB",)):
+        try:
+            for m in (*via, mode):
+                img = img.convert(m)
+            return img
+        except (ValueError, OSError):
+            continue
+    raise UserError(f"image {path} has mode {img.mode}, which diffkit cannot read: save it as an 8- or 16-bit "
+                    "PNG, or a JPEG")
+
+
+def _fit(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The centred crop of ``img`` with the aspect of ``size`` (H, W)."""
     H, W = size
     w, h = img.size
     scale = min(w / W, h / H)
     cw, ch = round(W * scale), round(H * scale)
     left, top = (w - cw) // 2, (h - ch) // 2
-    img = img.crop((left, top, left + cw, top + ch)).resize((W, H), Image.Resampling.LANCZOS)
-    t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).float() / 255
-    return t.reshape(H, W, channels).permute(2, 0, 1).contiguous()
+    return img.crop((left, top, left + cw, top + ch))
+
+
+def _high_depth(img: Image.Image, path: Path, size: tuple[int, int], channels: int) -> Tensor:
+    """A one-channel 16-bit or float image -> ``[C x H x W]`` in [0, 1]: 16-bit values over 65535, 32-bit
+    integers likewise when they fit 16 bits, floats as they are when in [0, 1]; else refused by name.
+    Cropped and resized in float (Pillow's F mode), so no depth is lost."""
+    import numpy as np
+
+    arr = np.asarray(img).astype(np.float64)
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if img.mode == "F":
+        if not (np.isfinite(arr).all() and 0 <= lo and hi <= 1):
+            raise UserError(f"image {path} is a float image with values in [{lo:g}, {hi:g}]: diffkit reads float "
+                            "images as [0, 1]; rescale it, or save it as an 8- or 16-bit PNG")
+    elif 0 <= lo and hi <= 65535:
+        arr = arr / 65535
+    else:
+        raise UserError(f"image {path} is a {img.mode} integer image with values in [{lo:g}, {hi:g}], beyond 16 "
+                        "bits: save it as an 8- or 16-bit PNG")
+    H, W = size
+    f = _fit(Image.fromarray(arr.astype(np.float32), "F"), size).resize((W, H), Image.Resampling.LANCZOS)
+    t = torch.from_numpy(np.asarray(f, dtype=np.float32).copy()).clamp(0, 1)
+    return t[None].expand(channels, H, W).contiguous()
 
 
 def labelled_columns(columns: list[Tensor], titles: list[str], pad: int = 2, scale: int = 2) -> Tensor:

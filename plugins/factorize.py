@@ -44,6 +44,22 @@ def check_parts(ctx: Context, parts: list[tuple[factors.Factor, dict]], factor: 
             raise ValueError(f"part {f.name!r} cannot act on this stage's {H}x{W} images: {e}") from None
 
 
+def check_identity(ctx: Context, parts: list[tuple[factors.Factor, dict]], factor: float) -> None:
+    """Refuse parts that do not sum to the identity at this stage's size: factorized diffusion's estimate
+    is the sum of the parts, so parts that miss some of the image (or count it twice) scale the noise
+    estimate away from the model's and the run ends in saturated noise. Checked on one random image in
+    float64, where a true decomposition is exact to ~1e-15 (a few roundings per pixel of a <= 1023-tap
+    blur); 1e-6 leaves room for any such rounding and is far below what a wrong part misses (0.1 or more)."""
+    C, H, W = ctx.eps_channels, *ctx.backend.sample_shape[1:]
+    e = torch.randn(1, C, H, W, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    total = sum(f(e, factor, args) for f, args in parts)
+    off = (total - e).abs().max().item()
+    if off > 1e-6 * e.abs().max().item():
+        raise ValueError(f"parts={spelled(parts)} do not add up to the image at this stage's {H}x{W} size (off by "
+                         f"up to {off:.3g} on a unit-variance image): each part must be another's complement, e.g. "
+                         "low_pass+high_pass with the same sigma and kernel, or scale weights summing to 1")
+
+
 class Factorize(Combiner):
     name = "factorize"
     help = ("Factorized diffusion: eps = part_1(eps_1) + part_2(eps_2) + ..., part i a filter of prompt i's "
@@ -70,6 +86,7 @@ class Factorize(Combiner):
         self.conds = [ctx.encode_all(p) for p in self.args["prompt"]]
         self.factor = ctx.size_factor
         check_parts(ctx, self.parts, self.factor)
+        check_identity(ctx, self.parts, self.factor)
 
     def expand(self, query: Query) -> list[Query]:
         # An unconditional query stays unconditional in every part: the parts then sum to the plain

@@ -302,3 +302,103 @@ def test_animate_on_a_read_only_folder_is_refused_before_any_frame(anagram_run, 
     finally:
         os.chmod(anagram_run, 0o755)
     one_line_exit_2(r, f"cannot write to {anagram_run}")
+
+
+# ---- 7. factorize parts that do not add up to the image ----
+
+@pytest.mark.parametrize("parts", ["low_pass:kernel=3+low_pass:kernel=3", "scale:0.5+scale:0.2", "high_pass:kernel=3+high_pass:kernel=3",
+                                   "low_pass:sigma=1,kernel=5+high_pass:sigma=2,kernel=5"])
+def test_factorize_parts_that_do_not_sum_to_the_image_are_refused(tmp_path, parts):
+    r = sample(tmp_path, "--class", "0", "--hook", f'factorize:1,parts="{parts}"')
+    one_line_exit_2(r, "hook 'factorize'", "do not add up to the image at this stage's")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("parts", ["low_pass:kernel=7+high_pass:kernel=7", "low_pass:sigma=1,kernel=5+high_pass:sigma=1,kernel=5",
+                                   "scale:15+scale:-14", "motion+motion_res", "scale:0.3+scale:0.7"])
+def test_factorize_parts_that_sum_to_the_image_still_run(tmp_path, parts):
+    assert sample(tmp_path, "--class", "0", "--hook", f'factorize:1,parts="{parts}"').exit_code == 0
+
+
+def test_a_three_band_decomposition_still_runs(tmp_path):
+    r = sample(tmp_path, "--class", "0", "--hook",
+               "factorize:1,prompt=0,parts=triple_low_pass:kernel=5+triple_medium_pass:kernel=5+triple_high_pass:kernel=5")
+    assert r.exit_code == 0, r.output
+
+
+# ---- 8. every image mode Pillow opens reads in [0, 1], or is refused by name ----
+
+def _ramp(d: Path):
+    """The same picture (a diagonal ramp) at 8 bits, 16 bits and in float32."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:48, 0:40]
+    v = (x + y) / (47 + 39)
+    Image.fromarray(np.round(v * 255).astype(np.uint8)).save(d / "ramp8.png")
+    Image.fromarray(np.round(v * 65535).astype(np.uint16)).save(d / "ramp16.png")
+    Image.fromarray(v.astype(np.float32)).save(d / "rampf.tiff")
+    return d / "ramp8.png", d / "ramp16.png", d / "rampf.tiff"
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_16_bit_and_float_images_read_as_the_same_picture_at_8_bits(tmp_path, channels):
+    from PIL import Image
+
+    from diffkit.io import load_image
+
+    p8, p16, pf = _ramp(tmp_path)
+    assert Image.open(p16).mode == "I;16" and Image.open(pf).mode == "F"
+    want = load_image(p8, (16, 16), channels)
+    for p in (p16, pf):
+        got = load_image(p, (16, 16), channels)
+        # The 8-bit side rounds twice: the source (half a level, carried through Lanczos-3, whose |weights|
+        # sum to < 1.3: < 0.65 of a level) and its output (half a level): < 1.15 levels; 1.5 leaves room for
+        # Pillow's fixed-point coefficients. The bug this catches (16 bits clipped to 8) is off by 0.5 and more.
+        assert got.shape == want.shape and (got - want).abs().max() <= 1.5 / 255, p
+
+
+@pytest.mark.parametrize("hook", ["sdedit:image={},strength=0.5", "reference:image={},part=\"low_pass:kernel=3\"", "inpaint:image={},mask={}"])
+def test_a_16_bit_png_is_read_right_by_every_technique_that_takes_an_image(tmp_path, hook, monkeypatch):
+    from diffkit import io
+
+    _, p16, _ = _ramp(tmp_path)
+    seen = []
+    real = io.load_image
+    monkeypatch.setattr(io, "load_image", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    r = sample(tmp_path, "--class", "0", "--hook", hook.format(p16, p16))
+    assert r.exit_code == 0, r.output
+    assert seen and all(0.4 < float(t.mean()) < 0.6 for t in seen)  # the ramp's mean, not near-white or black
+
+
+@pytest.mark.parametrize("values,text", [((-1.0, 2.0), "a float image with values in [-1, 2]"),
+                                         ((0.0, float("nan")), "a float image with values in")])
+def test_a_float_image_outside_0_1_is_refused_by_name(tmp_path, values, text):
+    from PIL import Image
+
+    Image.fromarray(np.array([[values[0], values[1]]] * 2, dtype=np.float32)).save(tmp_path / "f.tiff")
+    one_line_exit_2(sample(tmp_path, "--class", "0", "--hook", f"sdedit:image={tmp_path / 'f.tiff'},strength=0.5"),
+                    text)
+
+
+@pytest.mark.parametrize("mode,ext", [("1", "png"), ("L", "png"), ("P", "png"), ("RGB", "png"), ("RGBA", "png"),
+                                      ("LA", "png"), ("CMYK", "tiff"), ("YCbCr", "jpg"), ("LAB", "tiff"),
+                                      ("I", "tiff"), ("I;16", "png"), ("I;16B", "tiff"), ("F", "tiff"),
+                                      ("RGBX", "tiff"), ("HSV", "tiff")])
+def test_every_mode_reads_in_0_1_or_is_refused_by_name(tmp_path, mode, ext):
+    from PIL import Image
+
+    from diffkit.errors import UserError
+    from diffkit.io import load_image
+
+    p = tmp_path / f"im.{ext}"
+    try:
+        Image.new(mode, (12, 10)).save(p)
+    except (OSError, KeyError, ValueError):
+        pytest.skip(f"Pillow cannot write {mode} as {ext}")
+    for c in (1, 3):
+        try:
+            t = load_image(p, (8, 8), c)
+        except UserError as e:
+            assert f"mode {Image.open(p).mode}" in str(e)
+            continue
+        assert t.shape == (c, 8, 8) and 0 <= float(t.min()) and float(t.max()) <= 1
