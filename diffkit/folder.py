@@ -29,7 +29,7 @@ import re
 import shutil
 import struct
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 from torch import Tensor
@@ -37,6 +37,7 @@ from torch import Tensor
 from diffkit import io
 from diffkit.errors import OutputInTheWay, UserError
 
+T = TypeVar("T")
 GRID_MAX = 64  # samples shown in grid.png and the frames
 WORK = ".diffkit-partial"  # the work folder's name inside --out
 # a sample, and the views and animations of it (sample-000.view1.png / .gif / .mp4, sample-000.factorize.gif)
@@ -85,8 +86,14 @@ def run_files(out: Path) -> list[str]:
 
 def check_out(out: str | os.PathLike, n: int, frames: bool, overwrite: bool) -> None:
     """Refuse (FileExistsError) before any work if the run would overwrite files in ``out``."""
+    import stat
+
     out = Path(out)
-    if out.exists() and not out.is_dir():
+    try:  # one stat: another run may make or remove the folder between two questions
+        is_file = not stat.S_ISDIR(os.stat(out).st_mode)
+    except FileNotFoundError:
+        is_file = False
+    if is_file:
         raise OutputInTheWay(f"--out {out} is a file, not a folder")
     clash = [name for name in output_names(n, frames) if (out / name).exists()]
     if clash and not overwrite:
@@ -94,24 +101,73 @@ def check_out(out: str | os.PathLike, n: int, frames: bool, overwrite: bool) -> 
                               "pass --overwrite to replace them, or choose another --out")
 
 
+def make_dirs(path: Path) -> list[Path]:
+    """Make ``path`` and its missing parents; the folders this call made, outermost first. Each is made
+    with one ``mkdir``, so a folder another process makes at the same moment is never counted as ours."""
+    made: list[Path] = []
+    try:
+        for p in reversed([path, *path.parents]):
+            if p.is_dir():
+                continue
+            try:
+                os.mkdir(p)
+            except FileExistsError:
+                continue
+            made.append(p)
+    except OSError:
+        unmake_dirs(made)
+        raise
+    return made
+
+
+def unmake_dirs(made: Sequence[Path]) -> None:
+    """Remove the folders :func:`make_dirs` made, innermost first, each only while it is empty: what
+    another process put in one since (its run, its lock) is never removed."""
+    for p in reversed(made):
+        try:
+            os.rmdir(p)
+        except OSError:
+            return
+
+
+def in_dirs(out: Path, work: Callable[[], T], tries: int = 50) -> tuple[list[Path], T]:
+    """``work()`` with ``out`` made (see :func:`make_dirs`): ``(the folders made, its result)``. Another run
+    starting at the same moment may remove an empty folder it made just before ``work`` writes in it
+    (that is all :func:`unmake_dirs` ever removes); then the folders are made again and ``work`` retried."""
+    for k in range(tries):
+        made: list[Path] = []
+        try:
+            made = make_dirs(out)  # a parent may go between two of its mkdirs, too
+            return made, work()
+        except FileNotFoundError:
+            unmake_dirs(made)
+            if k == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def check_writable(out: str | os.PathLike) -> None:
-    """Refuse (OSError with the reason) an ``out`` that cannot be made or written: a read-only mount, a
-    symlink loop, a file in the way, no permission. Makes and removes a probe file (and any folder it
-    had to make), so the refusal comes before any model loads or sampling starts."""
+    """Refuse (:class:`NotWritable`, with the reason) an ``out`` that cannot be made or written: a read-only
+    mount, a symlink loop, a file in the way, no permission. Makes and removes a probe file of its own
+    name (two runs probing at once never remove each other's) and the folders it had to make, if still
+    empty, so the refusal comes before any model loads or sampling starts."""
+    import tempfile
+
     out = Path(out)
     if out.is_symlink() and not out.exists():
         raise NotADirectoryError(f"--out {out} is a symbolic link that leads nowhere (a loop, or a missing target)")
-    made = io._missing_ancestor(out)
+    def probe() -> None:
+        fd, name = tempfile.mkstemp(prefix=".diffkit-probe.", dir=out)
+        os.close(fd)
+        os.unlink(name)
+
+    made: list[Path] = []
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with io.atomic_path(out / ".diffkit-probe") as tmp:
-            tmp.write_bytes(b"")
-        (out / ".diffkit-probe").unlink()
+        made, _ = in_dirs(out, probe)
     except OSError as e:
         raise NotWritable(f"cannot write to --out {out}: {e.strerror or e}", e.errno) from None
     finally:
-        if made is not None:
-            shutil.rmtree(made, ignore_errors=True)
+        unmake_dirs(made)
 
 
 def partial_dir(out: str | os.PathLike) -> Path:
@@ -147,9 +203,14 @@ def read_json(path: Path, what: str, keys: Sequence[str] = ()) -> dict[str, Any]
 
 def lock(path: Path) -> int:
     """Take the lock of the work folder ``path``: an exclusive ``fcntl.flock`` on ``path/lock`` holding
-    our pid. The kernel drops it when the process ends, however it ends, so a killed run stays
-    resumable; a live one makes this raise :class:`Busy`. Returns the descriptor that holds it."""
-    fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT, 0o666)
+    our pid (the file is made with the folder, never here). The kernel drops it when the process ends,
+    however it ends, so a killed run stays resumable; a live one makes this raise :class:`Busy`.
+    Returns the descriptor that holds it."""
+    try:  # never created here: a work folder appears whole, with its lock held (RunFolder.start)
+        fd = os.open(path / "lock", os.O_RDWR)
+    except FileNotFoundError:  # being published right now: the lock is the last entry to go
+        raise Busy(f"another diffkit run is writing {path.parent} (it is finishing); wait for it to end, or "
+                   f"choose another --out (if none is running, remove {path})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -175,10 +236,10 @@ class RunFolder:
     the one that started or resumed the run holds its lock."""
 
     def __init__(self, out: Path, request: dict[str, Any], n: int, batch_size: int, frames: bool,
-                 made: Path | None = None, fd: int | None = None):
+                 made: Sequence[Path] = (), fd: int | None = None):
         self.out, self.path = Path(out), partial_dir(out)
         self.request, self.n, self.batch_size, self.frames = request, n, batch_size, frames
-        self.made = made  # the outermost folder this run created (removed again if nothing is kept)
+        self.made = list(made)  # the folders this run made (removed again, if empty, when nothing is kept)
         self.fd = fd  # the lock, while this process holds it
 
     # -- starting and resuming --
@@ -234,12 +295,46 @@ class RunFolder:
                                   f"one; pass --overwrite to replace it, or choose another --out")
             note = f"nothing to resume in {out}: starting the run"
         check_out(out, n, frames, overwrite)
-        made = io._missing_ancestor(out)
-        (path / "parts").mkdir(parents=True)
-        fd = lock(path)
-        io.write_json(path / "request.json", {"request": request, "num_samples": n, "batch_size": batch_size,
-                                              "frames": frames})
+        made: list[Path] = []
+        try:
+            made, fd = in_dirs(out, lambda: cls._create(path, {"request": request, "num_samples": n,
+                                                               "batch_size": batch_size, "frames": frames}))
+        except BaseException:
+            unmake_dirs(made)
+            raise
         return cls(out, request, n, batch_size, frames, made, fd), note
+
+    @staticmethod
+    def _create(path: Path, saved: dict[str, Any]) -> int:
+        """Make the work folder ``path`` whole, its lock already held: built under a temporary name and
+        renamed into place, so another process sees no work folder or one whose lock a live run holds
+        (then it is :class:`Busy`), never one between the two. Returns the lock's descriptor."""
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix=f"{WORK}.", suffix=".tmp", dir=path.parent))
+        fd = None
+        try:
+            (tmp / "parts").mkdir()
+            fd = os.open(tmp / "lock", os.O_RDWR | os.O_CREAT, 0o666)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else can hold it
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            io.write_json(tmp / "request.json", saved)
+            os.chmod(tmp, 0o777 & ~io._umask())
+            os.rename(tmp, path)  # fails when another run's work folder (never empty) is already there
+            return fd
+        except OSError as e:
+            if fd is not None:
+                os.close(fd)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY) and path.is_dir():
+                os.close(lock(path))  # Busy while the run that made it lives
+                raise _interrupted(path) from None
+            raise
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     @classmethod
     def _resume(cls, out: Path, request: dict, n: int, batch_size: int, frames: bool, overwrite: bool,
@@ -315,9 +410,8 @@ class RunFolder:
         self.release()
         if done:
             return f"{min(done * self.batch_size, self.n)} of {self.n} samples are kept in {self.path}; continue with --resume"
-        shutil.rmtree(self.path, ignore_errors=True)
-        if self.made is not None:
-            shutil.rmtree(self.made, ignore_errors=True)
+        shutil.rmtree(self.path, ignore_errors=True)  # ours: made whole by this run, under its lock
+        unmake_dirs(self.made)
         return f"nothing was written to {self.out}"
 
     def publish(self, labels: Sequence[Any], extra: dict[str, Any] | None = None) -> None:
@@ -328,9 +422,10 @@ class RunFolder:
             raise RuntimeError(f"batches {missing[:5]} of {self.path} are missing")
         assemble(self.path, labels, dict(extra or {}, request=self.request))
         (self.path / "request.json").unlink()
-        (self.path / "lock").unlink()  # still held through self.fd until the work folder is gone
-        try:
-            io.move_into(self.path, self.out, stale=sorted(set(run_files(self.out)) - set(os.listdir(self.path))))
+        try:  # the lock stays, held, until everything else has moved: a run arriving now is Busy
+            io.move_into(self.path, self.out, stale=sorted(set(run_files(self.out)) - set(os.listdir(self.path))),
+                         skip=("lock",))
+            (self.path / "lock").unlink()
         finally:
             if self.path.is_dir() and not any(self.path.iterdir()):  # all moved: the work folder goes
                 self.path.rmdir()

@@ -76,9 +76,10 @@ def staged_dir(out: str | os.PathLike, stale: Sequence[str] = ()) -> Iterator[Pa
             shutil.rmtree(made, ignore_errors=True)
 
 
-def move_into(src: Path, out: Path, stale: Sequence[str] = ()) -> None:
+def move_into(src: Path, out: Path, stale: Sequence[str] = (), skip: Sequence[str] = ()) -> None:
     """Rename ``src``'s entries into ``out`` (``src`` itself when ``out`` does not exist), replacing
-    entries of the same name and removing ``out``'s entries named in ``stale``, with SIGINT/SIGTERM
+    entries of the same name and removing ``out``'s entries named in ``stale`` (those named in ``skip`` stay
+    in ``src``), with SIGINT/SIGTERM
     held: ``out`` ends with all of them or none. ``src`` is gone or empty afterwards; a held signal is
     raised with ``committed`` set."""
     from diffkit import interrupt
@@ -90,7 +91,7 @@ def move_into(src: Path, out: Path, stale: Sequence[str] = ()) -> None:
             if not out.exists():
                 os.replace(src, out)
             else:
-                for name in sorted(os.listdir(src)):
+                for name in sorted(set(os.listdir(src)) - set(skip)):
                     dst = out / name
                     if dst.is_dir() and not dst.is_symlink():
                         shutil.rmtree(dst)

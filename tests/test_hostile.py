@@ -402,3 +402,83 @@ def test_every_mode_reads_in_0_1_or_is_refused_by_name(tmp_path, mode, ext):
             assert f"mode {Image.open(p).mode}" in str(e)
             continue
         assert t.shape == (c, 8, 8) and 0 <= float(t.min()) and float(t.max()) <= 1
+
+
+# ---- 6. two runs started at the same moment: one writes, the other is told so; nobody removes another's folder ----
+
+def _start_at_once(out: str, barrier, answers, delay: float) -> None:
+    import time
+
+    from diffkit.folder import Busy, RunFolder
+
+    barrier.wait()
+    try:
+        folder, _ = RunFolder.start(out, {"same": "request"}, 2, 2, False)
+    except Busy as e:
+        answers.put(("busy", str(e)))
+        return
+    except BaseException as e:  # noqa: BLE001 - any other outcome is the bug
+        answers.put(("other", f"{type(e).__name__}: {e}"))
+        return
+    time.sleep(delay)  # hold it while the other tries
+    ok = folder.path.is_dir() and (folder.path / "request.json").is_file()
+    folder.release()
+    answers.put(("ok" if ok else "other", "the work folder vanished under the winner"))
+
+
+def test_two_runs_started_at_the_same_moment_one_writes_the_other_is_told_busy(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for k in range(40):  # the window is microseconds wide: many tries, parents made and not made
+        out = str(tmp_path / f"try{k}" / "deeper" / "out" if k % 2 else tmp_path / f"out{k}")
+        barrier, answers = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_start_at_once, args=(out, barrier, answers, 0.2)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        got = sorted(answers.get(timeout=5) for _ in procs)
+        kinds = [g[0] for g in got]
+        assert kinds == ["busy", "ok"], (k, got)
+        assert "another diffkit run" in got[0][1] and "is writing" in got[0][1], got
+
+
+def test_a_run_arriving_while_another_publishes_is_told_busy(tmp_path, monkeypatch):
+    from diffkit import folder as fmod
+    from diffkit.folder import Busy, RunFolder
+
+    seen = []
+    real = fmod.io.move_into
+
+    def publish_and_race(src, out, stale=(), skip=()):
+        real(src, out, stale, skip)  # every file moved in; the lock not yet gone
+        with pytest.raises(Busy, match="another diffkit run") as e:
+            RunFolder.start(out, {"other": 1}, 1, 1, False, overwrite=True)
+        seen.append(str(e.value))
+
+    monkeypatch.setattr(fmod.io, "move_into", publish_and_race)
+    r = sample(tmp_path, "-n", "2")
+    assert r.exit_code == 0, r.output
+    assert seen and not (tmp_path / "o" / ".diffkit-partial").exists()
+    assert (tmp_path / "o" / "run.json").is_file() and not (tmp_path / "o" / "lock").exists()
+
+
+def test_two_diffkit_commands_at_once_one_writes_the_other_says_busy(tmp_path):
+    import subprocess
+    import sys
+
+    code = "import sys; sys.argv[0] = 'diffkit'; from diffkit.cli import main; main()"
+    for k in range(3):
+        out = tmp_path / f"o{k}" / "run"
+        args = [sys.executable, "-c", code, "sample", "-b", "gaussian", "-n", "64", "--steps", "300", "--out", str(out)]
+        procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+        outs = [(p.wait(timeout=300), p.stdout.read()) for p in procs]
+        codes = sorted(c for c, _ in outs)
+        said = " ".join(t for _, t in outs)
+        # both may also run one after the other (the first finished before the second began): then the
+        # second is refused for the finished run's files; never a mix, never an internal error
+        assert "internal error" not in said and "missing" not in said and "No such file" not in said, said
+        assert codes == [0, 2], said
+        assert "another diffkit run" in said or "already holds" in said, said
+        assert len(list(out.glob("sample-*.png"))) == 64
