@@ -93,6 +93,31 @@ def load_backend(name: str, **options: Any) -> Backend:
     return info.load(**given)
 
 
+def input_hashes(techniques: Sequence[Technique], backend: str | Backend,
+                 options: dict[str, Any]) -> dict[str, str]:
+    """``{path: sha256 of its contents}`` of every file the run reads (techniques' images, masks and
+    permutation files, a backend's file options such as IF's embeddings; not model folders), so that a
+    --resume after one of them changed is refused instead of mixing samples of both."""
+    import hashlib
+
+    from diffkit.technique import FILE_KINDS
+
+    files = [f for t in techniques for f in t.input_files()]
+    if isinstance(backend, str):
+        for p in plugins.get_backend(backend).params:
+            v = options.get(p.name)
+            if p.kind in FILE_KINDS and isinstance(v, str) and os.path.isfile(v):
+                files.append(v)
+    out = {}
+    for f in dict.fromkeys(files):
+        h = hashlib.sha256()
+        with open(f, "rb") as fp:
+            for block in iter(lambda: fp.read(1 << 20), b""):
+                h.update(block)
+        out[f] = "sha256:" + h.hexdigest()
+    return out
+
+
 class Run:
     """One sampling run, stage after stage. Iterate :meth:`steps` for progress, then read :attr:`result`."""
 
@@ -136,6 +161,7 @@ class Run:
         self.backend_options = {k: v for k, v in (backend_options or {}).items() if v is not None}
         if isinstance(backend, str):  # checked against the declarations before the model loads
             self.backend_options = plugins.get_backend(backend).read_options(self.backend_options)
+        self.inputs = input_hashes(self.techniques, backend, self.backend_options)
         self.backend = load_backend(backend, **self.backend_options) if isinstance(backend, str) else backend
         if self.rule is None:
             self.rule = plugins.make_sampler(self.backend.default_sampler)
@@ -268,8 +294,11 @@ class Run:
         options = dict(self.backend_options)
         if str(options.get("device", "")).startswith("cuda:"):  # torchrun gives each rank its own GPU
             options["device"] = "cuda"
-        return dict(self._asked, backend=self.backend.name, backend_options=options,
-                    hooks=[{"name": t.name, "args": t.args} for t in self.techniques], sampler=self.rule.spec)
+        out = dict(self._asked, backend=self.backend.name, backend_options=options,
+                   hooks=[{"name": t.name, "args": t.args} for t in self.techniques], sampler=self.rule.spec)
+        if self.inputs:  # only runs that read files carry it: every other run.json keeps its bytes
+            out["inputs"] = self.inputs
+        return out
 
     def model_calls_per_sample(self) -> float:
         """Images the model has seen per sample so far, every branch counted (CFG: 2 an evaluation)."""

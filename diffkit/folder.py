@@ -183,6 +183,12 @@ def _differences(old: dict, new: dict) -> str:
     return "; ".join(f"{k}: {json.dumps(old.get(k))} there, {json.dumps(new.get(k))} now" for k in keys)
 
 
+def _changed_inputs(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """The first input file whose recorded contents' hash differs (or that is no longer read), or None."""
+    a, b = old.get("inputs") or {}, new.get("inputs") or {}
+    return next((f for f in a if b.get(f) != a[f]), None)
+
+
 def _interrupted(path: Path) -> OutputInTheWay:
     done = len(list((path / "parts").glob("batch-*.safetensors")))
     return OutputInTheWay(f"{path} holds an interrupted run ({done} batches done); pass --resume to continue it, "
@@ -344,6 +350,11 @@ class RunFolder:
             fix = f"pass --overwrite instead of --resume to start the run afresh (discarding {path})"
             keys = ("request", "num_samples", "batch_size", "frames")
             saved = read_json(path / "request.json", fix, keys) if (path / "request.json").is_file() else {}
+            changed = _changed_inputs(saved.get("request") or {}, request)
+            if changed:
+                raise ResumeError(f"--resume: {changed} changed since the run began (its contents differ from what the "
+                                  f"finished batches were made from): put the old file back to resume, or pass "
+                                  f"--overwrite instead to start afresh with the new one")
             if saved.get("request") != request:
                 raise ResumeError(f"--resume: {path} holds a run of another command ({_differences(saved.get('request') or {}, request)}); "
                                   "run that command again, or pass --overwrite instead to start this one afresh")

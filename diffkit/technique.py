@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar
 
 from torch import Tensor
 
 from diffkit.params import REQUIRED, TYPE_NAMES, Param, to_bool  # noqa: F401 - where plugins import them
 from diffkit.state import Context, Query
+
+FILE_KINDS = ("image", "sketch", "mask", "path")  # Param kinds whose value may name a file the run reads
 
 # Guidance limited to an interval of noise levels (Kynkaanniemi et al. 2024), shared by cfg and autoguide.
 INTERVAL = (
@@ -50,6 +53,18 @@ class Technique:
 
     def setup(self, ctx: Context) -> None:
         pass
+
+    def input_files(self) -> list[str]:
+        """The files this technique reads (its params of kind image, sketch, mask or path that name a file):
+        the run records their contents' hashes, so a ``--resume`` after one changed is refused."""
+        out = []
+        for p in self.params:
+            if p.kind in FILE_KINDS:
+                values = self.args.get(p.name)
+                for v in values if isinstance(values, (list, tuple)) else [values]:
+                    if isinstance(v, str) and os.path.isfile(v):
+                        out.append(v)
+        return out
 
     @classmethod
     def supports(cls, backend: str) -> bool:

@@ -43,6 +43,7 @@ class View:
     unpermute: Callable[[Tensor], Tensor] = _same
     help: str = ""
     negate: bool = False
+    files: tuple[str, ...] = ()  # files the view was made from (permute:file=...): a run records their hashes
 
     def forward(self, x: Tensor) -> Tensor:
         """The view of an image or of a model input, every channel: ``(-1)^negate permute(x)``."""
@@ -454,7 +455,10 @@ def _permute(file: str) -> View:
                              f"images, not {h}x{w}")
         return perms[h]
 
-    return from_index(_spec("permute", file=file), index, f"the permutation in {file}")
+    import dataclasses
+
+    view = from_index(_spec("permute", file=file), index, f"the permutation in {file}")
+    return dataclasses.replace(view, files=(file,))
 
 
 SEED = Param("seed", int, 0, "seed of the permutation (recorded in run.json; the same at every size)",

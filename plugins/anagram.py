@@ -41,6 +41,9 @@ class Anagram(Combiner):
         self.args["view"] = [v.name for v in self.views]  # every argument spelled out: run.json re-makes them
         self.prompts = prompts
 
+    def input_files(self) -> list[str]:
+        return super().input_files() + [f for v in self.views for f in v.files]
+
     def setup(self, ctx: Context) -> None:
         self.conds = [ctx.encode_all(p) for p in self.prompts]
         for v in self.views:  # a view that cannot take this stage's size is refused before any step

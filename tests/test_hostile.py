@@ -482,3 +482,59 @@ def test_two_diffkit_commands_at_once_one_writes_the_other_says_busy(tmp_path):
         assert codes == [0, 2], said
         assert "another diffkit run" in said or "already holds" in said, said
         assert len(list(out.glob("sample-*.png"))) == 64
+
+
+# ---- 5. --resume after an input file changed ----
+
+def _inputs(d: Path) -> dict[str, Path]:
+    from PIL import Image
+
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(d / "image.png")
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(d / "mask.png")
+    np.save(d / "perm.npy", np.random.default_rng(0).permutation(64))
+    return {"image": d / "image.png", "mask": d / "mask.png", "perm": d / "perm.npy"}
+
+
+@pytest.mark.parametrize("hook,changed", [("sdedit:image={image},strength=0.5", "image"),
+                                          ("reference:image={image},part=\"low_pass:kernel=3\"", "image"),
+                                          ("inpaint:image={image},mask={mask}", "mask"),
+                                          ("anagram:1,view=\"permute:file={perm}\"", "perm")])
+def test_resume_after_an_input_file_changed_is_refused_naming_it(tmp_path, hook, changed, monkeypatch):
+    import json
+
+    from PIL import Image
+
+    from diffkit import api
+
+    files = _inputs(tmp_path)
+    args = ["--class", "0", "-n", "4", "--batch-size", "2", "--hook", hook.format(**files)]
+    # stop after the first batch: the run is interrupted with one batch done
+    job = api.FolderRun(tmp_path / "o", "gaussian", classes=["0"], num=4, steps=2, batch_size=2,
+                        hooks=[hook.format(**files)])
+    steps = job.steps()
+    for st in steps:
+        if st.state is None:
+            break
+    steps.close()
+    saved = json.loads((tmp_path / "o" / ".diffkit-partial" / "request.json").read_text())["request"]
+    assert str(files[changed]) in saved["inputs"]
+    p = files[changed]
+    if p.suffix == ".npy":
+        np.save(p, np.random.default_rng(1).permutation(64))
+    else:
+        Image.fromarray(np.full((8, 8), 10 if changed == "image" else 0, np.uint8)).save(p)
+        if changed == "mask":
+            Image.fromarray(np.eye(8, dtype=np.uint8) * 255).save(p)
+    r = sample(tmp_path, *args, "--resume")
+    one_line_exit_2(r, f"--resume: {p} changed since the run began", "--overwrite")
+    assert not (tmp_path / "o" / "run.json").exists()
+    # the same file back: the resume goes on
+    files = _inputs(tmp_path)
+    assert sample(tmp_path, *args, "--resume").exit_code == 0
+
+
+def test_a_run_without_input_files_records_no_inputs(tmp_path):
+    import json
+
+    assert sample(tmp_path, "--class", "0").exit_code == 0
+    assert "inputs" not in json.loads((tmp_path / "o" / "run.json").read_text())["request"]
