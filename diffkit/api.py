@@ -24,7 +24,7 @@ from diffkit.folder import AlreadyDone, ResumeError, RunFolder, assemble, check_
 from diffkit.backends.base import Backend, check_device
 from diffkit.errors import OutputInTheWay, RunFailure, UserError  # noqa: F401 - api names
 from diffkit.rules import RuleError, Stepper, StepRule, check_timesteps, timesteps_for  # noqa: F401 - api names
-from diffkit.sampler import Sampler
+from diffkit.sampler import MAX_BRANCHES, Sampler
 from diffkit.spec import parse
 from diffkit.state import Context, StepState
 from diffkit.technique import Technique
@@ -128,7 +128,7 @@ class Run:
                  i_start: int = 0, save_every: int = 0,
                  max_batch: int | None = None, backend_options: dict[str, Any] | None = None,
                  stages: int | None = None, sampler: str | StepRule | None = None,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, max_branches: int | None = None):
         # Everything that can be checked without the model is checked before it loads.
         check_int("seed", seed, 0, 2**63 - 1)
         check_int("num", num, 1)
@@ -137,6 +137,8 @@ class Run:
             if value is not None:
                 check_int(name, value, 1)
         check_int("i_start", i_start, 0)
+        if max_branches is not None:
+            check_int("max_branches", max_branches, 1, 2**30)
         check_int("save_every", save_every, 0)
         for name, ts in (("timesteps", timesteps), ("timesteps2", timesteps2)):
             if ts is not None:
@@ -184,7 +186,7 @@ class Run:
         self.batch_size = min(batch_size or len(self.labels), len(self.labels))
         # Encode every distinct label now, so one the backend cannot take fails before any work.
         Context.make_cond(self.backend, list(dict.fromkeys(self.labels)) + [None])
-        self.sampler = Sampler(self.techniques, max_batch)
+        self.sampler = Sampler(self.techniques, max_batch, max_branches or MAX_BRANCHES)
         self._recipe_samplers: dict[Any, Sampler] = {}  # later stages with a recipe of their own
         self.result: Result | None = None
         self.stage_timesteps: list[list[int]] = []

@@ -299,6 +299,8 @@ def sample(
                                                        "backend declares (see `diffkit backends`; repeatable). "
                                                        "--checkpoint, --model, --device ... are short for it."),
     max_batch: Optional[int] = Int(None, lo=1, hi=1_000_000, help="Split the step's model call above this many rows."),
+    max_branches: Optional[int] = Int(None, lo=1, hi=2**30, help="Allow the hooks to make up to this many model rows a "
+                                      "sample at each evaluation (default 1024: more is refused, naming the count)."),
     sweep: Optional[str] = typer.Option(None, help="NAME=v1,v2,...: one run per value of a hook or sampler parameter "
                                                    "(or steps, sampler, i_start, seed); writes NAME-v/ folders "
                                                    "and sweep.png."),
@@ -326,7 +328,8 @@ def sample(
                                stage3=stage3, height=height, width=width, dtype=dtype, embeddings=embeddings, offload=offload)
     kwargs = dict(_labels(prompt, classes), hooks=hook or [], seed=seed, num=num, steps=steps, stride=stride,
                   timesteps=_ints(timesteps, "--timesteps") or None, timesteps2=_ints(timesteps2, "--timesteps2") or None,
-                  i_start=i_start, save_every=save_every, max_batch=max_batch, backend_options=options, sampler=sampler)
+                  i_start=i_start, save_every=save_every, max_batch=max_batch, backend_options=options, sampler=sampler,
+                  max_branches=max_branches)
     if sweep:
         for flag, given in (("--batch-size", batch_size), ("--resume", resume), ("torchrun", dist.launched())):
             if given:

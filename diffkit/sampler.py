@@ -23,6 +23,9 @@ from diffkit.state import Context, Denoiser, Query, Step, StepState
 from diffkit.technique import Combiner, Technique
 
 
+MAX_BRANCHES = 1024  # model rows a sample at one evaluation, above which a run must say it means it
+
+
 class Sampler:
     """Samples one stage of a backend with a list of techniques (in ``--hook`` order).
 
@@ -30,9 +33,11 @@ class Sampler:
     final ``x`` ``[N x C x H x W]`` (``StopIteration.value``; :meth:`sample` hands it back directly).
     """
 
-    def __init__(self, techniques: list[Technique] = (), max_batch: int | None = None):
+    def __init__(self, techniques: list[Technique] = (), max_batch: int | None = None,
+                 max_branches: int = MAX_BRANCHES):
         self.techniques = list(techniques)
         self.max_batch = max_batch
+        self.max_branches = max_branches
         self.stats: dict[str, int] = {}  # model evaluations and rows, summed over runs (denoise.batched)
 
     def denoiser(self, ctx: Context) -> Denoiser:
@@ -57,7 +62,40 @@ class Sampler:
                 raise SpecError(f"hook {tech.name!r}: {e}") from e
             except Exception as e:
                 raise plugins.PluginError(f"hook {tech.name!r} failed in setup: {type(e).__name__}: {e}") from e
+        self.check_branches(ctx)
         ctx.extra["_setup_done"] = True
+
+    def branches(self, ctx: Context, cap: int | None = None) -> tuple[int, int | None]:
+        """``(branches, rows)`` of one sample at one evaluation: the queries the combiners build by
+        expanding the step's query, and the distinct ones among them, which the model is run on (CFG around a
+        2-view anagram: 4 and 4; CFG around a hybrid: 4 and 3). Expanded level by level on a one-sample
+        input; past ``cap`` branches the count is the product of each remaining level's fan-out (exact when
+        every query of a level expands alike, as every built-in combiner's does) and ``rows`` is None."""
+        combiners = [t for t in self.techniques if isinstance(t, Combiner)]
+        x = torch.zeros(1, *ctx.backend.sample_shape, dtype=ctx.backend.dtype)
+        level = [Query(x, ctx.timesteps[ctx.i_start], ctx.cond)]
+        for k, c in enumerate(combiners):
+            if cap is not None and len(level) > cap:
+                n, one = len(level), level[0]
+                for rest in combiners[k:]:
+                    out = rest.expand(one)
+                    n, one = n * len(out), out[0]
+                return n, None
+            level = [e for q in level for e in c.expand(q)]
+        return len(level), len({q.key for q in level})
+
+    def check_branches(self, ctx: Context) -> None:
+        """Refuse, before any step, techniques whose branches multiply past ``max_branches`` a sample (twenty
+        nested anagrams build 2^20 queries a step: gigabytes and a minute for one step, with no word)."""
+        n, _ = self.branches(ctx, self.max_branches)
+        if n > self.max_branches:
+            from diffkit.errors import UserError
+
+            names = " x ".join(t.name for t in self.techniques if isinstance(t, Combiner))
+            raise UserError(f"the hooks ({names}) make {n} branches a sample at every evaluation, over the bound of "
+                            f"{self.max_branches}: each evaluation would build and combine {n} x {ctx.n} estimates. "
+                            f"Use fewer nested hooks, or pass --max-branches {n} (api: max_branches={n}) to run it "
+                            "anyway")
 
     def run(self, ctx: Context) -> Iterator[StepState]:
         backend, ts, stepper = ctx.backend, ctx.timesteps, ctx.stepper

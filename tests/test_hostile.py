@@ -538,3 +538,39 @@ def test_a_run_without_input_files_records_no_inputs(tmp_path):
 
     assert sample(tmp_path, "--class", "0").exit_code == 0
     assert "inputs" not in json.loads((tmp_path / "o" / "run.json").read_text())["request"]
+
+
+# ---- 4. branches that multiply past a bound are refused, counted, before any step ----
+
+def test_twenty_nested_anagrams_are_refused_at_once_with_the_row_count(tmp_path):
+    import time
+
+    hooks = [a for _ in range(20) for a in ("--hook", 'anagram:1,view="pixel_permute:8"')]
+    t0 = time.perf_counter()
+    with deadline(60):
+        r = sample(tmp_path, "--class", "0", *hooks)
+    one_line_exit_2(r, "make 1048576 branches a sample", "over the bound of 1024", "--max-branches 1048576")
+    assert time.perf_counter() - t0 < 30 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("hooks,branches,rows", [
+    (["cfg:3", "anagram:1,view=rot180"], 4, 4), (["cfg:3", "hybrid:1,kernel=3"], 4, 3),
+    (["anagram:1,view=rot180", "anagram:1,view=flip_h"], 4, 4), (["anagram:1,view=rot180"] * 3, 8, 4),  # nested views of one name: 8 built, 4 distinct
+    (["cfg:2"], 2, 2), ([], 1, 1)])
+def test_the_count_is_the_branches_built_and_the_rows_the_model_is_asked_for(hooks, branches, rows):
+    import diffkit
+
+    run = diffkit.Run("gaussian", classes=[0], num=3, steps=2, hooks=hooks)
+    assert run.sampler.branches(run._ctx0) == (branches, rows)
+    assert run.sampler.branches(run._ctx0, cap=1)[0] == branches  # extrapolated past the cap: the same count
+    for _ in run.steps():
+        pass
+    calls = run.sampler.stats["evaluations"]
+    assert run.sampler.stats["rows"] == rows * 3 * calls
+
+
+def test_max_branches_lets_a_user_who_means_it_through(tmp_path):
+    one_line_exit_2(sample(tmp_path, "--class", "0", "--hook", "cfg:3", "--hook", "anagram:1,view=rot180",
+                           "--max-branches", "3"), "make 4 branches a sample", "--max-branches 4")
+    r = sample(tmp_path, "--class", "0", "--hook", "cfg:3", "--hook", "anagram:1,view=rot180", "--max-branches", "4")
+    assert r.exit_code == 0, r.output
