@@ -91,8 +91,9 @@ class Sampler:
         if n > self.max_branches:
             from diffkit.errors import UserError
 
-            names = " x ".join(t.name for t in self.techniques if isinstance(t, Combiner))
-            raise UserError(f"the hooks ({names}) make {n} branches a sample at every evaluation, over the bound of "
+            names = [t.name for t in self.techniques if isinstance(t, Combiner)]
+            said = f"{len(names)} {names[0]} hooks" if len(set(names)) == 1 else f"the hooks {' x '.join(names)}"
+            raise UserError(f"{said} make {n} branches a sample at every evaluation, over the bound of "
                             f"{self.max_branches}: each evaluation would build and combine {n} x {ctx.n} estimates. "
                             f"Use fewer nested hooks, or pass --max-branches {n} (api: max_branches={n}) to run it "
                             "anyway")

@@ -5,7 +5,8 @@
 
 Each mutation replaces one exact piece of source text, runs the tests named for it, and restores the
 file whatever happens. It prints KILLED (a test failed, as it should) or SURVIVED, and exits 1 if any
-survived. Not part of CI: it runs the suite once per mutation. tools/cosmic_ray.sh runs the
+survived, or before any run if a mutation's text is no longer in its file (STALE: it would test nothing;
+tests/test_docs.py checks that too, on every run). Not part of CI: it runs the suite once per mutation. tools/cosmic_ray.sh runs the
 automatic mutation tool over the same code; docs/testing.md reports both.
 """
 
@@ -32,7 +33,7 @@ MUTATIONS = [
     ("anagram maps back with the forward view", "plugins/anagram.py",
      "[v.inverse(e) for v, e in", "[v.forward(e) for v, e in", [TECH, REF]),
     ("anagram: the other prompt's branch is unconditional", "plugins/anagram.py",
-     "query.cond if query.cond.is_null else c", "query.cond", [REF]),
+     "query.cond if query.cond.is_null else self.conds[j - 1]", "query.cond", [REF]),
     ("variance negated with the view", "diffkit/denoise.py",
      "extra = get_view(name).unpermute(extra)", "extra = get_view(name).inverse(extra)", [REF]),
     ("variance not moved back with its pixels", "diffkit/denoise.py",
@@ -44,7 +45,7 @@ MUTATIONS = [
      "return lowpass(e2, self.kernel, self.sigma) + highpass(e1, self.kernel, self.sigma)", [TECH, REF]),
     ("hybrid does not scale its cut in stage II", "plugins/hybrid.py",
      'factor = 1.0 if self.args["fixed"] else ctx.size_factor', "factor = 1.0", [REF]),
-    ("hybrid kernel scaled but not made odd", "plugins/hybrid.py",
+    ("hybrid kernel scaled but not made odd", "diffkit/filters.py",
      "return k + (k % 2 == 0), sigma * factor", "return k, sigma * factor", [REF]),
     ("cfg: guidance sign inverted", "plugins/cfg.py",
      "return eps_u + scale * (eps_c - eps_u)", "return eps_u - scale * (eps_c - eps_u)", ["tests/test_cfg.py", REF]),
@@ -70,7 +71,7 @@ MUTATIONS = [
      "return self.mask * x + (1 - self.mask) * self.known(ctx, t)",
      "return (1 - self.mask) * x + self.mask * self.known(ctx, t)", [REF, TECH]),
     ("sdedit reads strength as 1 - strength", "plugins/sdedit.py",
-     'min(int(n_steps * self.args["strength"]), n_steps)', 'min(int(n_steps * (1 - self.args["strength"])), n_steps)',
+     'return n - min(int(n * self.args["strength"]), n)', 'return n - min(int(n * (1 - self.args["strength"])), n)',
      [REF]),
     ("sdedit starts one step late", "plugins/sdedit.py",
      "return ctx.forward(self.x_orig, ctx.timesteps[i], noise), i",
@@ -138,8 +139,16 @@ def commit() -> str:
     return head + ("+uncommitted" if dirty else "")
 
 
+def stale() -> list[str]:
+    """The mutations whose text is not in their file exactly once: they would test nothing."""
+    return [f"{m[0]} ({m[1]})" for m in MUTATIONS if (ROOT / m[1]).read_text().count(m[2]) != 1]
+
+
 def main() -> int:
     chosen = [m for m in MUTATIONS if not sys.argv[1:] or any(a in m[0] for a in sys.argv[1:])]
+    if stale():  # a mutation of text that is gone would read as a pass; the whole run fails first
+        print("STALE (fix their text first):\n  " + "\n  ".join(stale()))
+        return 1
     measured_on = commit()  # before any mutation touches a file
     bad, rows = 0, []
     for m in chosen:

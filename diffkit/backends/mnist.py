@@ -33,8 +33,9 @@ def parse_class(label: Any) -> int | None:
 # as torch has threads, the model traced (MnistBackend._traced): per model
 # evaluation 0.88x one call of all 80 rows of README's first command and 0.93x one call of a one-sample
 # CFG run's 2 rows, where 2 rows cost 0.98x / 0.75x and 4 rows 0.81x / 1.13x (benchmarks/chunks.py,
-# results/chunks.json, every size eager and traced). On a GPU small calls leave it idle: 256 rows ran 7.6x
-# faster on an H100 and kept the bytes batch-independent too (benchmarks/gpu.py, tests/test_gpu.py).
+# results/chunks.json at 69c6149, every size eager and traced; not re-measured since this file changed).
+# On a GPU small calls leave it idle: 256 rows ran several times faster on an H100 and kept the bytes
+# batch-independent too (benchmarks/gpu.py, tests/test_gpu.py).
 CHUNK_ROWS = {"cpu": 3, "cuda": 256}
 
 
