@@ -190,7 +190,8 @@ def patch_index(h: int, w: int, grid: int, perm: Tensor, name: str) -> Tensor:
 # 1024-latent states): a permutation file is judged against it before its data is read, so a header or a
 # size that promises gigabytes is refused in microseconds, not after the memory is spent.
 MAX_SIDE = 1024
-_MAX_FILE = 8 * MAX_SIDE * MAX_SIDE * 4  # bytes: a few sizes of int64 indices, or their text
+_MAX_FILE = 8 * MAX_SIDE * MAX_SIDE * 4  # bytes: a few sizes of int64 indices
+_MAX_TEXT = 8 * MAX_SIDE * MAX_SIDE  # one permutation as text: at most 7 digits and a separator an index
 
 
 class PermutationFileError(UserError, ValueError):
@@ -219,7 +220,7 @@ def _npy_header(f, path: str, where: str = "") -> None:
                                    f"has ({MAX_SIDE}x{MAX_SIDE} = {MAX_SIDE * MAX_SIDE})")
 
 
-def _checked_file(path: str):
+def _checked_file(path: str, limit: int = _MAX_FILE):
     """``path`` as a regular file of at most ``_MAX_FILE`` bytes, else a PermutationFileError saying what it is
     (never opened first: a FIFO would block, /dev/zero never ends)."""
     import stat
@@ -236,10 +237,10 @@ def _checked_file(path: str):
     if not stat.S_ISREG(st.st_mode):
         raise PermutationFileError(f"permutation file {path} is not a regular file (a device, a pipe or a "
                                    "socket): give a file")
-    if st.st_size > _MAX_FILE:
+    if st.st_size > limit:
         raise PermutationFileError(f"permutation file {path} has {st.st_size} bytes, more than a permutation of "
                                    f"the largest image any stage has ({MAX_SIDE}x{MAX_SIDE}) needs "
-                                   f"({_MAX_FILE} at most)")
+                                   f"({limit} at most)")
     return p
 
 
@@ -252,8 +253,11 @@ def permutation_from_file(path: str) -> dict[int, Tensor]:
     import math
     import pickle
 
-    p = _checked_file(path)
-    suffix = p.suffix.lower()
+    from pathlib import Path
+
+    suffix = Path(path).suffix.lower()
+    binary = suffix in (".npy", ".npz", ".safetensors", ".pt", ".pth")
+    p = _checked_file(path, _MAX_FILE if binary else _MAX_TEXT)
     try:
         if suffix == ".npy":
             import numpy as np
@@ -288,7 +292,12 @@ def permutation_from_file(path: str) -> dict[int, Tensor]:
                     arrays.append(f.get_tensor(k))
         elif suffix in (".pt", ".pth"):
             try:
-                obj = torch.load(p, weights_only=True, map_location="cpu", mmap=True)
+                try:  # mapped, not read: a tensor's declared storage is never allocated before it is checked
+                    obj = torch.load(p, weights_only=True, map_location="cpu", mmap=True)
+                except RuntimeError as e:
+                    if "mmap" not in str(e):  # torch's legacy (non-zip) format cannot be mapped: read it
+                        raise
+                    obj = torch.load(p, weights_only=True, map_location="cpu")
             except pickle.UnpicklingError:
                 raise PermutationFileError(f"{path} is not a plain tensor file (it holds pickled Python objects); "
                                            "nothing in it was run: save a tensor or a dict of tensors") from None
@@ -296,7 +305,9 @@ def permutation_from_file(path: str) -> dict[int, Tensor]:
             if not all(isinstance(a, Tensor) for a in arrays):
                 raise PermutationFileError(f"{path} holds {type(obj).__name__}, not a tensor or a dict of tensors")
         else:
-            arrays = [torch.tensor([int(v) for v in p.read_text().split()])]
+            import numpy as np
+
+            arrays = [torch.from_numpy(np.array(p.read_text().split(), dtype=np.int64))]
     except PermutationFileError:
         raise
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same refusal

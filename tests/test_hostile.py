@@ -406,9 +406,7 @@ def test_every_mode_reads_in_0_1_or_is_refused_by_name(tmp_path, mode, ext):
 
 # ---- 6. two runs started at the same moment: one writes, the other is told so; nobody removes another's folder ----
 
-def _start_at_once(out: str, barrier, answers, delay: float) -> None:
-    import time
-
+def _start_at_once(out: str, barrier, answers, answered) -> None:
     from diffkit.folder import Busy, RunFolder
 
     barrier.wait()
@@ -416,11 +414,13 @@ def _start_at_once(out: str, barrier, answers, delay: float) -> None:
         folder, _ = RunFolder.start(out, {"same": "request"}, 2, 2, False)
     except Busy as e:
         answers.put(("busy", str(e)))
+        answered.set()
         return
     except BaseException as e:  # noqa: BLE001 - any other outcome is the bug
         answers.put(("other", f"{type(e).__name__}: {e}"))
+        answered.set()
         return
-    time.sleep(delay)  # hold it while the other tries
+    answered.wait(60)  # hold the run until the other has its answer, however loaded the machine
     ok = folder.path.is_dir() and (folder.path / "request.json").is_file()
     folder.release()
     answers.put(("ok" if ok else "other", "the work folder vanished under the winner"))
@@ -432,8 +432,8 @@ def test_two_runs_started_at_the_same_moment_one_writes_the_other_is_told_busy(t
     ctx = mp.get_context("fork")
     for k in range(40):  # the window is microseconds wide: many tries, parents made and not made
         out = str(tmp_path / f"try{k}" / "deeper" / "out" if k % 2 else tmp_path / f"out{k}")
-        barrier, answers = ctx.Barrier(2), ctx.Queue()
-        procs = [ctx.Process(target=_start_at_once, args=(out, barrier, answers, 0.2)) for _ in range(2)]
+        barrier, answers, answered = ctx.Barrier(2), ctx.Queue(), ctx.Event()
+        procs = [ctx.Process(target=_start_at_once, args=(out, barrier, answers, answered)) for _ in range(2)]
         for p in procs:
             p.start()
         for p in procs:

@@ -145,6 +145,10 @@ def stale() -> list[str]:
 
 
 def main() -> int:
+    import signal
+
+    # SIGTERM (a killed job) unwinds like Ctrl-C, so run()'s finally restores the mutated file
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     chosen = [m for m in MUTATIONS if not sys.argv[1:] or any(a in m[0] for a in sys.argv[1:])]
     if stale():  # a mutation of text that is gone would read as a pass; the whole run fails first
         print("STALE (fix their text first):\n  " + "\n  ".join(stale()))
