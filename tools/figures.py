@@ -44,7 +44,7 @@ FIGURE = re.compile(r"(?<![<>≤≥]=)(?<![<>≤≥])(?<![<>≤≥]= )(?<![<>≤
                     r"(?:(?<![\w.:=/\-+~^])|(?<=\d-))(\d+\.\d+(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+)"
                     r"(?![\d.]*\.[\dxX])(?![\w.]*[\w]\.\w)(?!\d)")
 # Indented lines that are commands people type (their numbers are arguments, not measurements).
-COMMAND = re.compile(r"^\s*(\$ |diffkit |python3? |torchrun |pip |\.venv/|import |from |[A-Za-z_.]+\(|[a-z_]+ = |"
+COMMAND = re.compile(r"^\s*(\$ |diffkit [a-z]|python3? [\w./-]|torchrun |pip |\.venv/|import |from |[A-Za-z_.]+\(|[a-z_]+ = |"
                      r"(def|class|return|if|for|with|yield|raise|assert|self\.)\b|[Ee]rror: |interrupted by )")
 CODE_DIRS = ("diffkit", "plugins", "tests", "benchmarks", "tools", "examples")
 CITE = re.compile(r"(?:benchmarks/)?results/([\w.\-]+\.json)|docs/[\w\-]+\.md")
@@ -197,9 +197,14 @@ def leaves(data: Any, prefix: tuple = ()) -> Iterator[tuple[Key, float]]:
             yield from leaves(v, (*prefix, k))
 
 
+AGGREGATES = {"@min": min, "@max": max, "@median": lambda xs: sorted(xs)[len(xs) // 2]}  # odd counts of rounds
+
+
 def value_at(data: Any, key: Key) -> Any:
+    """The value at a key path; ``@min``, ``@max`` or ``@median`` of a list of rounds that stores none."""
     for part in key:
-        data = data[part]
+        data = AGGREGATES[part](data) if isinstance(part, str) and part in AGGREGATES and isinstance(data, list) \
+            else data[part]
     return data
 
 
@@ -560,7 +565,43 @@ def verify(name: str, num: int = 3) -> str:
     return table["sources"][name]["verified"]
 
 
+def _spelled(figure: str, value: float) -> str:
+    """``value`` written with ``figure``'s digits (rounded half up), as :func:`reads_as` reads it."""
+    if "e" in figure.lower():
+        mantissa, exp = figure.lower().split("e")
+        d = len(mantissa.split(".")[1]) if "." in mantissa else 0
+        m = (Decimal(repr(value)).scaleb(-int(exp))).quantize(Decimal(1).scaleb(-d), ROUND_HALF_UP)
+        return f"{m}e{exp}"
+    d = len(figure.split(".")[1])
+    return str(Decimal(repr(value)).quantize(Decimal(1).scaleb(-d), ROUND_HALF_UP))
+
+
+def update(names: list[str]) -> list[str]:
+    """Rewrite every figure bound to one of ``names`` (results measured again) from its key's value at
+    the figure's digits; the prose around them is the author's to read again. Returns what changed."""
+    table = load_table()
+    changed = []
+    for page, figs in all_figures().items():
+        bound = [f for f in figs if f.kind == "bound"]
+        binds = table["bindings"].get(page, [])
+        text = (ROOT / page).read_text()
+        for f, b in sorted(zip(bound, binds), key=lambda fb: -fb[0].start):
+            if b["file"] not in names:
+                continue
+            new = _spelled(f.text, float(value_at(result(b["file"]), b["key"])) * b.get("scale", 1))
+            if new != f.text:
+                text = text[: f.start] + new + text[f.start + len(f.text):]
+                changed.append(f"{f.where()}: {f.text} -> {new}")
+                b["figure"] = new
+        (ROOT / page).write_text(text)
+    TABLE.write_text(json.dumps(table, indent=1) + "\n")
+    return changed
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--update"]:
+        print("\n".join(update(sys.argv[2:])))
+        sys.exit(0)
     if sys.argv[1:2] == ["--verify"]:
         for n in sys.argv[2:]:
             print(n, verify(n))

@@ -31,9 +31,9 @@ def parse_class(label: Any) -> int | None:
 # Rows a model call, by device type: every call has exactly this many (base.in_fixed_chunks), so a sample's
 # bytes do not depend on the batch it is in. On the CPU, 3-row calls on one thread each, as many at a time
 # as torch has threads, the model traced (MnistBackend._traced): per model
-# evaluation 0.88x one call of all 80 rows of README's first command and 0.93x one call of a one-sample
-# CFG run's 2 rows, where 2 rows cost 0.98x / 0.75x and 4 rows 0.81x / 1.13x (benchmarks/chunks.py,
-# results/chunks.json at 69c6149, every size eager and traced; not re-measured since this file changed).
+# evaluation 0.82x one call of all 80 rows of README's first command and 0.46x one call of a one-sample
+# CFG run's 2 rows, where 2 rows cost 0.92x / 0.38x and 4 rows 0.72x / 0.57x (benchmarks/chunks.py,
+# results/chunks.json, every size eager and traced).
 # On a GPU small calls leave it idle: 256 rows ran several times faster on an H100 and kept the bytes
 # batch-independent too (benchmarks/gpu.py, tests/test_gpu.py).
 CHUNK_ROWS = {"cpu": 3, "cuda": 256}
