@@ -457,7 +457,8 @@ class FolderRun:
             except UserError as e:
                 answer = ("fail", str(e))
             except OSError as e:
-                answer = ("fail", f"cannot write to {self.out}: {e}")
+                said = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else e.strerror or str(e)
+                answer = ("fail", f"cannot write to {self.out}: {said}")  # no "[Errno 30]" before the reason
         answer = dist.broadcast(self.shard, answer)
         if answer[0] == "fail":
             raise UserError(answer[1])

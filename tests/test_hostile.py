@@ -172,24 +172,20 @@ def test_a_missing_local_model_folder_is_not_sent_to_the_hub(tmp_path, monkeypat
 
 # ---- 14. diffkit's line alone ----
 
-def test_write_errors_print_no_stray_errno(tmp_path):
-    (tmp_path / "ro").mkdir()
-    os.chmod(tmp_path / "ro", 0o500)
-    if os.access(tmp_path / "ro", os.W_OK):  # root ignores permissions: a read-only mount needs privileges
-        from diffkit import folder
+@pytest.mark.parametrize("where", ["probe", "work folder"])
+def test_write_errors_print_no_stray_errno(tmp_path, monkeypatch, where):
+    import tempfile
 
-        real = folder.io.atomic_path
+    from diffkit import folder
 
-        def refuse(path):
-            raise OSError(30, "Read-only file system", str(path))
-        folder.io.atomic_path = refuse
-        try:
-            r = sample(tmp_path, out="ro/run")
-        finally:
-            folder.io.atomic_path = real
-    else:
-        r = sample(tmp_path, out="ro/run")
-    t = one_line_exit_2(r, f"cannot write to --out {tmp_path / 'ro' / 'run'}:")
+    def refuse(*a, **k):
+        raise OSError(30, "Read-only file system", str(tmp_path / "ro" / "run" / "x"))
+
+    if where == "probe":  # the --out check before any model loads
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    else:  # the work folder's first file, once the folder was found writable
+        monkeypatch.setattr(folder.io, "atomic_path", refuse)
+    t = one_line_exit_2(sample(tmp_path, out="ro/run"), f"cannot write to", "Read-only file system")
     assert "[Errno" not in t
 
 
