@@ -78,9 +78,8 @@ def staged_dir(out: str | os.PathLike, stale: Sequence[str] = ()) -> Iterator[Pa
 
 def move_into(src: Path, out: Path, stale: Sequence[str] = (), skip: Sequence[str] = ()) -> None:
     """Rename ``src``'s entries into ``out`` (``src`` itself when ``out`` does not exist), replacing
-    entries of the same name and removing ``out``'s entries named in ``stale`` (those named in ``skip`` stay
-    in ``src``), with SIGINT/SIGTERM
-    held: ``out`` ends with all of them or none. ``src`` is gone or empty afterwards; a held signal is
+    entries of the same name and removing ``out``'s entries named in ``stale`` (those named in ``skip``
+    stay in ``src``), with SIGINT/SIGTERM held: ``out`` ends with all of them or none. ``src`` is gone or empty afterwards; a held signal is
     raised with ``committed`` set."""
     from diffkit import interrupt
 
@@ -217,9 +216,10 @@ def _convert(img: Image.Image, mode: str, path: Path) -> Image.Image:
     cannot convert at all is refused by name."""
     for via in ((), ("RGBA",), ("RGB",)):
         try:
+            out = img
             for m in (*via, mode):
-                img = img.convert(m)
-            return img
+                out = out.convert(m)
+            return out
         except (ValueError, OSError):
             continue
     raise UserError(f"image {path} has mode {img.mode}, which diffkit cannot read: save it as an 8- or 16-bit "

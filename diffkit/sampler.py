@@ -23,7 +23,7 @@ from diffkit.state import Context, Denoiser, Query, Step, StepState
 from diffkit.technique import Combiner, Technique
 
 
-MAX_BRANCHES = 1024  # model rows a sample at one evaluation, above which a run must say it means it
+MAX_BRANCHES = 1024  # branches a sample at one evaluation, above which a run must say it means it
 
 
 class Sampler:
