@@ -56,12 +56,13 @@ class Busy(OutputInTheWay):
     """Another live diffkit run holds the folder's lock."""
 
 
-class NotWritable(OSError):
-    """An ``--out`` that cannot be made or written. Its text is the message alone (an OSError built from
-    an errno prints ``[Errno 30]`` first); ``errno`` still says why, for hints."""
+class NotWritable(UserError, OSError):
+    """An ``--out`` that cannot be made or written (exit 2, before any work; an OSError for callers that
+    caught one). Its text is the message alone (an OSError built from an errno prints ``[Errno 30]``
+    first); ``errno`` still says why, for hints."""
 
     def __init__(self, message: str, code: int | None = None):
-        super().__init__(message)
+        OSError.__init__(self, message)
         self.errno = code
 
 
