@@ -54,7 +54,22 @@ def manager() -> pluggy.PluginManager:
         except Exception as e:
             raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {e}") from e
         pm.register(plugin, name=ep.name)
+    check_pending(pm)
     return pm
+
+
+def check_pending(pm: pluggy.PluginManager) -> None:
+    """pluggy's ``check_pending()``, as pytest calls it: a hook implementation no spec declares (a
+    misspelled ``diffkit_after_stepp``) would never be called, so it is an error naming the plugin and the
+    hooks there are, not silence."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as e:
+        declared = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith(f"{GROUP}_")))
+        name = pm.get_name(e.plugin) or repr(e.plugin)
+        who = name if name.startswith("hook ") else f"plugin {name!r}"
+        raise PluginError(f"{who} implements a hook diffkit does not declare, which would never be called "
+                          f"({e}); the hooks are: {declared}") from None
 
 
 def _collect(hook: str, what: str) -> dict[str, Any]:
@@ -257,6 +272,11 @@ def check_together(techniques: list[Technique]) -> None:
     """Refuse (SpecError naming both) two techniques of one run that implement the same first-result
     hook (``diffkit_initial_state``: two SDEdits): only the first one's answer would count, and the other
     would be ignored without a word."""
+    pm = pluggy.PluginManager(GROUP)  # the techniques' own hook implementations, each matched to a spec
+    pm.add_hookspecs(hookspecs)
+    for k, tech in enumerate(techniques):
+        pm.register(tech, name=f"hook {tech.name!r}" + (f" (the {k + 1}th)" if k else ""))
+    check_pending(pm)
     for hook, caller in vars(manager().hook).items():
         if caller.spec is None or not caller.spec.opts.get("firstresult"):
             continue

@@ -78,3 +78,44 @@ def test_negative_prompt_moves_samples_away_from_the_negative_class():
                           plain, atol=1e-12)
     away = dk.sample(b, classes=[0], num=64, seed=1, hooks=[Negative(prompt="1", scale=3.0)]).x
     assert away.mean() < plain.mean() - 0.05
+
+
+def test_a_misspelled_hook_implementation_is_an_error_not_silence():
+    """pluggy's check_pending(), as pytest calls it: a technique or plugin module implementing a hook no
+    spec declares (diffkit_after_stepp) is refused naming it, before any step; spelled right, it runs."""
+    import types
+
+    import pluggy
+
+    import diffkit
+    from diffkit import hookspecs, plugins
+    from diffkit.hookspecs import hookimpl
+    from diffkit.plugins import PluginError
+    from diffkit.technique import Projector
+
+    class Typo(Projector):
+        name = "typo"
+
+        @hookimpl
+        def diffkit_after_stepp(self, ctx, step):
+            step.x = step.x * 0
+
+    with pytest.raises(PluginError, match="hook 'typo' implements a hook diffkit does not declare.*diffkit_after_stepp"):
+        diffkit.Run("gaussian", hooks=[Typo()])
+
+    class Right(Projector):
+        name = "right"
+
+        @hookimpl
+        def diffkit_after_step(self, ctx, step):
+            step.x = step.x * 0
+
+    assert float(diffkit.sample("gaussian", steps=2, hooks=[Right()]).x.abs().max()) == 0.0
+
+    module = types.ModuleType("someones_plugin")
+    module.diffkit_viewz = hookimpl(lambda: [])
+    pm = pluggy.PluginManager("diffkit")
+    pm.add_hookspecs(hookspecs)
+    pm.register(module, name="someones_plugin")
+    with pytest.raises(PluginError, match="plugin 'someones_plugin' implements a hook.*diffkit_viewz"):
+        plugins.check_pending(pm)
