@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -281,15 +280,6 @@ class GifWriter:
         self.fp.write(b";")  # the GIF trailer
 
 
-def write_gif(frames_: Iterable[Tensor], path: Path, fps: int = FPS) -> None:
-    """A looping GIF, ``1000 / fps`` ms a frame, atomically; frames may come one at a time."""
-    with io.atomic_path(path) as tmp, open(tmp, "wb") as f:
-        w = GifWriter(f, fps)
-        for fr in frames_:
-            w.add(fr)
-        w.close()
-
-
 class Mp4Writer:
     """An H.264 MP4 through imageio-ffmpeg (its own ffmpeg binary), frame by frame."""
 
@@ -319,18 +309,6 @@ def has_mp4() -> bool:
         import imageio_ffmpeg  # noqa: F401
     except ImportError:
         return False
-    return True
-
-
-def write_mp4(frames_: Iterable[Tensor], path: Path, fps: int = FPS) -> bool:
-    """An H.264 MP4 atomically; False when imageio-ffmpeg is not installed."""
-    if not has_mp4():
-        return False
-    with io.atomic_path(path) as tmp:
-        w = Mp4Writer(tmp, fps)
-        for fr in frames_:
-            w.add(fr)
-        w.close()
     return True
 
 
@@ -404,6 +382,7 @@ def read_jobs(folder: str | Path) -> list[SampleJob]:
     run = _read_run(folder)
     path = folder / "run.json"
     hooks = _hooks(run, path)
+    names = _clip_names(hooks)
     root = folder.resolve()
     jobs, seen = [], {}
     for k, s in enumerate(run["samples"]):
@@ -427,7 +406,7 @@ def read_jobs(folder: str | Path) -> list[SampleJob]:
         except Exception as e:  # noqa: BLE001 - PIL raises many kinds for a file that is not an image
             raise DamagedFolder(f"{folder / name} is not a readable image ({type(e).__name__}): restore it, or "
                                 "sample the run again") from None
-        jobs.append(SampleJob(folder / name, str(s["label"]), hooks, _clip_names(hooks)))
+        jobs.append(SampleJob(folder / name, str(s["label"]), hooks, names))
     return jobs
 
 
@@ -474,7 +453,7 @@ class Plan:
 def plan(folder: str | Path, *, overwrite: bool = False, mp4: bool = True) -> Plan:
     """Check everything :func:`render` needs, before any frame: a run with something to animate, a
     folder that can be written, files in the way (unless ``overwrite``). UserError otherwise."""
-    import tempfile
+    from diffkit.folder import probe
 
     folder = Path(folder)
     jobs = read_jobs(folder)
@@ -486,9 +465,7 @@ def plan(folder: str | Path, *, overwrite: bool = False, mp4: bool = True) -> Pl
             raise OutputInTheWay(f"{folder} already holds {', '.join(there[:3])}{' ...' if len(there) > 3 else ''}; "
                                  "pass --overwrite to replace them")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".diffkit-probe.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        probe(folder)
     except OSError as e:
         raise UserError(f"cannot write to {folder}: {e.strerror or e}; the animations go beside the samples: "
                         "make the folder writable, or copy it somewhere writable") from None

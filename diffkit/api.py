@@ -457,8 +457,7 @@ class FolderRun:
             except UserError as e:
                 answer = ("fail", str(e))
             except OSError as e:
-                said = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else e.strerror or str(e)
-                answer = ("fail", f"cannot write to {self.out}: {said}")  # no "[Errno 30]" before the reason
+                answer = ("fail", f"cannot write to {self.out}: {io.reason(e)}")
         answer = dist.broadcast(self.shard, answer)
         if answer[0] == "fail":
             raise UserError(answer[1])

@@ -299,7 +299,7 @@ def sample(
                                                        "backend declares (see `diffkit backends`; repeatable). "
                                                        "--checkpoint, --model, --device ... are short for it."),
     max_batch: Optional[int] = Int(None, lo=1, hi=1_000_000, help="Split the step's model call above this many rows."),
-    max_branches: Optional[int] = Int(None, lo=1, hi=2**30, help="Allow the hooks to make up to this many model rows a "
+    max_branches: Optional[int] = Int(None, lo=1, hi=2**30, help="Allow the hooks to build up to this many branches a "
                                       "sample at each evaluation (default 1024: more is refused, naming the count)."),
     sweep: Optional[str] = typer.Option(None, help="NAME=v1,v2,...: one run per value of a hook or sampler parameter "
                                                    "(or steps, sampler, i_start, seed); writes NAME-v/ folders "
@@ -452,9 +452,9 @@ def _why(e: OSError) -> str:
     hint = {errno.ENOSPC: " (the disk is full: free some space first)",
             errno.EDQUOT: " (over the disk quota: free some space first)",
             errno.EROFS: " (a read-only filesystem: choose another --out)"}.get(e.errno or 0, "")
-    # the reason and the file, without the "[Errno 28]" an OSError prints first
-    text = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else e.strerror or str(e)
-    return f"{text}{hint}"
+    from diffkit.io import reason
+
+    return f"{reason(e)}{hint}"
 
 
 def _sweep(sweep: str, backend: str, out: Path, overwrite: bool, kwargs: dict[str, Any]) -> None:

@@ -144,7 +144,20 @@ def in_dirs(out: Path, work: Callable[[], T], tries: int = 50) -> tuple[list[Pat
             unmake_dirs(made)
             if k == tries - 1:
                 raise
+        except BaseException:
+            unmake_dirs(made)
+            raise
     raise AssertionError("unreachable")
+
+
+def probe(folder: Path) -> None:
+    """Make and remove a file of its own name in ``folder`` (OSError if it cannot be written); two runs
+    probing at once never remove each other's."""
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix=".diffkit-probe.", dir=folder)
+    os.close(fd)
+    os.unlink(name)
 
 
 def check_writable(out: str | os.PathLike) -> None:
@@ -152,23 +165,14 @@ def check_writable(out: str | os.PathLike) -> None:
     mount, a symlink loop, a file in the way, no permission. Makes and removes a probe file of its own
     name (two runs probing at once never remove each other's) and the folders it had to make, if still
     empty, so the refusal comes before any model loads or sampling starts."""
-    import tempfile
-
     out = Path(out)
     if out.is_symlink() and not out.exists():
         raise NotADirectoryError(f"--out {out} is a symbolic link that leads nowhere (a loop, or a missing target)")
-    def probe() -> None:
-        fd, name = tempfile.mkstemp(prefix=".diffkit-probe.", dir=out)
-        os.close(fd)
-        os.unlink(name)
-
-    made: list[Path] = []
     try:
-        made, _ = in_dirs(out, probe)
+        made, _ = in_dirs(out, lambda: probe(out))
     except OSError as e:
         raise NotWritable(f"cannot write to --out {out}: {e.strerror or e}", e.errno) from None
-    finally:
-        unmake_dirs(made)
+    unmake_dirs(made)
 
 
 def partial_dir(out: str | os.PathLike) -> Path:
@@ -302,13 +306,8 @@ class RunFolder:
                                   f"one; pass --overwrite to replace it, or choose another --out")
             note = f"nothing to resume in {out}: starting the run"
         check_out(out, n, frames, overwrite)
-        made: list[Path] = []
-        try:
-            made, fd = in_dirs(out, lambda: cls._create(path, {"request": request, "num_samples": n,
-                                                               "batch_size": batch_size, "frames": frames}))
-        except BaseException:
-            unmake_dirs(made)
-            raise
+        made, fd = in_dirs(out, lambda: cls._create(path, {"request": request, "num_samples": n,
+                                                            "batch_size": batch_size, "frames": frames}))
         return cls(out, request, n, batch_size, frames, made, fd), note
 
     @staticmethod
@@ -329,18 +328,13 @@ class RunFolder:
             os.chmod(tmp, 0o777 & ~io._umask())
             os.rename(tmp, path)  # fails when another run's work folder (never empty) is already there
             return fd
-        except OSError as e:
+        except BaseException as e:
             if fd is not None:
                 os.close(fd)
             shutil.rmtree(tmp, ignore_errors=True)
-            if e.errno in (errno.EEXIST, errno.ENOTEMPTY) and path.is_dir():
+            if isinstance(e, OSError) and e.errno in (errno.EEXIST, errno.ENOTEMPTY) and path.is_dir():
                 os.close(lock(path))  # Busy while the run that made it lives
                 raise _interrupted(path) from None
-            raise
-        except BaseException:
-            if fd is not None:
-                os.close(fd)
-            shutil.rmtree(tmp, ignore_errors=True)
             raise
 
     @classmethod

@@ -104,6 +104,11 @@ def move_into(src: Path, out: Path, stale: Sequence[str] = (), skip: Sequence[st
         raise
 
 
+def reason(e: OSError) -> str:
+    """An OSError as a user reads it: the reason and the file, without the ``[Errno 28]`` it prints first."""
+    return f"{e.strerror}: {e.filename}" if e.strerror and e.filename else e.strerror or str(e)
+
+
 def _missing_ancestor(folder: Path) -> Path | None:
     """The outermost of ``folder`` and its parents that does not exist yet (None: it exists)."""
     top = None

@@ -210,9 +210,9 @@ def _npy_header(f, path: str, where: str = "") -> None:
         shape, _, dtype = read(f, max_header_size=10_000)
     except Exception:  # noqa: BLE001 - a bad magic or header is the same refusal whatever numpy calls it
         raise PermutationFileError(f"{path}{where} is not a .npy file (its header does not read)") from None
-    numel = 1
-    for d in shape:
-        numel *= d
+    import math
+
+    numel = math.prod(shape)
     if dtype.kind not in "iu":
         raise PermutationFileError(f"{path}{where} holds {dtype} numbers: a permutation is integers")
     if numel > MAX_SIDE * MAX_SIDE:
@@ -221,7 +221,7 @@ def _npy_header(f, path: str, where: str = "") -> None:
 
 
 def _checked_file(path: str, limit: int = _MAX_FILE):
-    """``path`` as a regular file of at most ``_MAX_FILE`` bytes, else a PermutationFileError saying what it is
+    """``path`` as a regular file of at most ``limit`` bytes, else a PermutationFileError saying what it is
     (never opened first: a FIFO would block, /dev/zero never ends)."""
     import stat
     from pathlib import Path
