@@ -5,7 +5,9 @@ images zooming out (frequency hybrids), fading colour in (colour hybrids) or sha
 captioned with the prompt each end shows, as the Visual Anagrams release's ``animate.py`` makes them.
 
 Everything comes from the run folder alone: run.json names the techniques with every argument (the
-views' seeds included) and each sample's label; the samples are its PNGs. A frame is
+views' seeds included) and each sample's label; the samples are its PNGs. What moves is declared, not
+named here: a technique says which clips its samples make (``Technique.clips``: an anagram one a view,
+a factorized image one), and a view how it moves (``View.motion``), so a third party's animates too. A frame is
 ``[C x H x W]`` in [0, 1]; the image sits on a white canvas 1.5x its size, so turns never clip. The
 last frame is the view exactly (``View.forward`` of the sample), the first the sample.
 """
@@ -19,195 +21,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from diffkit import io, plugins, views
+from diffkit import io, plugins
 from diffkit.errors import OutputInTheWay, UserError
+from diffkit.motion import Clip
 
-ANIMATED = ("anagram", "factorize", "hybrid")  # the hooks whose runs have something to animate
 FRAMES = 24  # frames of the move
 HOLD = 8  # frames held at each end
 FPS = 12
-
-
-@dataclass
-class Clip:
-    """One animation of one sample: ``frame(t)`` for t in [0, 1], captions for its two ends."""
-
-    name: str  # the file stem's suffix: view1, factorize
-    frame: Callable[[float], Tensor]  # [C x H x W] in [0, 1], the image's own size
-    captions: tuple[str, str]
-    canvas: float = 1.5  # the canvas, in image sizes
-
-
-def smooth(t: float) -> float:
-    """Ease in and out (smoothstep)."""
-    return t * t * (3 - 2 * t)
-
-
-# ---- moving an image ----
-
-def _warp(img: Tensor, matrix: Tensor, shift: tuple[float, float] = (0.0, 0.0), size: int | None = None,
-          about: tuple[float, float] | None = None) -> tuple[Tensor, Tensor]:
-    """``img`` ``[C x H x W]`` moved by ``p -> matrix (p - about) + about + shift`` (pixel coordinates
-    ``(x, y)``), drawn on a ``size x size`` canvas centred on the image: (colour, coverage)."""
-    c, h, w = img.shape
-    size = size or h
-    ax, ay = about if about is not None else ((w - 1) / 2, (h - 1) / 2)
-    off = (size - w) / 2, (size - h) / 2
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
-                            indexing="ij")
-    px, py = xs - off[0] - shift[0] - ax, ys - off[1] - shift[1] - ay  # canvas -> image, inverted
-    inv = torch.linalg.inv(matrix.double())
-    sx = inv[0, 0] * px + inv[0, 1] * py + ax
-    sy = inv[1, 0] * px + inv[1, 1] * py + ay
-    grid = torch.stack([(sx + 0.5) / w * 2 - 1, (sy + 0.5) / h * 2 - 1], -1)[None].float()
-    rgba = torch.cat([img, torch.ones(1, h, w)])[None].float()
-    out = F.grid_sample(rgba, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
-    return out[:c], out[c:]
-
-
-def _rotation(deg: float) -> Tensor:
-    a = math.radians(deg)
-    return torch.tensor([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]], dtype=torch.float64)  # y down
-
-
-def _on_white(parts: list[tuple[Tensor, Tensor]], c: int, size: int) -> Tensor:
-    out = torch.ones(c, size, size)
-    for colour, alpha in parts:
-        out = out * (1 - alpha) + colour * alpha
-    return out.clamp(0, 1)
-
-
-def _turn(img: Tensor, deg: float) -> Tensor:
-    return _on_white([_warp(img, _rotation(deg))], img.shape[0], img.shape[-1])
-
-
-def _reflect(img: Tensor, t: float, axis_deg: float) -> Tensor:
-    """A reflection across the line at ``axis_deg`` seen as a card flipping about it: the other axis
-    squashed by cos(pi t)."""
-    r = _rotation(axis_deg)
-    squash = torch.diag(torch.tensor([1.0, math.cos(math.pi * t)], dtype=torch.float64))
-    return _on_white([_warp(img, r.T @ squash @ r)], img.shape[0], img.shape[-1])
-
-
-def _inner_circle(img: Tensor, t: float) -> Tensor:
-    c, h, w = img.shape
-    r = h * 3 // 8
-    cc = torch.arange(h) - h // 2 + 0.5
-    yy, xx = torch.meshgrid(cc, cc, indexing="ij")
-    disc = (xx**2 + yy**2 < r * r).float()
-    return img * (1 - disc) + _turn(img, 180 * t) * disc
-
-
-def _square_hinge(img: Tensor, t: float) -> Tensor:
-    c, h, w = img.shape
-    s = h // 3
-    out = img.clone()
-    for i in range(3):
-        for j in range(3):
-            k = -1 if (i + j) % 2 == 0 else 1  # the view's turn of this square (rot90 with k on (rows, cols))
-            block = img[:, i * s:(i + 1) * s, j * s:(j + 1) * s]
-            out[:, i * s:(i + 1) * s, j * s:(j + 1) * s] = _turn(block, 90 * k * t)  # rot90 k=1: counter-clockwise
-    return out
-
-
-def _skew(img: Tensor, t: float, factor: float) -> Tensor:
-    c, h, w = img.shape
-    out = torch.empty_like(img)
-    for i in range(w):
-        out[:, :, i] = img[:, :, i].roll(round(t * int(factor * (i - w // 2))), -1)
-    return out
-
-
-def _travel(img: Tensor, t: float, index: Tensor) -> Tensor:
-    """Every pixel from where it is to where the view puts it, in a straight line (any permutation)."""
-    c, h, w = img.shape
-    dest = torch.empty_like(index)
-    dest[index] = torch.arange(h * w)
-    src = torch.arange(h * w)
-    y = (1 - t) * (src // w).double() + t * (dest // w).double()
-    x = (1 - t) * (src % w).double() + t * (dest % w).double()
-    out = torch.ones(c, h, w)
-    yi, xi = y.round().long().clamp(0, h - 1), x.round().long().clamp(0, w - 1)
-    out[:, yi, xi] = img.reshape(c, -1)
-    return out
-
-
-def _jigsaw(img: Tensor, t: float, seed: int) -> Tensor:
-    """Each piece turned about the image centre by its quarter turns and shifted along its side, both a
-    fraction ``t`` of the way, drawn over the others."""
-    c, h, w = img.shape
-    labels = views.jigsaw_labels(h)
-    s = h // 4
-    parts = []
-    for piece, (k, turned, final) in views.jigsaw_moves(seed).items():
-        mask = (labels == piece).float()[None]
-        shift = ((final % 4 - turned % 4) * s * t, (final // 4 - turned // 4) * s * t)
-        both, cover = _warp(torch.cat([img * mask, mask]), _rotation(-90 * k * t), shift)  # quarter turns: clockwise
-        colour, m = both[:c], both[c:]
-        parts.append((colour / m.clamp(min=1e-6), m * cover))
-    return _on_white(parts, c, h)
-
-
-def view_clip(view: Any, image: Tensor, state_view: Tensor, name: str, captions: tuple[str, str]) -> Clip:
-    """The clip of one anagram view; ``state_view`` the exact last frame."""
-    base = view.name.split(":")[0]
-    args = dict(a.split("=", 1) for a in view.name.split(":", 1)[1].split(",")) if ":" in view.name else {}
-    c, h, w = image.shape
-    moves: dict[str, Callable[[float], Tensor]] = {
-        "identity": lambda t: image,
-        "rot90": lambda t: _turn(image, 90 * t), "rotate_ccw": lambda t: _turn(image, 90 * t),
-        "rot270": lambda t: _turn(image, -90 * t), "rotate_cw": lambda t: _turn(image, -90 * t),
-        "rot180": lambda t: _turn(image, 180 * t), "rotate_180": lambda t: _turn(image, 180 * t),
-        "flip_v": lambda t: _reflect(image, t, 0), "flip": lambda t: _reflect(image, t, 0),
-        "flip_h": lambda t: _reflect(image, t, 90), "transpose": lambda t: _reflect(image, t, 45),
-        "negate": lambda t: (1 - t) * image + t * state_view,
-        "inner_circle": lambda t: _inner_circle(image, t),
-        "square_hinge": lambda t: _square_hinge(image, t),
-        "skew": lambda t: _skew(image, t, float(args.get("factor", 1.5))),
-        "jigsaw": lambda t: _jigsaw(image, t, int(args.get("seed", 0))),
-    }
-    move = moves.get(base)
-    if move is None:  # any other permutation: its pixels travel
-        index = view.forward(torch.arange(h * w, dtype=torch.float64).reshape(1, 1, h, w)).flatten().long()
-        move = lambda t: _travel(image, t, index)  # noqa: E731
-
-    def frame(t: float) -> Tensor:
-        return image if t <= 0 else state_view if t >= 1 else move(smooth(t)).clamp(0, 1)
-
-    return Clip(name, frame, captions)
-
-
-COARSE = {"low_pass", "triple_low_pass", "grayscale", "motion"}  # what shows from afar, in grey, shaken
-
-
-def factor_clip(parts: list[str], prompts: list[str], image: Tensor) -> Clip:
-    """Colour hybrids fade colour in from grey; motion hybrids shake; the others zoom out, as the
-    release animates them, captioned with the prompt each end shows (``prompts``: one a part)."""
-    c, h, w = image.shape
-    names = [p.split(":")[0] for p in parts]
-    coarse = next((q for n, q in zip(names, prompts) if n in COARSE), prompts[0])
-    fine = next((q for n, q in zip(names, prompts) if n not in COARSE), prompts[-1])
-    if {"grayscale", "color"} & set(names) and c == 3:
-        gray = image.mean(0, keepdim=True).expand_as(image)
-
-        def frame(t: float) -> Tensor:
-            return (1 - smooth(t)) * gray + smooth(t) * image
-        return Clip("factorize", frame, (coarse, fine), canvas=1.0)
-    if {"motion", "motion_res"} & set(names):
-        amp = max(1.0, 29 * h / 256 / 2)
-
-        def frame(t: float) -> Tensor:  # still, then shaken along the blur's diagonal (a triangle wave)
-            off = amp * 2 / math.pi * math.asin(math.sin(2 * math.pi * 3 * t)) if 0 < t < 1 else 0.0
-            return _on_white([_warp(image, torch.eye(2, dtype=torch.float64), (off, off))], c, h)
-        return Clip("factorize", frame, (fine, coarse), canvas=1.5)
-
-    def frame(t: float) -> Tensor:  # up close, then far away
-        scale = 1 / (1 + 7 * smooth(t))
-        return _on_white([_warp(image, torch.eye(2, dtype=torch.float64) * scale)], c, h)
-    return Clip("factorize", frame, (fine, coarse), canvas=1.5)
 
 
 # ---- frames, captions, files ----
@@ -346,14 +168,16 @@ def _read_run(folder: Path) -> dict[str, Any]:
 
 
 def _hooks(run: dict[str, Any], path: Path) -> list[Any]:
-    """The run's animated techniques, rebuilt from their recorded arguments (bad ones refused by name)."""
+    """The run's techniques that animate (each declares it), rebuilt from their recorded arguments (bad
+    ones refused by name); the others are not built again (an SDEdit's image may be long gone)."""
     hooks = run["request"].get("hooks") if isinstance(run.get("request"), dict) else run.get("hooks", [])
     if not isinstance(hooks, list) or not all(isinstance(h, dict) and isinstance(h.get("name"), str)
                                               and isinstance(h.get("args"), dict) for h in hooks):
         raise DamagedFolder(f"{path} is damaged: its hooks are not the list diffkit writes")
     out = []
+    installed = plugins.techniques()
     for h in hooks:
-        if h["name"] not in ANIMATED:
+        if not getattr(installed.get(h["name"]), "animates", False):
             continue
         try:
             out.append(plugins.technique_from(h["name"], h["args"]))
@@ -363,13 +187,7 @@ def _hooks(run: dict[str, Any], path: Path) -> list[Any]:
 
 
 def _clip_names(hooks: list[Any]) -> list[str]:
-    names = []
-    for tech in hooks:
-        if tech.name == "anagram":
-            names += [f"view{j}" for j in range(1, len(tech.views) + 1)]
-        else:
-            names.append("factorize")
-    return names
+    return [name for tech in hooks for name in tech.clip_names()]
 
 
 def read_jobs(folder: str | Path) -> list[SampleJob]:
@@ -411,30 +229,14 @@ def read_jobs(folder: str | Path) -> list[SampleJob]:
 
 
 def clips_for(job: SampleJob) -> list[Clip]:
-    """The clips of one sample (its image loaded now)."""
+    """The clips of one sample (its image loaded now), as its techniques declare them."""
     image = io.load_png(job.path)
-    clips: list[Clip] = []
-    for tech in job.hooks:
-        if tech.name == "anagram":
-            for j, (view, prompt) in enumerate(zip(tech.views, tech.prompts), 1):
-                clips.append(view_clip(view, image, view_image(view, image), f"view{j}", (job.label, str(prompt))))
-        elif tech.name == "factorize":
-            clips.append(factor_clip([f.name for f, _ in tech.parts], [job.label, *map(str, tech.args["prompt"])],
-                                     image))
-        else:  # hybrid: low frequencies of the sample's own prompt, high of its prompt
-            clips.append(factor_clip(["low_pass", "high_pass"], [job.label, str(tech.args["prompt"])], image))
-    return clips
+    return [clip for tech in job.hooks for clip in tech.clips(image, job.label)]
 
 
 def clips_of(folder: Path) -> list[tuple[str, list[Clip]]]:
     """Every sample's clips, from run.json alone: ``[(sample file, clips)]``."""
     return [(job.path.name, clips_for(job)) for job in read_jobs(folder)]
-
-
-def view_image(view: Any, image: Tensor) -> Tensor:
-    """The view of a sample's image: the pixels rearranged, a negative where the view negates."""
-    moved = view.permute(image[None])[0]
-    return 1 - moved if view.negate else moved
 
 
 @dataclass
@@ -458,7 +260,8 @@ def plan(folder: str | Path, *, overwrite: bool = False, mp4: bool = True) -> Pl
     folder = Path(folder)
     jobs = read_jobs(folder)
     if not any(j.names for j in jobs):
-        raise UserError(f"{folder}: its run has no anagram, factorize or hybrid hook: nothing to animate")
+        animated = sorted(n for n, cls in plugins.techniques().items() if getattr(cls, "animates", False))
+        raise UserError(f"{folder}: its run has no hook that animates ({', '.join(animated)}): nothing to animate")
     if not overwrite:
         there = [f"{j.path.stem}.{n}.gif" for j in jobs for n in j.names if (folder / f"{j.path.stem}.{n}.gif").exists()]
         if there:

@@ -96,7 +96,8 @@ def _leave(code: Any) -> None:
 # Numeric options: every int and float option declares a closed range, checked (with NaN and inf
 # refused) before the command runs, so nothing loads or is written. The check is ours, not typer's
 # min/max, so that the message states the whole valid range, not just the bound that was crossed.
-SEED_MAX = 2**62  # seeds seed..seed+N-1 must fit torch's 64-bit generator seed
+# every seed a sample or a study uses must fit torch's 64-bit generator seed: the request's one bound
+from diffkit.request import SEED_MAX  # noqa: E402
 
 
 def _ranged(default: Any, decls: tuple[str, ...], lo: float, hi: float, help: str, what: str) -> Any:
@@ -242,12 +243,99 @@ def _preview(snapshot: Path, cfg, path: Path) -> None:
     if cfg.objective != "ddpm":
         return
     try:
-        from diffkit.api import mnist_preview
+        from diffkit.mnist.report import mnist_preview
 
         mnist_preview(snapshot, path)
         console.print(f"samples: {path}")
     except Exception as e:  # a preview must never cost a long training run
         console.print(f"[yellow]warning:[/] sample grid for {snapshot} failed: {e}")
+
+
+def Backend(help: str = "Backend name (see `diffkit backends`; default: the installed default, mnist).") -> Any:
+    return typer.Option(None, "--backend", "-b", help=help)
+
+
+def backend_flags() -> dict[str, list[tuple[Any, str]]]:
+    """Each option an installed backend declares as a flag (``Param(..., flag=True)``), once by name: each
+    declaration of it with the backend that makes it."""
+    from diffkit import plugins
+
+    out: dict[str, list[tuple[Any, str]]] = {}
+    for name, info in sorted(plugins.backends().items()):
+        for p in info.params:
+            if p.flag:
+                out.setdefault(p.name, []).append((p, name))
+    return out
+
+
+def _flag_help(name: str, declared: list[tuple[Any, str]]) -> str:
+    """Each backend's own help for the flag (grouped where they say the same), and what it is short for."""
+    said: dict[str, list[str]] = {}
+    for p, backend in declared:
+        said.setdefault(p.help, []).append(backend)
+    return "; ".join(f"{', '.join(owners)}: {text}" for text, owners in said.items()) + f" (-O {name}=...)."
+
+
+def takes_backend(command: Any) -> Any:
+    """Give ``command`` every installed backend's flags (``--checkpoint``, ``--model``, ``--height``, ...,
+    made from the backends' declarations as pytest plugins add their options) and ``-O NAME=VALUE``;
+    the command receives them as one dict, ``options``, read and checked against the chosen backend's
+    declarations by the request, before any model loads. No backend or option is named here."""
+    import functools
+    import inspect
+
+    from diffkit.params import to_bool
+
+    from diffkit.errors import RunFailure
+
+    try:
+        flags = backend_flags()
+    except RunFailure:  # a plugin that fails to load: no flags now; the command says what failed when it runs
+        flags = {}
+    added, annotations = [], {}
+    for name, declared in flags.items():
+        p, help, flag = declared[0][0], _flag_help(name, declared), name.replace("_", "-")
+        if p.type is to_bool:
+            info, kind = typer.Option(None, f"--{flag}/--no-{flag}", help=help), Optional[bool]
+        else:
+            info, kind = typer.Option(None, f"--{flag}", help=help, metavar=p.type_name.upper()), Optional[str]
+        added.append(inspect.Parameter(f"flag_{name}", inspect.Parameter.KEYWORD_ONLY, default=info, annotation=kind))
+        annotations[f"flag_{name}"] = kind
+    added.append(inspect.Parameter(
+        "backend_option", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[list[str]],
+        default=typer.Option(None, "--backend-option", "-O", help="NAME=VALUE: an option the backend declares (see "
+                             "`diffkit backends`; repeatable). The flags above are short for it.")))
+    annotations["backend_option"] = Optional[list[str]]
+    sig = inspect.signature(command)
+    own = [q for q in sig.parameters.values() if q.name != "options"]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(f"flag_{name}") for name in flags}
+        kwargs["options"] = _backend_options(kwargs.pop("backend_option"), **given)
+        return command(*args, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=[*own, *added])
+    wrapper.__annotations__ = {**{k: v for k, v in command.__annotations__.items() if k != "options"}, **annotations}
+    return wrapper
+
+
+def _backend_options(pairs: Optional[list[str]], **flags: Any) -> dict[str, Any]:
+    """``--backend-option NAME=VALUE`` items and the flags, as one dict (read and checked against the
+    backend's declarations by the request, before the model loads)."""
+    options = {k: v for k, v in flags.items() if v is not None}
+    for item in pairs or []:
+        key, eq, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or not key:
+            fail(f"--backend-option must be NAME=VALUE, got {item!r}", 2)
+        if key in flags and flags[key] is not None:
+            fail(f"backend option {key!r} is given twice (--{key.replace('_', '-')} is short for "
+                 f"--backend-option {key}=...)", 2)
+        if key in options:
+            fail(f"backend option {key!r} is given twice (-O {key}={options[key]} and -O {item.strip()}): give it once", 2)
+        options[key] = value
+    return options
 
 
 def _labels(prompt: list[str] | None, classes: str | None) -> dict:
@@ -262,8 +350,10 @@ def _labels(prompt: list[str] | None, classes: str | None) -> dict:
 
 
 @app.command()
+@takes_backend
 def sample(
-    backend: str = typer.Option("mnist", "--backend", "-b", help="Backend name (see `diffkit backends`)."),
+    ctx: typer.Context,
+    backend: Optional[str] = Backend(),
     prompt: Optional[list[str]] = typer.Option(None, "--prompt", "-p", help="Prompt (repeatable)."),
     classes: Optional[str] = typer.Option(None, "--class", "-c", help="Comma list of classes, e.g. 0,1,2."),
     hook: Optional[list[str]] = typer.Option(None, "--hook", "-H", help="Technique spec name:ARGS (repeatable; first is outermost)."),
@@ -282,22 +372,6 @@ def sample(
     overwrite: bool = typer.Option(False, help="Replace files an earlier run left in --out."),
     save_every: int = Int(0, lo=0, hi=100_000, help="Also save every K-th step's x0 estimate as frames and a GIF "
                                                     "(0: none)."),
-    checkpoint: Optional[str] = typer.Option(None, help="Checkpoint (mnist: a folder written by `diffkit train`, or a shipped "
-                                             "model's name: mnist-class (default), mnist-h64 (quality))."),
-    device: Optional[str] = typer.Option(None, help="Device: cpu, cuda, cuda:1 ..."),
-    model: Optional[str] = typer.Option(None, help="IF stage I: hub id or local folder."),
-    upscaler: Optional[str] = typer.Option(None, help="IF stage II: hub id, local folder, or none."),
-    stage3: Optional[str] = typer.Option(None, "--stage3", help="IF stage III (1024 px): the SD x4 upscaler's hub id "
-                                         "or folder (default none)."),
-    dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 (IF, SD default: fp16 on CUDA)."),
-    height: Optional[int] = Int(None, lo=8, hi=8192, help="Image height, a multiple of 8 (sd, sdxl; default the "
-                                                          "model's own)."),
-    width: Optional[int] = Int(None, lo=8, hi=8192, help="Image width, a multiple of 8 (sd, sdxl)."),
-    embeddings: Optional[str] = typer.Option(None, help="Prompt embeddings from `diffkit embed` (IF: T5 not loaded)."),
-    offload: Optional[bool] = typer.Option(None, "--offload/--no-offload", help="IF: keep the UNet on the CPU between calls."),
-    backend_option: Optional[list[str]] = typer.Option(None, "--backend-option", "-O", help="NAME=VALUE: an option the "
-                                                       "backend declares (see `diffkit backends`; repeatable). "
-                                                       "--checkpoint, --model, --device ... are short for it."),
     max_batch: Optional[int] = Int(None, lo=1, hi=1_000_000, help="Split the step's model call above this many rows."),
     max_branches: Optional[int] = Int(None, lo=1, hi=2**30, help="Allow the hooks to build up to this many branches a "
                                       "sample at each evaluation (default 1024: more is refused, naming the count)."),
@@ -311,7 +385,11 @@ def sample(
                                             "the batches it finished."),
     animate: bool = typer.Option(False, "--animate", help="Afterwards, as `diffkit animate OUT`: a GIF (and MP4) "
                                                           "of every sample moving into each view."),
+    source: Optional[Path] = typer.Option(None, "--from", help="Repeat the run a run.json records (written by "
+                                          "`diffkit sample`, the UI, the API or a sweep; or its run folder): the "
+                                          "same samples, byte for byte, into --out."),
     rendezvous_timeout: float = Rendezvous(),
+    options: dict = None,
 ) -> None:
     """Sample images with any composition of techniques.
 
@@ -320,25 +398,31 @@ def sample(
     """
     from diffkit import api, dist
 
-    from diffkit.animate import ANIMATED
+    if source is not None:
+        request = _recorded(ctx, source, batch_size, max_batch, max_branches)
+    else:
+        try:
+            request = api.RunRequest.of(
+                backend, **_labels(prompt, classes), hooks=hook or [], seed=seed, num=num, steps=steps,
+                stride=stride, timesteps=_ints(timesteps, "--timesteps") or None,
+                timesteps2=_ints(timesteps2, "--timesteps2") or None, i_start=i_start, save_every=save_every,
+                max_batch=max_batch, backend_options=options, sampler=sampler, max_branches=max_branches,
+                batch_size=batch_size)
+        except UserError as e:
+            fail(str(e), 2)
+    if animate and not any(t.animates for t in request.techniques):
+        from diffkit import plugins
 
-    if animate and not any(h.partition(":")[0].strip() in ANIMATED for h in hook or []):
-        fail("--animate animates anagram, factorize or hybrid hooks, and this run has none", 2)
-    options = _backend_options(backend_option, checkpoint=checkpoint, device=device, model=model, upscaler=upscaler,
-                               stage3=stage3, height=height, width=width, dtype=dtype, embeddings=embeddings, offload=offload)
-    kwargs = dict(_labels(prompt, classes), hooks=hook or [], seed=seed, num=num, steps=steps, stride=stride,
-                  timesteps=_ints(timesteps, "--timesteps") or None, timesteps2=_ints(timesteps2, "--timesteps2") or None,
-                  i_start=i_start, save_every=save_every, max_batch=max_batch, backend_options=options, sampler=sampler,
-                  max_branches=max_branches)
+        animated = sorted(n for n, cls in plugins.techniques().items() if cls.animates)
+        fail(f"--animate animates the hooks that declare clips ({', '.join(animated)}), and this run has none", 2)
     if sweep:
         for flag, given in (("--batch-size", batch_size), ("--resume", resume), ("torchrun", dist.launched())):
             if given:
                 fail(f"--sweep runs each value whole, in one process: it takes no {flag}", 2)
-        return _sweep(sweep, backend, out, overwrite, kwargs)
-    shard = _shard(device, rendezvous_timeout)
+        return _sweep(sweep, request, out, overwrite)
+    shard = _shard(request.options.get("device"), rendezvous_timeout)
     try:
-        job = api.FolderRun(out, backend, resume=resume, overwrite=overwrite, shard=shard, batch_size=batch_size,
-                            **kwargs)
+        job = api.FolderRun(out, request, resume=resume, overwrite=overwrite, shard=shard)
     except UserError as e:
         dist.finish(shard)
         if shard.rank == 0:
@@ -354,12 +438,48 @@ def sample(
     if job.note and shard.rank == 0:
         console.print(job.note)
     _on_interrupt[0] = job.abandon
-    _draw(job.steps(), job.run, job.todo, shard, job.abandon, out)
+    _draw(job.steps(), job.outline, shard, job.abandon, out)
     if shard.rank == 0:
-        console.print(f"wrote {len(job.run.labels)} samples, grid.png and run.json to {out}")
+        console.print(f"wrote {request.n} samples, grid.png and run.json to {out}")
         if animate:
             _animate(out, overwrite=True)
     dist.finish(shard)
+
+
+# What `sample --from` takes besides: how the work is split and where it goes, never what it makes.
+FROM_TAKES = ("source", "out", "overwrite", "batch_size", "max_batch", "max_branches", "resume", "animate",
+              "rendezvous_timeout")
+
+
+def _recorded(ctx: typer.Context, source: Path, batch_size, max_batch, max_branches):
+    """The request recorded in ``source`` (a run.json, an interrupted run's request.json, or a run folder),
+    as this run splits the work; a sampling flag given beside it, or a record this diffkit cannot honour,
+    exits 2 naming it."""
+    import json
+
+    from diffkit.request import RunRequest
+
+    given = [p for p in ctx.command.params if p.name not in FROM_TAKES
+             and getattr(ctx.get_parameter_source(p.name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")]
+    if given:
+        fail(f"--from repeats the recorded run as it was asked: it takes no {max(given[0].opts, key=len)} (edit the "
+             "run.json's request to change it)", 2)
+    path = source / "run.json" if source.is_dir() else source
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        fail(f"--from {source}: {_why(e)}", 2)
+    except (UnicodeDecodeError, ValueError) as e:
+        fail(f"--from {path}: not a run.json diffkit wrote ({e})", 2)
+    if not isinstance(data, dict) or "request" not in data:
+        fail(f"--from {path}: it records no request (a run.json written before diffkit recorded requests, or "
+             "not a run's)", 2)
+    work = {k: v for k, v in (("batch_size", batch_size), ("max_batch", max_batch),
+                               ("max_branches", max_branches)) if v is not None}
+    try:
+        return RunRequest.from_json(data["request"], **work)
+    except UserError as e:
+        fail(f"--from {path}: {e}", 2)
 
 
 def _animate(folder: Path, overwrite: bool, frames: int = 24, fps: int = 12, mp4: bool = True) -> None:
@@ -394,24 +514,6 @@ def animate_cmd(
     """Animate a run's illusions: every sample moving into each anagram view (or zooming out, fading colour
     in, shaking for factorized images), captioned with the prompts: sample-000.view1.gif and .mp4."""
     _animate(run_dir, overwrite, frames, fps, mp4)
-
-
-def _backend_options(pairs: Optional[list[str]], **flags: Any) -> dict[str, Any]:
-    """``--backend-option NAME=VALUE`` items and the short flags, as one dict (read and checked against
-    the backend's declarations by the api, before the model loads)."""
-    options = {k: v for k, v in flags.items() if v is not None}
-    for item in pairs or []:
-        key, eq, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not eq or not key:
-            fail(f"--backend-option must be NAME=VALUE, got {item!r}", 2)
-        if key in flags and flags[key] is not None:
-            fail(f"backend option {key!r} is given twice (--{key.replace('_', '-')} is short for "
-                 f"--backend-option {key}=...)", 2)
-        if key in options:
-            fail(f"backend option {key!r} is given twice (-O {key}={options[key]} and -O {item.strip()}): give it once", 2)
-        options[key] = value
-    return options
 
 
 def _shard(device: Optional[str], rendezvous_s: Optional[float] = None):
@@ -457,7 +559,7 @@ def _why(e: OSError) -> str:
     return f"{reason(e)}{hint}"
 
 
-def _sweep(sweep: str, backend: str, out: Path, overwrite: bool, kwargs: dict[str, Any]) -> None:
+def _sweep(sweep: str, request, out: Path, overwrite: bool) -> None:
     """One run per value; every run is checked before the first starts, and all outputs land together."""
     from diffkit import api
 
@@ -466,7 +568,7 @@ def _sweep(sweep: str, backend: str, out: Path, overwrite: bool, kwargs: dict[st
     if not eq or not name or not values:
         fail(f"--sweep must look like NAME=v1,v2,..., got {sweep!r}", 2)
     try:
-        runs = api.sweep_runs(name, values, backend, **kwargs)
+        runs = api.sweep_runs(name, values, request)
         api.check_sweep_out(out, name, runs, overwrite)
     except UserError as e:
         fail(f"--sweep {name}: {e}" if not str(e).startswith("sweep") else f"--{e}", 2)
@@ -475,30 +577,29 @@ def _sweep(sweep: str, backend: str, out: Path, overwrite: bool, kwargs: dict[st
     _on_interrupt[0] = f"nothing was written to {out}"
     for value, run in runs:
         console.print(f"{name} = {value}")
-        _draw(api.drive(run), run)
+        _draw(api.drive(run), run.outline())
     _publish(lambda: api.save_sweep(name, [(v, r.result) for v, r in runs], out, overwrite=overwrite), out)
     console.print(f"wrote {len(values)} runs and sweep.png to {out}")
 
 
-def _draw(steps, run, todo: Optional[list[int]] = None, shard=None, after=None, out: Optional[Path] = None) -> None:
-    """Draw a run's :class:`~diffkit.api.BatchStep` s (of batches ``todo``; default all) as progress bars (one
-    set under torchrun: rank 0's). A failure exits naming the culprit (and the rank), and says what
-    ``after()`` left of the run: 1 for a run that failed, 2 for input found bad only once it ran."""
+def _draw(steps, outline, shard=None, after=None, out: Optional[Path] = None) -> None:
+    """Draw a run's :class:`~diffkit.api.BatchStep` s as progress bars (one set under torchrun: rank 0's), as
+    its :class:`~diffkit.api.Outline` announces them. A failure exits naming the culprit (and the rank),
+    and says what ``after()`` left of the run: 1 for a run that failed, 2 for input found bad only once it ran."""
     from diffkit.dist import Shard
 
     shard = shard or Shard()
-    batches = run.batches()
-    todo = list(range(len(batches))) if todo is None else todo
-    n, steps_n = sum(len(batches[k]) for k in todo), len(run.timesteps) - run.i_start
-    split = f", {len(todo)} batches of up to {run.batch_size}" if len(batches) > 1 else ""
-    console.print(f"{shard.who()}sampling {n} sample{'s' if n != 1 else ''}, {steps_n} steps{split}", highlight=False)
+    n = outline.samples
+    split = f", {outline.batches} batches of up to {outline.batch_size}" if outline.split else ""
+    console.print(f"{shard.who()}sampling {n} sample{'s' if n != 1 else ''}, {outline.steps} steps{split}",
+                  highlight=False)
 
     def kept() -> str:
         return after() if after else "nothing was written"
 
     try:
         with progress(disable=shard.rank != 0) as bar:
-            whole = bar.add_task("samples", total=n, info="") if len(batches) > 1 else None
+            whole = bar.add_task("samples", total=n, info="") if outline.split else None
             tasks: dict[int, int] = {}
             for ev in steps:
                 st = ev.state
@@ -630,14 +731,17 @@ def ui(
 @app.command()
 def backends() -> None:
     """List installed backends with their options (give them as --backend-option NAME=VALUE)."""
-    from diffkit import api, plugins
+    from diffkit import plugins
 
     out = Console()
+    default = plugins.default_backend()
     for name, info in sorted(plugins.backends().items()):
-        out.print(f"[bold]{name}[/] (labels: {info.label_kind})  {info.help}", highlight=False)
+        said = [f"labels: {info.label_kind}"] + (["the default"] if name == default else []) + (
+            ["saves embeddings: diffkit embed"] if info.embed else [])
+        out.print(f"[bold]{name}[/] ({'; '.join(said)})  {info.help}", highlight=False)
         _print_params(out, info.params)
-    out.print(f"Options: --backend-option NAME=VALUE (-O); {', '.join(f'--{f}' for f in api.BACKEND_FLAGS)} are short "
-              "for it.", highlight=False)
+    out.print(f"Options: --backend-option NAME=VALUE (-O), on every command that takes --backend; "
+              f"{', '.join(f'--{f}' for f in backend_flags())} are short for it.", highlight=False)
 
 
 data_app = typer.Typer(help="Datasets.", no_args_is_help=True)
@@ -695,9 +799,10 @@ def train_classifier(
 
 
 @eval_app.command("mnist")
+@takes_backend
 def eval_mnist(
-    checkpoint: Optional[str] = typer.Option(None, help="Class-conditioned DDPM: a folder or a shipped "
-                                             "name (default mnist-class; mnist-h64: the quality model)."),
+    backend: Optional[str] = Backend("Backend making the digits (28x28, classes 0-9; default mnist, whose "
+                                     "--checkpoint is a folder or a shipped name: mnist-class, mnist-h64 ...)."),
     classifier: Optional[Path] = typer.Option(None, help="Classifier folder (default: the shipped one)."),
     num: int = Int(50, "--num", "-n", lo=1, hi=10_000, help="Samples per class."),
     cfg: float = Float(5.0, lo=-100.0, hi=100.0, help="CFG scale of the samples (when no --hook is given)."),
@@ -713,9 +818,8 @@ def eval_mnist(
     batch_size: Optional[int] = Int(None, lo=1, hi=100_000, help=f"Samples through the model at a time; only their "
                                     f"classifier features are kept (default {DEFAULT_BATCH}). Any size gives the "
                                     "same report."),
-    device: Optional[str] = typer.Option(None, help="Where the samples are made: cpu, cuda, cuda:N (default cpu); "
-                                                    "the classifier judges them on the CPU."),
     rendezvous_timeout: float = Rendezvous(),
+    options: dict = None,
 ) -> None:
     """Accuracy of class-conditioned samples as judged by a classifier, and a Frechet distance to real digits.
 
@@ -724,18 +828,19 @@ def eval_mnist(
     """
     import json
 
-    from diffkit import api, dist, io
+    from diffkit import dist, io
+    from diffkit.mnist.report import MnistEval
 
     shard = _shard("cpu", rendezvous_timeout)
     try:
-        ev = api.MnistEval(checkpoint=checkpoint, classifier=classifier, num=num, hooks=list(hook or [f"cfg:{cfg}"]),
-                           sampler=sampler, steps=steps, stride=stride, seed=seed, data=data, batch_size=batch_size,
-                           device=device, shard=shard)
+        ev = MnistEval(backend=backend, options=options, classifier=classifier, num=num,
+                       hooks=list(hook or [f"cfg:{cfg}"]), sampler=sampler, steps=steps, stride=stride, seed=seed,
+                       data=data, batch_size=batch_size, shard=shard)
     except UserError as e:
         fail(str(e), 2)
     except RunFailure as e:
         fail(str(e), 1)
-    _draw(ev.steps(), ev.run, shard.mine(range(len(ev.run.batches()))), shard)
+    _draw(ev.steps(), ev.run.outline(shard.mine(range(len(ev.run.batches())))), shard)
     dist.finish(shard)
     if shard.rank:
         return
@@ -759,37 +864,32 @@ def _load_study_image(backend, image: Path):
 
 
 @app.command()
+@takes_backend
 def noise(
     image: Path = typer.Argument(..., help="Any image; cropped and resized to the backend's size."),
     t: Optional[str] = typer.Option(None, "--t", help="Comma list of timesteps (default: T/4, T/2, 3T/4)."),
-    backend: str = typer.Option("mnist", "--backend", "-b", help="Backend whose schedule to use."),
-    checkpoint: Optional[str] = typer.Option(None, help="Backend checkpoint (mnist)."),
-    model: Optional[str] = typer.Option(None, help="Model hub id or folder (if)."),
-    device: Optional[str] = typer.Option(None, help="Device."),
+    backend: Optional[str] = Backend("Backend whose schedule to use (default mnist)."),
     seed: int = Int(0, lo=0, hi=SEED_MAX, help="Seed of the noise."),
     out: Path = typer.Option(Path("out/noise.png"), "--out", "-o", help="Figure path (PNG)."),
     overwrite: bool = typer.Option(False, help="Replace an existing figure."),
+    options: dict = None,
 ) -> None:
     """The forward process x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps at chosen timesteps, side by side."""
-    from diffkit import io, studies
+    from diffkit import studies
 
-    be = _study_backend(backend, checkpoint, model, device)
+    be = _study_backend(backend, options)
     ts = _timesteps_in(be, t)
     _refuse(out, overwrite)
     img = _load_study_image(be, image)
-    xs = studies.noisy_images(be, img, ts, seed)
-    cols = [img.cpu()] + [be.to_image(x[None]).float().cpu() for x in xs]
-    io.save_png(io.labelled_columns(cols, ["original"] + [f"t={v}" for v in ts]), out)
-    io.write_json(out.with_suffix(".json"), {"image": str(image), "t": ts, "backend": backend, "seed": seed,
-                                             "checkpoint": be.checkpoint or model})
+    studies.noise_figure(be, img, ts, seed, out, dict(options, image=str(image)))
     console.print(f"wrote {out} and {out.with_suffix('.json').name}")
 
 
-def _study_backend(name: str, checkpoint: Optional[str], model: Optional[str] = None, device: Optional[str] = None):
-    from diffkit.api import load_backend
+def _study_backend(name: Optional[str], options: dict[str, Any]):
+    from diffkit.request import RunRequest
 
     try:
-        return load_backend(name, checkpoint=checkpoint, model=model, device=device)
+        return RunRequest(backend=name, options=options).load_backend()
     except UserError as e:
         fail(str(e), 2)
 
@@ -810,67 +910,42 @@ def _refuse(out: Path, overwrite: bool) -> None:
 
 
 @app.command()
+@takes_backend
 def denoise(
     image: Optional[Path] = typer.Argument(None, help="Image to noise and denoise (the image study)."),
     t: Optional[str] = typer.Option(None, "--t", help="With IMAGE: comma list of timesteps (default: T/4, T/2, 3T/4)."),
     method: str = typer.Option("blur,onestep,iterative", help="With IMAGE: any of blur, onestep, iterative."),
-    backend: str = typer.Option("mnist", "--backend", "-b", help="With IMAGE: backend."),
+    backend: Optional[str] = Backend("With IMAGE: backend (default mnist)."),
     prompt: Optional[str] = typer.Option(None, help="With IMAGE: prompt or class of the model's estimate (default: none)."),
     stride: Optional[int] = Int(None, lo=1, hi=100_000, help="With IMAGE: stride of the iterative run (default: the backend's)."),
-    checkpoint: Optional[str] = typer.Option(None, help="With IMAGE: backend checkpoint. Without: a one-step denoiser "
-                                                        "checkpoint (`diffkit train mnist --objective denoise`)."),
-    model: Optional[str] = typer.Option(None, help="With IMAGE: model hub id or folder (if)."),
-    device: Optional[str] = typer.Option(None, help="With IMAGE: device."),
     sigmas: str = typer.Option("0,0.2,0.4,0.5,0.6,0.8,1.0", help="Without IMAGE: the one-step denoiser's noise levels."),
     data: Optional[Path] = typer.Option(None, help="Without IMAGE: MNIST folder (test digits)."),
     seed: int = Int(0, lo=0, hi=SEED_MAX, help="Seed of the noise."),
     out: Path = typer.Option(Path("out/denoise.png"), "--out", "-o", help="Figure path (PNG); JSON beside it."),
     overwrite: bool = typer.Option(False, help="Replace an existing figure."),
+    options: dict = None,
 ) -> None:
     """Denoising studies: blur vs one-step vs iterative on IMAGE, or, with a one-step denoiser
     checkpoint and no IMAGE, that denoiser on MNIST test digits across noise levels."""
-    import torch
-
-    from diffkit import io, studies
+    from diffkit import studies
 
     _refuse(out, overwrite)
-    if image is None:
-        return _denoiser_study(checkpoint, sigmas, data, seed, out)
+    if image is None:  # the one-step denoiser is named by the option a backend would take it as
+        return _denoiser_study(studies.denoiser_named(options), sigmas, data, seed, out)
     methods = [m.strip() for m in method.split(",") if m.strip()]
     unknown = sorted(set(methods) - {"blur", "onestep", "iterative"})
     if unknown or not methods:
         fail(f"--method takes blur, onestep, iterative; got {', '.join(unknown) or 'nothing'}", 2)
-    be = _study_backend(backend, checkpoint, model, device)
+    be = _study_backend(backend, options)
     ts = _timesteps_in(be, t)
     img = _load_study_image(be, image)
     xs = studies.noisy_images(be, img, ts, seed)
-    stride = stride or (be.default_timesteps()[0] - be.default_timesteps()[1] if len(be.default_timesteps()) > 1 else 1)
-    rows, names, frames = [], ["noisy"] + methods, {}
-    for t_, x in zip(ts, xs):
-        x = x[None]
-        row = [be.to_image(x).float().cpu()]
-        for m in methods:
-            if m == "blur":
-                row.append(be.to_image(studies.blur(x)).float().cpu())
-            elif m == "onestep":
-                row.append(be.to_image(studies.one_step(be, x, t_, prompt)).float().cpu())
-            else:
-                it = studies.iterative(be, x, t_, stride, prompt, seed=seed)
-                row.append(it.final)
-                frames[t_] = it.frames
-        rows.append(row)
-    cols = [torch.cat([r[k] for r in rows]) for k in range(len(names))]
-    io.save_png(io.labelled_columns(cols, names), out)
-    for t_, fr in frames.items():
-        io.save_png(io.labelled_columns(fr, [f"step {5 * k}" for k in range(len(fr))]),
-                    out.with_name(f"{out.stem}-iterative-t{t_}.png"))
-    io.write_json(out.with_suffix(".json"), {"image": str(image), "t": ts, "methods": methods, "backend": backend,
-                                             "prompt": prompt, "stride": stride, "seed": seed})
+    studies.denoise_figure(be, img, ts, methods, prompt, stride, seed, out, str(image))
     console.print(f"wrote {out}")
 
 
 def _denoiser_study(checkpoint: Optional[str], sigmas: str, data: Optional[Path], seed: int, out: Path) -> None:
-    from diffkit import io, studies
+    from diffkit import studies
     from diffkit.mnist import checkpoint as ckpt
     from diffkit.mnist import data as mnist
 
@@ -884,40 +959,39 @@ def _denoiser_study(checkpoint: Optional[str], sigmas: str, data: Optional[Path]
         fail(str(e), 2)
     if config.get("objective") != "denoise":
         fail(f"{checkpoint} is a {config.get('objective')} checkpoint; the sigma study needs a one-step denoiser", 2)
-    noisy, den, mse = studies.denoiser_study(model, x, levels, seed)
-    cols = []
-    for k in range(len(levels)):
-        cols += [noisy[k], den[k]]
-    io.save_png(io.labelled_columns(cols, [f"s={s:g}" if j == 0 else "out" for s in levels for j in (0, 1)]), out)
-    io.write_json(out.with_suffix(".json"), {"checkpoint": checkpoint, "test_mse": {str(k): v for k, v in mse.items()},
-                                             "trained_sigma": config.get("sigma"), "seed": seed})
+    mse = studies.denoiser_figure(model, x, levels, seed, out, checkpoint, config)
     console.print("test MSE: " + ", ".join(f"sigma {s:g}: {v:.4f}" for s, v in mse.items()))
     console.print(f"wrote {out}")
 
 
 @app.command()
+@takes_backend
 def embed(
     prompt: list[str] = typer.Argument(..., help="Prompts to encode."),
     out: Path = typer.Option(Path("embeddings.safetensors"), "--out", "-o", help="safetensors file to write."),
-    model: Optional[str] = typer.Option(None, help="IF stage I hub id or folder (its T5 and tokenizer)."),
-    device: Optional[str] = typer.Option(None, help="Device for T5."),
-    dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32."),
+    backend: Optional[str] = Backend("Backend whose text encoder to run (default: the first installed that saves "
+                                     "embeddings: if)."),
     append: bool = typer.Option(True, help="Keep prompts already in --out."),
+    options: dict = None,
 ) -> None:
-    """Encode prompts with IF's T5 once; `diffkit sample --embeddings FILE` then never loads T5."""
-    import torch
+    """Encode prompts once with a backend's text encoder (IF's T5); `diffkit sample --embeddings FILE` then
+    never loads it."""
+    from diffkit import plugins
 
-    from diffkit.backends.base import check_device
-    from diffkit.backends.deepfloyd import STAGE_I, TextEncoder, load_embeddings, resolve_dtype, save_embeddings
-
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        check_device(dev)
-        known = load_embeddings(out) if append and out.exists() else {}
-        text = TextEncoder(model or STAGE_I, dev, resolve_dtype(dtype, dev), known)
-        with console.status("encoding prompts with T5"):
-            text(list(prompt))
-        save_embeddings(out, text.cache, model or STAGE_I)
+        able = [n for n, info in plugins.backends().items() if info.embed is not None]
+        name = backend or (able[0] if able else None)
+        info = plugins.get_backend(name) if name else None
+        if info is None or info.embed is None:
+            fail(f"backend {name!r} saves no prompt embeddings; {', '.join(able) or 'no installed backend'} "
+                 f"{'does' if len(able) == 1 else 'do'}", 2)
+        given = info.read_options(options)
+        if "device" in given:
+            from diffkit.backends.base import check_device
+
+            check_device(str(given["device"]))
+        with console.status(f"encoding prompts with {name}'s text encoder"):
+            count = info.embed(list(prompt), str(out), append, **given)
     except UserError as e:
         fail(str(e), 2)
-    console.print(f"wrote {len(text.cache)} prompt embeddings to {out}")
+    console.print(f"wrote {count} prompt embeddings to {out}")

@@ -51,6 +51,11 @@ class Param:
     kind: str = ""
     # The values a str parameter may take, when they are a closed set (a UI shows a dropdown); others are refused.
     choices: tuple[str, ...] = ()
+    # A backend's option that is also a flag of its own, --NAME (--NAME/--no-NAME for a bool), on every
+    # command that takes a backend, beside -O NAME=VALUE: the command line adds it from this declaration.
+    flag: bool = False
+    # Values a form offers for a "path" parameter besides what the server allows (shipped models, hub ids).
+    offers: tuple[str, ...] = ()
 
     @property
     def numeric(self) -> bool:

@@ -166,6 +166,13 @@ def get_view(spec: str) -> Any:
     return view
 
 
+def default_backend() -> str:
+    """The backend a run uses when it names none: the first declared ``default=True`` (diffkit's own
+    plugins load first), else the first installed."""
+    table = backends()
+    return next((n for n, info in table.items() if info.default), next(iter(table)))
+
+
 def get_backend(name: str) -> BackendInfo:
     try:
         return backends()[name]

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from diffkit import schedule
 from diffkit.errors import UserError
-from diffkit.technique import TYPE_NAMES, Param, to_bool
+from diffkit.params import TYPE_NAMES, Param, to_bool
 
 # evaluate(x, t): the combined estimate for state x at model timestep t, ``[N x C' x H x W]``: noise in
 # the first C channels, then whatever else the backend predicts (IF: its variance).

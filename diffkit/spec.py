@@ -6,7 +6,12 @@ import re
 from typing import Any
 
 from diffkit.errors import UserError
-from diffkit.technique import Param, Technique
+from typing import TYPE_CHECKING
+
+from diffkit.params import Param
+
+if TYPE_CHECKING:  # annotations only: the NAME:ARGS syntax needs no technique
+    from diffkit.technique import Technique
 
 
 class SpecError(UserError):

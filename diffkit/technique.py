@@ -7,7 +7,8 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from diffkit.params import REQUIRED, TYPE_NAMES, Param, to_bool  # noqa: F401 - where plugins import them
+from diffkit.motion import Clip
+from diffkit.params import Param
 from diffkit.state import Context, Query
 
 FILE_KINDS = ("image", "sketch", "mask", "path")  # Param kinds whose value may name a file the run reads
@@ -65,6 +66,22 @@ class Technique:
                     if isinstance(v, str) and os.path.isfile(v):
                         out.append(v)
         return out
+
+    # ---- animations (diffkit animate): what a run of this technique shows moving ----
+    animates: ClassVar[bool] = False  # whether its runs have clips (decided before it is built again)
+
+    def clip_names(self) -> list[str]:
+        """The names of the clips each sample gets (file suffixes: ``sample-000.view1.gif``), in order."""
+        return []
+
+    def clips(self, image: Tensor, label: str) -> list[Clip]:
+        """The clips of one sample ``image`` ``[C x H x W]`` in [0, 1] with its ``label``, named as
+        :meth:`clip_names` names them."""
+        return []
+
+    def view_images(self, image: Tensor) -> list[tuple[str, Tensor]]:
+        """Images written beside each sample with the run (an anagram's views: ``sample-000.view1.png``)."""
+        return []
 
     @classmethod
     def supports(cls, backend: str) -> bool:

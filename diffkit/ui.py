@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import torch
 
 from diffkit import io, plugins
-from diffkit.technique import REQUIRED, Param, to_bool
+from diffkit.params import REQUIRED, Param, to_bool
 
 PREVIEW_EVERY = 10  # steps between x0 previews
 BATCH = 64  # samples through the model at a time: a run's memory, whatever it asks for
@@ -51,20 +51,15 @@ class Settings:
 
 def default_choices(extra: list[str] | None = None) -> dict[str, list[str]]:
     """What a page may pick for each path-valued parameter (``BACKEND.OPTION`` or ``TECHNIQUE.PARAM``):
-    the shipped MNIST models, IF's hub ids, and ``extra`` (``diffkit ui --allow``) for every one of them,
-    a third party's too."""
-    from diffkit.backends.deepfloyd import STAGE_I, STAGE_II
-    from diffkit.mnist import checkpoint
-
+    what the declaration offers (shipped models, hub ids) and ``extra`` (``diffkit ui --allow``), for a
+    third party's parameters as for diffkit's own."""
     paths = list(extra or [])
-    known = {"mnist.checkpoint": list(checkpoint.SHIPPED_NAMES), "if.model": [STAGE_I], "if.upscaler": [STAGE_II, "none"],
-             "autoguide.model": [str(checkpoint.SHIPPED_WEAK), "mnist-class"]}
     out = {}
     for owner, params in [*((n, i.params) for n, i in plugins.backends().items()),
                           *((n, c.params) for n, c in plugins.techniques().items())]:
         for p in params:
             if p.kind == "path":
-                out[f"{owner}.{p.name}"] = ["", *known.get(f"{owner}.{p.name}", []), *paths]
+                out[f"{owner}.{p.name}"] = ["", *p.offers, *paths]
     return out
 
 
@@ -106,14 +101,13 @@ def command(backend: str, options: dict[str, Any], labels: dict[str, list[str]],
             num: int, steps: int | None, sampler: str | None, out: Path) -> str:
     """The ``diffkit sample`` command that writes this run (into ``out``: the page gives the run folder's
     name, relative, so the command runs as shown where the user is, not into the server's full folder)."""
-    from diffkit.api import BACKEND_FLAGS
-
+    flags = {p.name for p in plugins.get_backend(backend).params if p.flag}  # its declared flags
     args = ["diffkit", "sample", "--backend", backend]
     for k, v in options.items():
         if v in (None, "", False):
             continue
-        if k in BACKEND_FLAGS:
-            args += [f"--{k}"] if v is True else [f"--{k}", str(v)]
+        if k in flags:
+            args += [f"--{k.replace('_', '-')}"] if v is True else [f"--{k.replace('_', '-')}", str(v)]
         else:
             args += ["--backend-option", f"{k}={_text(v)}"]
     if "classes" in labels:
@@ -238,9 +232,10 @@ def _run(settings: Settings, session: Path, backend: str, options: dict[str, Any
     try:
         # Batch by batch into the run's folder, as `diffkit sample` writes it: memory holds one batch, and
         # a run stopped or cut short keeps its finished batches for Resume.
-        job = api.FolderRun(folder, backend, hooks=hooks, seed=int(seed), num=int(num),
-                            steps=int(steps) if steps else None, sampler=sampler or None, backend_options=options,
-                            batch_size=BATCH, **labels)
+        request = api.RunRequest.of(backend, hooks=hooks, seed=int(seed), num=int(num),
+                                    steps=int(steps) if steps else None, sampler=sampler or None,
+                                    backend_options=options, batch_size=BATCH, **labels)
+        job = api.FolderRun(folder, request)
     except UserError as e:
         raise PageError(str(e)) from None
     (job.folder.path / "command.txt").write_text(cmd + "\n")  # published with the run; read by a resume
@@ -251,11 +246,9 @@ def _sample(job: Any, cmd: str, progress: Any) -> Iterator[tuple[str, list, Any,
     """Drive a :class:`diffkit.api.FolderRun` with previews; at the end the gallery and the zip."""
     from diffkit.errors import RunFailure, UserError
 
-    run, folder = job.run, job.out
-    n, batches = len(run.labels), run.batches()
-    todo = len(job.todo)
-    left = sum(len(batches[k]) for k in job.todo)
-    yield (f"sampling {left} samples, {len(run.timesteps) - run.i_start} steps"
+    folder, outline, n = job.out, job.outline, job.run.request.n
+    todo, left = outline.batches, outline.samples
+    yield (f"sampling {left} samples, {outline.steps} steps"
            + (f" ({n - left} were done)" if left < n else ""), [], None, cmd, None)
     steps = job.steps()
     try:
@@ -269,7 +262,7 @@ def _sample(job: Any, cmd: str, progress: Any) -> Iterator[tuple[str, list, Any,
                 progress((ev.batch + (st.i + 1) / st.n_steps) / max(1, todo), desc=f"{part}{stage}step {st.i + 1}/{st.n_steps}")
             if st.i % PREVIEW_EVERY == 0 or st.i == st.n_steps - 1:
                 # every stage's state maps to an image as stage 1's does (IF: [-1, 1] -> [0, 1])
-                preview = io.to_pil(io.grid(run.backend.to_image(st.x0).float().cpu(), min(ev.size, 8)))
+                preview = io.to_pil(io.grid(job.run.to_image(st.x0), min(ev.size, 8)))
                 yield f"{part}{stage}step {st.i + 1} of {st.n_steps}", [], preview, cmd, None
     except (RunFailure, UserError) as e:
         raise PageError(f"{e}; {job.abandon()}") from None
@@ -395,12 +388,13 @@ def build(settings: Settings) -> Any:
         values = gr.State({})
         with gr.Row():
             with gr.Column(scale=1):
-                backend = gr.Dropdown(sorted(backends), value="mnist", label="backend", elem_id="backend")
+                backend = gr.Dropdown(sorted(backends), value=plugins.default_backend(), label="backend",
+                                      elem_id="backend")
                 # each backend's options, from its declared Params (a third party's too); the chosen one's show
                 option_boxes: dict[tuple[str, str], Any] = {}
                 groups = {}
                 for bname, binfo in sorted(backends.items()):
-                    with gr.Group(visible=bname == "mnist") as groups[bname]:
+                    with gr.Group(visible=bname == plugins.default_backend()) as groups[bname]:
                         for p in binfo.params:
                             option_boxes[bname, p.name] = widget(gr, bname, p, _initial(p), settings,
                                                                  elem_id=f"opt-{bname}-{p.name}")

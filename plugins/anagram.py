@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
 from diffkit import plugins
 from diffkit.hookspecs import hookimpl
+from diffkit.motion import Clip
 from diffkit.state import Context, Query
-from diffkit.technique import Combiner, Param
+from diffkit.params import Param
+from diffkit.technique import Combiner
 
 
 class Anagram(Combiner):
@@ -50,6 +54,20 @@ class Anagram(Combiner):
             v.forward(torch.zeros(1, *ctx.backend.sample_shape, dtype=torch.float64))
         # reduction=alternate: a query's step is the index of its timestep in the stage's walk
         self.step_of = {float(t): i for i, t in enumerate(ctx.timesteps)}
+
+    animates = True
+
+    def clip_names(self) -> list[str]:
+        return [f"view{j}" for j in range(1, len(self.views) + 1)]
+
+    def clips(self, image: Tensor, label: str) -> list[Clip]:
+        """Each view's clip: the sample moving into the view as the view declares its motion, captioned
+        with the sample's own prompt, then the view's."""
+        return [Clip(f"view{j}", functools.partial(view.move, image), (label, str(prompt)))
+                for j, (view, prompt) in enumerate(zip(self.views, self.prompts), 1)]
+
+    def view_images(self, image: Tensor) -> list[tuple[str, Tensor]]:
+        return [(f"view{j}", view.image(image)) for j, view in enumerate(self.views, 1)]
 
     def _branch(self, t: float) -> int:
         """The one branch an alternating step uses: the release's ``i % num_prompts``."""

@@ -7,7 +7,8 @@ from torch import Tensor
 
 from diffkit.hookspecs import hookimpl
 from diffkit.state import Context, Query
-from diffkit.technique import INTERVAL, Combiner, Param, check_interval, interval_timesteps
+from diffkit.params import Param
+from diffkit.technique import INTERVAL, Combiner, check_interval, interval_timesteps
 
 WEAK = "autoguide"  # the name the weak model is registered under in ctx.models
 
@@ -37,7 +38,7 @@ class Autoguide(Combiner):
         Param("scale", float, 2.0, "guidance weight w (1: the main model alone)", range=(-100.0, 100.0)),
         Param("model", str, None, "the weak model: an MNIST checkpoint folder or shipped name (default: "
                                   "mnist-weak) or an IF stage I hub id or folder; another backend's model "
-                                  "as that backend takes it", kind="path"),
+                                  "as that backend takes it", kind="path", offers=("mnist-weak", "mnist-class")),
         *INTERVAL,
     )
     # every backend whose Backend.weak_model gives one (mnist: a shipped weak model; if: a smaller stage I)

@@ -8,7 +8,8 @@ from torch import Tensor
 
 from diffkit.hookspecs import hookimpl
 from diffkit.state import Context, Query
-from diffkit.technique import INTERVAL, Combiner, Param, check_interval, interval_timesteps
+from diffkit.params import Param
+from diffkit.technique import INTERVAL, Combiner, check_interval, interval_timesteps
 
 
 def guide(eps_u: Tensor, eps_c: Tensor, scale: float) -> Tensor:

@@ -4,6 +4,7 @@ its inverse-problem mode, one component taken from a real image instead of a pro
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -11,9 +12,11 @@ from torch import Tensor
 
 from diffkit import factors, plugins
 from diffkit.hookspecs import hookimpl
+from diffkit.motion import Clip, on_white, smooth, warp
 from diffkit.spec import format_spec
 from diffkit.state import Context, Query, Step
-from diffkit.technique import REQUIRED, Combiner, Param, Projector
+from diffkit.params import REQUIRED, Param
+from diffkit.technique import Combiner, Projector
 
 
 def parse_parts(text: str) -> list[str]:
@@ -60,6 +63,38 @@ def check_identity(ctx: Context, parts: list[tuple[factors.Factor, dict]], facto
                          "low_pass+high_pass with the same sigma and kernel, or scale weights summing to 1")
 
 
+# ---- animation (diffkit animate): how a factorized image shows each of its prompts ----
+
+COARSE = {"low_pass", "triple_low_pass", "grayscale", "motion"}  # what shows from afar, in grey, shaken
+
+
+def factor_clip(parts: list[str], prompts: list[str], image: Tensor) -> Clip:
+    """Colour hybrids fade colour in from grey; motion hybrids shake; the others zoom out, as the
+    release animates them, captioned with the prompt each end shows (``prompts``: one a part)."""
+    c, h, w = image.shape
+    names = [p.split(":")[0] for p in parts]
+    coarse = next((q for n, q in zip(names, prompts) if n in COARSE), prompts[0])
+    fine = next((q for n, q in zip(names, prompts) if n not in COARSE), prompts[-1])
+    if {"grayscale", "color"} & set(names) and c == 3:
+        gray = image.mean(0, keepdim=True).expand_as(image)
+
+        def frame(t: float) -> Tensor:
+            return (1 - smooth(t)) * gray + smooth(t) * image
+        return Clip("factorize", frame, (coarse, fine), canvas=1.0)
+    if {"motion", "motion_res"} & set(names):
+        amp = max(1.0, 29 * h / 256 / 2)
+
+        def frame(t: float) -> Tensor:  # still, then shaken along the blur's diagonal (a triangle wave)
+            off = amp * 2 / math.pi * math.asin(math.sin(2 * math.pi * 3 * t)) if 0 < t < 1 else 0.0
+            return on_white([warp(image, torch.eye(2, dtype=torch.float64), (off, off))], c, h)
+        return Clip("factorize", frame, (fine, coarse), canvas=1.5)
+
+    def frame(t: float) -> Tensor:  # up close, then far away
+        scale = 1 / (1 + 7 * smooth(t))
+        return on_white([warp(image, torch.eye(2, dtype=torch.float64) * scale)], c, h)
+    return Clip("factorize", frame, (fine, coarse), canvas=1.5)
+
+
 class Factorize(Combiner):
     name = "factorize"
     help = ("Factorized diffusion: eps = part_1(eps_1) + part_2(eps_2) + ..., part i a filter of prompt i's "
@@ -95,6 +130,14 @@ class Factorize(Combiner):
 
     def reduce(self, query: Query, estimates: list[Tensor]) -> Tensor:
         return sum(f(e, self.factor, args) for (f, args), e in zip(self.parts, estimates))
+
+    animates = True
+
+    def clip_names(self) -> list[str]:
+        return ["factorize"]
+
+    def clips(self, image: Tensor, label: str) -> list[Clip]:
+        return [factor_clip([f.name for f, _ in self.parts], [label, *map(str, self.args["prompt"])], image)]
 
 
 class Reference(Projector):

@@ -6,8 +6,10 @@ from torch import Tensor
 
 from diffkit.filters import gaussian_kernel, highpass, lowpass, scaled_kernel  # noqa: F401 - also this plugin's API
 from diffkit.hookspecs import hookimpl
+from diffkit.motion import Clip
 from diffkit.state import Context, Query
-from diffkit.technique import Combiner, Param, to_bool
+from diffkit.params import Param, to_bool
+from diffkit.technique import Combiner
 
 
 class Hybrid(Combiner):
@@ -29,6 +31,17 @@ class Hybrid(Combiner):
             raise ValueError(f"kernel must be a positive odd integer, got {args['kernel']}")
         if not args["sigma"] > 0:
             raise ValueError(f"sigma must be positive, got {args['sigma']}")
+
+    animates = True
+
+    def clip_names(self) -> list[str]:
+        return ["factorize"]
+
+    def clips(self, image: Tensor, label: str) -> list[Clip]:
+        """Zooming out: up close the high frequencies' prompt, from afar the sample's own."""
+        from diffkit_plugins.factorize import factor_clip
+
+        return [factor_clip(["low_pass", "high_pass"], [label, str(self.args["prompt"])], image)]
 
     def setup(self, ctx: Context) -> None:
         self.cond = ctx.encode_all(self.args["prompt"])

@@ -10,7 +10,8 @@ from torch import Tensor
 from diffkit.hookspecs import hookimpl
 from diffkit.io import load_image
 from diffkit.state import Context, Step
-from diffkit.technique import Param, Projector
+from diffkit.params import Param
+from diffkit.technique import Projector
 
 
 class Inpaint(Projector):

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from diffkit.hookspecs import hookimpl
 from diffkit.rules import SIGMA_KEYS, SIGMA_PARAMS, SPACING_PARAM, Ddpm, DiffusersRule, Generic, RuleError, Stepper
-from diffkit.technique import Param
+from diffkit.params import Param
 
 SPACING_KEYS = {"spacing": "timestep_spacing"}
 

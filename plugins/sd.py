@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffkit import schedule
-from diffkit.backends.base import Backend, BackendError, BackendInfo, StageRecipe, in_fixed_chunks
+from diffkit.backends.base import Backend, BackendError, BackendInfo, StageRecipe
+from diffkit.fixed_calls import in_fixed_chunks
 from diffkit.backends.hub import load_json
 from diffkit.hookspecs import hookimpl
 from diffkit.params import Param, to_bool
@@ -492,14 +493,15 @@ def _sdxl(model=None, height=None, width=None, device=None, dtype=None, offload=
 
 def _params(default: str) -> tuple[Param, ...]:
     return (
-        Param("model", str, None, f"hub id or folder in diffusers' layout (default {default})", kind="path"),
-        Param("height", int, None, "image height, a multiple of 8 (default the model's own)", range=(8, 8192)),
-        Param("width", int, None, "image width, a multiple of 8 (default the model's own)", range=(8, 8192)),
+        # in the order run.json records them (a request lists options as its backend declares them)
         Param("device", str, None, "where the model runs: cpu, cuda, cuda:N (default: cuda if available)",
-              kind="device"),
+              kind="device", flag=True),
+        Param("model", str, None, f"hub id or folder in diffusers' layout (default {default})", kind="path", flag=True),
+        Param("height", int, None, "image height, a multiple of 8 (default the model's own)", range=(8, 8192), flag=True),
+        Param("width", int, None, "image width, a multiple of 8 (default the model's own)", range=(8, 8192), flag=True),
         Param("dtype", str, None, "weights' precision (default: fp16 on CUDA, fp32 on CPU)",
-              choices=("fp16", "bf16", "fp32")),
-        Param("offload", to_bool, False, "keep the UNet on the CPU between calls (small GPUs)"),
+              choices=("fp16", "bf16", "fp32"), flag=True),
+        Param("offload", to_bool, False, "keep the UNet on the CPU between calls (small GPUs)", flag=True),
     )
 
 

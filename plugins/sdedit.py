@@ -6,7 +6,8 @@ from torch import Tensor
 
 from diffkit.hookspecs import hookimpl
 from diffkit.state import Context
-from diffkit.technique import Param, Projector
+from diffkit.params import Param
+from diffkit.technique import Projector
 
 
 DEFAULT_START = 10  # i_start when neither it nor strength is given: skip the schedule's 10 noisiest steps

@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 
 from diffkit import animate, io, plugins
 from diffkit.cli import app
+from diffkit.motion import Clip
+from diffkit_plugins.factorize import factor_clip
 
 runner = CliRunner()
 VIEWS = ["rotate_cw", "flip", "transpose", "negate", '"skew:factor=0.5"', "inner_circle", "square_hinge", "jigsaw",
@@ -30,7 +32,7 @@ def run_dir(tmp_path_factory):
     return out
 
 
-def region(frame: torch.Tensor, clip: animate.Clip, w: int) -> torch.Tensor:
+def region(frame: torch.Tensor, clip: Clip, w: int) -> torch.Tensor:
     """The image's own pixels in a captioned frame (its canvas, scaled by whole pixels, centred)."""
     import math
 
@@ -46,7 +48,7 @@ def test_sample_writes_each_view_of_each_sample_exactly(run_dir):
     specs = run["request"]["hooks"][0]["args"]["view"]
     for j, spec in enumerate(specs, 1):
         view = plugins.get_view(spec)
-        want = animate.view_image(view, img)
+        want = view.image(img)
         got = io.load_png(run_dir / f"sample-000.view{j}.png")
         if view.negate:  # 1 - x, rounded to 8 bits from the float image, not from the sample's PNG
             assert torch.allclose(got, want, atol=1 / 255 + 1e-6), spec
@@ -100,13 +102,13 @@ def test_diffkit_animate_writes_gifs_and_mp4s_from_the_folder_alone(run_dir, tmp
 
 def test_factorized_images_zoom_out_fade_colour_in_or_shake(tmp_path):
     img = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
-    color = animate.factor_clip(["grayscale", "color"], ["a tiger", "a rose"], img)
+    color = factor_clip(["grayscale", "color"], ["a tiger", "a rose"], img)
     assert torch.allclose(color.frame(0.0), img.mean(0, keepdim=True).expand_as(img)) and torch.equal(color.frame(1.0), img)
     assert color.captions == ("a tiger", "a rose")
-    zoom = animate.factor_clip(["low_pass:sigma=2.0,kernel=9", "high_pass:sigma=2.0,kernel=9"], ["0", "1"], img)
+    zoom = factor_clip(["low_pass:sigma=2.0,kernel=9", "high_pass:sigma=2.0,kernel=9"], ["0", "1"], img)
     assert zoom.captions == ("1", "0")  # up close the high frequencies' prompt, far away the low ones'
     assert (zoom.frame(1.0) == 1).float().mean() > 0.9  # zoomed out: mostly white canvas
-    shake = animate.factor_clip(["motion", "motion_res"], ["a horse", "a bear"], img)
+    shake = factor_clip(["motion", "motion_res"], ["a horse", "a bear"], img)
     assert shake.captions == ("a bear", "a horse") and not torch.equal(shake.frame(0.3), shake.frame(0.0))
     r = runner.invoke(app, ["sample", "--class", "0", "--steps", "2", "--hook", "hybrid:1,kernel=9", "--out",
                             str(tmp_path / "h"), "--animate"])
@@ -137,4 +139,4 @@ def test_overwriting_a_run_removes_its_earlier_views(tmp_path):
 def test_animate_on_a_run_without_illusions_is_refused_before_sampling(tmp_path):
     r = runner.invoke(app, ["sample", "--class", "3", "--steps", "2", "--hook", "cfg:2", "--animate",
                             "--out", str(tmp_path / "o")])
-    assert r.exit_code == 2 and "--animate animates anagram" in r.output and not (tmp_path / "o").exists()
+    assert r.exit_code == 2 and "--animate animates the hooks that declare clips (anagram, factorize, hybrid)" in r.output and not (tmp_path / "o").exists()

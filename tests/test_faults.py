@@ -343,7 +343,7 @@ def test_a_signal_ends_a_rendezvous_wait_at_once(tmp_path, sig, code):
     (["--hook", "sdedit:IMG", "--steps", "10"], "i_start 10 (sdedit's default"),
     (["-b", "gaussian", "--class", "abc"], "gaussian backend: class must be an integer in 0..1, got 'abc'"),
     (["--class", "3,,4"], "--class '3,,4' has an empty item"),
-    (["--seed", "-1"], "0..4611686018427387904"),
+    (["--seed", "-1"], "0..9223372036854775807"),
 ])
 def test_small_refusals_name_what_to_do(tmp_path, args, text):
     img = tmp_path / "img.png"

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 import diffkit
 from conftest import IF_TOL
 from diffkit.backends.deepfloyd import load
-from diffkit.views import jigsaw_index, patch_permutation
+from diffkit.views import patch_permutation
+from diffkit_plugins.views import jigsaw_index
 
 PROMPT, OTHER, THIRD = "an oil painting of a snowy mountain village", "an old man", "a photo of a cat"
 TS1 = list(range(990, -1, -90))

@@ -12,16 +12,18 @@ ROOT = Path(__file__).resolve().parent.parent
 # top to bottom; a module may import its own layer or any below it
 LAYERS = [
     ("frontends", {"diffkit", "diffkit.__main__", "diffkit.cli", "diffkit.ui"}),
-    ("api", {"diffkit.api", "diffkit.studies", "diffkit.mnist.train", "diffkit.mnist.evaluate", "diffkit.animate"}),
+    ("api", {"diffkit.api", "diffkit.request", "diffkit.studies", "diffkit.mnist.train", "diffkit.mnist.evaluate",
+             "diffkit.mnist.report", "diffkit.animate"}),
     ("sampler", {"diffkit.sampler"}),
-    ("denoise/plugins", {"diffkit.denoise", "diffkit.plugins", "diffkit.rules", "diffkit.hookspecs", "diffkit.spec",
-                         "diffkit.technique"}),
+    ("denoise/plugins", {"diffkit.denoise", "diffkit.plugins", "diffkit.rules", "diffkit.sigma_rule", "diffkit.hookspecs",
+                         "diffkit.spec", "diffkit.technique"}),
     ("state", {"diffkit.state"}),
     ("backends", {"diffkit.backends", "diffkit.backends.base", "diffkit.backends.deepfloyd",
                   "diffkit.backends.gaussian", "diffkit.backends.hub", "diffkit.backends.mnist", "diffkit.mnist", "diffkit.mnist.checkpoint",
                   "diffkit.mnist.model", "diffkit.mnist.data"}),
     ("io/schedule/views", {"diffkit.io", "diffkit.schedule", "diffkit.views", "diffkit.interrupt", "diffkit.plot",
                            "diffkit.dist", "diffkit.folder", "diffkit.filters", "diffkit.fixed_calls", "diffkit.errors", "diffkit.factors",
+                           "diffkit.motion",
                            "diffkit.params"}),
 ]
 
@@ -122,6 +124,26 @@ def test_every_import_goes_down_the_layers_and_core_never_imports_the_plugins():
     assert not up, "imports back up the layers:\n" + "\n".join(up)
     plugins = sorted(m for m, deps in g.items() if "diffkit_plugins" in deps)
     assert not plugins, f"core imports diffkit_plugins: {plugins}"
+
+
+MAX_DEPTH = 12  # floors of imports: the longest chain among the package's modules (issue 35: it was 17)
+
+
+def longest_chain(g: dict[str, set[str]]) -> list[str]:
+    """The longest chain of imports ``a -> b -> ...`` among diffkit's modules (the graph has no cycle)."""
+    best: dict[str, list[str]] = {}
+
+    def chain(m: str) -> list[str]:
+        if m not in best:
+            best[m] = [m] + max((chain(d) for d in g[m] if d in g), key=len, default=[])
+        return best[m]
+
+    return max((chain(m) for m in g), key=len)
+
+
+def test_imports_are_at_most_twelve_floors_deep():
+    chain = longest_chain(graph())
+    assert len(chain) <= MAX_DEPTH, f"{len(chain)} floors: {' -> '.join(chain)}"
 
 
 def test_the_checks_see_a_cycle_and_an_arrow_back_up(tmp_path):

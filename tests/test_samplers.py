@@ -97,13 +97,42 @@ def test_ddpm_is_the_default_and_unchanged():
 def test_a_hand_written_third_party_ddim_equals_the_builtin(tmp_path):
     from test_docs import python_blocks, run_block
 
-    (code,) = [b for b in python_blocks("writing-plugins.md") if "diffkit_samplers" in b]
+    (code,) = [b for b in python_blocks("writing-plugins.md") if "class HandDdim" in b]
     HandDdim = run_block(code)["HandDdim"]
     b = gaussian()
     ours = diffkit.sample(b, classes=[0, 1], seed=1, steps=10, sampler=HandDdim())
     ref = diffkit.sample(b, classes=[0, 1], seed=1, steps=10, sampler="ddim")
     assert (ours.x - ref.x).abs().max().item() < 1e-5  # diffusers keeps alphas_cumprod in float32
     assert (ours.x - diffkit.sample(b, classes=[0, 1], seed=1, steps=10, sampler="ddpm").x).abs().max() > 1e-3
+
+
+def test_a_step_rule_written_as_a_short_sigma_function_equals_the_builtin_euler():
+    """issue 35 point 6: docs/writing-plugins.md's hand Euler, k-diffusion's shape, through sigma_rule."""
+    from test_docs import python_blocks, run_block
+
+    (code,) = [b for b in python_blocks("writing-plugins.md") if "sigma_rule" in b]
+    block = run_block(code)
+    hand_euler, hand_euler_a = block["hand_euler"], block["hand_euler_a"]
+    assert {c.name for c in block["diffkit_samplers"]()} == {"hand_euler", "hand_euler_a"}
+    b = gaussian()
+    ts = list(range(290, -1, -29))  # the same timesteps for both (euler takes a list)
+    ours = diffkit.sample(b, classes=[0, 1], seed=1, timesteps=ts, sampler=hand_euler(), hooks=["cfg:2"])
+    ref = diffkit.sample(b, classes=[0, 1], seed=1, timesteps=ts, sampler="euler", hooks=["cfg:2"])
+    # float64 states; diffusers holds its sigmas in float32 (relative 2**-24 each): over 11 steps of
+    # |x| <= 5 and sigma <= 4.1 the walks may part by about 11 * 4 * 5 * 4.1 * 2**-24, 5.4e-5
+    assert (ours.x - ref.x).abs().max().item() < 11 * 4 * 5 * 4.1 * 2**-24
+    assert ours.x.abs().max() <= 5
+    assert (ours.x - diffkit.sample(b, classes=[0, 1], seed=1, timesteps=ts, sampler="ddpm", hooks=["cfg:2"]).x
+            ).abs().max() > 1e-2  # another rule is not within the bound
+    # the ancestral one draws from each sample's own generator: a batch equals single runs; at eta = 0 it
+    # adds no noise and is the plain Euler step, to the bit
+    batch = diffkit.sample(b, classes=[0, 1], num=2, seed=3, steps=8, sampler=hand_euler_a(eta=0.7))
+    for i in range(4):
+        one = diffkit.sample(b, classes=[[0, 0, 1, 1][i]], seed=3 + i, steps=8, sampler=hand_euler_a(eta=0.7))
+        assert torch.equal(one.x[0], batch.x[i])
+    assert torch.equal(diffkit.sample(b, classes=[0], seed=3, steps=8, sampler=hand_euler_a(eta=0.0)).x,
+                       diffkit.sample(b, classes=[0], seed=3, steps=8, sampler=hand_euler()).x)
+    assert not torch.equal(batch.x[0], diffkit.sample(b, classes=[0], seed=3, steps=8, sampler=hand_euler()).x[0])
 
 
 class RowByRow:

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from diffkit.spec import SpecError, bind, format_spec, parse, split_args
-from diffkit.technique import Param, Technique, to_bool
+from diffkit.params import Param, to_bool
+from diffkit.technique import Technique
 
 
 class Demo(Technique):

@@ -16,6 +16,7 @@ import diffkit
 from diffkit import plugins, views
 from conftest import refused_hook
 from diffkit.cli import app
+from diffkit_plugins import views as plugin_views
 
 runner = CliRunner()
 
@@ -119,9 +120,9 @@ def _components(mask: torch.Tensor) -> int:
 
 @pytest.mark.parametrize("n,seed", [(64, 0), (64, 7), (256, 0), (28, 3)])
 def test_the_jigsaw_moves_rigid_connected_pieces_that_tile_the_image(n, seed):
-    labels = views.jigsaw_labels(n)
+    labels = plugin_views.jigsaw_labels(n)
     s = n // 4
-    kinds = {p: k for k, orbit in views.JIGSAW_KINDS.items() for p in orbit}
+    kinds = {p: k for k, orbit in plugin_views.JIGSAW_KINDS.items() for p in orbit}
     kinds = {p: ("edge" if k.startswith("edge") else k) for p, k in kinds.items()}
     idx = index_of(f"jigsaw:seed={seed}", n)
     dest = torch.empty_like(idx)

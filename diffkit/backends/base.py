@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from diffkit.errors import UserError
-from diffkit.fixed_calls import in_fixed_chunks  # noqa: F401 - the backends' helper, here as before
 from diffkit.params import Param
 from diffkit.schedule import StepConfig, strided_timesteps
 
@@ -139,6 +138,10 @@ class BackendInfo:
     load: Callable[..., Backend]
     params: tuple[Param, ...] = ()
     label_kind: str = "prompt"  # what --prompt/--class feed: "prompt" or "class"
+    default: bool = False  # the backend a run uses when it names none (diffkit's own: mnist)
+    # ``embed(prompts, out, append, **options) -> count``: what `diffkit embed --backend NAME` does, saving
+    # prompt embeddings that a later run reads instead of loading the text encoder; None: it has none.
+    embed: Callable[..., int] | None = None
 
     @property
     def options(self) -> dict[str, str]:

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from diffkit import schedule
-from diffkit.backends.base import Backend, BackendError, in_fixed_chunks
+from diffkit.backends.base import Backend, BackendError
+from diffkit.fixed_calls import in_fixed_chunks
 from diffkit.mnist import checkpoint
 from diffkit.schedule import StepConfig
 

@@ -7,7 +7,8 @@ negative prompt's estimate, as diffusers' ``negative_prompt=`` does. A third-par
 from __future__ import annotations
 
 from diffkit.hookspecs import hookimpl
-from diffkit.technique import Combiner, Param
+from diffkit.params import Param
+from diffkit.technique import Combiner
 
 
 class Negative(Combiner):
