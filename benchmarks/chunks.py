@@ -26,7 +26,7 @@ THREADS = torch.get_num_threads()
 
 def main() -> None:
     from diffkit.api import load_backend
-    from diffkit.fixed_calls import in_fixed_chunks
+    from diffkit.fixed_rows import in_fixed_chunks
     from diffkit.backends.mnist import CHUNK_ROWS
 
     ap = argparse.ArgumentParser(description=__doc__)

@@ -85,17 +85,17 @@ def diffkit_side(args):
 def swap_scheduler(pipe, args) -> None:
     import diffusers
 
-    from diffkit import plugins
+    from diffkit import registry
 
-    rule = plugins.make_sampler(args.sampler)
+    rule = registry.make_sampler(args.sampler)
     if rule.name != "ddpm":
         pipe.scheduler = getattr(diffusers, rule.scheduler).from_config(pipe.scheduler.config, **rule.overrides())
 
 
 def pipeline_can_run(args) -> bool:
-    from diffkit import plugins
+    from diffkit import registry
 
-    rule = plugins.make_sampler(args.sampler)
+    rule = registry.make_sampler(args.sampler)
     return rule.name == "ddpm" or getattr(rule, "scheduler", "") in ("DPMSolverMultistepScheduler", "DDPMScheduler")
 
 

@@ -97,7 +97,7 @@ def processes(num: int, rounds: int) -> dict:
             "identical": same}
 
 
-def fixed_calls(rounds: int) -> dict:
+def fixed_rows(rounds: int) -> dict:
     """Rows a second of the MNIST model with fixed 16-row calls (what diffkit does) and without."""
     from diffkit.api import load_backend
 
@@ -145,12 +145,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--data", default=os.environ.get("DIFFKIT_MNIST") or str(ROOT.parent / "shared/data/mnist"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
-    ap.add_argument("--only", choices=["fixed_calls", "memory", "processes", "frechet"], action="append",
+    ap.add_argument("--only", choices=["fixed_rows", "memory", "processes", "frechet"], action="append",
                     help="run only these parts (repeatable); the others keep their results in --out")
     a = ap.parse_args()
     q = a.quick
     parts = {
-        "fixed_calls": lambda: fixed_calls(3 if q else 7),
+        "fixed_rows": lambda: fixed_rows(3 if q else 7),
         "memory": lambda: memory([100, 1000] if q else [1000, 10_000], 50 if q else 250, 2 if q else 3),
         "processes": lambda: processes(200 if q else 1000, 2 if q else 3),
         "frechet": lambda: frechet(1000 if q else 10_000, a.data),

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
-from diffkit import io, plugins
+from diffkit import io, registry
 from diffkit.errors import OutputInTheWay, UserError
 from diffkit.motion import Clip
 
@@ -175,12 +175,12 @@ def _hooks(run: dict[str, Any], path: Path) -> list[Any]:
                                               and isinstance(h.get("args"), dict) for h in hooks):
         raise DamagedFolder(f"{path} is damaged: its hooks are not the list diffkit writes")
     out = []
-    installed = plugins.techniques()
+    installed = registry.techniques()
     for h in hooks:
         if not getattr(installed.get(h["name"]), "animates", False):
             continue
         try:
-            out.append(plugins.technique_from(h["name"], h["args"]))
+            out.append(registry.technique_from(h["name"], h["args"]))
         except UserError as e:
             raise DamagedFolder(f"{path}: its {h['name']} hook cannot be made again: {e}") from None
     return out
@@ -260,7 +260,7 @@ def plan(folder: str | Path, *, overwrite: bool = False, mp4: bool = True) -> Pl
     folder = Path(folder)
     jobs = read_jobs(folder)
     if not any(j.names for j in jobs):
-        animated = sorted(n for n, cls in plugins.techniques().items() if getattr(cls, "animates", False))
+        animated = sorted(n for n, cls in registry.techniques().items() if getattr(cls, "animates", False))
         raise UserError(f"{folder}: its run has no hook that animates ({', '.join(animated)}): nothing to animate")
     if not overwrite:
         there = [f"{j.path.stem}.{n}.gif" for j in jobs for n in j.names if (folder / f"{j.path.stem}.{n}.gif").exists()]

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from diffkit import dist, io, plugins
+from diffkit import dist, io, registry
 from diffkit.dist import Shard
 from diffkit.folder import AlreadyDone, ResumeError, RunFolder, assemble, check_out, output_names, run_files, write_batch
 from diffkit.backends.base import Backend
@@ -26,7 +26,7 @@ from diffkit.errors import OutputInTheWay, RunFailure, UserError  # noqa: F401 -
 from diffkit.request import RequestError, RunRequest  # noqa: F401 - api names
 from diffkit.rules import RuleError, Stepper, StepRule, timesteps_for  # noqa: F401 - api names
 from diffkit.sampler import Sampler
-from diffkit.spec import parse
+from diffkit.syntax import parse
 from diffkit.state import Context, StepState
 from diffkit.technique import Technique
 
@@ -109,7 +109,7 @@ class Run:
         request = request.hash_inputs()
         self.backend = request.load_backend()
         if request.rule is None:  # the backend's default, once it is known
-            request = request.replace(rule=plugins.make_sampler(self.backend.default_sampler))
+            request = request.replace(rule=registry.make_sampler(self.backend.default_sampler))
         self.request = request
         for tech in request.techniques:
             if not tech.supports(self.backend.name):
@@ -121,7 +121,7 @@ class Run:
         if not request.i_start < len(self.timesteps):
             raise UserError(f"i_start must be in 0..{len(self.timesteps) - 1}, got {request.i_start}")
         # Samples go through the Sampler batch_size at a time (all of them by default); per-sample seeds
-        # and fixed-size model calls (fixed_calls.in_fixed_chunks) make the bytes the same for any size.
+        # and fixed-size model calls (fixed_rows.in_fixed_chunks) make the bytes the same for any size.
         self.batch_size = min(request.batch_size or request.n, request.n)
         # Encode every distinct label now, so one the backend cannot take fails before any work.
         Context.make_cond(self.backend, list(dict.fromkeys(self.labels)) + [None])
@@ -167,7 +167,7 @@ class Run:
         """A later stage's walk: its own recipe's, else the run's rule and steps (or ``timesteps2``)."""
         if backend.recipe is None:
             return self.plan(backend, self.request.steps, self.request.timesteps2)
-        rule = plugins.make_sampler(backend.recipe.sampler)
+        rule = registry.make_sampler(backend.recipe.sampler)
         return rule.plan(backend, backend.recipe.steps, None, None)
 
     def _stage_sampler(self, backend: Backend) -> Sampler:
@@ -175,7 +175,7 @@ class Run:
         if backend.recipe is None:
             return self.sampler
         if backend.recipe not in self._recipe_samplers:
-            sampler = Sampler([plugins.make_technique(h) for h in backend.recipe.hooks], self.sampler.max_batch)
+            sampler = Sampler([registry.make_technique(h) for h in backend.recipe.hooks], self.sampler.max_batch)
             sampler.stats = self.sampler.stats
             self._recipe_samplers[backend.recipe] = sampler
         return self._recipe_samplers[backend.recipe]
@@ -497,7 +497,7 @@ def sample_to(out: str | os.PathLike, request: RunRequest | str | Backend | None
     return FolderRun(out, request, **kwargs).run_all()
 
 
-SWEEP_RUN_ARGS = ("steps", "sampler", "i_start", "seed")  # what --sweep may vary besides a parameter
+SWEEP_RUN_ARGS = ("steps", "rule", "sampler", "i_start", "seed")  # what --sweep may vary besides a parameter
 
 
 def sweep_runs(name: str, values: Sequence[str], request: RunRequest | str | Backend | None = None,
@@ -514,7 +514,7 @@ def sweep_runs(name: str, values: Sequence[str], request: RunRequest | str | Bac
     base = request if isinstance(request, RunRequest) else RunRequest.of(request, **kwargs)
     techs = list(base.techniques)
     swept = next((i for i, t in enumerate(techs) if any(p.name == name for p in t.params)), None)
-    rule_cls = type(base.rule) if base.rule is not None else plugins.samplers().get(plugins.DEFAULT_SAMPLER)
+    rule_cls = type(base.rule) if base.rule is not None else registry.samplers().get(registry.DEFAULT_SAMPLER)
     in_rule = swept is None and rule_cls is not None and any(p.name == name for p in rule_cls.params)
     if swept is None and not in_rule and name not in SWEEP_RUN_ARGS:
         raise UserError(f"sweep {name}: no hook or sampler has a parameter {name!r}, and it is not "
@@ -523,12 +523,12 @@ def sweep_runs(name: str, values: Sequence[str], request: RunRequest | str | Bac
     for value in values:
         if swept is not None:
             these = list(techs)
-            these[swept] = plugins.technique_from(techs[swept].name, dict(techs[swept].args, **{name: value}))
+            these[swept] = registry.technique_from(techs[swept].name, dict(techs[swept].args, **{name: value}))
             changed = base.replace(techniques=tuple(these))
         elif in_rule:
             spec = base.rule.spec["spec"] if base.rule is not None else None
-            changed = base.replace(rule=plugins.make_sampler(spec, **{name: value}))
-        elif name == "sampler":
+            changed = base.replace(rule=registry.make_sampler(spec, **{name: value}))
+        elif name in ("rule", "sampler"):  # sampler: the rule's old name
             changed = base.replace(rule=value)
         else:
             try:

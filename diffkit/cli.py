@@ -258,10 +258,10 @@ def Backend(help: str = "Backend name (see `diffkit backends`; default: the inst
 def backend_flags() -> dict[str, list[tuple[Any, str]]]:
     """Each option an installed backend declares as a flag (``Param(..., flag=True)``), once by name: each
     declaration of it with the backend that makes it."""
-    from diffkit import plugins
+    from diffkit import registry
 
     out: dict[str, list[tuple[Any, str]]] = {}
-    for name, info in sorted(plugins.backends().items()):
+    for name, info in sorted(registry.backends().items()):
         for p in info.params:
             if p.flag:
                 out.setdefault(p.name, []).append((p, name))
@@ -356,10 +356,13 @@ def sample(
     backend: Optional[str] = Backend(),
     prompt: Optional[list[str]] = typer.Option(None, "--prompt", "-p", help="Prompt (repeatable)."),
     classes: Optional[str] = typer.Option(None, "--class", "-c", help="Comma list of classes, e.g. 0,1,2."),
-    hook: Optional[list[str]] = typer.Option(None, "--hook", "-H", help="Technique spec name:ARGS (repeatable; first is outermost)."),
+    technique: Optional[list[str]] = typer.Option(None, "--technique", "--hook", "-H", help="Technique NAME[:ARGS] (see "
+                                                  "`diffkit techniques`; repeatable; first is outermost; --hook is "
+                                                  "its old name)."),
     seed: int = Int(0, lo=0, hi=SEED_MAX, help="Seed of the first sample; sample i uses seed + i."),
     num: int = Int(1, "--num", "-n", lo=1, hi=100_000, help="Samples per prompt or class."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", "-s", help="Step rule NAME[:ARGS] (see `diffkit samplers`; "
+    rule: Optional[str] = typer.Option(None, "--rule", "--sampler", "-s", help="Step rule NAME[:ARGS] (see `diffkit rules`; "
+                                                                         "--sampler is its old name; "
                                                                          "default ddpm)."),
     steps: Optional[int] = Int(None, lo=1, hi=100_000, help="Number of steps, spaced as the sampler spaces them "
                                                             "(default: as many as the backend's default stride makes)."),
@@ -375,7 +378,7 @@ def sample(
     max_batch: Optional[int] = Int(None, lo=1, hi=1_000_000, help="Split the step's model call above this many rows."),
     max_branches: Optional[int] = Int(None, lo=1, hi=2**30, help="Allow the hooks to build up to this many branches a "
                                       "sample at each evaluation (default 1024: more is refused, naming the count)."),
-    sweep: Optional[str] = typer.Option(None, help="NAME=v1,v2,...: one run per value of a hook or sampler parameter "
+    sweep: Optional[str] = typer.Option(None, help="NAME=v1,v2,...: one run per value of a technique or rule parameter "
                                                    "(or steps, sampler, i_start, seed); writes NAME-v/ folders "
                                                    "and sweep.png."),
     batch_size: Optional[int] = Int(None, lo=1, hi=100_000, help=f"Samples through the model at a time; each batch "
@@ -403,17 +406,17 @@ def sample(
     else:
         try:
             request = api.RunRequest.of(
-                backend, **_labels(prompt, classes), hooks=hook or [], seed=seed, num=num, steps=steps,
+                backend, **_labels(prompt, classes), techniques=technique or [], seed=seed, num=num, steps=steps,
                 stride=stride, timesteps=_ints(timesteps, "--timesteps") or None,
                 timesteps2=_ints(timesteps2, "--timesteps2") or None, i_start=i_start, save_every=save_every,
-                max_batch=max_batch, backend_options=options, sampler=sampler, max_branches=max_branches,
+                max_batch=max_batch, backend_options=options, rule=rule, max_branches=max_branches,
                 batch_size=batch_size)
         except UserError as e:
             fail(str(e), 2)
     if animate and not any(t.animates for t in request.techniques):
-        from diffkit import plugins
+        from diffkit import registry
 
-        animated = sorted(n for n, cls in plugins.techniques().items() if cls.animates)
+        animated = sorted(n for n, cls in registry.techniques().items() if cls.animates)
         fail(f"--animate animates the hooks that declare clips ({', '.join(animated)}), and this run has none", 2)
     if sweep:
         for flag, given in (("--batch-size", batch_size), ("--resume", resume), ("torchrun", dist.launched())):
@@ -644,15 +647,15 @@ def _print_params(out: Console, params: tuple) -> None:
 
 
 @app.command()
-def hooks() -> None:
-    """List installed techniques with their parameters."""
-    from diffkit import plugins
+def techniques() -> None:
+    """List installed techniques with their parameters (`diffkit hooks`, its old name, too)."""
+    from diffkit import registry
 
     out = Console()
-    for name, cls in sorted(plugins.techniques().items()):
+    for name, cls in sorted(registry.techniques().items()):
         out.print(f"[bold]{name}[/] ({cls.kind}; backends: {', '.join(cls.backends)})  {cls.help}", highlight=False)
         _print_params(out, cls.params)
-    views = plugins.views()
+    views = registry.views()
     if views:
         def spelled(name: str) -> str:  # a view with arguments as it is written: skew:factor=1.5
             params = getattr(views[name], "params", ())
@@ -663,16 +666,21 @@ def hooks() -> None:
 
 
 @app.command()
-def samplers() -> None:
-    """List installed samplers (step rules) with their parameters."""
-    from diffkit import plugins
+def rules() -> None:
+    """List installed step rules with their parameters (`diffkit samplers`, its old name, too)."""
+    from diffkit import registry
 
     out = Console()
-    for name, cls in sorted(plugins.samplers().items()):
+    for name, cls in sorted(registry.samplers().items()):
         scheduler = getattr(cls, "scheduler", None)
         origin = f"diffusers {scheduler}" if isinstance(scheduler, str) else "diffkit"
         out.print(f"[bold]{name}[/] ({origin})  {cls.help}", highlight=False)
         _print_params(out, cls.params)
+
+
+# the old names of `techniques` and `rules`, kept so users' scripts keep working (not listed in --help)
+app.command("hooks", hidden=True)(techniques)
+app.command("samplers", hidden=True)(rules)
 
 
 @app.command()
@@ -731,11 +739,11 @@ def ui(
 @app.command()
 def backends() -> None:
     """List installed backends with their options (give them as --backend-option NAME=VALUE)."""
-    from diffkit import plugins
+    from diffkit import registry
 
     out = Console()
-    default = plugins.default_backend()
-    for name, info in sorted(plugins.backends().items()):
+    default = registry.default_backend()
+    for name, info in sorted(registry.backends().items()):
         said = [f"labels: {info.label_kind}"] + (["the default"] if name == default else []) + (
             ["saves embeddings: diffkit embed"] if info.embed else [])
         out.print(f"[bold]{name}[/] ({'; '.join(said)})  {info.help}", highlight=False)
@@ -806,9 +814,9 @@ def eval_mnist(
     classifier: Optional[Path] = typer.Option(None, help="Classifier folder (default: the shipped one)."),
     num: int = Int(50, "--num", "-n", lo=1, hi=10_000, help="Samples per class."),
     cfg: float = Float(5.0, lo=-100.0, hi=100.0, help="CFG scale of the samples (when no --hook is given)."),
-    hook: Optional[list[str]] = typer.Option(None, "--hook", "-H", help="Techniques to sample with, as in "
+    technique: Optional[list[str]] = typer.Option(None, "--technique", "--hook", "-H", help="Techniques to sample with, as in "
                                              "`diffkit sample` (repeatable; replaces --cfg)."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", "-s", help="Step rule NAME[:ARGS], as in `diffkit sample` "
+    rule: Optional[str] = typer.Option(None, "--rule", "--sampler", "-s", help="Step rule NAME[:ARGS], as in `diffkit sample` "
                                                                          "(default ddpm)."),
     steps: Optional[int] = Int(None, lo=1, hi=300, help="Number of steps of the sampler (instead of --stride)."),
     stride: int = Int(1, lo=1, hi=299, help="Timestep stride of the sampling."),
@@ -834,7 +842,7 @@ def eval_mnist(
     shard = _shard("cpu", rendezvous_timeout)
     try:
         ev = MnistEval(backend=backend, options=options, classifier=classifier, num=num,
-                       hooks=list(hook or [f"cfg:{cfg}"]), sampler=sampler, steps=steps, stride=stride, seed=seed,
+                       hooks=list(technique or [f"cfg:{cfg}"]), sampler=rule, steps=steps, stride=stride, seed=seed,
                        data=data, batch_size=batch_size, shard=shard)
     except UserError as e:
         fail(str(e), 2)
@@ -976,12 +984,12 @@ def embed(
 ) -> None:
     """Encode prompts once with a backend's text encoder (IF's T5); `diffkit sample --embeddings FILE` then
     never loads it."""
-    from diffkit import plugins
+    from diffkit import registry
 
     try:
-        able = [n for n, info in plugins.backends().items() if info.embed is not None]
+        able = [n for n, info in registry.backends().items() if info.embed is not None]
         name = backend or (able[0] if able else None)
-        info = plugins.get_backend(name) if name else None
+        info = registry.get_backend(name) if name else None
         if info is None or info.embed is None:
             fail(f"backend {name!r} saves no prompt embeddings; {', '.join(able) or 'no installed backend'} "
                  f"{'does' if len(able) == 1 else 'do'}", 2)

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from diffkit.backends.base import Backend
 from diffkit.errors import RunFailure
-from diffkit.plugins import PluginError
+from diffkit.registry import PluginError
 from diffkit.schedule import eps_from_v
 from diffkit.state import Denoiser, Query
 from diffkit.technique import Combiner
@@ -133,7 +133,7 @@ def wrap(combiner: Combiner, inner: Denoiser, eps_channels: int) -> Denoiser:
 
 def _unview_pixels(combiner: Combiner, query: Query, branch: Query, extra: Tensor) -> Tensor:
     """Map a branch's extra channels back to ``query``'s frame: undo the rearrangements of its added views."""
-    from diffkit.plugins import get_view
+    from diffkit.registry import get_view
 
     added = branch.view[len(query.view):]
     if branch.view[: len(query.view)] != query.view:

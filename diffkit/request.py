@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from diffkit import plugins
+from diffkit import registry
 from diffkit.backends.base import Backend, check_device
 from diffkit.errors import UserError
 from diffkit.rules import StepRule, check_timesteps
@@ -56,7 +56,7 @@ class RunRequest:
     exists is one that can run (short of what only the model can say: a label it cannot encode)."""
 
     backend: str | Backend | None = None  # an installed backend's name (or, from Python, a built Backend); None:
-    # the installed default (plugins.default_backend(): diffkit's mnist)
+    # the installed default (registry.default_backend(): diffkit's mnist)
     options: Mapping[str, Any] = field(default_factory=dict)  # the backend's declared options, read
     labels: tuple[Any, ...] = (None,)  # prompts or classes, one a group of ``num`` samples; None: unconditional
     num: int = 1  # samples per label
@@ -80,7 +80,7 @@ class RunRequest:
     def __post_init__(self) -> None:
         set_ = object.__setattr__.__get__(self)  # frozen: the constructor's own normalisation only
         if self.backend is None:
-            set_("backend", plugins.default_backend())
+            set_("backend", registry.default_backend())
         check_int("seed", self.seed, 0, SEED_MAX)
         check_int("num", self.num, 1, NUM_MAX)
         for name in ("steps", "stride", "max_batch", "batch_size", "stages"):
@@ -104,16 +104,16 @@ class RunRequest:
             raise RequestError(f"labels must be a non-empty list (prompts or classes; [None]: none), got {labels!r}")
         set_("labels", tuple(labels))
         check_int("seed + number of samples", self.seed + self.n - 1, 0, SEED_MAX)
-        techniques = tuple(plugins.make_technique(t) if isinstance(t, str) else t for t in self.techniques)
+        techniques = tuple(registry.make_technique(t) if isinstance(t, str) else t for t in self.techniques)
         for t in techniques:
             if not isinstance(t, Technique):
                 raise RequestError(f"techniques must be specs (\"cfg:5\") or Technique instances, got {t!r}")
-        plugins.check_together(list(techniques))
+        registry.check_together(list(techniques))
         set_("techniques", techniques)
         if isinstance(self.rule, str):
-            set_("rule", plugins.make_sampler(self.rule))
+            set_("rule", registry.make_sampler(self.rule))
         if isinstance(self.backend, str):  # options read against the backend's declarations, once
-            info = plugins.get_backend(self.backend)
+            info = registry.get_backend(self.backend)
             typed = info.read_options(dict(self.options))
             # in declared order, whatever order they were given in: one request, one run.json
             options = {p.name: typed[p.name] for p in info.params if p.name in typed}
@@ -153,14 +153,14 @@ class RunRequest:
         """The backend, built from its options (read once, on construction); a built one as it is."""
         if not isinstance(self.backend, str):
             return self.backend
-        return plugins.get_backend(self.backend).load(**self.options)
+        return registry.get_backend(self.backend).load(**self.options)
 
     def files(self) -> list[str]:
         """Every file the run reads: techniques' images, masks and permutation files, and a backend's file
         options such as IF's embeddings (not model folders)."""
         files = [f for t in self.techniques for f in t.input_files()]
         if isinstance(self.backend, str):
-            for p in plugins.get_backend(self.backend).params:
+            for p in registry.get_backend(self.backend).params:
                 v = self.options.get(p.name)
                 if p.kind in FILE_KINDS and isinstance(v, str) and os.path.isfile(v):
                     files.append(v)
@@ -234,7 +234,7 @@ class RunRequest:
             raise RequestError("field 'backend_options' must be an object")
         return cls(
             backend=data["backend"], options=data["backend_options"], labels=data["labels"], num=data["num"],
-            seed=data["seed"], techniques=tuple(plugins.technique_from(h["name"], dict(h["args"])) for h in hooks),
+            seed=data["seed"], techniques=tuple(registry.technique_from(h["name"], dict(h["args"])) for h in hooks),
             rule=rule["spec"] if rule is not None else None, steps=data["steps"], stride=data["stride"],
             timesteps=data["timesteps"], timesteps2=data["timesteps2"], i_start=data["i_start"],
             save_every=data["save_every"], stages=data["stages"], inputs=data.get("inputs"), **work)
@@ -244,14 +244,23 @@ class RunRequest:
            classes: Sequence[int | str] | None = None, hooks: Sequence[str | Technique] = (),
            sampler: str | StepRule | None = None, backend_options: Mapping[str, Any] | None = None,
            **fields: Any) -> RunRequest:
-        """A request from the Python API's keywords (``prompts``/``classes``, ``hooks``, ``sampler``,
-        ``backend_options``; the rest are fields): ``RunRequest.of("mnist", classes=[3], hooks=["cfg:5"])``."""
+        """A request from the Python API's keywords (``prompts``/``classes``, ``backend_options``, and
+        ``hooks``/``sampler``, the old names of the fields ``techniques``/``rule``; the rest are fields):
+        ``RunRequest.of("mnist", classes=[3], techniques=["cfg:5"], rule="ddim")``."""
         if prompts and classes:
             raise RequestError("give prompts or classes, not both")
         unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+        # hooks= and sampler= are the old names of techniques= and rule=: either, not both
+        for old, new, value in (("hooks", "techniques", hooks), ("sampler", "rule", sampler)):
+            if value and fields.get(new):
+                raise TypeError(f"give {new}= or its old name {old}=, not both")
+        fields.setdefault("techniques", tuple(hooks))
+        fields["techniques"] = tuple(fields["techniques"] or ())
+        if fields.get("rule") is None:
+            fields["rule"] = sampler
         if fields.get("max_branches") is None:
             fields.pop("max_branches", None)
         return cls(backend=backend, options={k: v for k, v in (backend_options or {}).items() if v is not None},
-                   labels=tuple(prompts or classes or (None,)), techniques=tuple(hooks), rule=sampler, **fields)
+                   labels=tuple(prompts or classes or (None,)), **fields)

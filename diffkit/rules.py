@@ -138,7 +138,7 @@ class StepRule:
     @property
     def spec(self) -> dict[str, Any]:
         """What run.json records: name, args, and ``spec``, the ``--sampler`` text that makes the rule again."""
-        from diffkit.spec import format_spec
+        from diffkit.syntax import format_spec
 
         args = [(k, v) for k, v in self.args.items() if v is not None and k != "config"]
         args += list(self.args.get("config", {}).items())

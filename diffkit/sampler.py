@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from diffkit import plugins
+from diffkit import registry
 from diffkit.denoise import NonFiniteError, batched, compose
 from diffkit.rules import StepOutput
 from diffkit.state import Context, Denoiser, Query, Step, StepState
@@ -53,7 +53,7 @@ class Sampler:
         """
         if ctx.extra.get("_setup_done"):
             return
-        from diffkit.spec import SpecError
+        from diffkit.syntax import SpecError
 
         for tech in self.techniques:
             try:
@@ -61,7 +61,7 @@ class Sampler:
             except (ValueError, LookupError, OSError) as e:
                 raise SpecError(f"hook {tech.name!r}: {e}") from e
             except Exception as e:
-                raise plugins.PluginError(f"hook {tech.name!r} failed in setup: {type(e).__name__}: {e}") from e
+                raise registry.PluginError(f"hook {tech.name!r} failed in setup: {type(e).__name__}: {e}") from e
         self.check_branches(ctx)
         ctx.extra["_setup_done"] = True
 
@@ -106,7 +106,7 @@ class Sampler:
         def evaluate(x: Tensor, t: int | float) -> Tensor:
             return denoise([Query(backend.model_input(x), t, ctx.cond)])[0]
 
-        relay = plugins.Relay(self.techniques)  # this run's own hooks: runs in one process never mix
+        relay = registry.RunHooks(self.techniques)  # this run's own hooks: runs in one process never mix
         # Inference mode is entered for each piece of work and left before every yield: a mode held
         # across a yield is thread state another run's generator, advanced in between, would save and
         # restore out of order (two interleaved runs left the thread in inference mode for good).

@@ -11,18 +11,7 @@ from torch import Tensor
 
 from diffkit import schedule
 from diffkit.filters import lowpass
-from diffkit.hookspecs import hookimpl
-from diffkit.technique import Projector
-
-
-class StartFrom(Projector):
-    """Start sampling from a given state at index 0 (the noisy image of a denoising study)."""
-
-    name = "start_from"
-
-    @hookimpl
-    def diffkit_initial_state(self, ctx, noise):
-        return self.args["x"].to(noise.device, noise.dtype), 0
+from diffkit.technique import StartFrom
 
 
 def noisy_images(backend: Any, image: Tensor, ts: list[int], seed: int = 0) -> Tensor:

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
+from diffkit.hookspecs import hookimpl
 from diffkit.motion import Clip
 from diffkit.params import Param
 from diffkit.state import Context, Query
@@ -121,3 +122,15 @@ class Observer(Technique):
     """Sees every step and changes nothing: implements ``diffkit_observe``."""
 
     kind = "observer"
+
+
+class StartFrom(Projector):
+    """Start sampling from a given state ``x`` ``[N x C x H x W]`` at index 0 (the noisy image of a
+    denoising study, ``studies.iterative``). From Python only (``hooks=[StartFrom(x=...)]``): a tensor is
+    no command-line argument, so it is not registered."""
+
+    name = "start_from"
+
+    @hookimpl
+    def diffkit_initial_state(self, ctx, noise):
+        return self.args["x"].to(noise.device, noise.dtype), 0

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 import torch
 
-from diffkit import io, plugins
+from diffkit import io, registry
 from diffkit.params import REQUIRED, Param, to_bool
 
 PREVIEW_EVERY = 10  # steps between x0 previews
@@ -55,8 +55,8 @@ def default_choices(extra: list[str] | None = None) -> dict[str, list[str]]:
     third party's parameters as for diffkit's own."""
     paths = list(extra or [])
     out = {}
-    for owner, params in [*((n, i.params) for n, i in plugins.backends().items()),
-                          *((n, c.params) for n, c in plugins.techniques().items())]:
+    for owner, params in [*((n, i.params) for n, i in registry.backends().items()),
+                          *((n, c.params) for n, c in registry.techniques().items())]:
         for p in params:
             if p.kind == "path":
                 out[f"{owner}.{p.name}"] = ["", *p.offers, *paths]
@@ -67,9 +67,9 @@ def default_choices(extra: list[str] | None = None) -> dict[str, list[str]]:
 
 def hook_spec(name: str, values: dict[str, Any]) -> str:
     """A technique's form values as a ``--hook`` spec (parameters left at their default are omitted)."""
-    from diffkit.spec import format_spec
+    from diffkit.syntax import format_spec
 
-    cls = plugins.techniques()[name]
+    cls = registry.techniques()[name]
     args = []
     for p in cls.params:
         v = values.get(p.name)
@@ -101,7 +101,7 @@ def command(backend: str, options: dict[str, Any], labels: dict[str, list[str]],
             num: int, steps: int | None, sampler: str | None, out: Path) -> str:
     """The ``diffkit sample`` command that writes this run (into ``out``: the page gives the run folder's
     name, relative, so the command runs as shown where the user is, not into the server's full folder)."""
-    flags = {p.name for p in plugins.get_backend(backend).params if p.flag}  # its declared flags
+    flags = {p.name for p in registry.get_backend(backend).params if p.flag}  # its declared flags
     args = ["diffkit", "sample", "--backend", backend]
     for k, v in options.items():
         if v in (None, "", False):
@@ -168,7 +168,7 @@ def run_page(settings: Settings, session: Path, backend: str, options: dict[str,
              sampler: str | None, progress: Any = None) -> Iterator[tuple[str, list, Any, str, str | None]]:
     """Run what the page describes; yield ``(status, gallery, preview, command, zip)`` as it goes, and
     report each step to ``progress(fraction, desc=...)`` (the page's progress bar)."""
-    info = plugins.backends().get(backend)
+    info = registry.backends().get(backend)
     if info is None:
         raise PageError(f"unknown backend {backend!r}")
     declared = {p.name: p for p in info.params}
@@ -215,7 +215,7 @@ def _run(settings: Settings, session: Path, backend: str, options: dict[str, Any
     hooks = []
     for item in stack:
         values = dict(item["values"])
-        for p in plugins.techniques()[item["name"]].params:
+        for p in registry.techniques()[item["name"]].params:
             if p.kind in ("image", "sketch", "mask") and values.get(p.name):
                 src = Path(values[p.name])
                 if session not in src.parents:  # only files this session uploaded or drew
@@ -371,9 +371,9 @@ def build(settings: Settings) -> Any:
     """The Gradio app."""
     import gradio as gr
 
-    techniques = plugins.techniques()
-    backends = plugins.backends()
-    samplers = ["", *sorted(plugins.samplers())]
+    techniques = registry.techniques()
+    backends = registry.backends()
+    samplers = ["", *sorted(registry.samplers())]
     settings.out.mkdir(parents=True, exist_ok=True)
     uploads = settings.out / ".uploads"
 
@@ -388,13 +388,13 @@ def build(settings: Settings) -> Any:
         values = gr.State({})
         with gr.Row():
             with gr.Column(scale=1):
-                backend = gr.Dropdown(sorted(backends), value=plugins.default_backend(), label="backend",
+                backend = gr.Dropdown(sorted(backends), value=registry.default_backend(), label="backend",
                                       elem_id="backend")
                 # each backend's options, from its declared Params (a third party's too); the chosen one's show
                 option_boxes: dict[tuple[str, str], Any] = {}
                 groups = {}
                 for bname, binfo in sorted(backends.items()):
-                    with gr.Group(visible=bname == plugins.default_backend()) as groups[bname]:
+                    with gr.Group(visible=bname == registry.default_backend()) as groups[bname]:
                         for p in binfo.params:
                             option_boxes[bname, p.name] = widget(gr, bname, p, _initial(p), settings,
                                                                  elem_id=f"opt-{bname}-{p.name}")
@@ -582,7 +582,7 @@ def launch(settings: Settings, host: str = "127.0.0.1", port: int = 7860, share:
     minutes (files older than an hour) and emptied when the server stops."""
     app = build(settings)
     # at most max_runs runs at once, each bounded (max_samples, one batch in memory): so is the server's work.
-    # Runs share no hook registry (plugins.Relay), so two pages' runs never mix.
+    # Runs share no hook registry (registry.RunHooks), so two pages' runs never mix.
     app.queue(default_concurrency_limit=settings.max_runs)
     app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
                allowed_paths=[str(settings.out)], show_error=False, auth=auth,

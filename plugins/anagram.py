@@ -7,7 +7,7 @@ import functools
 import torch
 from torch import Tensor
 
-from diffkit import plugins
+from diffkit import registry
 from diffkit.hookspecs import hookimpl
 from diffkit.motion import Clip
 from diffkit.state import Context, Query
@@ -41,7 +41,7 @@ class Anagram(Combiner):
             if len(prompts) - len(names) > 1 or names:
                 raise ValueError("with more than one extra prompt, give a view= for each")
             names = ["flip_v"]
-        self.views = [plugins.get_view(v) for v in names]
+        self.views = [registry.get_view(v) for v in names]
         self.args["view"] = [v.name for v in self.views]  # every argument spelled out: run.json re-makes them
         self.prompts = prompts
 

@@ -10,10 +10,10 @@ import re
 import torch
 from torch import Tensor
 
-from diffkit import factors, plugins
+from diffkit import factors, registry
 from diffkit.hookspecs import hookimpl
 from diffkit.motion import Clip, on_white, smooth, warp
-from diffkit.spec import format_spec
+from diffkit.syntax import format_spec
 from diffkit.state import Context, Query, Step
 from diffkit.params import REQUIRED, Param
 from diffkit.technique import Combiner, Projector
@@ -25,7 +25,7 @@ def parse_parts(text: str) -> list[str]:
 
 
 def make_parts(text: str) -> list[tuple[factors.Factor, dict]]:
-    return [plugins.get_factor(p) for p in parse_parts(text)]
+    return [registry.get_factor(p) for p in parse_parts(text)]
 
 
 def spelled(parts: list[tuple[factors.Factor, dict]]) -> str:

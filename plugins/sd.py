@@ -18,7 +18,7 @@ from torch import Tensor
 
 from diffkit import schedule
 from diffkit.backends.base import Backend, BackendError, BackendInfo, StageRecipe
-from diffkit.fixed_calls import in_fixed_chunks
+from diffkit.fixed_rows import in_fixed_chunks
 from diffkit.backends.hub import load_json
 from diffkit.hookspecs import hookimpl
 from diffkit.params import Param, to_bool

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from diffkit import animate, io, plugins
+from diffkit import animate, io, registry
 from diffkit.cli import app
 from diffkit.motion import Clip
 from diffkit_plugins.factorize import factor_clip
@@ -47,7 +47,7 @@ def test_sample_writes_each_view_of_each_sample_exactly(run_dir):
     run = json.loads((run_dir / "run.json").read_text())
     specs = run["request"]["hooks"][0]["args"]["view"]
     for j, spec in enumerate(specs, 1):
-        view = plugins.get_view(spec)
+        view = registry.get_view(spec)
         want = view.image(img)
         got = io.load_png(run_dir / f"sample-000.view{j}.png")
         if view.negate:  # 1 - x, rounded to 8 bits from the float image, not from the sample's PNG

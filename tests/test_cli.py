@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from diffkit import plugins
+from diffkit import registry
 from diffkit.cli import app
 
 runner = CliRunner()
@@ -85,7 +85,7 @@ def test_save_every_writes_frames_and_gif(tmp_path):
 
 
 @pytest.mark.parametrize("args,code,text", [
-    (["--backend", "nope"], 2, f"unknown backend 'nope'; available: {', '.join(sorted(plugins.backends()))}"),
+    (["--backend", "nope"], 2, f"unknown backend 'nope'; available: {', '.join(sorted(registry.backends()))}"),
     (["-b", "gaussian", "--hook", "zzz"], 2, "unknown hook 'zzz'; available:"),
     (["-b", "gaussian", "--hook", "cfg:scale=abc"], 2, "hook 'cfg': parameter 'scale' expects float"),
     (["-b", "gaussian", "--hook", "cfg:1,0,1,2"], 2, "too many positional"),

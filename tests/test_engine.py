@@ -18,7 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 import diffkit
-from diffkit import api, plugins
+from diffkit import api, registry
 from diffkit.backends.base import Backend
 from diffkit.cli import app
 from diffkit.errors import DiffkitError, RunFailure, UserError
@@ -37,7 +37,7 @@ def test_diffkit_backends_prints_every_declared_option_as_hooks_prints_parameter
     r = runner.invoke(app, ["backends"])
     assert r.exit_code == 0, r.output
     text = " ".join(r.output.split())
-    for name, info in plugins.backends().items():
+    for name, info in registry.backends().items():
         assert name in text
         for p in info.params:
             assert p.name in text and p.type_name in text, (name, p.name)
@@ -80,7 +80,7 @@ def test_the_gaussian_backends_declared_options_reach_the_model(tmp_path):
     ("mnist", ["-O", "checkpoint=a", "--checkpoint", "b"], ["'checkpoint' is given twice"]),
 ])
 def test_bad_backend_options_exit_2_before_any_model_loads(tmp_path, monkeypatch, backend, args, words):
-    for info in plugins.backends().values():
+    for info in registry.backends().values():
         monkeypatch.setattr(info, "load", lambda **kw: pytest.fail("a model loaded"))
     labels = ["--prompt", "a fox"] if backend == "if" else ["--class", "1"]
     r = runner.invoke(app, ["sample", "-b", backend, *labels, *args, "--out", str(tmp_path / "o")])
@@ -101,7 +101,7 @@ def test_every_backend_option_gets_a_ui_widget_of_its_kind(tmp_path):
 
     s = ui.Settings(tmp_path, ui.default_choices())
     with gr.Blocks():
-        for name, info in plugins.backends().items():
+        for name, info in registry.backends().items():
             for p in info.params:
                 w = ui.widget(gr, name, p, ui._initial(p), s, elem_id=f"opt-{name}-{p.name}")
                 want = gr.Dropdown if (p.kind or p.choices) else gr.Checkbox if p.type_name == "bool" else \
@@ -278,13 +278,13 @@ def test_every_command_that_takes_a_backend_has_every_declared_flag_and_o(comman
     for word in command:
         cmd = cmd.commands[word]
     opts = {o for p in cmd.params for o in getattr(p, "opts", [])}
-    flagged = {p.name for info in plugins.backends().values() for p in info.params if p.flag}
+    flagged = {p.name for info in registry.backends().values() for p in info.params if p.flag}
     assert {"checkpoint", "model", "height", "width", "device", "dtype", "offload", "embeddings", "upscaler",
             "stage3"} <= flagged  # the flags `diffkit sample` had before they were declared
     for name in flagged:
         assert f"--{name.replace('_', '-')}" in opts, (command, name)
     assert {"-O", "--backend-option", "--backend", "-b"} <= opts, command
-    undeclared = {p.name for info in plugins.backends().values() for p in info.params if not p.flag}
+    undeclared = {p.name for info in registry.backends().values() for p in info.params if not p.flag}
     assert not {f"--{n.replace('_', '-')}" for n in undeclared} & opts  # those are -O only
 
 
@@ -294,8 +294,8 @@ def test_no_backend_name_or_option_is_spelled_in_the_frontends_or_the_api():
     from pathlib import Path
 
     root = Path(api.__file__).parent
-    names = set(plugins.backends())
-    options = {p.name for info in plugins.backends().values() for p in info.params} - {"device"}
+    names = set(registry.backends())
+    options = {p.name for info in registry.backends().values() for p in info.params} - {"device"}
     for module in ("cli.py", "ui.py", "api.py"):
         tree = ast.parse((root / module).read_text())
         # `diffkit train mnist`, `eval mnist`, `data mnist` name the dataset's commands, not a backend

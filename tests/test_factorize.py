@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 import diffkit
-from diffkit import factors, io, plugins
+from diffkit import factors, io, registry
 from conftest import refused_hook
 from diffkit.cli import app
 
@@ -18,7 +18,7 @@ runner = CliRunner()
 
 
 def part(spec: str, x: torch.Tensor, f: float = 1.0) -> torch.Tensor:
-    factor, args = plugins.get_factor(spec)
+    factor, args = registry.get_factor(spec)
     return factor(x, f, args)
 
 
@@ -69,7 +69,7 @@ def test_prompt_arithmetic_weights_each_prompts_estimate(counting):
     g = GaussianBackend()
     x = torch.randn(1, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([150])
-    tech = plugins.make_technique("factorize:1,parts=scale:15+scale:-14")
+    tech = registry.make_technique("factorize:1,parts=scale:15+scale:-14")
     ests = [g.predict(x, t, g.encode([0])), g.predict(x, t, g.encode([1]))]
     from diffkit.state import Query
 
@@ -139,4 +139,4 @@ def test_run_json_records_every_parts_arguments(tmp_path):
     assert r.exit_code == 0, r.output
     args = json.loads((tmp_path / "o" / "run.json").read_text())["request"]["hooks"][0]["args"]
     assert args["parts"] == "low_pass:sigma=1.0,kernel=9+high_pass:sigma=1.0,kernel=9"
-    assert plugins.technique_from("factorize", args).args == args  # made again from the record
+    assert registry.technique_from("factorize", args).args == args  # made again from the record

@@ -201,11 +201,11 @@ def technique_specs(tmp_path: Path) -> dict[str, list[str]]:
 def test_every_pair_of_techniques_either_composes_or_is_refused(tmp_path):
     """No pair is silently one of its parts: a + b gives other bytes than a alone and than b alone, or is
     refused with exit 2 naming both (two techniques that both set the initial state)."""
-    from diffkit import plugins
-    from diffkit.spec import SpecError
+    from diffkit import registry
+    from diffkit.syntax import SpecError
 
     specs = technique_specs(tmp_path)
-    assert set(plugins.techniques()) - {"negative"} <= set(specs), "a new built-in technique needs specs here"
+    assert set(registry.techniques()) - {"negative"} <= set(specs), "a new built-in technique needs specs here"
     kw = dict(classes=[3], num=2, sampler="ddim", steps=4, seed=1)
     alone = {s: diffkit.sample("mnist", hooks=[s], **kw).x for v in specs.values() for s in v}
     refused = []

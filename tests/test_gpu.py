@@ -87,10 +87,10 @@ def test_if_fp16_rules_the_pipeline_rejects_match_the_scheduler_in_a_plain_fp16_
     Measured: 0.41-1.33 grey levels on average, a few pixels up to 19; another seed 91-118."""
     from test_if_samplers import hand_loop
 
-    from diffkit import plugins
+    from diffkit import registry
 
     f1, _ = tiny_if
-    rule = plugins.make_sampler(name)
+    rule = registry.make_sampler(name)
 
     def loop(seed):
         return hand_loop(f1, rule.scheduler, rule.overrides(), 8, seed, device="cuda",

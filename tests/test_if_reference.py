@@ -249,7 +249,7 @@ def test_fixed_hybrid_keeps_pixels_and_refuses_a_kernel_too_large_for_a_stage(ti
                            hooks=["cfg:7", f"hybrid:{OTHER},kernel=9,sigma=1,fixed=true"]).x
     scaled = run_diffkit(tiny_if, ["cfg:7", f"hybrid:{OTHER},kernel=9,sigma=1"]).x
     assert (fixed - scaled).abs().max() > 50 * IF_TOL  # the option changes stage II's cut
-    from diffkit.spec import SpecError
+    from diffkit.syntax import SpecError
 
     with pytest.raises(SpecError, match=r"kernel 33 \(kernel=33 scaled x1 for this stage\) is too large for 16x16"):
         run_diffkit(tiny_if, ["cfg:7", f"hybrid:{OTHER}"])  # refused before the first step
@@ -257,7 +257,7 @@ def test_fixed_hybrid_keeps_pixels_and_refuses_a_kernel_too_large_for_a_stage(ti
 
 def test_negate_keeps_the_sign_of_the_variance_and_moves_views_variance_with_the_pixels():
     """A fake model whose variance channels are the input's pixel index: what comes back is the mean."""
-    from diffkit import plugins
+    from diffkit import registry
     from diffkit.denoise import compose
     from diffkit.state import Cond, Query
 
@@ -274,7 +274,7 @@ def test_negate_keeps_the_sign_of_the_variance_and_moves_views_variance_with_the
 
     x = torch.randn(1, 3, H, H, dtype=torch.float64)
     for name in ("negate", "flip_v", "rot90"):
-        tech = plugins.make_technique(f"anagram:b,view={name}")
+        tech = registry.make_technique(f"anagram:b,view={name}")
         tech.conds = [Cond(("b",), None)]
         (est,) = compose([tech], model, 3)([Query(x, 5, Cond(("a",), None))])
         assert torch.allclose(est[:, :3], 10 * x)  # the views' exact inverses recover the noise

@@ -101,10 +101,10 @@ def hand_loop(folder, cls_name, overrides, steps, seed, scale=7.0, step_kwargs=N
 @pytest.mark.parametrize("name", ["ddim", "ddim:eta=1", "euler", "euler:karras=true", "euler_ancestral", "heun",
                                   "dpmpp_2m_sde", "uni_pc", "deis"])
 def test_rules_ifpipeline_rejects_equal_the_scheduler_in_a_plain_loop_over_if_s_unet(tiny_if, name):
-    from diffkit import plugins
+    from diffkit import registry
 
     f1, _ = tiny_if
-    rule = plugins.make_sampler(name)
+    rule = registry.make_sampler(name)
     ref = hand_loop(f1, rule.scheduler, rule.overrides(), 8, 3, step_kwargs={k: rule.args[k] for k in rule.step_keys})
     ours = diffkit.sample(load(model=str(f1), upscaler="none"), prompts=[PROMPT], seed=3, steps=8,
                           hooks=["cfg:7"], sampler=name)

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from diffkit import plugins
+from diffkit import registry
 from diffkit.cli import app
-from diffkit.plugins import UnknownName
-from diffkit.spec import SpecError
+from diffkit.registry import UnknownName
+from diffkit.syntax import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -121,7 +121,7 @@ def test_every_numeric_option_refuses_zero_negative_huge_nan_and_inf(path, opt, 
     assert refused >= 3
 
 
-NUMERIC_PARAMS = [(name, p) for name, cls in sorted(plugins.techniques().items()) for p in cls.params if p.numeric]
+NUMERIC_PARAMS = [(name, p) for name, cls in sorted(registry.techniques().items()) for p in cls.params if p.numeric]
 
 
 def test_every_numeric_technique_parameter_declares_its_range():
@@ -148,9 +148,9 @@ def test_every_numeric_technique_parameter_refuses_out_of_range_nan_and_inf(hook
 
 def test_a_declared_range_is_enforced_in_the_python_api_too():
     with pytest.raises(SpecError, match=r"parameter 'scale' must be a finite number in -100\.\.100, got nan"):
-        plugins.make_technique("cfg:nan")
+        registry.make_technique("cfg:nan")
     with pytest.raises(SpecError, match=r"parameter 'strength' must be a finite number in 0\.\.1, got 1.5"):
-        plugins.make_technique("sdedit:img.png,strength=1.5")
+        registry.make_technique("sdedit:img.png,strength=1.5")
     import diffkit
 
     for kw, text in [({"num": 0}, "num must be an integer in 1.."), ({"steps": 0}, "steps must be an integer in 1.."),
@@ -223,7 +223,7 @@ def test_an_error_is_one_line_whatever_the_path_length(tmp_path):
 
 # ---- any text for --hook / --sweep: a spec or a clear error, never a traceback ----
 
-names = st.sampled_from(sorted(plugins.techniques()) + ["nope", ""])
+names = st.sampled_from(sorted(registry.techniques()) + ["nope", ""])
 pieces = st.sampled_from([",", ":", "=", "'", '"', "\\", " ", "nan", "inf", "-1", "1e400", "view=", "prompt=",
                           "scale=", "kernel=", "flip_v", "0", "x"])
 specs = st.one_of(st.text(max_size=40), st.builds(lambda n, p: n + ":" + "".join(p), names, st.lists(pieces, max_size=8)))
@@ -233,11 +233,11 @@ specs = st.one_of(st.text(max_size=40), st.builds(lambda n, p: n + ":" + "".join
 @given(text=specs)
 def test_any_hook_text_is_a_technique_or_a_clear_error(text):
     try:
-        tech = plugins.make_technique(text)
+        tech = registry.make_technique(text)
     except (SpecError, UnknownName) as e:
         assert str(e) and "Traceback" not in str(e)
     else:
-        assert tech.name in plugins.techniques()
+        assert tech.name in registry.techniques()
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -205,3 +205,21 @@ def test_resume_compares_the_typed_request(tmp_path):
     whole = diffkit.sample("gaussian", classes=["0", "1"], num=2, steps=2)
     diffkit.save(whole, tmp_path / "whole")
     assert files(tmp_path / "o") == files(tmp_path / "whole")
+
+
+def test_one_word_per_concept_and_the_old_names_still_work(tmp_path):
+    """issue 35 point 5: a technique is --technique (diffkit techniques), a step rule --rule (diffkit
+    rules); --hook, --sampler, `diffkit hooks`, `diffkit samplers` and hooks=/sampler= keep working."""
+    sample(*QUICK, "-c", "0", "--technique", "cfg:2", "--rule", "ddim", "--out", tmp_path / "new")
+    sample(*QUICK, "-c", "0", "--hook", "cfg:2", "--sampler", "ddim", "--out", tmp_path / "old")
+    assert files(tmp_path / "new") == files(tmp_path / "old")
+    for new, old in (("techniques", "hooks"), ("rules", "samplers")):
+        a, b = runner.invoke(app, [new]), runner.invoke(app, [old])
+        assert a.exit_code == b.exit_code == 0 and a.output == b.output and len(a.output) > 100
+    help = runner.invoke(app, ["--help"]).output
+    assert "techniques" in help and "rules" in help and " hooks " not in help and " samplers " not in help
+    a = diffkit.sample("gaussian", classes=[0], techniques=["cfg:2"], rule="ddim", steps=3)
+    b = diffkit.sample("gaussian", classes=[0], hooks=["cfg:2"], sampler="ddim", steps=3)
+    assert torch.equal(a.x, b.x) and a.request.to_json() == b.request.to_json()
+    with pytest.raises(TypeError, match="techniques= or its old name hooks="):
+        RunRequest.of("gaussian", hooks=["cfg:2"], techniques=["cfg:3"])

@@ -8,7 +8,7 @@ import torch
 import diffkit
 from diffkit.backends.gaussian import GaussianBackend
 from diffkit.denoise import NonFiniteError, batched
-from diffkit.plugins import PluginError
+from diffkit.registry import PluginError
 from diffkit.state import Cond, Query
 
 
@@ -195,7 +195,7 @@ def test_a_run_calls_its_hooks_through_pluggy_so_tryfirst_orders_them(tiny_mnist
         def diffkit_after_step(self, ctx, step):
             raise ZeroDivisionError("on purpose")
 
-    with pytest.raises(diffkit.plugins.PluginError, match="hook 'hook:broken' failed in diffkit_after_step: "
+    with pytest.raises(diffkit.registry.PluginError, match="hook 'hook:broken' failed in diffkit_after_step: "
                                                           "ZeroDivisionError: on purpose"):
         diffkit.sample("mnist", backend_options={"checkpoint": str(tiny_mnist_ckpt)}, classes=[3], hooks=[Broken()],
                        steps=2)

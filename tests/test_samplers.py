@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from typer.testing import CliRunner
 
 import diffkit
-from diffkit import io, plugins, schedule
+from diffkit import io, registry, schedule
 from diffkit.backends.gaussian import GaussianBackend
 from diffkit.cli import app
 from diffkit.rules import scheduler_config
@@ -31,9 +31,9 @@ def gaussian():
 
 
 def test_every_builtin_is_installed_under_comfyui_s_name():
-    assert set(BUILTIN) | {"diffusers"} <= set(plugins.samplers())
+    assert set(BUILTIN) | {"diffusers"} <= set(registry.samplers())
     for name, cls in SCHEDULERS.items():
-        assert plugins.samplers()[name].scheduler == cls
+        assert registry.samplers()[name].scheduler == cls
 
 
 def hand_loop(backend, cls_name, overrides, steps, seed, label, step_kwargs=None):
@@ -204,7 +204,7 @@ def test_the_noise_level_after_each_step_is_the_rule_s(name):
     noises its known region exactly as far as the state is."""
     import diffusers
 
-    rule = plugins.make_sampler(name)
+    rule = registry.make_sampler(name)
     b = gaussian()
     stepper = rule.plan(b, 7)
     if name == "ddpm":
@@ -295,7 +295,7 @@ def test_sdedit_strength_equals_diffusers_img2img_loop(images, name, strength):
     (strength 1 too: the image noised to the first timestep, not pure noise)."""
     import diffusers
 
-    rule = plugins.make_sampler(name)
+    rule = registry.make_sampler(name)
     b, n, seed = gaussian(), 10, 6
     s = getattr(diffusers, rule.scheduler).from_config(scheduler_config(b), **rule.overrides())
     s.set_timesteps(n)
@@ -416,7 +416,7 @@ def test_any_diffusers_scheduler_by_class_name_equals_its_plain_loop(cls, config
     ours = diffkit.sample(b, classes=[1], seed=2, sampler=spec, steps=8)
     assert (ours.x - ref).abs().max().item() < 1e-9
     assert ours.meta["sampler"]["spec"] == spec.replace("diffusers:", "diffusers:cls=")
-    assert plugins.make_sampler(ours.meta["sampler"]["spec"]).overrides() == config
+    assert registry.make_sampler(ours.meta["sampler"]["spec"]).overrides() == config
 
 
 @pytest.mark.parametrize("name", ["euler", "heun", "dpmpp_2m"])

@@ -70,7 +70,7 @@ def test_the_mnist_models_estimate_of_a_sample_does_not_depend_on_who_shares_its
 
 @pytest.mark.parametrize("n", [1, 5, 16, 17, 32, 37])
 def test_fixed_chunks_make_every_call_exactly_rows_long_and_keep_each_rows_value(n):
-    from diffkit.fixed_calls import in_fixed_chunks
+    from diffkit.fixed_rows import in_fixed_chunks
 
     calls = []
 

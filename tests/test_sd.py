@@ -274,9 +274,9 @@ def test_autoguide_with_a_smaller_sd(tiny_sd):
 
 
 def test_every_sampler_runs_on_a_v_prediction_model(tiny_sd):
-    from diffkit import plugins
+    from diffkit import registry
 
-    for name in sorted(plugins.samplers()):
+    for name in sorted(registry.samplers()):
         spec = "diffusers:LMSDiscreteScheduler" if name == "diffusers" else name
         try:
             res = diffkit.sample("sd", prompts=PROMPTS[:1], hooks=["cfg:3"], steps=4, sampler=spec,
@@ -354,7 +354,7 @@ def test_bad_sd_input_exits_2_before_the_unet_loads(tiny_sd, tiny_if, tiny_x4, t
 def test_sd_plugin_registers_through_the_entry_point_group():
     from importlib.metadata import entry_points
 
-    from diffkit import plugins
+    from diffkit import registry
 
     assert "diffkit_plugins.sd" in {e.value for e in entry_points(group="diffkit")}  # core imports it nowhere:
-    assert {"sd", "sdxl"} <= set(plugins.backends())  # tests/test_imports.py checks every core import
+    assert {"sd", "sdxl"} <= set(registry.backends())  # tests/test_imports.py checks every core import

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diffkit.spec import SpecError, bind, format_spec, parse, split_args
+from diffkit.syntax import SpecError, bind, format_spec, parse, split_args
 from diffkit.params import Param, to_bool
 from diffkit.technique import Technique
 

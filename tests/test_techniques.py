@@ -8,21 +8,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import diffkit
-from diffkit import plugins, schedule
+from diffkit import registry, schedule
 from diffkit.backends.gaussian import GaussianBackend
 from diffkit.denoise import compose
 from diffkit.hookspecs import hookimpl
 from diffkit.state import Query
 from diffkit.technique import Observer
 
-VIEWS = sorted(n for n in plugins.views() if n != "permute")  # permute needs a file: tests/test_views.py
+VIEWS = sorted(n for n in registry.views() if n != "permute")  # permute needs a file: tests/test_views.py
 
 
 @settings(max_examples=60, deadline=None)
 @given(name=st.sampled_from(VIEWS), c=st.sampled_from([1, 3, 6]), side=st.sampled_from([4, 8, 28, 64]),
        seed=st.integers(0, 10**6))
 def test_every_view_is_exactly_invertible_on_all_channels(name, c, side, seed):
-    view = plugins.get_view(name)
+    view = registry.get_view(name)
     x = torch.randn(2, c, side, side, generator=torch.Generator().manual_seed(seed))
     try:
         y = view.forward(x)
@@ -37,7 +37,7 @@ def test_non_identity_views_move_pixels():
     x = torch.arange(64.0 * 64).reshape(1, 1, 64, 64)
     for name in VIEWS:
         if name != "identity":
-            assert not torch.equal(plugins.get_view(name).forward(x), x), name
+            assert not torch.equal(registry.get_view(name).forward(x), x), name
 
 
 def make_ctx(backend, labels=(0,), seed=0):
@@ -59,7 +59,7 @@ class Recorder:
 
 
 def estimate(specs, backend, x, t, ctx, record=None):
-    techs = [plugins.make_technique(s) for s in specs]
+    techs = [registry.make_technique(s) for s in specs]
     for tech in techs:
         tech.setup(ctx)
     inner = record or Recorder(backend)
@@ -193,12 +193,12 @@ def test_a_view_that_hides_a_sign_mixes_channels_or_does_not_undo_itself_is_refu
         with pytest.raises(ValueError, match=text):
             check_view(view)
     for name in VIEWS:
-        check_view(plugins.get_view(name), 64)  # every registered view passes (a kind with its defaults)
+        check_view(registry.get_view(name), 64)  # every registered view passes (a kind with its defaults)
 
 
 def test_a_branch_naming_an_unregistered_view_or_dropping_the_query_s_views_is_an_error():
     from diffkit.denoise import wrap
-    from diffkit.plugins import PluginError
+    from diffkit.registry import PluginError
     from diffkit.state import Cond
     from diffkit.technique import Combiner
 
@@ -230,7 +230,7 @@ def test_anagram_expand_and_reduce_by_hand_with_a_view_that_is_not_its_own_inver
     """rot90 turns [[1, 2], [3, 4]] into [[2, 4], [1, 3]]; its inverse turns [[1, 2], [3, 4]] into [[3, 1], [4, 2]]."""
     from diffkit.state import Cond
 
-    tech = plugins.make_technique("anagram:b,view=rot90")
+    tech = registry.make_technique("anagram:b,view=rot90")
     tech.conds = [Cond(("b",), None)]
     x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
     plain, viewed = tech.expand(Query(x, 7, Cond(("a",), None)))
@@ -247,7 +247,7 @@ def test_hybrid_takes_the_low_frequencies_of_the_first_prompt_and_the_high_of_th
     constant exactly and scales the checkerboard by r = (sum_k g_k (-1)^k)^2 (separable, reflect-padded)."""
     import math
 
-    tech = plugins.make_technique("hybrid:1,kernel=9,sigma=2")
+    tech = registry.make_technique("hybrid:1,kernel=9,sigma=2")
     tech.kernel, tech.sigma = 9, 2.0
     g = [math.exp(-((k - 4) ** 2) / 8) for k in range(9)]
     r = (sum(v * (-1) ** k for k, v in enumerate(g)) / sum(g)) ** 2
@@ -274,7 +274,7 @@ def test_cfg_interval_guides_only_inside_and_makes_no_unconditional_call_outside
 
 
 def test_an_empty_cfg_interval_is_refused():
-    from diffkit.spec import SpecError
+    from diffkit.syntax import SpecError
 
     with pytest.raises(SpecError, match=r"hook 'cfg': the guidance interval lo=0.7..hi=0.2 is empty"):
-        plugins.make_technique("cfg:3,lo=0.7,hi=0.2")
+        registry.make_technique("cfg:3,lo=0.7,hi=0.2")

@@ -105,9 +105,9 @@ def test_a_misspelled_hook_implementation_is_an_error_not_silence():
     import pluggy
 
     import diffkit
-    from diffkit import hookspecs, plugins
+    from diffkit import hookspecs, registry
     from diffkit.hookspecs import hookimpl
-    from diffkit.plugins import PluginError
+    from diffkit.registry import PluginError
     from diffkit.technique import Projector
 
     class Typo(Projector):
@@ -135,7 +135,7 @@ def test_a_misspelled_hook_implementation_is_an_error_not_silence():
     pm.add_hookspecs(hookspecs)
     pm.register(module, name="someones_plugin")
     with pytest.raises(PluginError, match="plugin 'someones_plugin' implements a hook.*diffkit_viewz"):
-        plugins.check_pending(pm)
+        registry.check_pending(pm)
 
 
 # ---- a third party's backend works everywhere a built-in does ----
@@ -192,9 +192,9 @@ def test_a_third_party_backend_serves_the_studies_the_report_and_the_ui(blobs, t
     assert r.returncode == 2 and "makes 1x8x8 images" in r.stderr
     # the UI: the backend's form and its run, as the page makes them, and the command the page shows
     script = (
-        "import sys; from pathlib import Path; from diffkit import ui, plugins\n"
+        "import sys; from pathlib import Path; from diffkit import ui, registry\n"
         "out = Path(sys.argv[1]); s = ui.Settings(out, ui.default_choices())\n"
-        "assert 'blobs' in plugins.backends()\n"
+        "assert 'blobs' in registry.backends()\n"
         "*_, last = ui.run_page(s, out / 'up', 'blobs', {'contrast': 0.3, 'std': 0.1}, '1,8', [], 2, 1, 4, None)\n"
         "print(last[3])\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(blobs), os.environ.get("PYTHONPATH", "")) if p)}
@@ -216,10 +216,10 @@ def test_a_third_party_view_samples_and_animates_with_its_declared_motion(slide,
     assert r.returncode == 0, r.stderr
     assert (out / "sample-000.view1.png").is_file() and (out / "sample-000.view1.gif").is_file()
     script = (
-        "import sys, torch; from pathlib import Path; from diffkit import animate, io, plugins\n"
+        "import sys, torch; from pathlib import Path; from diffkit import animate, io, registry\n"
         "import diffkit_slide\n"
         "folder = Path(sys.argv[1]); (name, (clip,)), = animate.clips_of(folder)\n"
-        "img = io.load_png(folder / name); view = plugins.get_view('slide')\n"
+        "img = io.load_png(folder / name); view = registry.get_view('slide')\n"
         "assert torch.equal(clip.frame(0.0), img) and torch.equal(clip.frame(1.0), view.image(img))\n"
         "assert torch.equal(view.image(img), io.load_png(folder / 'sample-000.view1.png'))\n"
         "mid = clip.frame(0.5)\n"
@@ -236,9 +236,9 @@ def test_animate_names_no_technique_and_no_view():
     """animate.py draws what techniques and views declare; none is named there (issue 35, point 4)."""
     import ast
 
-    from diffkit import animate, plugins
+    from diffkit import animate, registry
 
-    names = set(plugins.techniques()) | set(plugins.views())
+    names = set(registry.techniques()) | set(registry.views())
     tree = ast.parse(Path(animate.__file__).read_text())
     spelled = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
     assert not names & spelled, names & spelled

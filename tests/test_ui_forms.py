@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from diffkit import plugins
+from diffkit import registry
 from diffkit.cli import app
 
 gr = pytest.importorskip("gradio")
@@ -23,7 +23,7 @@ def settings(tmp_path: Path) -> ui.Settings:
 def test_every_parameter_of_every_installed_technique_gets_a_widget(tmp_path):
     kinds = {"image": gr.Image, "sketch": gr.ImageEditor, "mask": gr.ImageEditor, "path": gr.Dropdown}
     with gr.Blocks():
-        for name, cls in plugins.techniques().items():
+        for name, cls in registry.techniques().items():
             for p in cls.params:
                 w = ui.widget(gr, name, p, ui._initial(p), settings(tmp_path))
                 if p.kind:
@@ -35,7 +35,7 @@ def test_every_parameter_of_every_installed_technique_gets_a_widget(tmp_path):
                 else:
                     assert isinstance(w, (gr.Textbox, gr.Checkbox)), (name, p.name)
                 assert p.help in (getattr(w, "info", None) or w.label), (name, p.name)
-    assert plugins.techniques()["inpaint"].params[1].kind == "mask"
+    assert registry.techniques()["inpaint"].params[1].kind == "mask"
 
 
 def test_the_page_spec_is_the_command_lines():

@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 import diffkit
-from diffkit import plugins, views
+from diffkit import registry, views
 from conftest import refused_hook
 from diffkit.cli import app
 from diffkit_plugins import views as plugin_views
@@ -24,25 +24,25 @@ runner = CliRunner()
 def index_of(name: str, n: int) -> torch.Tensor:
     """The view's permutation at ``n x n``: output pixel i shows input pixel index[i]."""
     x = torch.arange(n * n, dtype=torch.float64).reshape(1, 1, n, n)
-    return plugins.get_view(name).forward(x).flatten().long()
+    return registry.get_view(name).forward(x).flatten().long()
 
 
 def test_the_releases_names_are_the_same_views_as_diffkits():
     x = torch.randn(1, 3, 8, 8)
     for release, ours in [("flip", "flip_v"), ("rotate_cw", "rot270"), ("rotate_ccw", "rot90"),
                           ("rotate_180", "rot180")]:
-        assert torch.equal(plugins.get_view(release).forward(x), plugins.get_view(ours).forward(x)), release
+        assert torch.equal(registry.get_view(release).forward(x), registry.get_view(ours).forward(x)), release
     # rotate_cw turns clockwise: the top-left pixel goes to the top-right corner
     img = torch.zeros(1, 1, 4, 4)
     img[..., 0, 0] = 1
-    assert plugins.get_view("rotate_cw").forward(img)[0, 0, 0, 3] == 1
-    assert plugins.get_view("negate").forward(x).neg().equal(x)
+    assert registry.get_view("rotate_cw").forward(img)[0, 0, 0, 3] == 1
+    assert registry.get_view("negate").forward(x).neg().equal(x)
 
 
 def test_skew_by_hand():
     """4x4, factor 1: shifts int(i - 2) = -2, -1, 0, 1 for columns 0..3, each column rolled down, wrapping."""
     x = torch.arange(16.0).reshape(1, 1, 4, 4)
-    got = plugins.get_view("skew:factor=1").forward(x)[0, 0]
+    got = registry.get_view("skew:factor=1").forward(x)[0, 0]
     want = torch.tensor([[8, 5, 2, 15], [12, 9, 6, 3], [0, 13, 10, 7], [4, 1, 14, 11]], dtype=x.dtype)
     assert torch.equal(got, want)
     # the default factor 1.5: column 0 of a 64-pixel image moves int(1.5 * -32) = -48 rows, column 63 46
@@ -95,7 +95,7 @@ def test_the_old_square_patch_view_is_patch_permute_4():
     from diffkit.views import _patches, patch_permutation
 
     x = torch.randn(1, 3, 28, 28)
-    assert torch.equal(plugins.get_view("patch_permute:4").forward(x), _patches(x, 4, patch_permutation(4, 0)))
+    assert torch.equal(registry.get_view("patch_permute:4").forward(x), _patches(x, 4, patch_permutation(4, 0)))
 
 
 def _components(mask: torch.Tensor) -> int:
@@ -159,7 +159,7 @@ def test_the_jigsaw_moves_rigid_connected_pieces_that_tile_the_image(n, seed):
 
 def test_the_jigsaw_refuses_a_side_not_divisible_by_4():
     with pytest.raises(ValueError, match="divisible by 4"):
-        plugins.get_view("jigsaw").forward(torch.zeros(1, 1, 30, 30))
+        registry.get_view("jigsaw").forward(torch.zeros(1, 1, 30, 30))
 
 
 def test_a_permutation_from_a_file_is_that_permutation_and_bad_files_are_refused(tmp_path):
@@ -170,14 +170,14 @@ def test_a_permutation_from_a_file_is_that_permutation_and_bad_files_are_refused
     x = torch.randn(1, 1, 28, 28)
     want = x.flatten()[perm].reshape(x.shape)
     for f in ("p.npy", "p.txt", "p.pt"):
-        assert torch.equal(plugins.get_view(f'permute:file={tmp_path / f}').forward(x), want), f
+        assert torch.equal(registry.get_view(f'permute:file={tmp_path / f}').forward(x), want), f
     bad = perm.clone()
     bad[0] = bad[1]
     np.save(tmp_path / "dup.npy", bad.numpy())
     np.save(tmp_path / "odd.npy", np.arange(10))
     for f, text in [("dup.npy", "not a permutation"), ("odd.npy", "h*h integers"), ("none.npy", "not found")]:
         with pytest.raises(ValueError, match=text):
-            plugins.get_view(f"permute:file={tmp_path / f}")
+            registry.get_view(f"permute:file={tmp_path / f}")
     r = runner.invoke(app, ["sample", "--class", "3", "--steps", "2", "--hook",
                             f'anagram:5,view="permute:file={tmp_path / "dup.npy"}"', "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "not a permutation" in r.output and not (tmp_path / "o").exists(), r.output
@@ -207,9 +207,9 @@ def test_three_view_anagrams_record_every_views_arguments(tmp_path):
     hooks = json.loads((tmp_path / "o" / "run.json").read_text())["request"]["hooks"]
     assert hooks[0]["args"]["view"] == ["patch_permute:num_patches=7,seed=4", "rotate_cw"]
     # the recorded spec makes the same view again
-    again = plugins.technique_from("anagram", hooks[0]["args"])
+    again = registry.technique_from("anagram", hooks[0]["args"])
     x = torch.randn(1, 1, 28, 28)
-    assert torch.equal(again.views[0].forward(x), plugins.get_view("patch_permute:7,seed=4").forward(x))
+    assert torch.equal(again.views[0].forward(x), registry.get_view("patch_permute:7,seed=4").forward(x))
 
 
 def test_alternate_makes_one_model_call_a_step_taking_the_branches_in_turn(counting):

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from diffkit import schedule
 from diffkit.backends.base import Backend, BackendError
-from diffkit.fixed_calls import in_fixed_chunks
+from diffkit.fixed_rows import in_fixed_chunks
 from diffkit.mnist import checkpoint
 from diffkit.schedule import StepConfig
 

@@ -84,7 +84,7 @@ def _one_thread() -> Iterator[None]:
 @torch.inference_mode()
 def features(model: Classifier, x: Tensor) -> Tensor:
     """Features ``[N x 128]`` (float64), in fixed 16-row calls on one thread (see :func:`judge`)."""
-    from diffkit.fixed_calls import in_fixed_chunks
+    from diffkit.fixed_rows import in_fixed_chunks
 
     return in_fixed_chunks(model.features, 16, x).double()
 
@@ -131,7 +131,7 @@ def judge(classifier: Classifier, images: Tensor) -> tuple[Tensor, Tensor]:
     not depend on the batch it came in nor on the threads: a run split into batches or over processes is
     judged identically.
     """
-    from diffkit.fixed_calls import in_fixed_chunks
+    from diffkit.fixed_rows import in_fixed_chunks
 
     def both(x: Tensor) -> Tensor:
         f = classifier.features(x)

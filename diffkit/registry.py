@@ -15,7 +15,7 @@ import pluggy
 from diffkit import hookspecs
 from diffkit.errors import RunFailure, UserError
 from diffkit.backends.base import BackendInfo
-from diffkit.spec import SpecError, bind, keyed, parse
+from diffkit.syntax import SpecError, bind, keyed, parse
 from diffkit.technique import Technique
 
 GROUP = "diffkit"
@@ -297,7 +297,7 @@ def check_together(techniques: list[Technique]) -> None:
 RUN_HOOKS = ("diffkit_initial_state", "diffkit_after_step", "diffkit_observe")
 
 
-class Relay:
+class RunHooks:
     """One run's hooks: its own pluggy ``PluginManager`` (as pytest keeps one per config) holding this
     run's techniques, first given first, after the installed plugin modules that implement a run hook
     themselves (an installed observer). Nothing is registered process-wide, so runs interleaved in one
