@@ -26,7 +26,6 @@ from diffkit.errors import OutputInTheWay, RunFailure, UserError  # noqa: F401 -
 from diffkit.request import RequestError, RunRequest  # noqa: F401 - api names
 from diffkit.rules import RuleError, Stepper, StepRule, timesteps_for  # noqa: F401 - api names
 from diffkit.sampler import Sampler
-from diffkit.syntax import parse
 from diffkit.state import Context, StepState
 from diffkit.technique import Technique
 

@@ -947,7 +947,6 @@ def denoise(
     be = _study_backend(backend, options)
     ts = _timesteps_in(be, t)
     img = _load_study_image(be, image)
-    xs = studies.noisy_images(be, img, ts, seed)
     studies.denoise_figure(be, img, ts, methods, prompt, stride, seed, out, str(image))
     console.print(f"wrote {out}")
 

@@ -113,7 +113,7 @@ def check_view(view: View, size: int = 16) -> None:
         raise ValueError(f"view {view.name!r}: unpermute does not undo permute")
 
 
-def _square(f: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+def square_only(f: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     def g(x: Tensor) -> Tensor:
         if x.shape[-1] != x.shape[-2]:
             raise SizeError(f"this view needs square images, got {tuple(x.shape[-2:])}")
@@ -167,7 +167,7 @@ def from_index(name: str, index: Callable[[int, int], Tensor], help: str = "") -
     return View(name, lambda x: _gather(x, both(*x.shape[-2:])[0]), lambda x: _gather(x, both(*x.shape[-2:])[1]), help)
 
 
-def _need_square(name: str, h: int, w: int) -> None:
+def need_square(name: str, h: int, w: int) -> None:
     if h != w:
         raise SizeError(f"view {name!r} needs square images, got {h}x{w}")
 

@@ -5,7 +5,6 @@ pieces travel and turn into place; a view without one has its pixels travel)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import torch
@@ -14,7 +13,7 @@ from torch import Tensor
 from diffkit.hookspecs import hookimpl
 from diffkit.motion import on_white, reflect, rotation, turn, warp
 from diffkit.params import REQUIRED, Param
-from diffkit.views import (SizeError, View, ViewKind, _need_square, _square, from_index, patch_index,
+from diffkit.views import (SizeError, View, ViewKind, need_square, square_only, from_index, patch_index,
                            patch_permutation, permutation_from_file)
 
 
@@ -30,7 +29,7 @@ def skew_index(h: int, w: int, factor: float = 1.5) -> Tensor:
 
 def inner_circle_index(h: int, w: int) -> Tensor:
     """The disc of radius 3/8 of the side (24 px at 64, 96 at 256) turned 180 degrees; the rest fixed."""
-    _need_square("inner_circle", h, w)
+    need_square("inner_circle", h, w)
     r = h * 3 // 8
     c = torch.arange(h) - h // 2 + 0.5  # pixel centres about the image centre, as the release places them
     y, x = torch.meshgrid(c, c, indexing="ij")
@@ -42,7 +41,7 @@ def inner_circle_index(h: int, w: int) -> Tensor:
 def square_hinge_index(h: int, w: int) -> Tensor:
     """A 3x3 grid of squares of side ``h // 3``, each turned 90 degrees, the directions alternating as a
     checkerboard; leftover pixels (beyond 3 squares) fixed."""
-    _need_square("square_hinge", h, w)
+    need_square("square_hinge", h, w)
     s = h // 3
     idx = torch.arange(h * w).reshape(h, w)
     for i in range(3):
@@ -141,7 +140,7 @@ def jigsaw_moves(seed: int) -> dict[int, tuple[int, int, int]]:
 def jigsaw_index(h: int, w: int, seed: int = 0) -> Tensor:
     """Every pixel moved with its piece: turned about the image centre, then (an edge piece whose side
     exchanges its slots) shifted along the side by one cell."""
-    _need_square("jigsaw", h, w)
+    need_square("jigsaw", h, w)
     labels = jigsaw_labels(h)
     s = h // 4
     moves = jigsaw_moves(seed)
@@ -264,8 +263,8 @@ KINDS: list[ViewKind] = [
 ]
 
 _FLIP_V = (lambda x: x.flip(-2), lambda x: x.flip(-2))
-_ROT_CCW = (_square(lambda x: x.rot90(1, (-2, -1))), lambda x: x.rot90(-1, (-2, -1)))
-_ROT_CW = (_square(lambda x: x.rot90(-1, (-2, -1))), lambda x: x.rot90(1, (-2, -1)))
+_ROT_CCW = (square_only(lambda x: x.rot90(1, (-2, -1))), lambda x: x.rot90(-1, (-2, -1)))
+_ROT_CW = (square_only(lambda x: x.rot90(-1, (-2, -1))), lambda x: x.rot90(1, (-2, -1)))
 _ROT_180 = (lambda x: x.rot90(2, (-2, -1)), lambda x: x.rot90(-2, (-2, -1)))
 def _turning(deg: float):
     return lambda img, t: turn(img, deg * t)
@@ -289,7 +288,7 @@ BUILTIN: list[View | ViewKind] = [
     View("rotate_cw", *_ROT_CW, "rotate 90 degrees clockwise (the release's name for rot270)", motion=_turning(-90)),
     View("negate", help="negative (x -> -x; meant for zero-centred backends such as IF)", negate=True,
          motion=lambda img, t: (1 - t) * img + t * (1 - img)),  # a cross-fade to the negative
-    View("transpose", _square(lambda x: x.transpose(-1, -2)), lambda x: x.transpose(-1, -2), "swap rows and columns",
+    View("transpose", square_only(lambda x: x.transpose(-1, -2)), lambda x: x.transpose(-1, -2), "swap rows and columns",
          motion=_flipping(45)),
     replace(from_index("inner_circle", inner_circle_index, "the central disc (radius 3/8 of the side) turned 180 "
                        "degrees"), motion=_circle_motion),
