@@ -115,10 +115,10 @@ def command(backend: str, options: dict[str, Any], labels: dict[str, list[str]],
     for p in labels.get("prompts", []):
         args += ["--prompt", p]
     for h in hooks:
-        args += ["--hook", h]
+        args += ["--technique", h]
     args += ["--seed", str(seed), "--num", str(num)]
     if sampler:
-        args += ["--sampler", sampler]
+        args += ["--rule", sampler]
     if steps:
         args += ["--steps", str(steps)]
     args += ["--out", str(out)]
@@ -180,8 +180,6 @@ def run_page(settings: Settings, session: Path, backend: str, options: dict[str,
     options = {k: v for k, v in options.items()
                if k in declared and v not in (None, "") and not (declared[k].default == v)}
     labels = labels_of(labels_text, info.label_kind)
-    n = max(1, len(next(iter(labels.values()), [None]))) * int(num)
-    _check_size(settings, n, len(next(iter(labels.values()), [None])), int(num))
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{uuid.uuid4().hex[:4]}"
     folder = settings.out / f"run-{stamp}"
     try:
@@ -235,6 +233,7 @@ def _run(settings: Settings, session: Path, backend: str, options: dict[str, Any
         request = api.RunRequest.of(backend, hooks=hooks, seed=int(seed), num=int(num),
                                     steps=int(steps) if steps else None, sampler=sampler or None,
                                     backend_options=options, batch_size=BATCH, **labels)
+        _check_size(settings, request.n, len(request.labels), request.num)  # before the model loads
         job = api.FolderRun(folder, request)
     except UserError as e:
         raise PageError(str(e)) from None
@@ -294,8 +293,8 @@ def resume_page(settings: Settings, name: str, progress: Any = None) -> Iterator
     folder = settings.out / name
     try:
         saved = json.loads((partial_dir(folder) / "request.json").read_text())
-        labels = saved["request"]["labels"]
-        _check_size(settings, int(saved["num_samples"]), len(labels), int(saved["request"]["num"]))
+        request = api.RunRequest.from_json(saved["request"])
+        _check_size(settings, request.n, len(request.labels), request.num)  # before the model loads
         job = api.FolderRun.resume_from(folder)
     except UserError as e:
         raise PageError(str(e)) from None

@@ -134,7 +134,7 @@ def test_mnist_class_3_with_cfg_5_equals_the_shown_command(page, server, tmp_pat
     add_technique(page, "cfg")
     set_number(page, "p0-scale", 5)
     cmd = run_and_wait(page, 4)
-    assert "--hook cfg:scale=5" in cmd and "--class 3" in cmd and "--num 4" in cmd, cmd
+    assert "--technique cfg:scale=5" in cmd and "--class 3" in cmd and "--num 4" in cmd, cmd
     ui_out = ui_folder(page)
     assert ui_out.parent == server.out and (ui_out / "run.json").is_file() and Path(f"{ui_out}.zip").is_file()
     cli_out = run_command(cmd, tmp_path)
@@ -175,7 +175,7 @@ def test_a_painted_mask_inpaints_and_keeps_the_rest(page, server, tmp_path):
     set_number(page, "num", 1)
     set_number(page, "steps", 20)
     cmd = run_and_wait(page, 1)
-    assert "--hook inpaint:" in cmd
+    assert "--technique inpaint:" in cmd
     ui_out = ui_folder(page)
     mask = next((ui_out / "inputs").glob("mask-*.png"))
     m = Image.open(mask).convert("L")
@@ -256,7 +256,7 @@ def test_the_sketch_pad_draws_sdedits_image(page, server):
     set_number(page, "steps", 10)
     set_number(page, "p0-i_start", 5)
     cmd = run_and_wait(page, 1)
-    assert "--hook sdedit:" in cmd and "i_start=5" in cmd, cmd
+    assert "--technique sdedit:" in cmd and "i_start=5" in cmd, cmd
     ui_out = ui_folder(page)
     drawn = Image.open(next((ui_out / "inputs").glob("image-*.png"))).convert("L")
     w, h = drawn.size
@@ -305,7 +305,7 @@ def test_the_stack_reorders_and_removes_and_the_command_follows(page):
     set_number(page, "num", 1)
     set_number(page, "steps", 5)
     cmd = run_and_wait(page, 1)
-    assert cmd.index("--hook anagram:prompt=7") < cmd.index("--hook cfg"), cmd
+    assert cmd.index("--technique anagram:prompt=7") < cmd.index("--technique cfg"), cmd
     page.click("#remove-0")
     page.wait_for_function("document.querySelectorAll('[id^=title-]').length == 1")
     assert titles() == ["1. cfg"]

@@ -78,7 +78,7 @@ def test_a_run_writes_its_folder_zip_and_command(tmp_path):
     folder = Path(status.split(" samples in ", 1)[1])
     assert cmd.split("--out ")[1].strip() == folder.name  # the command writes the same run where it is run
     assert status.startswith("done: 2 samples") and len(gallery) == 2 and Path(archive).is_file()
-    assert (folder / "command.txt").read_text().strip() == cmd and "--hook cfg:scale=3" in cmd
+    assert (folder / "command.txt").read_text().strip() == cmd and "--technique cfg:scale=3" in cmd
     assert [s[0] for s in steps[:-1]][0].startswith("sampling 2 samples")
 
 
