@@ -182,7 +182,7 @@ def _hooks(run: dict[str, Any], path: Path) -> list[Any]:
         try:
             out.append(registry.technique_from(h["name"], h["args"]))
         except UserError as e:
-            raise DamagedFolder(f"{path}: its {h['name']} hook cannot be made again: {e}") from None
+            raise DamagedFolder(f"{path}: its {h['name']} technique cannot be made again: {e}") from None
     return out
 
 
@@ -261,7 +261,7 @@ def plan(folder: str | Path, *, overwrite: bool = False, mp4: bool = True) -> Pl
     jobs = read_jobs(folder)
     if not any(j.names for j in jobs):
         animated = sorted(n for n, cls in registry.techniques().items() if getattr(cls, "animates", False))
-        raise UserError(f"{folder}: its run has no hook that animates ({', '.join(animated)}): nothing to animate")
+        raise UserError(f"{folder}: its run has no technique that animates ({', '.join(animated)}): nothing to animate")
     if not overwrite:
         there = [f"{j.path.stem}.{n}.gif" for j in jobs for n in j.names if (folder / f"{j.path.stem}.{n}.gif").exists()]
         if there:

@@ -112,7 +112,7 @@ class Run:
         self.request = request
         for tech in request.techniques:
             if not tech.supports(self.backend.name):
-                raise UserError(f"hook {tech.name!r} does not support backend {self.backend.name!r} "
+                raise UserError(f"technique {tech.name!r} does not support backend {self.backend.name!r} "
                                  f"(it supports: {', '.join(tech.backends)})")
         self.labels, self.seeds = request.sample_labels(), request.seeds()
         stepper = self.plan(self.backend, request.steps, request.timesteps)
@@ -160,7 +160,7 @@ class Run:
         except RuleError:
             raise
         except ValueError as e:
-            raise RuleError(f"sampler {self.rule.name!r}: {e}") from None
+            raise RuleError(f"rule {self.rule.name!r}: {e}") from None
 
     def _stage_plan(self, backend: Backend) -> Stepper:
         """A later stage's walk: its own recipe's, else the run's rule and steps (or ``timesteps2``)."""
@@ -516,7 +516,7 @@ def sweep_runs(name: str, values: Sequence[str], request: RunRequest | str | Bac
     rule_cls = type(base.rule) if base.rule is not None else registry.samplers().get(registry.DEFAULT_SAMPLER)
     in_rule = swept is None and rule_cls is not None and any(p.name == name for p in rule_cls.params)
     if swept is None and not in_rule and name not in SWEEP_RUN_ARGS:
-        raise UserError(f"sweep {name}: no hook or sampler has a parameter {name!r}, and it is not "
+        raise UserError(f"sweep {name}: no technique or rule has a parameter {name!r}, and it is not "
                         f"{', '.join(SWEEP_RUN_ARGS)}")
     runs = []
     for value in values:

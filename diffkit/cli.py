@@ -376,7 +376,7 @@ def sample(
     save_every: int = Int(0, lo=0, hi=100_000, help="Also save every K-th step's x0 estimate as frames and a GIF "
                                                     "(0: none)."),
     max_batch: Optional[int] = Int(None, lo=1, hi=1_000_000, help="Split the step's model call above this many rows."),
-    max_branches: Optional[int] = Int(None, lo=1, hi=2**30, help="Allow the hooks to build up to this many branches a "
+    max_branches: Optional[int] = Int(None, lo=1, hi=2**30, help="Allow the techniques to build up to this many branches a "
                                       "sample at each evaluation (default 1024: more is refused, naming the count)."),
     sweep: Optional[str] = typer.Option(None, help="NAME=v1,v2,...: one run per value of a technique or rule parameter "
                                                    "(or steps, sampler, i_start, seed); writes NAME-v/ folders "
@@ -417,7 +417,7 @@ def sample(
         from diffkit import registry
 
         animated = sorted(n for n, cls in registry.techniques().items() if cls.animates)
-        fail(f"--animate animates the hooks that declare clips ({', '.join(animated)}), and this run has none", 2)
+        fail(f"--animate animates the techniques that declare clips ({', '.join(animated)}), and this run has none", 2)
     if sweep:
         for flag, given in (("--batch-size", batch_size), ("--resume", resume), ("torchrun", dist.launched())):
             if given:
@@ -813,7 +813,7 @@ def eval_mnist(
                                      "--checkpoint is a folder or a shipped name: mnist-class, mnist-h64 ...)."),
     classifier: Optional[Path] = typer.Option(None, help="Classifier folder (default: the shipped one)."),
     num: int = Int(50, "--num", "-n", lo=1, hi=10_000, help="Samples per class."),
-    cfg: float = Float(5.0, lo=-100.0, hi=100.0, help="CFG scale of the samples (when no --hook is given)."),
+    cfg: float = Float(5.0, lo=-100.0, hi=100.0, help="CFG scale of the samples (when no --technique is given)."),
     technique: Optional[list[str]] = typer.Option(None, "--technique", "--hook", "-H", help="Techniques to sample with, as in "
                                              "`diffkit sample` (repeatable; replaces --cfg)."),
     rule: Optional[str] = typer.Option(None, "--rule", "--sampler", "-s", help="Step rule NAME[:ARGS], as in `diffkit sample` "

@@ -109,7 +109,7 @@ def wrap(combiner: Combiner, inner: Denoiser, eps_channels: int) -> Denoiser:
     """
     rule = combiner.extra_channels
     if rule not in ("mean", "first"):
-        raise PluginError(f"hook {combiner.name!r}: extra_channels must be 'mean' or 'first', not {rule!r}")
+        raise PluginError(f"technique {combiner.name!r}: extra_channels must be 'mean' or 'first', not {rule!r}")
     k = eps_channels
 
     def denoise(queries: list[Query]) -> list[Tensor]:
@@ -137,13 +137,13 @@ def _unview_pixels(combiner: Combiner, query: Query, branch: Query, extra: Tenso
 
     added = branch.view[len(query.view):]
     if branch.view[: len(query.view)] != query.view:
-        raise PluginError(f"hook {combiner.name!r}: expand must keep the query's views {query.view} and add "
+        raise PluginError(f"technique {combiner.name!r}: expand must keep the query's views {query.view} and add "
                           f"to them, got {branch.view}")
     for name in reversed(added):
         try:
             extra = get_view(name).unpermute(extra)
         except LookupError:
-            raise PluginError(f"hook {combiner.name!r}: a branch names view {name!r}, which no plugin declares "
+            raise PluginError(f"technique {combiner.name!r}: a branch names view {name!r}, which no plugin declares "
                               "(register it with diffkit_views, so its estimate can be mapped back)") from None
     return extra
 
@@ -153,7 +153,7 @@ def _blame(combiner: Combiner, method: str) -> Iterator[None]:
     try:
         yield
     except Exception as e:
-        raise PluginError(f"hook {combiner.name!r} failed in {method}: {type(e).__name__}: {e}") from e
+        raise PluginError(f"technique {combiner.name!r} failed in {method}: {type(e).__name__}: {e}") from e
 
 
 def compose(combiners: list[Combiner], inner: Denoiser, eps_channels: int) -> Denoiser:

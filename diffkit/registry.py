@@ -27,7 +27,7 @@ class PluginError(RunFailure):
 
 
 class UnknownName(UserError, LookupError):
-    """An unknown hook, view or backend; the message lists what is installed."""
+    """An unknown technique, step rule, view or backend; the message lists what is installed."""
 
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
@@ -67,7 +67,7 @@ def check_pending(pm: pluggy.PluginManager) -> None:
     except pluggy.PluginValidationError as e:
         declared = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith(f"{GROUP}_")))
         name = pm.get_name(e.plugin) or repr(e.plugin)
-        who = name if name.startswith("hook ") else f"plugin {name!r}"
+        who = name if name.startswith("technique ") else f"plugin {name!r}"
         raise PluginError(f"{who} implements a hook diffkit does not declare, which would never be called "
                           f"({e}); the hooks are: {declared}") from None
 
@@ -136,7 +136,7 @@ def backends() -> dict[str, BackendInfo]:
 @functools.lru_cache(maxsize=None)
 def samplers() -> dict[str, Any]:
     """Every installed sampler (step rule class) by name."""
-    return _collect("diffkit_samplers", "sampler")
+    return _collect("diffkit_samplers", "rule")
 
 
 def get_view(spec: str) -> Any:
@@ -200,12 +200,12 @@ def technique_from(name: str, args: dict[str, Any]) -> Technique:
     for p in cls.params:
         if p.name not in kwargs:
             if p.required:
-                raise SpecError(f"hook {name!r}: missing required parameter {p.name!r} ({p.help})")
+                raise SpecError(f"technique {name!r}: missing required parameter {p.name!r} ({p.help})")
             kwargs[p.name] = list(p.default) if p.multiple else p.default
     return _build(cls, kwargs)
 
 
-def read_args(cls: Any, values: dict[str, Any], what: str = "hook") -> dict[str, Any]:
+def read_args(cls: Any, values: dict[str, Any], what: str = "technique") -> dict[str, Any]:
     """Values (typed, or text) for ``cls``'s declared params, each read and checked by its ``Param``."""
     params = {p.name: p for p in cls.params}
     out = {}
@@ -225,7 +225,7 @@ def read_args(cls: Any, values: dict[str, Any], what: str = "hook") -> dict[str,
 def _technique_class(name: str) -> type[Technique]:
     table = techniques()
     if name not in table:
-        raise UnknownName(f"unknown hook {name!r}; available: {', '.join(sorted(table))}")
+        raise UnknownName(f"unknown technique {name!r}; available: {', '.join(sorted(table))}")
     return table[name]
 
 
@@ -235,7 +235,7 @@ def _build(cls: type[Technique], kwargs: dict[str, Any]) -> Technique:
     except (SpecError, UnknownName):
         raise
     except (ValueError, TypeError, FileNotFoundError) as e:
-        raise SpecError(f"hook {cls.name!r}: {e}") from e
+        raise SpecError(f"technique {cls.name!r}: {e}") from e
 
 
 DEFAULT_SAMPLER = "ddpm"
@@ -252,7 +252,7 @@ def make_sampler(spec: str | None = None, **overrides: Any) -> Any:
     name, args = parse(spec or DEFAULT_SAMPLER)
     table = samplers()
     if name not in table:
-        raise UnknownName(f"unknown sampler {name!r}; available: {', '.join(sorted(table))}")
+        raise UnknownName(f"unknown rule {name!r}; available: {', '.join(sorted(table))}")
     cls = table[name]
     config = {}
     if name == "diffusers":
@@ -261,10 +261,10 @@ def make_sampler(spec: str | None = None, **overrides: Any) -> Any:
             try:
                 config[key] = literal(text)
             except ValueError as e:
-                raise SpecError(f"sampler 'diffusers': {key}: {e}") from None
+                raise SpecError(f"rule 'diffusers': {key}: {e}") from None
         args = [a for a in args if a[0] is None or a[0] in declared]
-    kwargs = bind(cls, [a for a in keyed(cls, args) if a[0] not in overrides], "sampler")
-    kwargs.update(read_args(cls, overrides, "sampler"))
+    kwargs = bind(cls, [a for a in keyed(cls, args) if a[0] not in overrides], "rule")
+    kwargs.update(read_args(cls, overrides, "rule"))
     if config:
         kwargs["config"] = config
     try:
@@ -272,7 +272,7 @@ def make_sampler(spec: str | None = None, **overrides: Any) -> Any:
     except (SpecError, UnknownName):
         raise
     except (RuleError, ValueError, TypeError) as e:
-        raise SpecError(f"sampler {name!r}: {e}" if not str(e).startswith("sampler") else str(e)) from e
+        raise SpecError(f"rule {name!r}: {e}" if not str(e).startswith("rule") else str(e)) from e
 
 
 def check_together(techniques: list[Technique]) -> None:
@@ -282,14 +282,14 @@ def check_together(techniques: list[Technique]) -> None:
     pm = pluggy.PluginManager(GROUP)  # the techniques' own hook implementations, each matched to a spec
     pm.add_hookspecs(hookspecs)
     for k, tech in enumerate(techniques):
-        pm.register(tech, name=f"hook {tech.name!r}" + (f" (the {k + 1}th)" if k else ""))
+        pm.register(tech, name=f"technique {tech.name!r}" + (f" (the {k + 1}th)" if k else ""))
     check_pending(pm)
     for hook, caller in vars(manager().hook).items():
         if caller.spec is None or not caller.spec.opts.get("firstresult"):
             continue
         who = [t.name for t in techniques if hasattr(getattr(t, hook, None), f"{GROUP}_impl")]
         if len(who) > 1:
-            both = f"two {who[0]!r} hooks" if who[0] == who[1] else f"hooks {who[0]!r} and {who[1]!r}"
+            both = f"two {who[0]!r} techniques" if who[0] == who[1] else f"techniques {who[0]!r} and {who[1]!r}"
             raise SpecError(f"{both} both implement {hook}, where only the first answer counts: the second "
                             f"would be ignored; use one of them")
 
@@ -318,7 +318,7 @@ class RunHooks:
         for tech in techniques:
             counts[tech.name] = counts.get(tech.name, 0) + 1
         for k, tech in reversed(list(enumerate(techniques))):  # pluggy calls the last registered first
-            pm.register(tech, name=f"hook:{tech.name}" + (f"#{k}" if counts[tech.name] > 1 else ""))
+            pm.register(tech, name=f"technique:{tech.name}" + (f"#{k}" if counts[tech.name] > 1 else ""))
         for h in RUN_HOOKS:
             for impl in getattr(pm.hook, h).get_hookimpls():
                 if not (impl.wrapper or impl.hookwrapper):
@@ -339,5 +339,6 @@ def _naming(function: Any, name: str, hook: str) -> Any:
         try:
             return function(*args, **kwargs)
         except Exception as e:
-            raise PluginError(f"hook {name!r} failed in {hook}: {type(e).__name__}: {e}") from e
+            who = f"technique {name.split(':', 1)[1]!r}" if name.startswith("technique:") else f"plugin {name!r}"
+            raise PluginError(f"{who} failed in {hook}: {type(e).__name__}: {e}") from e
     return named

@@ -344,7 +344,7 @@ class DiffusersRule(StepRule):
     def plan(self, backend: Any, steps: int | None = None, timesteps: Sequence[int] | None = None,
              stride: int | None = None) -> Stepper:
         cls = scheduler_class(self.scheduler)
-        what = f"sampler {self.name!r}"
+        what = f"rule {self.name!r}"
         if timesteps:
             if "timesteps" not in inspect.signature(cls.set_timesteps).parameters:
                 raise RuleError(f"{what} spaces its own timesteps ({self.scheduler} takes no explicit list): "
@@ -393,7 +393,7 @@ class Generic(DiffusersRule):
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
         unknown = sorted(set(args.get("config", {})) - accepted)
         if unknown:
-            raise RuleError(f"sampler 'diffusers': {self.scheduler} has no config entry "
+            raise RuleError(f"rule 'diffusers': {self.scheduler} has no config entry "
                             f"{', '.join(map(repr, unknown))} (it has: {', '.join(sorted(accepted))})")
 
     def overrides(self) -> dict[str, Any]:

@@ -59,9 +59,9 @@ class Sampler:
             try:
                 tech.setup(ctx)
             except (ValueError, LookupError, OSError) as e:
-                raise SpecError(f"hook {tech.name!r}: {e}") from e
+                raise SpecError(f"technique {tech.name!r}: {e}") from e
             except Exception as e:
-                raise registry.PluginError(f"hook {tech.name!r} failed in setup: {type(e).__name__}: {e}") from e
+                raise registry.PluginError(f"technique {tech.name!r} failed in setup: {type(e).__name__}: {e}") from e
         self.check_branches(ctx)
         ctx.extra["_setup_done"] = True
 
@@ -92,10 +92,10 @@ class Sampler:
             from diffkit.errors import UserError
 
             names = [t.name for t in self.techniques if isinstance(t, Combiner)]
-            said = f"{len(names)} {names[0]} hooks" if len(set(names)) == 1 else f"the hooks {' x '.join(names)}"
+            said = f"{len(names)} {names[0]} techniques" if len(set(names)) == 1 else f"the techniques {' x '.join(names)}"
             raise UserError(f"{said} make {n} branches a sample at every evaluation, over the bound of "
                             f"{self.max_branches}: each evaluation would build and combine {n} x {ctx.n} estimates. "
-                            f"Use fewer nested hooks, or pass --max-branches {n} (api: max_branches={n}) to run it "
+                            f"Use fewer nested techniques, or pass --max-branches {n} (api: max_branches={n}) to run it "
                             "anyway")
 
     def run(self, ctx: Context) -> Iterator[StepState]:

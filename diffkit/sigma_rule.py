@@ -59,7 +59,7 @@ class SigmaStepper(Stepper):
         def denoise(xk: Tensor, s: float) -> Tensor:
             t = self._t_of.get(float(s))
             if t is None:
-                raise RuleError(f"sampler {self.fn.__name__!r} asked for the estimate at sigma {float(s):g}, which is "
+                raise RuleError(f"rule {self.fn.__name__!r} asked for the estimate at sigma {float(s):g}, which is "
                                 "not one of the walk's noise levels (each step's sigma and sigma_next)")
             abar = 1.0 / (1.0 + float(s) ** 2)
             eps = evaluate(xk * math.sqrt(abar), t)[:, : xk.shape[1]]  # noise channels only
@@ -70,7 +70,7 @@ class SigmaStepper(Stepper):
         extra = {"noise": lambda: ctx.randn()} if self.wants_noise else {}
         x_next = self.fn(x / math.sqrt(self.abars[i]), sigma, sigma_next, denoise, **extra, **self.args)
         if not seen:
-            raise RuleError(f"sampler {self.fn.__name__!r} made a step without calling denoise")
+            raise RuleError(f"rule {self.fn.__name__!r} made a step without calling denoise")
         x0, eps = seen[0]  # the estimate at this step's own noise level
         return StepOutput(x_next * math.sqrt(self.abars[i + 1]), x0, eps)
 

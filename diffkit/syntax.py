@@ -60,14 +60,14 @@ def parse(spec: str) -> tuple[str, list[tuple[str | None, str]]]:
     name, _, rest = spec.partition(":")
     name = name.strip()
     if not name:
-        raise SpecError(f"hook spec {spec!r} has no name (expected name or name:ARGS)")
+        raise SpecError(f"spec {spec!r} has no name (expected name or name:ARGS)")
     try:
         return name, split_args(rest)
     except SpecError as e:
-        raise SpecError(f"hook {name!r}: {e}") from None
+        raise SpecError(f"technique {name!r}: {e}") from None
 
 
-def bind(cls: type[Technique], args: list[tuple[str | None, str]], what: str = "hook") -> dict[str, Any]:
+def bind(cls: type[Technique], args: list[tuple[str | None, str]], what: str = "technique") -> dict[str, Any]:
     """Match parsed args to the technique's (or sampler's) params, converting types; errors name it and the parameter."""
     params = {p.name: p for p in cls.params}
     out: dict[str, Any] = {}

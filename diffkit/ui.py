@@ -217,14 +217,14 @@ def _run(settings: Settings, session: Path, backend: str, options: dict[str, Any
             if p.kind in ("image", "sketch", "mask") and values.get(p.name):
                 src = Path(values[p.name])
                 if session not in src.parents:  # only files this session uploaded or drew
-                    raise PageError(f"hook {item['name']!r}: {p.name} must be uploaded or drawn on the page")
+                    raise PageError(f"technique {item['name']!r}: {p.name} must be uploaded or drawn on the page")
                 inputs.mkdir(parents=True, exist_ok=True)
                 dst = inputs / src.name
                 shutil.copyfile(src, dst)
                 values[p.name] = str(dst)
             if p.kind == "path" and values.get(p.name) not in (None, "", *settings.choices.get(
                     f"{item['name']}.{p.name}", [])):
-                raise PageError(f"hook {item['name']!r}: {p.name} {values[p.name]!r} is not one this server offers")
+                raise PageError(f"technique {item['name']!r}: {p.name} {values[p.name]!r} is not one this server offers")
         hooks.append(hook_spec(item["name"], values))
     cmd = command(backend, options, labels, hooks, seed, num, steps, sampler, Path(folder.name))
     try:

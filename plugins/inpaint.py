@@ -37,7 +37,7 @@ class Inpaint(Projector):
     def setup(self, ctx: Context) -> None:
         if self.args["resample"] > 1 and not ctx.stepper.can_redo:
             raise ValueError(f"resample={self.args['resample']} (RePaint) steps again from re-noised states, which "
-                             "needs a sampler without a history: ddpm or ddim (this one keeps a position or "
+                             "needs a step rule without a history: ddpm or ddim (this one keeps a position or "
                              "earlier estimates); use resample=1 with it")
         image, mask = self.args["image"], self.args["mask"]
         if not isinstance(mask, Tensor) and not isinstance(image, Tensor):

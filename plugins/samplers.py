@@ -82,8 +82,8 @@ class Own(DiffusersRule):
              stride: int | None = None) -> Stepper:
         config = backend.scheduler_config or {}
         if not config.get("_class_name"):
-            raise RuleError(f"sampler 'own': backend {backend.name!r} ships no scheduler of its own; give "
-                            "--sampler (see `diffkit samplers`)")
+            raise RuleError(f"rule 'own': backend {backend.name!r} ships no scheduler of its own; give "
+                            "--rule (see `diffkit rules`)")
         self.scheduler = config["_class_name"]
         return super().plan(backend, steps, timesteps, stride)
 

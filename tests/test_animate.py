@@ -139,4 +139,4 @@ def test_overwriting_a_run_removes_its_earlier_views(tmp_path):
 def test_animate_on_a_run_without_illusions_is_refused_before_sampling(tmp_path):
     r = runner.invoke(app, ["sample", "--class", "3", "--steps", "2", "--hook", "cfg:2", "--animate",
                             "--out", str(tmp_path / "o")])
-    assert r.exit_code == 2 and "--animate animates the hooks that declare clips (anagram, factorize, hybrid)" in r.output and not (tmp_path / "o").exists()
+    assert r.exit_code == 2 and "--animate animates the techniques that declare clips (anagram, factorize, hybrid)" in r.output and not (tmp_path / "o").exists()

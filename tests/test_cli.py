@@ -86,8 +86,8 @@ def test_save_every_writes_frames_and_gif(tmp_path):
 
 @pytest.mark.parametrize("args,code,text", [
     (["--backend", "nope"], 2, f"unknown backend 'nope'; available: {', '.join(sorted(registry.backends()))}"),
-    (["-b", "gaussian", "--hook", "zzz"], 2, "unknown hook 'zzz'; available:"),
-    (["-b", "gaussian", "--hook", "cfg:scale=abc"], 2, "hook 'cfg': parameter 'scale' expects float"),
+    (["-b", "gaussian", "--hook", "zzz"], 2, "unknown technique 'zzz'; available:"),
+    (["-b", "gaussian", "--hook", "cfg:scale=abc"], 2, "technique 'cfg': parameter 'scale' expects float"),
     (["-b", "gaussian", "--hook", "cfg:1,0,1,2"], 2, "too many positional"),
     (["-b", "gaussian", "--class", "5"], 2, "class '5' is not in 0..1"),
     (["-b", "gaussian", "--checkpoint", "x"], 2, "takes no option checkpoint"),

@@ -123,4 +123,4 @@ def test_sweep_keeps_save_every_and_every_other_option(tmp_path, tiny_mnist_ckpt
 
 def test_sweep_of_unknown_parameter_is_refused(tmp_path, tiny_mnist_ckpt):
     r, _ = sample(tmp_path, tiny_mnist_ckpt, "--hook", "cfg:2", "--sweep", "bogus=1,2")
-    assert r.exit_code == 2 and "no hook or sampler has a parameter 'bogus'" in " ".join(r.output.split())
+    assert r.exit_code == 2 and "no technique or rule has a parameter 'bogus'" in " ".join(r.output.split())

@@ -232,7 +232,7 @@ def test_a_python_sweep_writes_what_the_commands_sweep_writes(tmp_path):
     assert sorted(os.listdir(tmp_path / "py")) == ["scale-1", "scale-4", "sweep.png"]
     runs = api.sweep_runs("eta", ["0", "1"], "mnist", classes=[3], sampler="ddim", steps=3)
     assert [r.rule.args["eta"] for _, r in runs] == [0.0, 1.0]
-    with pytest.raises(UserError, match="no hook or sampler has a parameter 'bogus'"):
+    with pytest.raises(UserError, match="no technique or rule has a parameter 'bogus'"):
         api.sweep_runs("bogus", ["1"], "mnist", classes=[3])
     with pytest.raises(UserError, match="sweep.png exists"):
         api.sweep(tmp_path / "py", "scale", ["1", "4"], "mnist", classes=["3"], hooks=["cfg:2"], steps=4)

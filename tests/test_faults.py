@@ -221,7 +221,7 @@ def test_every_pair_of_techniques_either_composes_or_is_refused(tmp_path):
         assert not torch.equal(both, alone[sb]), f"{sa} was ignored before {sb}"
     assert refused == [("sdedit", "sdedit")]
     r = cli("sample", "--hook", specs["sdedit"][0], "--hook", specs["sdedit"][1], "--out", tmp_path / "o")
-    assert r.exit_code == 2 and "two 'sdedit' hooks" in r.output and not (tmp_path / "o").exists()
+    assert r.exit_code == 2 and "two 'sdedit' techniques" in r.output and not (tmp_path / "o").exists()
 
 
 # ---- 9. failures the user caused say what to do ----

@@ -263,7 +263,7 @@ def _damage(run: Path, how: str) -> str:
     elif how == "two one stem":
         data["samples"][1]["file"] = data["samples"][0]["file"]
     path.write_text(json.dumps(data))
-    return {"no samples": "lists no samples", "factorize without its prompt": "its factorize hook cannot be made again",
+    return {"no samples": "lists no samples", "factorize without its prompt": "its factorize technique cannot be made again",
             "outside": "is not in", "absolute": "is not in", "two one stem": "for samples 0 and 1"}[how]
 
 
@@ -306,7 +306,7 @@ def test_animate_on_a_read_only_folder_is_refused_before_any_frame(anagram_run, 
                                    "low_pass:sigma=1,kernel=5+high_pass:sigma=2,kernel=5"])
 def test_factorize_parts_that_do_not_sum_to_the_image_are_refused(tmp_path, parts):
     r = sample(tmp_path, "--class", "0", "--hook", f'factorize:1,parts="{parts}"')
-    one_line_exit_2(r, "hook 'factorize'", "do not add up to the image at this stage's")
+    one_line_exit_2(r, "technique 'factorize'", "do not add up to the image at this stage's")
     assert not (tmp_path / "o").exists()
 
 

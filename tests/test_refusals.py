@@ -141,7 +141,7 @@ def test_every_numeric_technique_parameter_refuses_out_of_range_nan_and_inf(hook
                                 "--out", str(tmp_path / "o")])
         out = " ".join(r.output.split())
         assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (text, r.output)
-        assert f"hook '{hook}': parameter '{param.name}'" in out, out
+        assert f"technique '{hook}': parameter '{param.name}'" in out, out
         assert f"{lo:g}..{hi:g}" in out or "expects int" in out, out
         assert not (tmp_path / "o").exists()
 
@@ -165,8 +165,8 @@ def test_a_declared_range_is_enforced_in_the_python_api_too():
     (["--stride", "0"], "Invalid value for '--stride': 0 is not an integer in 1..100000"),
     (["--num", "0"], "Invalid value for '--num' / '-n': 0 is not an integer in 1..100000"),
     (["--num", "-3"], "Invalid value for '--num' / '-n': -3 is not an integer in 1..100000"),
-    (["--hook", "cfg:nan"], "hook 'cfg': parameter 'scale' must be a finite number in -100..100, got nan"),
-    (["--hook", "cfg:inf"], "hook 'cfg': parameter 'scale' must be a finite number in -100..100, got inf"),
+    (["--hook", "cfg:nan"], "technique 'cfg': parameter 'scale' must be a finite number in -100..100, got nan"),
+    (["--hook", "cfg:inf"], "technique 'cfg': parameter 'scale' must be a finite number in -100..100, got inf"),
     (["--timesteps", "9,x"], "--timesteps must be a comma list of integers in 0..1000000000, got '9,x'"),
     (["--steps", "301"], "steps must be in 1..300, got 301"),
     (["--sweep", "seed=1,-2"], "--sweep seed: seed must be an integer in 0.."),

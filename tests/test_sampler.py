@@ -195,7 +195,7 @@ def test_a_run_calls_its_hooks_through_pluggy_so_tryfirst_orders_them(tiny_mnist
         def diffkit_after_step(self, ctx, step):
             raise ZeroDivisionError("on purpose")
 
-    with pytest.raises(diffkit.registry.PluginError, match="hook 'hook:broken' failed in diffkit_after_step: "
+    with pytest.raises(diffkit.registry.PluginError, match="technique 'broken' failed in diffkit_after_step: "
                                                           "ZeroDivisionError: on purpose"):
         diffkit.sample("mnist", backend_options={"checkpoint": str(tiny_mnist_ckpt)}, classes=[3], hooks=[Broken()],
                        steps=2)

@@ -333,7 +333,7 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--sampler", "dpm_fast"], ["unknown sampler 'dpm_fast'", "dpmpp_2m", "euler"]),
+    (["--sampler", "dpm_fast"], ["unknown rule 'dpm_fast'", "dpmpp_2m", "euler"]),
     (["--sampler", "diffusers:NoSuchScheduler"], ["'NoSuchScheduler' is not a diffusers scheduler", "DDIMScheduler"]),
     (["--sampler", "diffusers:FlowMatchEulerDiscreteScheduler"], ["not a diffusers scheduler for noise-predicting",
                                                                   "PNDMScheduler"]),

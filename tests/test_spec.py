@@ -1,4 +1,4 @@
-"""The --hook spec parser: round trips under hypothesis, and errors that name hook and parameter."""
+"""The --spec parser: round trips under hypothesis, and errors that name hook and parameter."""
 
 from __future__ import annotations
 

@@ -276,5 +276,5 @@ def test_cfg_interval_guides_only_inside_and_makes_no_unconditional_call_outside
 def test_an_empty_cfg_interval_is_refused():
     from diffkit.syntax import SpecError
 
-    with pytest.raises(SpecError, match=r"hook 'cfg': the guidance interval lo=0.7..hi=0.2 is empty"):
+    with pytest.raises(SpecError, match=r"technique 'cfg': the guidance interval lo=0.7..hi=0.2 is empty"):
         registry.make_technique("cfg:3,lo=0.7,hi=0.2")

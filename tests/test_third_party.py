@@ -117,7 +117,7 @@ def test_a_misspelled_hook_implementation_is_an_error_not_silence():
         def diffkit_after_stepp(self, ctx, step):
             step.x = step.x * 0
 
-    with pytest.raises(PluginError, match="hook 'typo' implements a hook diffkit does not declare.*diffkit_after_stepp"):
+    with pytest.raises(PluginError, match="technique 'typo' implements a hook diffkit does not declare.*diffkit_after_stepp"):
         diffkit.Run("gaussian", hooks=[Typo()])
 
     class Right(Projector):

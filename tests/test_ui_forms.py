@@ -66,7 +66,7 @@ def test_a_page_cannot_name_a_server_file(tmp_path):
 
 
 def test_bad_input_is_a_page_error_naming_it(tmp_path):
-    with pytest.raises(ui.PageError, match="hook 'hybrid': missing required parameter 'prompt'"):
+    with pytest.raises(ui.PageError, match="technique 'hybrid': missing required parameter 'prompt'"):
         run(tmp_path, [{"name": "hybrid", "values": {"kernel": 33}}])
     with pytest.raises(ui.PageError, match="class must be a digit"):
         run(tmp_path, [], labels_text="12")
