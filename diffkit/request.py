@@ -78,6 +78,14 @@ class RunRequest:
     max_branches: int = MAX_BRANCHES
 
     def __post_init__(self) -> None:
+        self._check(None)
+
+    def _check(self, changed: set[str] | None) -> None:
+        """Read and check the fields (``changed``: only those a :meth:`replace` changed need reading again;
+        the cheap bounds are checked every time, since they depend on each other)."""
+        def again(*names: str) -> bool:
+            return changed is None or any(n in changed for n in names)
+
         set_ = object.__setattr__.__get__(self)  # frozen: the constructor's own normalisation only
         if self.backend is None:
             set_("backend", registry.default_backend())
@@ -104,28 +112,33 @@ class RunRequest:
             raise RequestError(f"labels must be a non-empty list (prompts or classes; [None]: none), got {labels!r}")
         set_("labels", tuple(labels))
         check_int("seed + number of samples", self.seed + self.n - 1, 0, SEED_MAX)
-        techniques = tuple(registry.make_technique(t) if isinstance(t, str) else t for t in self.techniques)
-        for t in techniques:
-            if not isinstance(t, Technique):
-                raise RequestError(f"techniques must be specs (\"cfg:5\") or Technique instances, got {t!r}")
-        registry.check_together(list(techniques))
-        set_("techniques", techniques)
+        if again("techniques"):
+            techniques = tuple(registry.make_technique(t) if isinstance(t, str) else t for t in self.techniques)
+            for t in techniques:
+                if not isinstance(t, Technique):
+                    raise RequestError(f"techniques must be specs (\"cfg:5\") or Technique instances, got {t!r}")
+            registry.check_together(list(techniques))
+            set_("techniques", techniques)
         if isinstance(self.rule, str):
             set_("rule", registry.make_sampler(self.rule))
-        if isinstance(self.backend, str):  # options read against the backend's declarations, once
-            info = registry.get_backend(self.backend)
-            typed = info.read_options(dict(self.options))
-            # in declared order, whatever order they were given in: one request, one run.json
-            options = {p.name: typed[p.name] for p in info.params if p.name in typed}
-            if "device" in options:
-                check_device(str(options["device"]))
-            set_("options", options)
-        elif self.options:
-            raise RequestError("options are for a backend given by name; a built Backend has its own")
-        else:
-            set_("options", {})
+        if again("backend", "options"):
+            set_("options", self._read_options())
         if self.inputs is not None:
             set_("inputs", dict(self.inputs))
+
+    def _read_options(self) -> dict[str, Any]:
+        """The options read against the backend's declarations, in declared order whatever order they were
+        given in (one request, one run.json), the device checked."""
+        if not isinstance(self.backend, str):
+            if self.options:
+                raise RequestError("options are for a backend given by name; a built Backend has its own")
+            return {}
+        info = registry.get_backend(self.backend)
+        typed = info.read_options(dict(self.options))
+        options = {p.name: typed[p.name] for p in info.params if p.name in typed}
+        if "device" in options:
+            check_device(str(options["device"]))
+        return options
 
     # ---- what follows from it ----
 
@@ -146,8 +159,15 @@ class RunRequest:
         return self.backend if isinstance(self.backend, str) else self.backend.name
 
     def replace(self, **changes: Any) -> RunRequest:
-        """A copy with ``changes`` (checked as a new request is)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``, checked as a new request is (what did not change was read already)."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"RunRequest has no field {unknown[0]!r}")
+        new = object.__new__(RunRequest)
+        for f in dataclasses.fields(self):
+            object.__setattr__(new, f.name, changes.get(f.name, getattr(self, f.name)))
+        new._check(set(changes))
+        return new
 
     def load_backend(self) -> Backend:
         """The backend, built from its options (read once, on construction); a built one as it is."""
