@@ -284,9 +284,8 @@ def takes_backend(command: Any) -> Any:
     import functools
     import inspect
 
-    from diffkit.params import to_bool
-
     from diffkit.errors import RunFailure
+    from diffkit.params import to_bool
 
     try:
         flags = backend_flags()
@@ -984,6 +983,7 @@ def embed(
     """Encode prompts once with a backend's text encoder (IF's T5); `diffkit sample --embeddings FILE` then
     never loads it."""
     from diffkit import registry
+    from diffkit.request import RunRequest
 
     try:
         able = [n for n, info in registry.backends().items() if info.embed is not None]
@@ -992,11 +992,7 @@ def embed(
         if info is None or info.embed is None:
             fail(f"backend {name!r} saves no prompt embeddings; {', '.join(able) or 'no installed backend'} "
                  f"{'does' if len(able) == 1 else 'do'}", 2)
-        given = info.read_options(options)
-        if "device" in given:
-            from diffkit.backends.base import check_device
-
-            check_device(str(given["device"]))
+        given = RunRequest(backend=name, options=options).options  # read and checked as a run's are
         with console.status(f"encoding prompts with {name}'s text encoder"):
             count = info.embed(list(prompt), str(out), append, **given)
     except UserError as e:

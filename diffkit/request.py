@@ -29,7 +29,6 @@ from diffkit.technique import FILE_KINDS, Technique
 # Every bound of a request, in this one place (the command line's flags declare these same ranges).
 SEED_MAX = 2**63 - 1  # each sample's seed (seed + i) must fit torch's 64-bit generator seed
 NUM_MAX = 100_000  # samples per label
-STEPS_MAX = 100_000
 BRANCHES_MAX = 2**30
 
 
@@ -276,8 +275,7 @@ class RunRequest:
         for old, new, value in (("hooks", "techniques", hooks), ("sampler", "rule", sampler)):
             if value and fields.get(new):
                 raise TypeError(f"give {new}= or its old name {old}=, not both")
-        fields.setdefault("techniques", tuple(hooks))
-        fields["techniques"] = tuple(fields["techniques"] or ())
+        fields["techniques"] = tuple(fields.get("techniques") or hooks)
         if fields.get("rule") is None:
             fields["rule"] = sampler
         if fields.get("max_branches") is None:

@@ -66,21 +66,28 @@ class View:
         moved = self.permute(image[None])[0]
         return 1 - moved if self.negate else moved
 
-    def move(self, image: Tensor, t: float) -> Tensor:
-        """The frame at ``t`` in [0, 1] of ``image`` moving into this view, eased (smoothstep): the image
-        itself at 0, :meth:`image` exactly at 1, the declared :attr:`motion` between."""
-        if t <= 0:
-            return image
+    def move(self, image: Tensor) -> Callable[[float], Tensor]:
+        """``frame(t)`` for t in [0, 1]: ``image`` moving into this view, eased (smoothstep): the image itself
+        at 0, :meth:`image` exactly at 1, the declared :attr:`motion` between. The view of the image (and
+        the pixels' destinations, for a view without a motion) are computed once, not every frame."""
         end = self.image(image)
-        if t >= 1:
-            return end
-        s = smooth(t)
-        if self.motion is not None:
-            return self.motion(image, s).clamp(0, 1)
-        c, h, w = image.shape
-        index = self.permute(torch.arange(h * w, dtype=torch.float64).reshape(1, 1, h, w)).flatten().long()
-        moved = travel(image, s, index)
-        return ((1 - s) * moved + s * (1 - moved) if self.negate else moved).clamp(0, 1)
+        index = None
+        if self.motion is None:
+            c, h, w = image.shape
+            index = self.permute(torch.arange(h * w, dtype=torch.float64).reshape(1, 1, h, w)).flatten().long()
+
+        def frame(t: float) -> Tensor:
+            if t <= 0:
+                return image
+            if t >= 1:
+                return end
+            s = smooth(t)
+            if self.motion is not None:
+                return self.motion(image, s).clamp(0, 1)
+            moved = travel(image, s, index)
+            return ((1 - s) * moved + s * (1 - moved) if self.negate else moved).clamp(0, 1)
+
+        return frame
 
 
 @dataclass(frozen=True)

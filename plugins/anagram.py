@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 
@@ -63,7 +61,7 @@ class Anagram(Combiner):
     def clips(self, image: Tensor, label: str) -> list[Clip]:
         """Each view's clip: the sample moving into the view as the view declares its motion, captioned
         with the sample's own prompt, then the view's."""
-        return [Clip(f"view{j}", functools.partial(view.move, image), (label, str(prompt)))
+        return [Clip(f"view{j}", view.move(image), (label, str(prompt)))
                 for j, (view, prompt) in enumerate(zip(self.views, self.prompts), 1)]
 
     def view_images(self, image: Tensor) -> list[tuple[str, Tensor]]:
