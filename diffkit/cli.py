@@ -457,29 +457,18 @@ def _recorded(ctx: typer.Context, source: Path, batch_size, max_batch, max_branc
     """The request recorded in ``source`` (a run.json, an interrupted run's request.json, or a run folder),
     as this run splits the work; a sampling flag given beside it, or a record this diffkit cannot honour,
     exits 2 naming it."""
-    import json
-
-    from diffkit.request import RunRequest
+    from diffkit.request import RunRequest, read_recorded
 
     given = [p for p in ctx.command.params if p.name not in FROM_TAKES
              and getattr(ctx.get_parameter_source(p.name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")]
     if given:
         fail(f"--from repeats the recorded run as it was asked: it takes no {max(given[0].opts, key=len)} (edit the "
              "run.json's request to change it)", 2)
-    path = source / "run.json" if source.is_dir() else source
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        fail(f"--from {source}: {_why(e)}", 2)
-    except (UnicodeDecodeError, ValueError) as e:
-        fail(f"--from {path}: not a run.json diffkit wrote ({e})", 2)
-    if not isinstance(data, dict) or "request" not in data:
-        fail(f"--from {path}: it records no request (a run.json written before diffkit recorded requests, or "
-             "not a run's)", 2)
     work = {k: v for k, v in (("batch_size", batch_size), ("max_batch", max_batch),
                                ("max_branches", max_branches)) if v is not None}
+    path = source / "run.json" if source.is_dir() else source
     try:
-        return RunRequest.from_json(data["request"], **work)
+        return RunRequest.from_json(read_recorded(source), **work)
     except UserError as e:
         fail(f"--from {path}: {e}", 2)
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -34,6 +36,39 @@ BRANCHES_MAX = 2**30
 
 class RequestError(UserError, ValueError):
     """A request that cannot be run as given; the message names the field."""
+
+
+# The largest run.json `--from` reads: its samples list grows with the run (about 60 bytes a sample), so
+# this is a run of about two million samples; a file past it (or /dev/zero, a pipe) is refused unread.
+MAX_RECORD = 128 << 20
+
+
+def read_recorded(source: str | os.PathLike) -> dict[str, Any]:
+    """The request a run recorded: run.json's (or an interrupted run's request.json's) ``"request"``, from the
+    file or from the run folder holding it. Judged by ``stat`` before it is opened: a device, a pipe, a
+    folder without run.json or a file over :data:`MAX_RECORD` is a RequestError (saying what is wrong with
+    the file, whose path the caller names), never read."""
+    path = os.path.join(source, "run.json") if os.path.isdir(source) else os.fspath(source)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise RequestError(e.strerror or str(e)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise RequestError("not a regular file (a device, a pipe or a socket): give a run.json")
+    if st.st_size > MAX_RECORD:
+        raise RequestError(f"{st.st_size} bytes, more than a run.json diffkit writes for a run it can repeat "
+                           f"({MAX_RECORD} at most)")
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read(MAX_RECORD + 1))
+    except OSError as e:
+        raise RequestError(e.strerror or str(e)) from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise RequestError(f"not a run.json diffkit wrote ({e})") from None
+    if not isinstance(data, dict) or "request" not in data:
+        raise RequestError("it records no request (a run.json written before diffkit recorded requests, or not "
+                           "a run's)")
+    return data["request"]
 
 
 def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:

@@ -223,3 +223,41 @@ def test_one_word_per_concept_and_the_old_names_still_work(tmp_path):
     assert torch.equal(a.x, b.x) and a.request.to_json() == b.request.to_json()
     with pytest.raises(TypeError, match="techniques= or its old name hooks="):
         RunRequest.of("gaussian", hooks=["cfg:2"], techniques=["cfg:3"])
+
+
+def hostile(kind: str, d: Path) -> Path:
+    """A file --from must refuse without reading it (or one it reads and refuses in one line)."""
+    import os
+
+    if kind == "device":
+        return Path("/dev/zero")
+    if kind == "pipe":
+        os.mkfifo(d / "fifo")
+        return d / "fifo"
+    if kind == "sparse":
+        with open(d / "big.json", "wb") as f:
+            f.truncate(2 << 30)
+        return d / "big.json"
+    if kind == "junk":
+        (d / "junk.json").write_bytes(bytes(range(256)) * 8)
+        return d / "junk.json"
+    (d / "folder").mkdir()
+    return d / "folder"
+
+
+@pytest.mark.parametrize("kind,text", [("device", "not a regular file"), ("pipe", "not a regular file"),
+                                       ("sparse", "more than a run.json diffkit writes"),
+                                       ("junk", "not a run.json diffkit wrote"),
+                                       ("folder", "No such file or directory")])
+def test_from_judges_the_file_before_reading_it(tmp_path, kind, text):
+    """A device that never ends, a pipe nobody writes, a sparse 2 GB file: refused at once from stat, in
+    bounded memory; junk and a folder without run.json: one clear line. Exit 2, nothing written."""
+    import resource
+    import time
+
+    source = hostile(kind, tmp_path)
+    before, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.monotonic()
+    r = runner.invoke(app, ["sample", "--from", str(source), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and text in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert time.monotonic() - t0 < 10 and not (tmp_path / "o").exists()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KB: nothing of 2 GB was read
