@@ -19,6 +19,7 @@ import json
 import re
 import shlex
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -163,11 +164,47 @@ class PageError(Exception):
     """Bad input from the page: shown as a message, never as a traceback."""
 
 
+STOPPED = "stopped: finished batches (if any) are kept for Resume"
+
+
+class Stops:
+    """The Stop button's flags. A run gets its flag when the page asks for it (so Stop also ends a run still
+    queued), Stop raises every flag of its page, and the run, seeing its flag between two steps, ends and says
+    :data:`STOPPED` as its last update; its flag goes with it.
+
+    Written by hand because Gradio's ``cancels`` kills the run's generator between two of its updates, unordered
+    with the Stop click's own: a page could show a step of a run already stopped, and never "stopped" (CI saw it)."""
+
+    def __init__(self) -> None:
+        self.flags: dict[str, threading.Event] = {}
+
+    def ask(self, page: str) -> str:
+        """A new run of ``page`` (Gradio's session hash): its ticket."""
+        ticket = f"{page}/{uuid.uuid4().hex}"
+        self.flags[ticket] = threading.Event()
+        return ticket
+
+    def flag(self, ticket: str | None) -> threading.Event:
+        return self.flags.get(ticket or "") or threading.Event()
+
+    def stop(self, page: str) -> int:
+        """Raise the flags of ``page``'s runs; how many were running or queued."""
+        mine = [f for t, f in list(self.flags.items()) if t.startswith(f"{page}/")]
+        for f in mine:
+            f.set()
+        return len(mine)
+
+    def done(self, ticket: str | None) -> None:
+        self.flags.pop(ticket or "", None)
+
+
 def run_page(settings: Settings, session: Path, backend: str, options: dict[str, Any], labels_text: str,
              stack: list[dict[str, Any]], seed: int, num: int, steps: int | None,
-             sampler: str | None, progress: Any = None) -> Iterator[tuple[str, list, Any, str, str | None]]:
+             sampler: str | None, progress: Any = None,
+             stop: threading.Event | None = None) -> Iterator[tuple[str, list, Any, str, str | None]]:
     """Run what the page describes; yield ``(status, gallery, preview, command, zip)`` as it goes, and
-    report each step to ``progress(fraction, desc=...)`` (the page's progress bar)."""
+    report each step to ``progress(fraction, desc=...)`` (the page's progress bar). Once ``stop`` is set the
+    run ends after the step in progress, keeps its finished batches and yields :data:`STOPPED` last."""
     info = registry.backends().get(backend)
     if info is None:
         raise PageError(f"unknown backend {backend!r}")
@@ -183,7 +220,8 @@ def run_page(settings: Settings, session: Path, backend: str, options: dict[str,
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{uuid.uuid4().hex[:4]}"
     folder = settings.out / f"run-{stamp}"
     try:
-        yield from _run(settings, session, backend, options, labels, stack, seed, num, steps, sampler, progress, folder)
+        yield from _run(settings, session, backend, options, labels, stack, seed, num, steps, sampler, progress, folder,
+                        stop)
     finally:
         _tidy(folder)
 
@@ -205,7 +243,7 @@ def _tidy(folder: Path) -> None:
 
 def _run(settings: Settings, session: Path, backend: str, options: dict[str, Any], labels: dict[str, list[str]],
          stack: list[dict[str, Any]], seed: int, num: int, steps: int | None, sampler: str | None, progress: Any,
-         folder: Path) -> Iterator[tuple[str, list, Any, str, str | None]]:
+         folder: Path, stop: threading.Event | None) -> Iterator[tuple[str, list, Any, str, str | None]]:
     from diffkit import api
     from diffkit.errors import UserError
 
@@ -238,20 +276,25 @@ def _run(settings: Settings, session: Path, backend: str, options: dict[str, Any
     except UserError as e:
         raise PageError(str(e)) from None
     (job.folder.path / "command.txt").write_text(cmd + "\n")  # published with the run; read by a resume
-    yield from _sample(job, cmd, progress)
+    yield from _sample(job, cmd, progress, stop)
 
 
-def _sample(job: Any, cmd: str, progress: Any) -> Iterator[tuple[str, list, Any, str, str | None]]:
-    """Drive a :class:`diffkit.api.FolderRun` with previews; at the end the gallery and the zip."""
+def _sample(job: Any, cmd: str, progress: Any,
+            stop: threading.Event | None) -> Iterator[tuple[str, list, Any, str, str | None]]:
+    """Drive a :class:`diffkit.api.FolderRun` with previews; at the end the gallery and the zip, or
+    :data:`STOPPED` once ``stop`` is set."""
     from diffkit.errors import RunFailure, UserError
 
     folder, outline, n = job.out, job.outline, job.run.request.n
     todo, left = outline.batches, outline.samples
     yield (f"sampling {left} samples, {outline.steps} steps"
            + (f" ({n - left} were done)" if left < n else ""), [], None, cmd, None)
-    steps = job.steps()
+    steps, stopped = job.steps(), False
     try:
         for ev in steps:
+            if stop is not None and stop.is_set():
+                stopped = True
+                break
             st = ev.state
             if st is None:
                 continue
@@ -267,6 +310,9 @@ def _sample(job: Any, cmd: str, progress: Any) -> Iterator[tuple[str, list, Any,
         raise PageError(f"{e}; {job.abandon()}") from None
     finally:
         steps.close()  # now, not when the traceback lets go of it: a stopped run's folder is tidied at once
+    if stopped:
+        yield STOPPED, [], None, cmd, None
+        return
     archive = shutil.make_archive(str(folder), "zip", folder)
     samples = json.loads((folder / "run.json").read_text())["samples"]
     gallery = [(str(folder / s["file"]), f"{s['label']} · seed {s['seed']}") for s in samples]
@@ -281,9 +327,10 @@ def interrupted_runs(settings: Settings) -> list[str]:
                   reverse=True)
 
 
-def resume_page(settings: Settings, name: str, progress: Any = None) -> Iterator[tuple[str, list, Any, str, str | None]]:
+def resume_page(settings: Settings, name: str, progress: Any = None,
+                stop: threading.Event | None = None) -> Iterator[tuple[str, list, Any, str, str | None]]:
     """Continue the interrupted run ``name`` (one of :func:`interrupted_runs`) as it was asked; what the
-    page shows is as for a new run."""
+    page shows (and what ``stop`` does) is as for a new run."""
     from diffkit import api
     from diffkit.errors import UserError
     from diffkit.folder import partial_dir
@@ -305,7 +352,7 @@ def resume_page(settings: Settings, name: str, progress: Any = None) -> Iterator
     command_file = job.folder.path / "command.txt"
     cmd = command_file.read_text().strip() if command_file.is_file() else ""
     try:
-        yield from _sample(job, cmd, progress)
+        yield from _sample(job, cmd, progress, stop)
     finally:
         _tidy(folder)
 
@@ -375,6 +422,7 @@ def build(settings: Settings) -> Any:
     samplers = ["", *sorted(registry.samplers())]
     settings.out.mkdir(parents=True, exist_ok=True)
     uploads = settings.out / ".uploads"
+    stops = Stops()
 
     # Gradio's own cache of uploads: swept every 10 minutes of files older than an hour, emptied at exit
     with gr.Blocks(title="diffkit", delete_cache=(600, 3600)) as app:
@@ -385,6 +433,7 @@ def build(settings: Settings) -> Any:
         # forms are drawn again only when it changes, the values live apart, by id.
         stack = gr.State([])
         values = gr.State({})
+        ticket = gr.State(None)  # the ticket of the page's latest run or resume (Stops)
         with gr.Row():
             with gr.Column(scale=1):
                 backend = gr.Dropdown(sorted(backends), value=registry.default_backend(), label="backend",
@@ -462,17 +511,16 @@ def build(settings: Settings) -> Any:
                             stem = re.sub(r"\W", "", p.name)
                             save = mask_from_editor if p.kind == "mask" else save_upload
                             vals.setdefault(ident, {})[p.name] = save(image, Path(sess), stem)
-                        return vals, sess
+                        return vals, sess, stops.ask(_page(request))
 
                     collect.__annotations__["request"] = gr.Request  # Gradio hands it in by this annotation
                     event = go.click(collect, inputs=[values, session, *[w for _, _, w in media]],
-                                     outputs=[values, session]).then(
-                        on_run, inputs=[backend, labels, seed, num, steps, sampler, stack, values, session,
+                                     outputs=[values, session, ticket]).then(
+                        on_run, inputs=[backend, labels, seed, num, steps, sampler, stack, values, session, ticket,
                                         *option_boxes.values()],
                         outputs=[status, gallery, preview, cmd, archive])
                     event.then(refresh, outputs=resumable)
-                    stop.click(lambda: "stopped: finished batches (if any) are kept for Resume", outputs=status,
-                               cancels=[event, resumed]).then(refresh, outputs=resumable)
+                    stop.click(on_stop)  # the run itself says "stopped", as its last update
 
                 status = gr.Markdown("", elem_id="status")
                 preview = gr.Image(label="x0 preview", interactive=False, elem_id="preview", height=240)
@@ -500,7 +548,7 @@ def build(settings: Settings) -> Any:
 
         backend.change(on_backend, inputs=backend, outputs=list(groups.values()))
 
-        def on_run(backend_name, labels_text, seed_v, num_v, steps_v, sampler_v, items, vals, sess, *opts,
+        def on_run(backend_name, labels_text, seed_v, num_v, steps_v, sampler_v, items, vals, sess, tick, *opts,
                    progress=gr.Progress()):
             declared = {p.name: p for p in backends[backend_name].params} if backend_name in backends else {}
             options = {name: _from_widget(declared[name], v) for (b, name), v in zip(option_boxes, opts)
@@ -508,11 +556,22 @@ def build(settings: Settings) -> Any:
             sess_dir = Path(sess) if sess else uploads / "none"
             chosen = [{"name": it["name"], "values": vals.get(it["id"], {})} for it in items]
             try:
+                if stops.flag(tick).is_set():  # stopped while it was queued
+                    yield STOPPED, [], None, "", None
+                    return
                 yield from run_page(settings, sess_dir, backend_name, options, labels_text, chosen,
                                     int(seed_v or 0), int(num_v or 1), int(steps_v) if steps_v else None,
-                                    sampler_v or None, progress)
+                                    sampler_v or None, progress, stops.flag(tick))
             except PageError as e:
                 raise gr.Error(str(e), duration=None) from None
+            finally:
+                stops.done(tick)
+
+        def on_stop(request):
+            if stops.stop(_page(request)):
+                gr.Info("stopping after the step in progress")
+
+        on_stop.__annotations__["request"] = gr.Request
 
         def refresh():
             names = interrupted_runs(settings)
@@ -520,16 +579,26 @@ def build(settings: Settings) -> Any:
 
         app.load(refresh, outputs=resumable)
 
-        def on_resume(name, progress=gr.Progress()):
-            if not name:
-                raise gr.Error("no interrupted run is chosen", duration=None)
+        def on_resume(name, tick, progress=gr.Progress()):
             try:
-                yield from resume_page(settings, name, progress)
+                if not name:
+                    raise gr.Error("no interrupted run is chosen", duration=None)
+                if stops.flag(tick).is_set():
+                    yield STOPPED, [], None, "", None
+                    return
+                yield from resume_page(settings, name, progress, stops.flag(tick))
             except PageError as e:
                 raise gr.Error(str(e), duration=None) from None
+            finally:
+                stops.done(tick)
 
-        resumed = resume.click(on_resume, inputs=resumable, outputs=[status, gallery, preview, cmd, archive])
-        resumed.then(refresh, outputs=resumable)  # Stop, made with the stack above, cancels it too
+        def ask(request):
+            return stops.ask(_page(request))
+
+        ask.__annotations__["request"] = gr.Request
+        resumed = resume.click(ask, outputs=ticket).then(on_resume, inputs=[resumable, ticket],
+                                                         outputs=[status, gallery, preview, cmd, archive])
+        resumed.then(refresh, outputs=resumable)  # Stop, made with the stack above, stops it too
 
     return app
 
@@ -554,9 +623,14 @@ def _setter(ident: str, p: Param):
     return set_value
 
 
+def _page(request: Any) -> str:
+    """The page that sent ``request``: Gradio's session hash."""
+    return str(getattr(request, "session_hash", "") or "none")
+
+
 def session_dir(uploads: Path, request: Any) -> Path:
     """The upload folder of the page that sent ``request`` (named by Gradio's session hash)."""
-    return uploads / f"session-{re.sub(r'[^0-9A-Za-z_-]', '', str(getattr(request, 'session_hash', '') or 'none'))}"
+    return uploads / f"session-{re.sub(r'[^0-9A-Za-z_-]', '', _page(request))}"
 
 
 def _forget_session(uploads: Path):

@@ -3,6 +3,7 @@ command line's, and a page cannot name a server file."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -231,11 +232,13 @@ def test_a_stopped_run_keeps_its_batches_and_resumes_from_the_page_to_the_same_b
                 seed=4, num=2, steps=3, sampler="ddim")
     whole = list(ui.run_page(s, tmp_path / "session", **args))
     done = Path(whole[-1][0].split(" samples in ", 1)[1])
-    steps = ui.run_page(s, tmp_path / "session", **args)
-    for status, *_ in steps:
+    stop = threading.Event()  # what Stop raises
+    said = []
+    for status, *_ in ui.run_page(s, tmp_path / "session", **args, stop=stop):
+        said.append(status)
         if status.startswith("batch 2/2"):
-            break
-    steps.close()  # what Stop does
+            stop.set()
+    assert said[-1] == ui.STOPPED and not any(t.startswith("batch") for t in said[said.index("batch 2/2, step 1 of 3") + 1:])
     [name] = ui.interrupted_runs(s)
     resumed = list(ui.resume_page(s, name))
     assert resumed[0][0] == "sampling 2 samples, 3 steps (2 were done)", resumed[0][0]
@@ -255,8 +258,24 @@ def test_a_stopped_run_with_no_finished_batch_leaves_nothing(tmp_path):
     gen = ui.run_page(s, tmp_path / "session", "mnist", {}, "3", [], 0, 1, 5, "ddim")
     next(gen)
     next(gen)
-    gen.close()
+    gen.close()  # the server let go of the run (a closed page)
     assert list(s.out.glob("run-*")) == [] and ui.interrupted_runs(s) == []
+    stop = threading.Event()  # Stop: the same, and the run's last word says so
+    gen = ui.run_page(s, tmp_path / "session", "mnist", {}, "3", [], 0, 1, 12, "ddim", stop=stop)
+    next(gen)
+    stop.set()
+    assert [status for status, *_ in gen] == [ui.STOPPED]
+    assert list(s.out.glob("run-*")) == [] and ui.interrupted_runs(s) == []
+
+
+def test_stop_raises_the_flags_of_its_own_pages_runs_and_a_finished_run_takes_its_flag_away():
+    stops = ui.Stops()
+    mine, queued, theirs = stops.ask("page-a"), stops.ask("page-a"), stops.ask("page-b")
+    assert stops.stop("page-a") == 2
+    assert stops.flag(mine).is_set() and stops.flag(queued).is_set() and not stops.flag(theirs).is_set()
+    for t in (mine, queued, theirs):
+        stops.done(t)
+    assert stops.flags == {} and stops.stop("page-a") == 0 and not stops.flag(mine).is_set()
 
 
 def test_a_backends_declared_options_reach_it_from_the_page(tmp_path):
