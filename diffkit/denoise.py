@@ -15,7 +15,7 @@ from torch import Tensor
 from diffkit.backends.base import Backend
 from diffkit.errors import RunFailure
 from diffkit.registry import PluginError
-from diffkit.schedule import eps_from_v
+from diffkit.schedule import eps_from_v, estimates_from_flow
 from diffkit.state import Denoiser, Query
 from diffkit.technique import Combiner
 
@@ -25,13 +25,16 @@ class NonFiniteError(RunFailure, FloatingPointError):
 
 
 def batched(backend: Backend, max_batch: int | None = None, stats: dict[str, int] | None = None,
-            models: dict[str, Backend] | None = None, abar: Callable[[int | float], float] | None = None) -> Denoiser:
+            models: dict[str, Backend] | None = None, abar: Callable[[int | float], float] | None = None,
+            sigma: Callable[[int | float], float] | None = None) -> Denoiser:
     """One ``backend.predict`` call for all distinct queries (chunked only above ``max_batch`` rows).
 
     A query naming another model (``Query.model``, registered in ``models``) goes to that model's
     call: one call a model a step. ``stats`` counts ``evaluations`` (model calls) and ``rows``.
     A v-predicting model's estimate becomes noise here, each query's with the noise level ``abar(t)``
-    of its state (the run's ``ctx.abar``), so everything above sees noise.
+    of its state (the run's ``ctx.abar``), so everything above sees noise. A flow model's velocity
+    becomes noise and clean image, ``[eps | x0]`` (``schedule.estimates_from_flow`` at the run's
+    ``ctx.sigma(t)``): two blocks of ``C`` channels, each of which a combiner reduces alike.
     """
 
     def call(be: Backend, unique: list[Query]) -> Tensor:
@@ -57,9 +60,15 @@ def batched(backend: Backend, max_batch: int | None = None, stats: dict[str, int
             k = be.sample_shape[0]
             out = torch.cat([torch.cat([eps_from_v(xq[:, :k], oq[:, :k], abar(q.t)), oq[:, k:]], dim=1)
                              for q, xq, oq in zip(unique, x.split(sizes), out.split(sizes))])
+        elif be.prediction_type == "flow_prediction":
+            if sigma is None:
+                raise PluginError(f"backend {be.name!r} predicts a flow: the denoiser needs the run's sigma(t)")
+            k = be.sample_shape[0]
+            out = torch.cat([torch.cat([*estimates_from_flow(xq[:, :k], oq[:, :k], sigma(q.t)), oq[:, k:]], dim=1)
+                             for q, xq, oq in zip(unique, x.split(sizes), out.split(sizes))])
         elif be.prediction_type != "epsilon":
-            raise PluginError(f"backend {be.name!r}: prediction_type must be 'epsilon' or 'v_prediction', "
-                              f"not {be.prediction_type!r}")
+            raise PluginError(f"backend {be.name!r}: prediction_type must be 'epsilon', 'v_prediction' or "
+                              f"'flow_prediction', not {be.prediction_type!r}")
         if not torch.isfinite(out).all():
             which = "" if unique[0].model is None else f"model {unique[0].model!r}, "
             raise NonFiniteError(f"backend {be.name!r} returned NaN or inf at t={unique[0].t} in "
@@ -100,17 +109,21 @@ def _bad_branch(out: Tensor, unique: list[Query], sizes: list[int]) -> str:
     return f"branch {k + 1} of {len(unique)} ({cond}{view}), sample {i}"
 
 
-def wrap(combiner: Combiner, inner: Denoiser, eps_channels: int) -> Denoiser:
+def wrap(combiner: Combiner, inner: Denoiser, eps_channels: int, blocks: int = 1) -> Denoiser:
     """``combiner`` around ``inner``: expand every query, call ``inner`` once, reduce each group.
 
-    ``reduce`` sees the first ``eps_channels`` channels (the noise) only; the channels after them (IF's
-    variance) are combined here by the combiner's declared ``extra_channels`` rule, each branch's first
-    mapped back through the pixel rearrangements of the views its query added (never their signs).
+    ``reduce`` sees the first ``eps_channels`` channels (the noise) only, and, for a flow model
+    (``blocks = 2``), the next ``eps_channels`` (the clean image) in a second call: an estimate is the
+    same combination of its branches' noise as of their clean images, as for any combination whose
+    weights add up to one through linear views. The channels after them (IF's variance) are combined
+    here by the combiner's declared ``extra_channels`` rule, each branch's first mapped back through the
+    pixel rearrangements of the views its query added (never their signs).
     """
     rule = combiner.extra_channels
     if rule not in ("mean", "first"):
         raise PluginError(f"technique {combiner.name!r}: extra_channels must be 'mean' or 'first', not {rule!r}")
     k = eps_channels
+    end = blocks * k
 
     def denoise(queries: list[Query]) -> list[Tensor]:
         with _blame(combiner, "expand"):
@@ -121,8 +134,11 @@ def wrap(combiner: Combiner, inner: Denoiser, eps_channels: int) -> Denoiser:
             ests, start = estimates[start: start + len(g)], start + len(g)
             with _blame(combiner, "reduce"):
                 eps = combiner.reduce(q, [e[:, :k] for e in ests])
-            if ests[0].shape[1] > k:
-                extras = [_unview_pixels(combiner, q, b, e[:, k:]) for b, e in zip(g, ests)]
+                if blocks > 1:
+                    eps = torch.cat([eps, *(combiner.reduce(q, [e[:, b * k: (b + 1) * k] for e in ests])
+                                            for b in range(1, blocks))], dim=1)
+            if ests[0].shape[1] > end:
+                extras = [_unview_pixels(combiner, q, b, e[:, end:]) for b, e in zip(g, ests)]
                 extra = extras[0] if rule == "first" else torch.stack(extras).mean(0)
                 eps = torch.cat([eps, extra], dim=1)
             out.append(eps)
@@ -156,8 +172,8 @@ def _blame(combiner: Combiner, method: str) -> Iterator[None]:
         raise PluginError(f"technique {combiner.name!r} failed in {method}: {type(e).__name__}: {e}") from e
 
 
-def compose(combiners: list[Combiner], inner: Denoiser, eps_channels: int) -> Denoiser:
-    """Nest combiners, the first one outermost."""
+def compose(combiners: list[Combiner], inner: Denoiser, eps_channels: int, blocks: int = 1) -> Denoiser:
+    """Nest combiners, the first one outermost (``blocks``: estimate blocks a query's answer holds, :func:`wrap`)."""
     for c in reversed(combiners):
-        inner = wrap(c, inner, eps_channels)
+        inner = wrap(c, inner, eps_channels, blocks)
     return inner

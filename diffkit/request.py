@@ -157,6 +157,8 @@ class RunRequest:
             set_("rule", registry.make_sampler(self.rule))
         if again("backend", "options"):
             set_("options", self._read_options())
+        if again("backend", "options", "rule") and self.rule is not None:
+            self._check_formulation()
         if self.inputs is not None:
             set_("inputs", dict(self.inputs))
 
@@ -173,6 +175,16 @@ class RunRequest:
         if "device" in options:
             check_device(str(options["device"]))
         return options
+
+    def _check_formulation(self) -> None:
+        """A rule that cannot step the backend's kind of model (ddpm on a flow model) is refused by name,
+        from the backend's declaration, before its weights load."""
+        if isinstance(self.backend, str):
+            name, formulation = self.backend, registry.get_backend(self.backend).formulation_of(self.options)
+        else:
+            name, formulation = self.backend.name, self.backend.formulation
+        takers = sorted(n for n, r in registry.samplers().items() if formulation in r.formulations)
+        self.rule.check_formulation(name, formulation, takers)
 
     # ---- what follows from it ----
 

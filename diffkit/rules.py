@@ -104,6 +104,10 @@ class Stepper:
         clean-image and noise estimates)."""
         raise NotImplementedError
 
+    def sigma(self, t: int | float) -> float:
+        """A flow model's ``sigma`` at timestep ``t`` (:class:`FlowStepper`); a discrete walk has none."""
+        raise RuleError("this rule walks a discrete variance-preserving schedule: it has no flow sigma")
+
     def abar(self, t: int | float) -> float:
         """``abar`` at one of this walk's timesteps, or at a training timestep; ``t < 0`` is the clean image."""
         if t < 0:
@@ -128,9 +132,20 @@ class StepRule:
     help: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
     kind: ClassVar[str] = "sampler"
+    # the model formulations it steps (``Backend.formulation``): "vp" discrete variance-preserving, "flow"
+    formulations: ClassVar[tuple[str, ...]] = ("vp",)
 
     def __init__(self, **args: Any):
         self.args = args
+
+    def check_formulation(self, backend: str, formulation: str, takers: Sequence[str] = ()) -> None:
+        """Refuse, by name, a backend of a formulation this rule cannot step; ``takers``: the rules that can
+        (the request checks before the backend's weights load, from ``BackendInfo.formulation``)."""
+        if formulation not in self.formulations:
+            kind = {"flow": "a flow-matching model", "vp": "a discrete variance-preserving model"}.get(formulation, formulation)
+            offer = f"use one of: {', '.join(takers)}" if takers else "`diffkit rules` says which rule takes which"
+            what = f"rule {self.name!r}" + (f" ({self.scheduler})" if self.name == "diffusers" else "")
+            raise RuleError(f"{what} cannot step {kind} (backend {backend!r}); {offer}")
 
     def __repr__(self) -> str:
         return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.args.items())})"
@@ -187,6 +202,7 @@ class Ddpm(StepRule):
 
     def plan(self, backend: Any, steps: int | None = None, timesteps: Sequence[int] | None = None,
              stride: int | None = None) -> Stepper:
+        self.check_formulation(backend.name, backend.formulation)
         return DdpmStepper(backend, timesteps_for(backend, steps, stride, timesteps))
 
 
@@ -214,11 +230,14 @@ def scheduler_config(backend: Any) -> dict[str, Any]:
 
 
 def scheduler_names() -> list[str]:
-    """diffusers' schedulers for noise-predicting models (its ``KarrasDiffusionSchedulers`` list). EDM's
-    Euler is left out: it brings its own sigmas rather than the backend's training schedule."""
+    """diffusers' schedulers for noise-predicting models (its ``KarrasDiffusionSchedulers`` list) and its
+    flow-matching ones (``FlowMatch*``). EDM's Euler is left out: it brings its own sigmas rather than the
+    backend's training schedule."""
+    import diffusers
     from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
 
-    return sorted(e.name for e in KarrasDiffusionSchedulers if not e.name.startswith("EDM"))
+    flow = [n for n in dir(diffusers) if n.startswith("FlowMatch") and n.endswith("Scheduler")]
+    return sorted([e.name for e in KarrasDiffusionSchedulers if not e.name.startswith("EDM")] + flow)
 
 
 def scheduler_class(name: str) -> type:
@@ -295,14 +314,24 @@ class DiffusersStepper(Stepper):
         """sigma-space sample over variance-preserving state at step ``i``: ``sqrt(1 + sigma^2)``."""
         return math.sqrt(1 + self.sigmas[i] ** 2)
 
+    def _kwargs(self, ctx: Any) -> dict[str, Any]:
+        """What the scheduler's ``step`` takes beside the estimate: the rule's own arguments (DDIM's eta) and
+        the run's generators, one a sample (a sample's noise is the same alone or in a batch)."""
+        kwargs = dict(self.step_kwargs)
+        if "generator" in self.takes:
+            kwargs["generator"] = ctx.generators
+        return kwargs
+
+    def _evals_of(self, i: int) -> range:
+        """The scheduler's evaluations that make step ``i`` (Heun: two)."""
+        return range(i * self.order, min((i + 1) * self.order, len(self.evals)))
+
     def step(self, ctx: Any, i: int, x: Tensor, evaluate: Evaluate) -> StepOutput:
         s, c = self.sched, x.shape[1]
         sample = x * self._scale(i) if self.sigma_space else x
-        kwargs = dict(self.step_kwargs)
-        if "generator" in self.takes:  # one generator a sample: a sample's noise is the same alone or in a batch
-            kwargs["generator"] = ctx.generators
+        kwargs = self._kwargs(ctx)
         x0 = eps0 = None
-        for k in range(i * self.order, min((i + 1) * self.order, len(self.evals))):
+        for k in self._evals_of(i):
             t = self.evals[k]
             model_in = s.scale_model_input(sample, t)  # variance-preserving x for the model
             est = evaluate(model_in, _number(t))
@@ -333,6 +362,16 @@ class DiffusersRule(StepRule):
     fixed: ClassVar[dict[str, Any]] = {}
     config_keys: ClassVar[dict[str, str]] = {}
     step_keys: ClassVar[tuple[str, ...]] = ()
+    # On a flow-matching model: the diffusers scheduler and the config entries that make this rule's flow
+    # variant (euler: FlowMatchEulerDiscreteScheduler; dpmpp_2m: DPMSolverMultistepScheduler on flow
+    # sigmas); None: the rule steps discrete models only.
+    flow_scheduler: ClassVar[str | None] = None
+    flow_fixed: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("flow_scheduler") and "formulations" not in cls.__dict__:
+            cls.formulations = ("vp", "flow")
 
     def overrides(self) -> dict[str, Any]:
         out = dict(self.fixed)
@@ -343,6 +382,9 @@ class DiffusersRule(StepRule):
 
     def plan(self, backend: Any, steps: int | None = None, timesteps: Sequence[int] | None = None,
              stride: int | None = None) -> Stepper:
+        self.check_formulation(backend.name, backend.formulation)
+        if backend.formulation == "flow":
+            return self.plan_flow(backend, steps, timesteps, stride)
         cls = scheduler_class(self.scheduler)
         what = f"rule {self.name!r}"
         if timesteps:
@@ -354,8 +396,111 @@ class DiffusersRule(StepRule):
         T = len(backend.alphas_cumprod)
         if not timesteps and not 1 <= n <= T:
             raise RuleError(f"{what}: steps must be in 1..{T} (the backend was trained with {T} timesteps), got {n}")
-        step_kwargs = {k: self.args[k] for k in self.step_keys if self.args.get(k) is not None}
-        return DiffusersStepper(cls, scheduler_config(backend), self.overrides(), n, timesteps, step_kwargs, what)
+        return DiffusersStepper(cls, scheduler_config(backend), self.overrides(), n, timesteps, self.step_args(), what)
+
+    def step_args(self) -> dict[str, Any]:
+        """The rule's arguments its scheduler's ``step`` takes (``step_keys``: DDIM's eta)."""
+        return {k: self.args[k] for k in self.step_keys if self.args.get(k) is not None}
+
+
+    def plan_flow(self, backend: Any, steps: int | None, timesteps: Sequence[int] | None,
+                  stride: int | None) -> Stepper:
+        """The rule's flow variant on a flow-matching model, from the model's scheduler config (its shift)."""
+        import diffusers
+
+        what = f"rule {self.name!r}"
+        if timesteps or stride:
+            raise RuleError(f"{what}: a flow-matching model's noise levels are the scheduler's sigmas; give "
+                            f"--steps instead of {'--timesteps' if timesteps else '--stride'}")
+        config = dict(backend.scheduler_config or {"num_train_timesteps": 1000, "shift": 1.0})
+        T = int(config.get("num_train_timesteps", 1000))
+        n = steps or backend.default_steps or len(backend.default_timesteps())
+        if not 1 <= n <= T:
+            raise RuleError(f"{what}: steps must be in 1..{T}, got {n}")
+        cls = getattr(diffusers, self.flow_scheduler)
+        overrides = {**self.flow_fixed, **self.overrides_flow()}
+        accepted = set(inspect.signature(cls.__init__).parameters)
+        if "flow_shift" in accepted and "flow_shift" not in overrides:  # a solver on flow sigmas: the model's shift
+            overrides["flow_shift"] = float(config.get("shift", 1.0))
+            if config.get("use_dynamic_shifting"):  # shifted by the image's size (Flux), as the pipeline's mu says
+                overrides["use_dynamic_shifting"] = True
+        if config.get("use_dynamic_shifting") and "use_dynamic_shifting" not in accepted:
+            raise RuleError(f"{what}: backend {backend.name!r} shifts its sigmas by the image's size, which "
+                            f"{self.flow_scheduler} cannot; use euler, dpmpp_2m, uni_pc or own")
+        bad = sorted(k for k in overrides if k not in accepted)
+        if bad:
+            raise RuleError(f"{what}: on a flow-matching model it is {self.flow_scheduler}, which takes no "
+                            f"{', '.join(bad)}")
+        takes = set(inspect.signature(cls.set_timesteps).parameters)
+        set_kwargs = {k: v for k, v in backend.schedule_kwargs(n).items() if k in takes}
+        return FlowStepper(cls, config, overrides, n, set_kwargs, self.step_args(), what)
+
+    def overrides_flow(self) -> dict[str, Any]:
+        """This rule's arguments given away from their defaults, as config entries of its flow scheduler
+        (one it cannot take is refused, never dropped)."""
+        default = {p.name: p.default for p in self.params}
+        return {key: self.args[p] for p, key in self.config_keys.items()
+                if self.args.get(p) is not None and self.args[p] != default.get(p)}
+
+
+class FlowStepper(DiffusersStepper):
+    """A diffusers flow-matching scheduler (or a solver on flow sigmas) driven as the flow pipelines drive
+    it (SD3, Flux), in diffkit's variance-preserving state: ``x_vp = x_flow / flow_scale(sigma)``.
+
+    The scheduler steps the flow state with the velocity ``v = eps - x0`` made from the combined
+    estimates (noise and clean image, both defined at sigma = 1)."""
+
+    def __init__(self, cls: type, config: dict[str, Any], overrides: dict[str, Any], steps: int,
+                 set_kwargs: dict[str, Any], step_kwargs: dict[str, Any], what: str):
+        self.cls, self.config, self.overrides, self.what = cls, config, overrides, what
+        self.n_request, self.set_kwargs, self.step_kwargs = steps, set_kwargs, step_kwargs
+        self.asked = steps
+        s = self.sched = self._fresh()
+        self.T = int(config.get("num_train_timesteps", 1000))
+        self.order = int(getattr(s, "order", 1))
+        self.evals = list(s.timesteps)  # one per model evaluation (Heun: t0, t1, t1, t2, t2, ...)
+        sig = [float(v) for v in s.sigmas]
+        n = (len(self.evals) + self.order - 1) // self.order
+        self.timesteps = [float(self.evals[i * self.order]) for i in range(n)]
+        self.sigmas = [sig[i * self.order] for i in range(n)] + [sig[min(n * self.order, len(sig) - 1)]]
+        self._sigma_of = {float(t): sig[k] for k, t in enumerate(self.evals)}
+        self.abars = [schedule.flow_abar(v) for v in self.sigmas[:-1]] + [1.0]
+        # the flow pipelines start from unit noise whatever the first sigma (1 for Euler's, 0.997 for a
+        # solver's flow sigmas): the variance-preserving state is that noise over the first scale
+        self.init_scale = 1 / schedule.flow_scale(self.sigmas[0])
+        self.can_redo = False
+        self.takes = set(inspect.signature(s.step).parameters)
+
+    def _fresh(self) -> Any:
+        try:
+            s = self.cls.from_config(self.config, **self.overrides)
+            s.set_timesteps(self.n_request, **self.set_kwargs)
+        except (ValueError, TypeError, AssertionError, IndexError) as e:
+            raise RuleError(f"{self.what}: {e}") from None
+        return s
+
+    def sigma(self, t: int | float) -> float:
+        if t < 0:
+            return 0.0
+        got = self._sigma_of.get(float(t))
+        return got if got is not None else float(t) / self.T
+
+    def abar(self, t: int | float) -> float:
+        return 1.0 if t < 0 else schedule.flow_abar(self.sigma(t))
+
+    def step(self, ctx: Any, i: int, x: Tensor, evaluate: Evaluate) -> StepOutput:
+        s, c = self.sched, x.shape[1]
+        sample = x * schedule.flow_scale(self.sigmas[i])
+        kwargs = self._kwargs(ctx)
+        x0 = eps0 = None
+        for k in self._evals_of(i):
+            t = self.evals[k]
+            est = evaluate(sample, float(t))
+            eps, x0k = est[:, :c], est[:, c: 2 * c]
+            if eps0 is None:
+                eps0, x0 = eps, x0k
+            sample = s.step(eps - x0k, t, sample, return_dict=True, **kwargs).prev_sample
+        return StepOutput(sample / schedule.flow_scale(self.sigmas[i + 1]), x0, eps0)
 
 
 SPACINGS = ("linspace", "leading", "trailing")
@@ -391,13 +536,32 @@ class Generic(DiffusersRule):
         self.scheduler = args["cls"]
         cls = scheduler_class(self.scheduler)
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
+        # a FlowMatch scheduler steps flow models only; a solver that takes flow sigmas, either kind
+        self.formulations = ("flow",) if self.scheduler.startswith("FlowMatch") else \
+            ("vp", "flow") if "use_flow_sigmas" in accepted else ("vp",)
         unknown = sorted(set(args.get("config", {})) - accepted)
         if unknown:
             raise RuleError(f"rule 'diffusers': {self.scheduler} has no config entry "
                             f"{', '.join(map(repr, unknown))} (it has: {', '.join(sorted(accepted))})")
 
+    formulations = ("vp", "flow")
+
     def overrides(self) -> dict[str, Any]:
         return dict(self.args.get("config", {}))
+
+    def overrides_flow(self) -> dict[str, Any]:
+        return self.overrides()
+
+    def plan(self, backend: Any, steps: int | None = None, timesteps: Sequence[int] | None = None,
+             stride: int | None = None) -> Stepper:
+        if backend.formulation == "flow":  # check_formulation (in plan) refuses a class of the other kind
+            self.flow_scheduler = self.scheduler
+            self.flow_fixed = {} if self.scheduler.startswith("FlowMatch") else dict(FLOW_SOLVER)
+        return super().plan(backend, steps, timesteps, stride)
+
+
+# a diffusers solver's flow variant: flow sigmas (shifted by the model's own shift) and velocity predictions
+FLOW_SOLVER = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
 
 
 def literal(text: str) -> Any:

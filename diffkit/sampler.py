@@ -42,8 +42,8 @@ class Sampler:
 
     def denoiser(self, ctx: Context) -> Denoiser:
         combiners = [t for t in self.techniques if isinstance(t, Combiner)]
-        inner = batched(ctx.backend, self.max_batch, self.stats, ctx.models, ctx.abar)
-        return compose(combiners, inner, ctx.eps_channels)
+        inner = batched(ctx.backend, self.max_batch, self.stats, ctx.models, ctx.abar, ctx.sigma)
+        return compose(combiners, inner, ctx.eps_channels, ctx.blocks)
 
     def setup(self, ctx: Context) -> None:
         """Each technique's ``setup(ctx)`` (encode prompts, load images), once per context.

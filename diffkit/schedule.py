@@ -98,6 +98,28 @@ def eps_from_v(x: Tensor, v: Tensor, abar: float) -> Tensor:
     return math.sqrt(abar) * v + math.sqrt(1 - abar) * x
 
 
+# ---- flow matching (rectified flow): x_sigma = (1 - sigma) x0 + sigma eps, the model predicts v = eps - x0
+# (Liu et al. 2023; Esser et al. 2024, SD3, eq. 1-2). diffkit's state stays variance-preserving: the flow
+# state divided by its scale, so abar = (1 - sigma)^2 / ((1 - sigma)^2 + sigma^2), 0 at sigma = 1.
+
+
+def flow_scale(sigma: float) -> float:
+    """``x_flow = flow_scale(sigma) x_vp``: ``sqrt((1 - sigma)^2 + sigma^2)``, 1 at pure noise and data."""
+    return math.sqrt((1 - sigma) ** 2 + sigma**2)
+
+
+def flow_abar(sigma: float) -> float:
+    """``abar`` of the variance-preserving state at flow noise level ``sigma`` (0 at ``sigma = 1``)."""
+    return (1 - sigma) ** 2 / ((1 - sigma) ** 2 + sigma**2)
+
+
+def estimates_from_flow(x: Tensor, v: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
+    """``(eps, x0)`` from a velocity ``v = eps - x0`` at flow state ``x = (1 - sigma) x0 + sigma eps``:
+    ``eps = x + (1 - sigma) v``, ``x0 = x - sigma v``. Both stay defined at ``sigma = 1``, where noise
+    alone says nothing of the image; which is why a flow model's estimate carries both."""
+    return x + (1 - sigma) * v, x - sigma * v
+
+
 def strided_timesteps(T: int, stride: int, start: int | None = None) -> list[int]:
     """Timesteps ``start, start - stride, ..., >= 0`` (IF default: 990, 960, ..., 0)."""
     start = (T - 1) // stride * stride if start is None else start

@@ -83,6 +83,7 @@ def sigma_rule(name: str, help: str = "", params: Sequence[Param] = ()) -> Calla
     def declare(fn: SigmaStep) -> type[StepRule]:
         def plan(self: StepRule, backend: Any, steps: int | None = None, timesteps: Sequence[int] | None = None,
                  stride: int | None = None) -> Stepper:
+            self.check_formulation(backend.name, backend.formulation)  # k-diffusion's sigma is infinite at flow's 1
             return SigmaStepper(fn, backend, timesteps_for(backend, steps, stride, timesteps), dict(self.args))
 
         return type(fn.__name__, (StepRule,), {"name": name, "help": help or (fn.__doc__ or "").strip(),

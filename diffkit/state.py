@@ -63,7 +63,8 @@ class Query:
 
 
 # A denoiser answers a list of queries with one estimate each, ``[N x C' x H x W]``: the noise in the
-# first ``eps_channels`` channels, then whatever else the backend predicts (IF: the variance).
+# first ``eps_channels`` channels, for a flow model the clean image in the next ``eps_channels``
+# (``Context.blocks``), then whatever else the backend predicts (IF: the variance).
 Denoiser = Callable[[list[Query]], list[Tensor]]
 
 
@@ -100,6 +101,16 @@ class Context:
     @property
     def eps_channels(self) -> int:
         return self.backend.sample_shape[0]
+
+    @property
+    def blocks(self) -> int:
+        """Estimate blocks of ``eps_channels`` each a denoiser's answer holds: 1 (noise), or 2 for a flow
+        model (noise, then clean image: at sigma = 1 the noise says nothing of the image)."""
+        return 2 if self.backend.formulation == "flow" else 1
+
+    def sigma(self, t: int | float) -> float:
+        """A flow model's noise level ``sigma`` in [0, 1] at timestep ``t`` of this run (the stepper's)."""
+        return self.stepper.sigma(t)
 
     def abar(self, t: int | float) -> float:
         """``abar`` of the state at timestep ``t`` of this run (``t < 0``: the clean image, 1).

@@ -51,10 +51,10 @@ def _if_embed(prompts: list[str], out: str, append: bool = True, model: str | No
     return len(text.cache)
 
 
-def _gaussian(means: str = "0.2,0.8", std: float = 0.15):
+def _gaussian(means: str = "0.2,0.8", std: float = 0.15, formulation: str = "vp", shift: float = 1.0):
     from diffkit.backends.gaussian import GaussianBackend  # imported when the backend is built, not listed
 
-    return GaussianBackend.from_options(means, std)
+    return GaussianBackend.from_options(means, std, formulation, shift)
 
 
 GAUSSIAN = BackendInfo(
@@ -62,8 +62,13 @@ GAUSSIAN = BackendInfo(
     params=(
         Param("means", str, "0.2,0.8", "comma list: the pixel value of each class's mean (2..10 classes)"),
         Param("std", float, 0.15, "standard deviation of every class around its mean", range=(0.01, 10.0)),
+        Param("formulation", str, "vp", "vp: a discrete variance-preserving model (T=300, predicts noise); flow: "
+                                        "a flow-matching one (predicts the velocity eps - x0)", choices=("vp", "flow")),
+        Param("shift", float, 1.0, "a flow model's sigma shift, as SD3's scheduler config declares one",
+              range=(0.1, 20.0)),
     ),
     label_kind="class",  # --class feeds it (a prompt backend: "prompt")
+    formulation=lambda options: options.get("formulation", "vp"),
 )
 
 

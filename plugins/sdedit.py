@@ -43,7 +43,7 @@ class SDEdit(Projector):
         (``num_inference_steps``; PNDM walks one more, and img2img counts the ones asked for)."""
         if self.args["strength"] is not None:
             n = ctx.stepper.asked or len(ctx.timesteps)
-            return n - min(int(n * self.args["strength"]), n)
+            return ctx.backend.strength_start(n, self.args["strength"])
         return self.args["i_start"]
 
     def setup(self, ctx: Context) -> None:

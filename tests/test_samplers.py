@@ -335,8 +335,9 @@ runner = CliRunner()
 @pytest.mark.parametrize("args, words", [
     (["--sampler", "dpm_fast"], ["unknown rule 'dpm_fast'", "dpmpp_2m", "euler"]),
     (["--sampler", "diffusers:NoSuchScheduler"], ["'NoSuchScheduler' is not a diffusers scheduler", "DDIMScheduler"]),
-    (["--sampler", "diffusers:FlowMatchEulerDiscreteScheduler"], ["not a diffusers scheduler for noise-predicting",
-                                                                  "PNDMScheduler"]),
+    (["--sampler", "diffusers:FlowMatchEulerDiscreteScheduler"], [
+        "rule 'diffusers' (FlowMatchEulerDiscreteScheduler) cannot step a discrete variance-preserving model "
+        "(backend 'gaussian')", "ddpm"]),
     (["--sampler", "diffusers:DDIMScheduler,solver_order=3"], ["no config entry 'solver_order'"]),
     (["--sampler", "ddim:eta=2"], ["'eta'", "0..1"]),
     (["--sampler", "ddim:eta=much"], ["'eta' expects float"]),

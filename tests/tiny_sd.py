@@ -132,3 +132,59 @@ def build_sdxl(root: Path, name: str = "sdxl", latents_mean: bool = False) -> Pa
                                      force_zeros_for_empty_prompt=True, add_watermarker=False)
     pipe.save_pretrained(root / name)
     return root / name
+
+
+def build_sd3(root: Path, name: str = "sd3", shift: float = 3.0) -> Path:
+    """An SD3-shaped folder: a one-layer MMDiT on 4-channel latents (16x16 images, a 2x VAE with SD3's
+    shift_factor), two CLIP encoders with projections and no T5 (diffusers allows none: T5's place is zeros),
+    FlowMatchEulerDiscreteScheduler with a shift as SD3 ships it."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(8)
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8,
+                                        num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=32,
+                                        pooled_projection_dim=64, out_channels=4, pos_embed_max_size=16).eval()
+    with torch.no_grad():  # SCALE_OUT says why
+        transformer.proj_out.weight.mul_(SCALE_OUT)
+        transformer.proj_out.bias.mul_(SCALE_OUT)
+    autoencoder = vae()
+    autoencoder.register_to_config(shift_factor=0.0609, scaling_factor=1.5305)  # SD3's VAE's
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
+                                    vae=autoencoder, text_encoder=text_encoder(5, projection=True),
+                                    text_encoder_2=text_encoder(6, projection=True), tokenizer=tokenizer(),
+                                    tokenizer_2=tokenizer(), text_encoder_3=None, tokenizer_3=None)
+    pipe.save_pretrained(root / name)
+    return root / name
+
+
+def t5_encoder(seed: int = 9, d_model: int = 32):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=64, d_model=d_model, d_ff=37, d_kv=8, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
+    return T5EncoderModel(cfg).eval()
+
+
+def build_flux(root: Path, name: str = "flux", guidance_embeds: bool = True) -> Path:
+    """A Flux-shaped folder: a one-double-block, one-single-block transformer on 4-channel latents packed 2x2
+    (16x16 images, a 2x VAE with a shift factor), CLIP (pooled) and a small T5 with a word-level tokenizer,
+    FlowMatchEulerDiscreteScheduler with Flux's dynamic shifting. ``guidance_embeds``: dev (True) or
+    schnell-like (False)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(10)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=32, guidance_embeds=guidance_embeds,
+                                         axes_dims_rope=[4, 4, 8]).eval()
+    with torch.no_grad():  # SCALE_OUT says why
+        transformer.proj_out.weight.mul_(SCALE_OUT)
+        transformer.proj_out.bias.mul_(SCALE_OUT)
+    autoencoder = vae()
+    autoencoder.register_to_config(shift_factor=0.1159, scaling_factor=0.3611)  # Flux's VAE's
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                            base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(transformer=transformer, scheduler=sched, vae=autoencoder, text_encoder=text_encoder(11),
+                        tokenizer=tokenizer(), text_encoder_2=t5_encoder(), tokenizer_2=tokenizer(512))
+    pipe.save_pretrained(root / name)
+    return root / name

@@ -23,6 +23,7 @@ REF = "tests/test_if_reference.py"
 TECH = "tests/test_techniques.py"
 SAMP = "tests/test_samplers.py"
 IFS = "tests/test_if_samplers.py"
+FLOW = "tests/test_flow.py"
 
 # (name, file, source text, replacement, tests that must catch it)
 MUTATIONS = [
@@ -70,8 +71,8 @@ MUTATIONS = [
     ("inpaint mask inverted", "plugins/inpaint.py",
      "return self.mask * x + (1 - self.mask) * self.known(ctx, t)",
      "return (1 - self.mask) * x + self.mask * self.known(ctx, t)", [REF, TECH]),
-    ("sdedit reads strength as 1 - strength", "plugins/sdedit.py",
-     'return n - min(int(n * self.args["strength"]), n)', 'return n - min(int(n * (1 - self.args["strength"])), n)',
+    ("sdedit reads strength as 1 - strength", "diffkit/backends/base.py",
+     "return steps - min(int(steps * strength), steps)", "return steps - min(int(steps * (1 - strength)), steps)",
      [REF]),
     ("sdedit starts one step late", "plugins/sdedit.py",
      "return ctx.forward(self.x_orig, ctx.timesteps[i], noise), i",
@@ -96,8 +97,8 @@ MUTATIONS = [
     ("a stochastic rule draws one generator's noise for the whole batch", "diffkit/rules.py",
      'kwargs["generator"] = ctx.generators', 'kwargs["generator"] = ctx.generators[0]', [SAMP]),
     ("Heun makes one evaluation a step", "diffkit/rules.py",
-     "for k in range(i * self.order, min((i + 1) * self.order, len(self.evals))):",
-     "for k in range(i * self.order, i * self.order + 1):", [SAMP, IFS]),
+     "return range(i * self.order, min((i + 1) * self.order, len(self.evals)))",
+     "return range(i * self.order, i * self.order + 1)", [SAMP, IFS]),
     ("a rule's noise level is the training timestep's, not its own sigma", "diffkit/rules.py",
      "self.abars = [1 / (1 + v * v) for v in self.sigmas]",
      "self.abars = [schedule.abar_at(self.alphas_cumprod, round(t)) for t in self.timesteps] + [1.0]", [SAMP]),
@@ -106,10 +107,21 @@ MUTATIONS = [
     ("the variance goes to a rule that does not read it", "diffkit/rules.py",
      "self.uses_variance = cls.__name__ in USES_VARIANCE", "self.uses_variance = True", [IFS]),
     ("DDIM's eta is not passed to its step", "diffkit/rules.py",
-     "step_kwargs = {k: self.args[k] for k in self.step_keys if self.args.get(k) is not None}",
-     "step_kwargs = {}", [SAMP, IFS]),
+     "return {k: self.args[k] for k in self.step_keys if self.args.get(k) is not None}",
+     "return {}", [SAMP, IFS]),
     ("karras ignored", "diffkit/rules.py",
      'SIGMA_KEYS = {"karras": "use_karras_sigmas"', 'SIGMA_KEYS = {"karras_": "use_karras_sigmas"', [SAMP]),
+    ("a flow model's clean-image estimates are not combined", "diffkit/denoise.py",
+     "                if blocks > 1:", "                if False:", [FLOW]),
+    ("a velocity's noise and clean image swapped", "diffkit/schedule.py",
+     "return x + (1 - sigma) * v, x - sigma * v", "return x - sigma * v, x + (1 - sigma) * v", [FLOW]),
+    ("the flow state is stepped unscaled", "diffkit/rules.py",
+     "sample = x * schedule.flow_scale(self.sigmas[i])", "sample = x", [FLOW]),
+    ("a flow rule's sigma is the timestep over T, not the scheduler's", "diffkit/rules.py",
+     "return got if got is not None else float(t) / self.T", "return float(t) / 1000 * 0.999", [FLOW]),
+    ("a flow img2img starts where Stable Diffusion's does", "diffkit/backends/base.py",
+     "return int(max(steps - steps * strength, 0))", "return steps - min(int(steps * strength), steps)",
+     ["tests/test_flux.py"]),
     ("RePaint allowed under a multistep rule", "plugins/inpaint.py",
      'if self.args["resample"] > 1 and not ctx.stepper.can_redo:', "if False:", [SAMP]),
 ]

@@ -26,6 +26,7 @@ class Backend:
     Optional, each with a default that fits a one-stage pixel-space model on the CPU: ``step_config``,
     ``scheduler_config``, ``checkpoint``, ``device``, ``dtype``, ``conditional``, ``stride``,
     ``prediction_type``, ``recipe``, ``default_sampler``, ``image_shape``, :meth:`default_timesteps`,
+    :meth:`schedule_kwargs`,
     :meth:`model_input`, :meth:`state_from_image`, :meth:`prepare`, :meth:`start`, :meth:`next_stage`,
     :meth:`weak_model`.
     """
@@ -44,8 +45,11 @@ class Backend:
     conditional: bool = True
     stride: int = 1  # of the default timesteps
     # What ``predict`` returns in its first ``C`` channels: "epsilon" (the noise) or "v_prediction"
-    # (``v = sqrt(abar) eps - sqrt(1 - abar) x0``, Salimans & Ho 2022). The Sampler turns v into noise
-    # before any technique or rule sees it, so every technique keeps its meaning on either kind.
+    # (``v = sqrt(abar) eps - sqrt(1 - abar) x0``, Salimans & Ho 2022) for a discrete variance-preserving
+    # model, or "flow_prediction" for a flow-matching one (its input ``x = (1 - sigma) x0 + sigma eps``, its
+    # output the velocity ``eps - x0``, its timestep ``sigma`` x the scheduler's ``num_train_timesteps``).
+    # The Sampler turns each into the estimates every technique sees (noise; for a flow model the clean
+    # image too, which noise alone does not give at sigma = 1), so techniques keep their meaning on any.
     prediction_type: str = "epsilon"
     # A later stage that samples its own way instead of with the run's techniques and sampler (IF's
     # stage III, the SD x4 upscaler, runs as the Visual Anagrams release runs it); None: the run's.
@@ -53,12 +57,34 @@ class Backend:
     # The --sampler a run uses when none is given (None: diffkit's ddpm); Stable Diffusion's is "own",
     # the scheduler the model ships with, as its pipeline samples.
     default_sampler: str | None = None
+    # The steps a run takes when it names none and the backend's default timesteps do not say (a flow
+    # model's pipeline default: SD3's 28); None: as many as :meth:`default_timesteps`.
+    default_steps: int | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of the images :meth:`to_image` makes and :meth:`from_image` takes: the state's for
         a pixel-space model; a latent model's decoder makes larger ones with 3 channels."""
         return self.sample_shape
+
+    @property
+    def formulation(self) -> str:
+        """``"flow"`` for a flow-matching model (continuous sigma in [0, 1], driven by diffusers' flow
+        schedulers), ``"vp"`` for a discrete variance-preserving one (``alphas_cumprod``)."""
+        return "flow" if self.prediction_type == "flow_prediction" else "vp"
+
+    def schedule_kwargs(self, steps: int) -> dict[str, Any]:
+        """What the model's pipeline passes its scheduler's ``set_timesteps`` beside the number of steps
+        (Flux: its own sigmas and ``mu``, the shift for the image's size); default none."""
+        return {}
+
+    def strength_start(self, steps: int, strength: float) -> int:
+        """The step an img2img run of ``strength`` starts at, as this family's img2img pipeline counts it:
+        Stable Diffusion's skips ``steps - int(steps x strength)``; the flow pipelines' (SD3, Flux)
+        ``int(steps - steps x strength)``, one fewer when ``steps x strength`` is not whole."""
+        if self.formulation == "flow":
+            return int(max(steps - steps * strength, 0))
+        return steps - min(int(steps * strength), steps)
 
     def default_timesteps(self) -> list[int]:
         """The strided timesteps used when the user gives none, descending, each one a model call."""
@@ -142,6 +168,13 @@ class BackendInfo:
     # ``embed(prompts, out, append, **options) -> count``: what `diffkit embed --backend NAME` does, saving
     # prompt embeddings that a later run reads instead of loading the text encoder; None: it has none.
     embed: Callable[..., int] | None = None
+    # what the backend's model is (``Backend.formulation``): "vp" or "flow", or a function of its read
+    # options; declared so a rule that cannot step it is refused before any weights load
+    formulation: str | Callable[[dict[str, Any]], str] = "vp"
+
+    def formulation_of(self, options: dict[str, Any]) -> str:
+        """The formulation of the model these read ``options`` load."""
+        return self.formulation(options) if callable(self.formulation) else self.formulation
 
     @property
     def options(self) -> dict[str, str]:

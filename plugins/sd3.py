@@ -1,0 +1,226 @@
+"""Stable Diffusion 3 / 3.5 through diffusers: a flow-matching transformer on VAE latents.
+
+The model predicts a velocity (``prediction_type = "flow_prediction"``); the Sampler turns it into the
+noise and clean-image estimates every technique reads, and steps the model's own FlowMatch scheduler
+(with its shift) by default, as ``StableDiffusion3Pipeline`` does. Prompts are encoded by that
+pipeline's own ``encode_prompt`` (two CLIP encoders, T5 if the folder has one: diffusers allows none),
+the null label being the empty prompt, as the pipeline's negative branch; so ``cfg:S`` is the pipeline's
+``guidance_scale=S``. The folder's layout is read, configs first, before any weights load.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffkit.backends.base import Backend, BackendError, BackendInfo
+from diffkit.backends.hub import load_json
+from diffkit.hookspecs import hookimpl
+from diffkit.params import Param
+from diffkit_plugins.sd import HUB_HINT, Vae, _dtype, _pretrained, by_rows, read_layout
+
+SD3_MODEL = "stabilityai/stable-diffusion-3.5-medium"
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+
+
+def family(index: dict[str, Any]) -> str:
+    """What a diffusers folder's ``model_index.json`` holds: its pipeline's class name."""
+    return str(index.get("_class_name", "?"))
+
+
+def check_family(model: str, index: dict[str, Any], want: str, backend: str, others: dict[str, str]) -> None:
+    """Refuse a folder of another family by name (a Flux folder given to sd3), before any weights load."""
+    got = family(index)
+    if got.startswith(want):
+        return
+    for prefix, other in others.items():
+        if got.startswith(prefix):
+            raise BackendError(f"{model} is a {got} folder: use --backend {other}, not {backend}")
+    raise BackendError(f"{model} is not a {want} folder (its model_index.json names {got})")
+
+
+def check_flow_scheduler(model: str, config: dict[str, Any]) -> None:
+    if config.get("_class_name") not in FLOW_SCHEDULERS:
+        raise BackendError(f"{model}: its scheduler is {config.get('_class_name')}, not a flow-matching one "
+                           f"({', '.join(FLOW_SCHEDULERS)})")
+
+
+class FlowVae(Vae):
+    """The VAE as the flow pipelines scale latents: ``(z - shift_factor) * scaling_factor``."""
+
+    def __init__(self, model: str, device: torch.device, dtype: torch.dtype):
+        super().__init__(model, device, dtype)
+        self.offset = float(self.vae.config.shift_factor or 0.0)
+
+    def _to_latents(self, z: Tensor) -> Tensor:
+        return (z - self.offset) * self.scale
+
+    @torch.inference_mode()
+    def decode(self, latents: Tensor) -> Tensor:
+        z = latents.to(self.dtype) / self.scale + self.offset
+        img = by_rows(lambda z: self.vae.decode(z, return_dict=False)[0], latents.device, z)
+        return (img / 2 + 0.5).clamp(0, 1)
+
+
+class SD3Text:
+    """Prompt embeddings as ``StableDiffusion3Pipeline.encode_prompt`` makes them, one prompt at a time
+    (cached): ``[N x (L D + P)]``, the sequence ``[L x D]`` flattened and the pooled ``[P]`` after it, so
+    a condition is one tensor a sample (equal ones batch and dedupe)."""
+
+    def __init__(self, model: str, index: dict[str, Any], device: torch.device, dtype: torch.dtype,
+                 max_sequence_length: int, transformer: Any):
+        from diffusers import StableDiffusion3Pipeline
+        from transformers import AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel
+
+        def tokenizer(sub: str) -> Any:
+            try:
+                return AutoTokenizer.from_pretrained(model, subfolder=sub)
+            except (OSError, ValueError) as e:
+                raise BackendError(f"cannot load {sub}/ from {model}: {e}") from e
+
+        has_t5 = bool(index.get("text_encoder_3") and index["text_encoder_3"][0])
+        parts = dict(text_encoder=_pretrained(CLIPTextModelWithProjection, model, "text_encoder", dtype).to(device),
+                     text_encoder_2=_pretrained(CLIPTextModelWithProjection, model, "text_encoder_2", dtype).to(device),
+                     tokenizer=tokenizer("tokenizer"), tokenizer_2=tokenizer("tokenizer_2"),
+                     text_encoder_3=_pretrained(T5EncoderModel, model, "text_encoder_3", dtype).to(device) if has_t5 else None,
+                     tokenizer_3=tokenizer("tokenizer_3") if has_t5 else None)
+        # The pipeline object only encodes prompts (the transformer's config sizes T5's place when there is
+        # no T5): no VAE or scheduler in it.
+        self.pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=None, vae=None, **parts)
+        self.device, self.dtype, self.max_len = device, dtype, max_sequence_length
+        self.cache: dict[str, Tensor] = {}
+        self.shape: tuple[int, int, int] | None = None  # (L, D, P)
+
+    @torch.inference_mode()
+    def __call__(self, prompts: list[str]) -> Tensor:
+        for p in dict.fromkeys(prompts):
+            if p not in self.cache:
+                emb, _, pooled, _ = self.pipe.encode_prompt(p, p, p, device=self.device, do_classifier_free_guidance=False,
+                                                            max_sequence_length=self.max_len)
+                self.shape = (emb.shape[1], emb.shape[2], pooled.shape[1])
+                self.cache[p] = torch.cat([emb[0].flatten(), pooled[0]]).to(self.dtype)
+        return torch.stack([self.cache[p] for p in prompts]).to(self.device)
+
+    def split(self, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """``[B x (L D + P)]`` -> embeddings ``[B x L x D]``, pooled ``[B x P]``."""
+        L, D, P = self.shape
+        return cond[:, : L * D].reshape(-1, L, D), cond[:, L * D:]
+
+
+class StableDiffusion3(Backend):
+    """SD3/3.5 as a diffkit backend: the Sampler runs on latents ``[N x C x H/f x W/f]`` (C = 16 for the
+    real models); techniques see those latents as a VP state, and noise and clean-image estimates."""
+
+    name = "sd3"
+    KIND = "a diffusers Stable Diffusion 3 folder"
+    PARTS = {"": "model_index.json", "transformer": "config.json", "vae": "config.json",
+             "text_encoder": "config.json", "text_encoder_2": "config.json", "tokenizer": "tokenizer_config.json",
+             "tokenizer_2": "tokenizer_config.json", "scheduler": "scheduler_config.json"}
+    prediction_type = "flow_prediction"
+    default_sampler = "own"
+    default_steps = 28  # StableDiffusion3Pipeline's num_inference_steps
+
+    def __init__(self, model: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 height: int | None = None, width: int | None = None, max_sequence_length: int = 256):
+        index = load_json(model, "", "model_index.json", self.KIND, HUB_HINT)
+        check_family(model, index, "StableDiffusion3", "sd3", {"Flux": "flux"})
+        self.configs = read_layout(model, self.KIND, self.PARTS)
+        tr, vae_cfg = self.configs["transformer"], self.configs["vae"]
+        check_flow_scheduler(model, self.configs["scheduler"])
+        self.factor = 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
+        self.patch = int(tr.get("patch_size", 2))
+        latent = int(vae_cfg.get("latent_channels", 16))
+        if int(tr.get("in_channels", 16)) != latent:
+            raise BackendError(f"{model}: its transformer takes {tr.get('in_channels')} channels, its VAE makes {latent}")
+        size = int(tr.get("sample_size", 128)) * self.factor  # the pipeline's default_sample_size x vae_scale_factor
+        height, width = height or size, width or size
+        step = self.factor * self.patch
+        for what, value in (("height", height), ("width", width)):
+            if value % step:
+                raise BackendError(f"--{what} must be a multiple of {step} for {model} (its VAE's {self.factor}x "
+                                   f"latents in {self.patch}x{self.patch} patches), got {value}")
+        self.scheduler_config = self.configs["scheduler"]
+        T = int(self.scheduler_config.get("num_train_timesteps", 1000))
+        sig = torch.arange(1, T + 1, dtype=torch.float64) / T
+        self.alphas_cumprod = (1 - sig) ** 2 / ((1 - sig) ** 2 + sig**2)  # abar of t = sigma T, for t/T readers
+        self.checkpoint = model
+        self.device, self.dtype = torch.device(device), dtype
+        self.sample_shape = (latent, height // self.factor, width // self.factor)
+        self._image_shape = (3, height, width)
+        self.transformer = self.load_transformer(model)
+        self.text = SD3Text(model, index, self.device, dtype, max_sequence_length, self.transformer)
+        self.vae = FlowVae(model, self.device, dtype)
+
+    def load_transformer(self, model: str) -> Any:
+        from diffusers import SD3Transformer2DModel
+
+        return _pretrained(SD3Transformer2DModel, model, "transformer", self.dtype).to(self.device)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self._image_shape
+
+    def schedule_kwargs(self, steps: int) -> dict[str, Any]:
+        """The shift for the image's size where the scheduler shifts dynamically, as the pipeline computes it."""
+        config = self.scheduler_config
+        if not config.get("use_dynamic_shifting"):
+            return {}
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+        seq = (self.sample_shape[1] // self.patch) * (self.sample_shape[2] // self.patch)
+        return {"mu": calculate_shift(seq, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                                      config.get("base_shift", 0.5), config.get("max_shift", 1.16))}
+
+    def encode(self, labels: list[Any]) -> Tensor:
+        return self.text(["" if lab is None else str(lab) for lab in labels])
+
+    @torch.inference_mode()
+    def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        def call(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
+            emb, pooled = self.text.split(c)
+            return self.transformer(hidden_states=x, timestep=t, encoder_hidden_states=emb, pooled_projections=pooled,
+                                    return_dict=False)[0]
+
+        return by_rows(call, self.device, x.to(self.dtype), t.to(self.device), cond)
+
+    def to_image(self, x: Tensor) -> Tensor:
+        return self.vae.decode(x)
+
+    def from_image(self, img: Tensor) -> Tensor:
+        return self.vae.encode(img.to(self.device)).to(self.dtype)
+
+    def state_from_image(self, img: Tensor, ctx: Any) -> Tensor:
+        """The VAE posterior sampled with each sample's generator, as the img2img pipelines do."""
+        eps = ctx.randn(self.sample_shape)
+        return self.vae.encode_sampled(img.to(self.device).expand(ctx.n, -1, -1, -1), eps).to(self.dtype)
+
+
+def _sd3(model: str | None = None, height: int | None = None, width: int | None = None, device: str | None = None,
+         dtype: str | None = None, max_sequence_length: int = 256) -> StableDiffusion3:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return StableDiffusion3(model or SD3_MODEL, device, _dtype(dtype, device), height, width, max_sequence_length)
+
+
+def _params(default: str, multiple: str) -> tuple[Param, ...]:
+    return (
+        # in the order run.json records them (a request lists options as its backend declares them)
+        Param("device", str, None, "where the model runs: cpu, cuda, cuda:N (default: cuda if available)",
+              kind="device", flag=True),
+        Param("model", str, None, f"hub id or folder in diffusers' layout (default {default})", kind="path", flag=True),
+        Param("height", int, None, f"image height, a multiple of {multiple} (default the model's own)",
+              range=(16, 8192), flag=True),
+        Param("width", int, None, f"image width, a multiple of {multiple} (default the model's own)",
+              range=(16, 8192), flag=True),
+        Param("dtype", str, None, "weights' precision (default: fp16 on CUDA, fp32 on CPU; bf16 is what the "
+                                  "flow models ship in)", choices=("fp16", "bf16", "fp32"), flag=True),
+        Param("max_sequence_length", int, 256, "T5's prompt tokens (the pipeline's default)", range=(1, 512)),
+    )
+
+
+@hookimpl
+def diffkit_backends() -> list[BackendInfo]:
+    return [BackendInfo("sd3", "Stable Diffusion 3 / 3.5 (flow matching, latent) through diffusers; two CLIP "
+                               "encoders and T5.", _sd3, _params(SD3_MODEL, "16"), label_kind="prompt",
+                        formulation="flow")]
