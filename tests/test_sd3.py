@@ -11,7 +11,6 @@ here: the random one-layer transformer barely depends on the step count), tested
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

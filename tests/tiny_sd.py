@@ -188,3 +188,32 @@ def build_flux(root: Path, name: str = "flux", guidance_embeds: bool = True) -> 
                         tokenizer=tokenizer(), text_encoder_2=t5_encoder(), tokenizer_2=tokenizer(512))
     pipe.save_pretrained(root / name)
     return root / name
+
+
+def build_zimage(root: Path, name: str = "zimage") -> Path:
+    """A Z-Image-shaped folder: a one-layer single-stream transformer on 4-channel latents (16x16 images, a 2x
+    VAE with a shift factor), a two-layer Qwen3 text encoder behind a word-level tokenizer with a chat
+    template, FlowMatchEulerDiscreteScheduler with a shift."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(12)
+    transformer = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32,
+                                           n_layers=1, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=16,
+                                           axes_dims=[4, 6, 6], axes_lens=[64, 32, 32]).eval()
+    with torch.no_grad():  # SCALE_OUT says why
+        for p in transformer.all_final_layer.parameters():
+            p.mul_(SCALE_OUT)
+    torch.manual_seed(13)
+    encoder = Qwen3Model(Qwen3Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                                     max_position_embeddings=512)).eval()
+    tok = tokenizer(512)
+    tok.chat_template = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %} a{% endif %}")
+    autoencoder = vae()
+    autoencoder.register_to_config(shift_factor=0.1159, scaling_factor=0.3611)  # Flux's VAE, as Z-Image's
+    pipe = ZImagePipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                          vae=autoencoder, text_encoder=encoder, tokenizer=tok)
+    pipe.save_pretrained(root / name)
+    return root / name
