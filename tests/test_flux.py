@@ -144,3 +144,17 @@ def test_a_rule_that_cannot_shift_by_the_image_size_is_refused_by_name(tiny_flux
     assert r.exit_code == 2 and "rule 'heun': backend 'flux' shifts its sigmas by the image's size" in " ".join(
         r.output.split()), r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_inpaint_with_the_initial_noise_equals_the_inpaint_pipeline(tiny_flux, tmp_path):
+    from PIL import ImageDraw
+
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    mask = Image.new("L", (16, 16), 0)
+    ImageDraw.Draw(mask).ellipse((3, 2, 12, 13), fill=255)
+    mask.save(tmp_path / "mask.png")
+    want = theirs(tiny_flux["dev"], "FluxInpaintPipeline", image=Image.open(tmp_path / "in.png"),
+                  mask_image=Image.open(tmp_path / "mask.png"), strength=1.0, guidance_scale=3.5)
+    not_flat(want)
+    spec = f"inpaint:image={tmp_path / 'in.png'},mask={tmp_path / 'mask.png'},noise=initial"
+    assert (ours(tiny_flux["dev"], [spec]) - want).abs().max() <= TOL

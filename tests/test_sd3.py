@@ -130,3 +130,31 @@ def test_bad_input_is_refused_by_name_before_weights_load(tiny_sd3, tmp_path, mo
     sd.mkdir()
     (sd / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     assert "is not a StableDiffusion3 folder" in refused(tmp_path, "--model", str(sd))
+
+
+def test_inpaint_with_the_initial_noise_equals_the_inpaint_pipelines_latents(tiny_sd3, tmp_path):
+    """``inpaint:...,noise=initial`` is StableDiffusion3InpaintPipeline at strength 1 on a 16-channel
+    transformer (its latent blend). Compared as latents: the inpaint pipeline decodes ``latents / scale``
+    without adding the VAE's shift_factor, unlike StableDiffusion3Pipeline and its Img2Img pipeline
+    (diffusers 0.42), so its images are shifted; diffkit decodes every SD3 run as the text-to-image
+    pipeline does."""
+    from PIL import ImageDraw
+
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    mask = Image.new("L", (16, 16), 0)
+    ImageDraw.Draw(mask).ellipse((3, 2, 12, 13), fill=255)  # white: repaint; not aligned with the latent grid
+    mask.save(tmp_path / "mask.png")
+    want = pipe("StableDiffusion3InpaintPipeline", tiny_sd3)(
+        PROMPT, image=Image.open(tmp_path / "in.png"), mask_image=Image.open(tmp_path / "mask.png"), strength=1.0,
+        guidance_scale=7.0, num_inference_steps=6, height=16, width=16, generator=torch.Generator().manual_seed(3),
+        output_type="latent").images
+    spec = f"inpaint:image={tmp_path / 'in.png'},mask={tmp_path / 'mask.png'}"
+    got = diffkit.sample("sd3", backend_options={"model": str(tiny_sd3), "device": "cpu"}, prompts=[PROMPT],
+                         hooks=["cfg:7", spec + ",noise=initial"], steps=6, seed=3).x
+    # float32: a few roundings of 2^-24 relative a step (the state's scale there and back, the velocity from
+    # its estimates, the blend), eight a step over the six steps, on latents of size |want|
+    bound = 6 * 8 * 2.0**-24 * max(1.0, float(want.abs().max()))
+    assert (got - want).abs().max() <= bound
+    fresh = diffkit.sample("sd3", backend_options={"model": str(tiny_sd3), "device": "cpu"}, prompts=[PROMPT],
+                           hooks=["cfg:7", spec], steps=6, seed=3).x
+    assert (fresh - want).abs().max() > 10 * bound  # RePaint's fresh noise: another result

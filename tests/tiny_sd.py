@@ -42,7 +42,7 @@ def text_encoder(seed: int = 0, hidden: int = 32, projection: bool = False):
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
 
 
-def vae(blocks: int = 2, seed: int = 1):
+def vae(blocks: int = 2, seed: int = 1, latent_channels: int = 4):
     """``blocks`` resolutions: a latent grid ``2 ** (blocks - 1)`` times smaller (SD: 4 blocks, 8x; the x4
     upscaler: 3 blocks, 4x)."""
     from diffusers import AutoencoderKL
@@ -50,7 +50,7 @@ def vae(blocks: int = 2, seed: int = 1):
     torch.manual_seed(seed)
     return AutoencoderKL(block_out_channels=[8] * (blocks - 1) + [16], in_channels=3, out_channels=3,
                          down_block_types=["DownEncoderBlock2D"] * blocks, up_block_types=["UpDecoderBlock2D"] * blocks,
-                         latent_channels=4, norm_num_groups=4, sample_size=32).eval()
+                         latent_channels=latent_channels, norm_num_groups=4, sample_size=32).eval()
 
 
 def sd_unet(in_channels: int = 4, seed: int = 2, sample_size: int = 8, **extra):
@@ -135,19 +135,20 @@ def build_sdxl(root: Path, name: str = "sdxl", latents_mean: bool = False) -> Pa
 
 
 def build_sd3(root: Path, name: str = "sd3", shift: float = 3.0) -> Path:
-    """An SD3-shaped folder: a one-layer MMDiT on 4-channel latents (16x16 images, a 2x VAE with SD3's
-    shift_factor), two CLIP encoders with projections and no T5 (diffusers allows none: T5's place is zeros),
-    FlowMatchEulerDiscreteScheduler with a shift as SD3 ships it."""
+    """An SD3-shaped folder: a one-layer MMDiT on 16-channel latents as SD3's (16x16 images, a 2x VAE with
+    SD3's shift_factor; the inpaint pipeline takes no other channel count), two CLIP encoders with
+    projections and no T5 (diffusers allows none: T5's place is zeros), FlowMatchEulerDiscreteScheduler
+    with a shift as SD3 ships it."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     torch.manual_seed(8)
-    transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8,
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=16, num_layers=1, attention_head_dim=8,
                                         num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=32,
-                                        pooled_projection_dim=64, out_channels=4, pos_embed_max_size=16).eval()
+                                        pooled_projection_dim=64, out_channels=16, pos_embed_max_size=16).eval()
     with torch.no_grad():  # SCALE_OUT says why
         transformer.proj_out.weight.mul_(SCALE_OUT)
         transformer.proj_out.bias.mul_(SCALE_OUT)
-    autoencoder = vae()
+    autoencoder = vae(latent_channels=16)
     autoencoder.register_to_config(shift_factor=0.0609, scaling_factor=1.5305)  # SD3's VAE's
     pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
                                     vae=autoencoder, text_encoder=text_encoder(5, projection=True),
