@@ -211,3 +211,27 @@ def test_discrete_rules_and_flow_schedulers_do_not_cross():
         diffkit.sample(flow_backend(), classes=[0], num=1, sampler="euler", timesteps=[900, 500, 0])
     with pytest.raises(diffkit.errors.UserError, match="takes no timestep_spacing"):
         diffkit.sample(flow_backend(), classes=[0], num=1, sampler="euler:spacing=trailing", steps=3)
+
+
+FLOW_ARGS = ["sample", "--backend", "gaussian", "-O", "formulation=flow", "-O", "shift=3", "--class", "0,1", "-n", "3",
+             "--technique", "cfg:2", "--rule", "dpmpp_2m", "--steps", "6", "--save-every", "2"]
+
+
+def test_batch_sizes_resume_and_two_processes_write_the_same_bytes_on_a_flow_model(tmp_path):
+    """A flow run's bytes do not depend on how it is split: one batch, batches of one, a run interrupted
+    after its first batch and resumed, and two torchrun processes."""
+    from conftest import interrupted
+    from test_scale import files, torchrun
+
+    def run(name: str, *extra: str) -> dict[str, bytes]:
+        r = CliRunner().invoke(app, [*FLOW_ARGS, *extra, "--out", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+        return files(tmp_path / name)
+
+    whole = run("whole", "--batch-size", "6")
+    assert run("ones", "--batch-size", "1") == whole
+    interrupted(1, *FLOW_ARGS, "--batch-size", "2", "--out", tmp_path / "cut")
+    assert run("cut", "--batch-size", "2", "--resume") == whole
+    p = torchrun([*FLOW_ARGS, "--batch-size", "2", "--out", str(tmp_path / "two")], tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert files(tmp_path / "two") == whole

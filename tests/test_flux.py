@@ -108,7 +108,10 @@ def test_techniques_see_the_unpacked_grid_and_batches_equal_single_runs(tiny_flu
     m.save(mask)
     img = tmp_path / "img.png"
     Image.new("RGB", (16, 16), (200, 40, 40)).save(img)
-    for hooks in (["anagram:prompt=a photo of a cat,view=flip_v"], [f"inpaint:image={img},mask={mask}"]):
+    for hooks in (["anagram:prompt=a photo of a cat,view=flip_v"], [f"inpaint:image={img},mask={mask}"],
+                  ["hybrid:prompt=a photo of a cat,kernel=5,sigma=1"], [f"sdedit:image={img},strength=0.7"],
+                  ["cfg:3", 'factorize:a photo of a cat,parts="low_pass:sigma=1,kernel=5+high_pass:sigma=1,kernel=5"'],
+                  [f'reference:image={img},part="low_pass:sigma=1,kernel=5"']):
         assert torch.isfinite(ours(tiny_flux["dev"], hooks, steps=3)).all()
     both = ours(tiny_flux["dev"], ["cfg:2"], num=2, steps=3, sampler="dpmpp_2m")
     one = ours(tiny_flux["dev"], ["cfg:2"], num=1, seed=4, steps=3, sampler="dpmpp_2m")
