@@ -659,10 +659,14 @@ def rules() -> None:
     from diffkit import registry
 
     out = Console()
+    kinds = {"vp": "discrete", "flow": "flow matching"}
     for name, cls in sorted(registry.samplers().items()):
         scheduler = getattr(cls, "scheduler", None)
         origin = f"diffusers {scheduler}" if isinstance(scheduler, str) else "diffkit"
-        out.print(f"[bold]{name}[/] ({origin})  {cls.help}", highlight=False)
+        flow = getattr(cls, "flow_scheduler", None)
+        origin += f"; on flow models {flow}" if isinstance(flow, str) and flow != scheduler else ""
+        steps = " and ".join(kinds.get(f, f) for f in cls.formulations)
+        out.print(f"[bold]{name}[/] ({origin}; steps {steps} models)  {cls.help}", highlight=False)
         _print_params(out, cls.params)
 
 
@@ -732,7 +736,9 @@ def backends() -> None:
     out = Console()
     default = registry.default_backend()
     for name, info in sorted(registry.backends().items()):
-        said = [f"labels: {info.label_kind}"] + (["the default"] if name == default else []) + (
+        kind = "flow matching or discrete, by option" if callable(info.formulation) else \
+            {"vp": "discrete", "flow": "flow matching"}.get(info.formulation, info.formulation)
+        said = [f"labels: {info.label_kind}", kind] + (["the default"] if name == default else []) + (
             ["saves embeddings: diffkit embed"] if info.embed else [])
         out.print(f"[bold]{name}[/] ({'; '.join(said)})  {info.help}", highlight=False)
         _print_params(out, info.params)
