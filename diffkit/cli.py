@@ -170,8 +170,9 @@ def _floats(text: str, what: str, lo: float, hi: float) -> list[float]:
 @train_app.command("mnist")
 def train_mnist(
     out: Path = typer.Option(..., "--out", help="Run folder: checkpoint/, loss.json, loss.png, samples."),
-    objective: str = typer.Option("ddpm", help="denoise (one-step denoiser, z = x + sigma eps) or ddpm."),
-    conditioning: Optional[str] = typer.Option(None, help="ddpm: time or class (default time)."),
+    objective: str = typer.Option("ddpm", help="denoise (one-step denoiser, z = x + sigma eps), ddpm, or flow "
+                                               "(flow matching: x = (1 - s) x0 + s eps, predicting eps - x0)."),
+    conditioning: Optional[str] = typer.Option(None, help="ddpm, flow: time or class (default time)."),
     hidden: Optional[int] = Int(None, lo=1, hi=1024, help="UNet width D (default: denoise 128, ddpm 64)."),
     epochs: Optional[int] = Int(None, lo=1, hi=10_000, help="Epochs (default: denoise 5, ddpm 20)."),
     batch_size: Optional[int] = Int(None, lo=1, hi=60_000, help="Batch size (default: denoise 256, ddpm 128)."),
@@ -191,7 +192,7 @@ def train_mnist(
                                            "the same draws, other arithmetic than the CPU)."),
     rendezvous_timeout: float = Rendezvous(),
 ) -> None:
-    """Train the MNIST UNet: a one-step denoiser or a time- and class-conditioned DDPM."""
+    """Train the MNIST UNet: a one-step denoiser, or a time- or class-conditioned DDPM or flow model."""
     import torch
 
     from diffkit import dist
@@ -240,7 +241,7 @@ def train_mnist(
 
 def _preview(snapshot: Path, cfg, path: Path) -> None:
     """Sample grid of a training snapshot; a failure warns and leaves training running."""
-    if cfg.objective != "ddpm":
+    if cfg.objective not in ("ddpm", "flow"):
         return
     try:
         from diffkit.mnist.report import mnist_preview

@@ -11,6 +11,17 @@ from diffkit.hookspecs import hookimpl
 from diffkit.params import Param, to_bool
 
 
+def _mnist_formulation(options: dict) -> str:
+    """A flow-matching checkpoint (``train mnist --objective flow``) or a DDPM, from its config.json alone; a
+    checkpoint that does not read is left to ``load``, which says why."""
+    from diffkit.mnist import checkpoint
+
+    try:
+        return "flow" if checkpoint.load_config(options.get("checkpoint")).get("objective") == "flow" else "vp"
+    except (OSError, ValueError, checkpoint.CheckpointError):
+        return "vp"
+
+
 def _mnist(checkpoint: str | None = None, device: str | None = None):
     from diffkit.backends.mnist import MnistBackend
 
@@ -80,7 +91,7 @@ def diffkit_backends() -> list[BackendInfo]:
                                            "model: mnist-class (default, fast), mnist-h64 (quality)", kind="path", flag=True,
                   offers=("mnist-class", "mnist-h64", "mnist-h64-ema", "mnist-weak")),
             Param("device", str, None, "where the model runs: cpu (default), cuda, cuda:N", kind="device", flag=True),
-        ), label_kind="class", default=True),
+        ), label_kind="class", default=True, formulation=_mnist_formulation),
         GAUSSIAN,
         # options in the order run.json records them (a request lists them as its backend declares them)
         BackendInfo("if", "DeepFloyd IF stage I (64x64), stage II (x4) and optionally stage III (the SD x4 "

@@ -38,6 +38,7 @@ def parse_class(label: Any) -> int | None:
 # On a GPU small calls leave it idle: 256 rows ran several times faster on an H100 and kept the bytes
 # batch-independent too (benchmarks/gpu.py, tests/test_gpu.py).
 CHUNK_ROWS = {"cpu": 3, "cuda": 256}
+FLOW_STEPS = 10  # a flow checkpoint's steps when a run names none (its straight paths need few)
 
 
 class MnistBackend(Backend):
@@ -54,20 +55,31 @@ class MnistBackend(Backend):
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.requires_grad_(False)  # sampling only; and tracing takes the weights as constants
-        if self.config.get("objective") != "ddpm":
+        if self.config.get("objective") not in ("ddpm", "flow"):
             raise BackendError(f"checkpoint {checkpoint.resolve(checkpoint_path)} is a one-step denoiser, "
                                "not a DDPM: use it with `diffkit denoise`, or pick a ddpm checkpoint")
         self.checkpoint = str(checkpoint.resolve(checkpoint_path))
-        self.T = self.config["T"]
-        self.alphas_cumprod = schedule.alphas_cumprod(
-            schedule.linear_betas(self.T, self.config["beta_start"], self.config["beta_end"]))
         self.conditional = self.config["conditioning"] == "class"
         self.step_config = StepConfig()
-        # What diffusers' schedulers (every sampler but ddpm) are configured from. No clipping: the
-        # model's x0 lives in [0, 1], not the [-1, 1] that diffusers' clip_sample assumes.
-        self.scheduler_config = {"num_train_timesteps": self.T, "beta_schedule": "linear",
-                                 "beta_start": self.config["beta_start"], "beta_end": self.config["beta_end"],
-                                 "prediction_type": "epsilon", "clip_sample": False, "thresholding": False}
+        if self.config["objective"] == "flow":
+            # A flow-matching checkpoint (train mnist --objective flow): the model reads sigma = t / 1000 and
+            # predicts eps - x0; diffusers' flow-matching Euler with no shift is its own scheduler.
+            self.T = 1000
+            self.prediction_type = "flow_prediction"
+            self.default_sampler, self.default_steps = "own", FLOW_STEPS
+            sig = torch.arange(1, self.T + 1, dtype=torch.float64) / self.T
+            self.alphas_cumprod = (1 - sig) ** 2 / ((1 - sig) ** 2 + sig**2)
+            self.scheduler_config = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": self.T,
+                                     "shift": 1.0}
+        else:
+            self.T = self.config["T"]
+            self.alphas_cumprod = schedule.alphas_cumprod(
+                schedule.linear_betas(self.T, self.config["beta_start"], self.config["beta_end"]))
+            # What diffusers' schedulers (every sampler but ddpm) are configured from. No clipping: the
+            # model's x0 lives in [0, 1], not the [-1, 1] that diffusers' clip_sample assumes.
+            self.scheduler_config = {"num_train_timesteps": self.T, "beta_schedule": "linear",
+                                     "beta_start": self.config["beta_start"], "beta_end": self.config["beta_end"],
+                                     "prediction_type": "epsilon", "clip_sample": False, "thresholding": False}
         self.device = torch.device(device)
         self.chunk_rows = CHUNK_ROWS.get(self.device.type, CHUNK_ROWS["cpu"])
         self.dtype = torch.float32
