@@ -88,8 +88,9 @@ def diffkit_backends() -> list[BackendInfo]:
     return [
         BackendInfo("mnist", "diffkit's class-conditioned MNIST DDPM (28x28, T=300); ships with diffkit.", _mnist, (
             Param("checkpoint", str, None, "checkpoint folder written by `diffkit train mnist`, or a shipped "
-                                           "model: mnist-class (default, fast), mnist-h64 (quality)", kind="path", flag=True,
-                  offers=("mnist-class", "mnist-h64", "mnist-h64-ema", "mnist-weak")),
+                                           "model: mnist-class (default, fast), mnist-h64 (quality), mnist-flow "
+                                           "(flow matching, few steps)", kind="path", flag=True,
+                  offers=("mnist-class", "mnist-h64", "mnist-h64-ema", "mnist-weak", "mnist-flow")),
             Param("device", str, None, "where the model runs: cpu (default), cuda, cuda:N", kind="device", flag=True),
         ), label_kind="class", default=True, formulation=_mnist_formulation),
         GAUSSIAN,

@@ -218,7 +218,7 @@ def test_an_error_is_one_line_whatever_the_path_length(tmp_path):
     lines = [line for line in r.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: no MNIST checkpoint at") and str(deep) in lines[0]
     assert lines[0].endswith("(expected config.json and model.safetensors there; shipped models by name: "
-                             "mnist-class, mnist-h64, mnist-h64-ema, mnist-weak)")
+                             "mnist-class, mnist-h64, mnist-h64-ema, mnist-weak, mnist-flow)")
 
 
 # ---- any text for --hook / --sweep: a spec or a clear error, never a traceback ----

@@ -122,6 +122,8 @@ MUTATIONS = [
     ("a flow img2img starts where Stable Diffusion's does", "diffkit/backends/base.py",
      "return int(max(steps - steps * strength, 0))", "return steps - min(int(steps * strength), steps)",
      ["tests/test_flux.py"]),
+    ("a flow checkpoint's own scheduler shifted", "diffkit/backends/mnist.py",
+     '"shift": 1.0}', '"shift": 2.0}', ["tests/test_shipped.py"]),
     ("RePaint allowed under a multistep rule", "plugins/inpaint.py",
      'if self.args["resample"] > 1 and not ctx.stepper.can_redo:', "if False:", [SAMP]),
 ]

@@ -25,8 +25,9 @@ SHIPPED_H64 = SHIPPED.parent / "mnist-h64"  # train mnist's defaults (hidden 64,
 SHIPPED_H64_EMA = SHIPPED.parent / "mnist-h64-ema"  # mnist-h64 fine-tuned two epochs, its weights' moving average
 # Shipped models a --checkpoint (or autoguide's model=) may name instead of a folder; a folder of the
 # same name in the working directory wins, as a path always does.
+SHIPPED_FLOW = SHIPPED.parent / "mnist-flow"  # train mnist --objective flow: few-step sampling
 SHIPPED_NAMES = {"mnist-class": SHIPPED, "mnist-h64": SHIPPED_H64, "mnist-h64-ema": SHIPPED_H64_EMA,
-                 "mnist-weak": SHIPPED_WEAK}
+                 "mnist-weak": SHIPPED_WEAK, "mnist-flow": SHIPPED_FLOW}
 
 
 class CheckpointError(UserError, FileNotFoundError):
