@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffkit.backends.base import Backend, BackendError, BackendInfo
+from diffkit.backends.base import BackendError, BackendInfo
 from diffkit.backends.hub import load_json
 from diffkit.hookspecs import hookimpl
 from diffkit.params import Param
 from diffkit_plugins.sd import HUB_HINT, _dtype, _pretrained, by_rows, read_layout
-from diffkit_plugins.sd3 import FlowVae, check_family, check_flow_scheduler
+from diffkit_plugins.sd3 import FlowLatent, FlowVae, check_family, check_flow_scheduler, family
 
 FLUX_MODEL = "black-forest-labs/FLUX.1-dev"
 DEFAULT_GUIDANCE = 3.5  # FluxPipeline's guidance_scale
@@ -81,14 +81,12 @@ class FluxText:
         return cond[:, : L * D].reshape(-1, L, D), cond[:, L * D:]
 
 
-class Flux(Backend):
+class Flux(FlowLatent):
     name = "flux"
     KIND = "a diffusers Flux folder"
     PARTS = {"": "model_index.json", "transformer": "config.json", "vae": "config.json",
              "text_encoder": "config.json", "text_encoder_2": "config.json", "tokenizer": "tokenizer_config.json",
              "tokenizer_2": "tokenizer_config.json", "scheduler": "scheduler_config.json"}
-    prediction_type = "flow_prediction"
-    default_sampler = "own"
     default_steps = 28  # FluxPipeline's num_inference_steps
 
     def __init__(self, model: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
@@ -113,19 +111,10 @@ class Flux(Backend):
                                f"{latent}-channel latents of its VAE ({4 * latent})")
         size = 128 * self.factor  # the pipeline's default_sample_size x vae_scale_factor
         height, width = height or size, width or size
-        step = 2 * self.factor
-        for what, value in (("height", height), ("width", width)):
-            if value % step:
-                raise BackendError(f"--{what} must be a multiple of {step} for {model} (its VAE's {self.factor}x "
-                                   f"latents packed 2x2), got {value}")
-        self.scheduler_config = self.configs["scheduler"]
-        T = int(self.scheduler_config.get("num_train_timesteps", 1000))
-        sig = torch.arange(1, T + 1, dtype=torch.float64) / T
-        self.alphas_cumprod = (1 - sig) ** 2 / ((1 - sig) ** 2 + sig**2)
+        self.set_shape(model, latent, height, width, 2 * self.factor, f"its VAE's {self.factor}x latents packed 2x2")
+        self.set_schedule(self.configs["scheduler"])
         self.checkpoint = model
         self.device, self.dtype = torch.device(device), dtype
-        self.sample_shape = (latent, height // self.factor, width // self.factor)
-        self._image_shape = (3, height, width)
         from diffusers import FluxPipeline, FluxTransformer2DModel
 
         self.transformer = _pretrained(FluxTransformer2DModel, model, "transformer", dtype).to(self.device)
@@ -133,10 +122,6 @@ class Flux(Backend):
         self.vae = FlowVae(model, self.device, dtype)
         h, w = self.sample_shape[1:]
         self.img_ids = FluxPipeline._prepare_latent_image_ids(1, h // 2, w // 2, self.device, dtype)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self._image_shape
 
     def schedule_kwargs(self, steps: int) -> dict[str, Any]:
         """The pipeline's sigmas and its shift for the image's size (``mu`` of the packed sequence's length)."""
@@ -168,19 +153,6 @@ class Flux(Backend):
 
         return by_rows(call, self.device, x.to(self.dtype), t.to(self.device), cond)
 
-    def to_image(self, x: Tensor) -> Tensor:
-        return self.vae.decode(x)
-
-    def from_image(self, img: Tensor) -> Tensor:
-        return self.vae.encode(img.to(self.device)).to(self.dtype)
-
-    def state_from_image(self, img: Tensor, ctx: Any) -> Tensor:
-        eps = ctx.randn(self.sample_shape)
-        return self.vae.encode_sampled(img.to(self.device).expand(ctx.n, -1, -1, -1), eps).to(self.dtype)
-
-
-def family(index: dict[str, Any]) -> str:
-    return str(index.get("_class_name", "?"))
 
 
 def _flux(model: str | None = None, height: int | None = None, width: int | None = None, device: str | None = None,

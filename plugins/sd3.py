@@ -109,7 +109,47 @@ class SD3Text:
         return cond[:, : L * D].reshape(-1, L, D), cond[:, L * D:]
 
 
-class StableDiffusion3(Backend):
+class FlowLatent(Backend):
+    """What the flow-matching latent families (sd3, flux, zimage) share: a velocity-predicting model on VAE
+    latents ``[N x C x H/f x W/f]``, its own FlowMatch scheduler by default, the image size checked against
+    the family's multiple, and images in and out through the VAE as the flow pipelines scale them."""
+
+    prediction_type = "flow_prediction"
+    default_sampler = "own"
+
+    def set_shape(self, model: str, latent: int, height: int, width: int, step: int, why: str) -> None:
+        """Check ``height``/``width`` are multiples of ``step`` (``why``: what makes it) and set the shapes."""
+        for what, value in (("height", height), ("width", width)):
+            if value % step:
+                raise BackendError(f"--{what} must be a multiple of {step} for {model} ({why}), got {value}")
+        self.sample_shape = (latent, height // self.factor, width // self.factor)
+        self._image_shape = (3, height, width)
+
+    def set_schedule(self, config: dict[str, Any]) -> None:
+        """The model's FlowMatch scheduler config, and ``abar`` at each of its training timesteps ``t = sigma T``
+        (for the techniques that read ``t / T``, such as guidance intervals)."""
+        self.scheduler_config = config
+        T = int(config.get("num_train_timesteps", 1000))
+        sig = torch.arange(1, T + 1, dtype=torch.float64) / T
+        self.alphas_cumprod = (1 - sig) ** 2 / ((1 - sig) ** 2 + sig**2)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self._image_shape
+
+    def to_image(self, x: Tensor) -> Tensor:
+        return self.vae.decode(x)
+
+    def from_image(self, img: Tensor) -> Tensor:
+        return self.vae.encode(img.to(self.device)).to(self.dtype)
+
+    def state_from_image(self, img: Tensor, ctx: Any) -> Tensor:
+        """The VAE posterior sampled with each sample's generator, as the img2img pipelines do."""
+        eps = ctx.randn(self.sample_shape)
+        return self.vae.encode_sampled(img.to(self.device).expand(ctx.n, -1, -1, -1), eps).to(self.dtype)
+
+
+class StableDiffusion3(FlowLatent):
     """SD3/3.5 as a diffkit backend: the Sampler runs on latents ``[N x C x H/f x W/f]`` (C = 16 for the
     real models); techniques see those latents as a VP state, and noise and clean-image estimates."""
 
@@ -118,8 +158,6 @@ class StableDiffusion3(Backend):
     PARTS = {"": "model_index.json", "transformer": "config.json", "vae": "config.json",
              "text_encoder": "config.json", "text_encoder_2": "config.json", "tokenizer": "tokenizer_config.json",
              "tokenizer_2": "tokenizer_config.json", "scheduler": "scheduler_config.json"}
-    prediction_type = "flow_prediction"
-    default_sampler = "own"
     default_steps = 28  # StableDiffusion3Pipeline's num_inference_steps
 
     def __init__(self, model: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
@@ -136,19 +174,11 @@ class StableDiffusion3(Backend):
             raise BackendError(f"{model}: its transformer takes {tr.get('in_channels')} channels, its VAE makes {latent}")
         size = int(tr.get("sample_size", 128)) * self.factor  # the pipeline's default_sample_size x vae_scale_factor
         height, width = height or size, width or size
-        step = self.factor * self.patch
-        for what, value in (("height", height), ("width", width)):
-            if value % step:
-                raise BackendError(f"--{what} must be a multiple of {step} for {model} (its VAE's {self.factor}x "
-                                   f"latents in {self.patch}x{self.patch} patches), got {value}")
-        self.scheduler_config = self.configs["scheduler"]
-        T = int(self.scheduler_config.get("num_train_timesteps", 1000))
-        sig = torch.arange(1, T + 1, dtype=torch.float64) / T
-        self.alphas_cumprod = (1 - sig) ** 2 / ((1 - sig) ** 2 + sig**2)  # abar of t = sigma T, for t/T readers
+        self.set_shape(model, latent, height, width, self.factor * self.patch,
+                       f"its VAE's {self.factor}x latents in {self.patch}x{self.patch} patches")
+        self.set_schedule(self.configs["scheduler"])
         self.checkpoint = model
         self.device, self.dtype = torch.device(device), dtype
-        self.sample_shape = (latent, height // self.factor, width // self.factor)
-        self._image_shape = (3, height, width)
         self.transformer = self.load_transformer(model)
         self.text = SD3Text(model, index, self.device, dtype, max_sequence_length, self.transformer)
         self.vae = FlowVae(model, self.device, dtype)
@@ -157,10 +187,6 @@ class StableDiffusion3(Backend):
         from diffusers import SD3Transformer2DModel
 
         return _pretrained(SD3Transformer2DModel, model, "transformer", self.dtype).to(self.device)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self._image_shape
 
     def schedule_kwargs(self, steps: int) -> dict[str, Any]:
         """The shift for the image's size where the scheduler shifts dynamically, as the pipeline computes it."""
@@ -185,16 +211,6 @@ class StableDiffusion3(Backend):
 
         return by_rows(call, self.device, x.to(self.dtype), t.to(self.device), cond)
 
-    def to_image(self, x: Tensor) -> Tensor:
-        return self.vae.decode(x)
-
-    def from_image(self, img: Tensor) -> Tensor:
-        return self.vae.encode(img.to(self.device)).to(self.dtype)
-
-    def state_from_image(self, img: Tensor, ctx: Any) -> Tensor:
-        """The VAE posterior sampled with each sample's generator, as the img2img pipelines do."""
-        eps = ctx.randn(self.sample_shape)
-        return self.vae.encode_sampled(img.to(self.device).expand(ctx.n, -1, -1, -1), eps).to(self.dtype)
 
 
 def _sd3(model: str | None = None, height: int | None = None, width: int | None = None, device: str | None = None,

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffkit.backends.base import Backend, BackendError, BackendInfo
+from diffkit.backends.base import BackendError, BackendInfo
 from diffkit.backends.hub import load_json
 from diffkit.hookspecs import hookimpl
 from diffkit.params import Param
 from diffkit_plugins.sd import HUB_HINT, _dtype, _pretrained, by_rows, read_layout
-from diffkit_plugins.sd3 import FlowVae, check_family, check_flow_scheduler
+from diffkit_plugins.sd3 import FlowLatent, FlowVae, check_family, check_flow_scheduler
 
 ZIMAGE_MODEL = "Tongyi-MAI/Z-Image-Turbo"
 
@@ -62,13 +62,11 @@ class ZImageText:
         return [c[1: 1 + int(c[0]) * self.width].view(-1, self.width).to(dtype) for c in cond]
 
 
-class ZImage(Backend):
+class ZImage(FlowLatent):
     name = "zimage"
     KIND = "a diffusers Z-Image folder"
     PARTS = {"": "model_index.json", "transformer": "config.json", "vae": "config.json",
              "text_encoder": "config.json", "tokenizer": "tokenizer_config.json", "scheduler": "scheduler_config.json"}
-    prediction_type = "flow_prediction"
-    default_sampler = "own"
     default_steps = 50  # ZImagePipeline's num_inference_steps (Turbo is run with 8-9)
     dtype = torch.float32  # the state: the pipeline keeps its latents in float32 whatever the weights are
 
@@ -87,28 +85,15 @@ class ZImage(Backend):
         if int(tr.get("in_channels", 16)) != latent:
             raise BackendError(f"{model}: its transformer takes {tr.get('in_channels')} channels, its VAE makes {latent}")
         height, width = height or 1024, width or 1024  # the pipeline's defaults
-        step = 2 * self.factor
-        for what, value in (("height", height), ("width", width)):
-            if value % step:
-                raise BackendError(f"--{what} must be a multiple of {step} for {model} (its VAE's {self.factor}x "
-                                   f"latents in 2x2 patches), got {value}")
-        self.scheduler_config = self.configs["scheduler"]
-        T = int(self.scheduler_config.get("num_train_timesteps", 1000))
-        sig = torch.arange(1, T + 1, dtype=torch.float64) / T
-        self.alphas_cumprod = (1 - sig) ** 2 / ((1 - sig) ** 2 + sig**2)
+        self.set_shape(model, latent, height, width, 2 * self.factor, f"its VAE's {self.factor}x latents in 2x2 patches")
+        self.set_schedule(self.configs["scheduler"])
         self.checkpoint = model
         self.device, self.weights = torch.device(device), dtype
-        self.sample_shape = (latent, height // self.factor, width // self.factor)
-        self._image_shape = (3, height, width)
         from diffusers import ZImageTransformer2DModel
 
         self.transformer = _pretrained(ZImageTransformer2DModel, model, "transformer", dtype).to(self.device)
         self.text = ZImageText(model, self.device, dtype, max_sequence_length)
         self.vae = FlowVae(model, self.device, dtype)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self._image_shape
 
     def schedule_kwargs(self, steps: int) -> dict[str, Any]:
         from diffusers.pipelines.z_image.pipeline_z_image import calculate_shift
@@ -131,15 +116,6 @@ class ZImage(Backend):
 
         return by_rows(call, self.device, x, t.to(self.device), cond)
 
-    def to_image(self, x: Tensor) -> Tensor:
-        return self.vae.decode(x.to(self.weights))
-
-    def from_image(self, img: Tensor) -> Tensor:
-        return self.vae.encode(img.to(self.device)).float()
-
-    def state_from_image(self, img: Tensor, ctx: Any) -> Tensor:
-        eps = ctx.randn(self.sample_shape)
-        return self.vae.encode_sampled(img.to(self.device).expand(ctx.n, -1, -1, -1), eps).float()
 
 
 def _zimage(model: str | None = None, height: int | None = None, width: int | None = None, device: str | None = None,
