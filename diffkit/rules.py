@@ -418,7 +418,7 @@ class DiffusersRule(StepRule):
         if not 1 <= n <= T:
             raise RuleError(f"{what}: steps must be in 1..{T}, got {n}")
         cls = getattr(diffusers, self.flow_scheduler)
-        overrides = {**self.flow_fixed, **self.overrides_flow()}
+        overrides = self.check_flow_overrides()
         accepted = set(inspect.signature(cls.__init__).parameters)
         if "flow_shift" in accepted and "flow_shift" not in overrides:  # a solver on flow sigmas: the model's shift
             overrides["flow_shift"] = float(config.get("shift", 1.0))
@@ -427,13 +427,36 @@ class DiffusersRule(StepRule):
         if config.get("use_dynamic_shifting") and "use_dynamic_shifting" not in accepted:
             raise RuleError(f"{what}: backend {backend.name!r} shifts its sigmas by the image's size, which "
                             f"{self.flow_scheduler} cannot; use euler, dpmpp_2m, uni_pc or own")
+        takes = set(inspect.signature(cls.set_timesteps).parameters)
+        set_kwargs = {k: v for k, v in backend.schedule_kwargs(n).items() if k in takes}
+        return FlowStepper(cls, config, overrides, n, set_kwargs, self.step_args(), what)
+
+    def check_formulation(self, backend: str, formulation: str, takers: Sequence[str] = ()) -> None:
+        super().check_formulation(backend, formulation, takers)
+        if formulation == "flow" and self.flow_scheduler:
+            self.check_flow_overrides()
+
+    def check_flow_overrides(self) -> dict[str, Any]:
+        """The config entries of this rule's flow variant, each one its scheduler takes (refused by name
+        before any weights load, never dropped). A solver on flow sigmas takes no sigma spacing: diffusers'
+        karras/exponential/beta branch would replace the flow sigmas with a discrete model's (sigma up to
+        ~157, NaN on a flow model); FlowMatchEulerDiscreteScheduler spaces flow sigmas itself."""
+        import diffusers
+
+        what = f"rule {self.name!r}"
+        cls = getattr(diffusers, self.flow_scheduler)
+        overrides = {**self.flow_fixed, **self.overrides_flow()}
+        accepted = set(inspect.signature(cls.__init__).parameters)
         bad = sorted(k for k in overrides if k not in accepted)
         if bad:
             raise RuleError(f"{what}: on a flow-matching model it is {self.flow_scheduler}, which takes no "
                             f"{', '.join(bad)}")
-        takes = set(inspect.signature(cls.set_timesteps).parameters)
-        set_kwargs = {k: v for k, v in backend.schedule_kwargs(n).items() if k in takes}
-        return FlowStepper(cls, config, overrides, n, set_kwargs, self.step_args(), what)
+        spaced = [k for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas") if overrides.get(k)]
+        if overrides.get("use_flow_sigmas") and spaced:
+            raise RuleError(f"{what}: on a flow-matching model {self.flow_scheduler} steps the model's flow "
+                            f"sigmas, which {', '.join(spaced)} would replace with a discrete model's; for "
+                            "karras, exponential or beta spacing of flow sigmas use euler")
+        return overrides
 
     def overrides_flow(self) -> dict[str, Any]:
         """This rule's arguments given away from their defaults, as config entries of its flow scheduler
@@ -517,10 +540,26 @@ TYPE_NAMES[_spacing] = "str"
 SIGMA_PARAMS = (
     Param("karras", to_bool, False, "Karras et al. (2022) sigma spacing"),
     Param("exponential", to_bool, False, "exponential sigma spacing"),
+    Param("beta", to_bool, False, "beta sigma spacing (Lee et al. 2024, alpha = beta = 0.6; needs scipy)"),
 )
 SPACING_PARAM = Param("spacing", _spacing, None, "timestep spacing: linspace, leading or trailing "
                                                  "(default: the scheduler's)")
-SIGMA_KEYS = {"karras": "use_karras_sigmas", "exponential": "use_exponential_sigmas", "spacing": "timestep_spacing"}
+SIGMA_KEYS = {"karras": "use_karras_sigmas", "exponential": "use_exponential_sigmas", "beta": "use_beta_sigmas",
+              "spacing": "timestep_spacing"}
+
+
+def check_sigma_spacing(rule: str, args: dict[str, Any]) -> None:
+    """One sigma spacing at a time, and beta's only with scipy (diffusers imports it to make the spacing):
+    refused when the rule is made, before any weights load, naming what to do."""
+    asked = [k for k in ("karras", "exponential", "beta") if args.get(k)]
+    if len(asked) > 1:
+        raise RuleError(f"rule {rule!r}: {' and '.join(asked)} are sigma spacings; choose one")
+    if "beta" in asked:
+        import importlib.util
+
+        if importlib.util.find_spec("scipy") is None:
+            raise RuleError(f"rule {rule!r}: beta spacing needs scipy (diffusers makes it with scipy.stats): "
+                            "pip install scipy, or choose karras or exponential")
 
 
 class Generic(DiffusersRule):
@@ -539,6 +578,9 @@ class Generic(DiffusersRule):
         # a FlowMatch scheduler steps flow models only; a solver that takes flow sigmas, either kind
         self.formulations = ("flow",) if self.scheduler.startswith("FlowMatch") else \
             ("vp", "flow") if "use_flow_sigmas" in accepted else ("vp",)
+        if "flow" in self.formulations:  # its flow variant is itself: a FlowMatch class, or a solver on flow sigmas
+            self.flow_scheduler = self.scheduler
+            self.flow_fixed = {} if self.scheduler.startswith("FlowMatch") else dict(FLOW_SOLVER)
         unknown = sorted(set(args.get("config", {})) - accepted)
         if unknown:
             raise RuleError(f"rule 'diffusers': {self.scheduler} has no config entry "
@@ -551,13 +593,6 @@ class Generic(DiffusersRule):
 
     def overrides_flow(self) -> dict[str, Any]:
         return self.overrides()
-
-    def plan(self, backend: Any, steps: int | None = None, timesteps: Sequence[int] | None = None,
-             stride: int | None = None) -> Stepper:
-        if backend.formulation == "flow":  # check_formulation (in plan) refuses a class of the other kind
-            self.flow_scheduler = self.scheduler
-            self.flow_fixed = {} if self.scheduler.startswith("FlowMatch") else dict(FLOW_SOLVER)
-        return super().plan(backend, steps, timesteps, stride)
 
 
 # a diffusers solver's flow variant: flow sigmas (shifted by the model's own shift) and velocity predictions

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from diffkit.hookspecs import hookimpl
 from diffkit.rules import (FLOW_SOLVER, SIGMA_KEYS, SIGMA_PARAMS, SPACING_PARAM, Ddpm, DiffusersRule, Generic, RuleError,
-                           Stepper)
+                           Stepper, check_sigma_spacing)
 from diffkit.params import Param
 
 SPACING_KEYS = {"spacing": "timestep_spacing"}
@@ -14,10 +14,14 @@ FLOW = FLOW_SOLVER  # a solver's flow variant: flow sigmas (the model's shift) a
 
 
 class SigmaRule(DiffusersRule):
-    """A diffusers scheduler with diffusers' sigma spacings (karras, exponential) and timestep spacing."""
+    """A diffusers scheduler with diffusers' sigma spacings (karras, exponential, beta) and timestep spacing."""
 
     params = (*SIGMA_PARAMS, SPACING_PARAM)
     config_keys = SIGMA_KEYS
+
+    def __init__(self, **args: Any):
+        super().__init__(**args)
+        check_sigma_spacing(self.name, args)
 
 
 class Ddim(DiffusersRule):

@@ -156,6 +156,8 @@ def test_inpaint_sdedit_and_reference_on_the_flow_state(tmp_path):
                                            "flow_shift": SHIFT}),
     ("own", "FlowMatchEulerDiscreteScheduler", {}),
     ("euler:karras=true", "FlowMatchEulerDiscreteScheduler", {"use_karras_sigmas": True}),
+    ("euler:exponential=true", "FlowMatchEulerDiscreteScheduler", {"use_exponential_sigmas": True}),
+    ("euler:beta=true", "FlowMatchEulerDiscreteScheduler", {"use_beta_sigmas": True}),
 ])
 def test_flow_rules_are_diffusers_flow_schedulers(rule, scheduler, extra):
     be, n, g = flow_backend(), 2, 2.0
@@ -200,6 +202,26 @@ def test_a_rule_that_cannot_step_a_flow_model_is_refused_by_name_before_it_loads
     assert r.exit_code == 2, r.output
     assert f"rule {rule!r} cannot step a flow-matching model (backend 'gaussian')" in r.output
     assert "euler" in r.output and "dpmpp_2m" in r.output  # what can
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("rule,text", [
+    ("dpmpp_2m:karras=true", "DPMSolverMultistepScheduler steps the model's flow sigmas, which use_karras_sigmas"),
+    ("uni_pc:exponential=true", "UniPCMultistepScheduler steps the model's flow sigmas, which use_exponential_sigmas"),
+    ("deis:beta=true", "DEISMultistepScheduler steps the model's flow sigmas, which use_beta_sigmas"),
+    ("diffusers:DPMSolverMultistepScheduler,use_karras_sigmas=true", "which use_karras_sigmas would replace"),
+    ("heun:karras=true", "FlowMatchHeunDiscreteScheduler, which takes no use_karras_sigmas"),
+    ("euler:spacing=trailing", "FlowMatchEulerDiscreteScheduler, which takes no timestep_spacing"),
+])
+def test_a_spacing_a_flow_scheduler_cannot_take_is_refused_before_the_model_loads(rule, text, tmp_path, monkeypatch):
+    """diffusers' solvers would quietly swap the flow sigmas for a discrete model's (NaN at the second step)."""
+    info = registry.backends()["gaussian"]
+    monkeypatch.setattr(info, "load", lambda **kw: pytest.fail("the backend was loaded"))
+    r = CliRunner().invoke(app, ["sample", "--backend", "gaussian", "-O", "formulation=flow", "--class", "0",
+                                 "--rule", rule, "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2, r.output
+    assert text in " ".join(r.output.split()), r.output
+    assert "use euler" in r.output or "takes no" in r.output
     assert not (tmp_path / "o").exists()
 
 

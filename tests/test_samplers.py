@@ -60,6 +60,7 @@ CASES = {"ddim": ({}, {"eta": 0.0}), "ddim:eta=1": ({}, {"eta": 1.0}), "euler": 
          "euler:spacing=trailing": ({"timestep_spacing": "trailing"}, {}),
          "heun": ({}, {}), "heun:karras=true": ({"use_karras_sigmas": True}, {}), "dpmpp_2m": (DPM, {}),
          "dpmpp_2m:exponential=true": (dict(DPM, use_exponential_sigmas=True), {}),
+         "euler:beta=true": ({"use_beta_sigmas": True}, {}), "uni_pc:beta=true": ({"use_beta_sigmas": True}, {}),
          "dpmpp_2m_sde": ({"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, {}), "uni_pc": ({}, {}),
          "deis": ({}, {})}
 
@@ -343,6 +344,8 @@ runner = CliRunner()
     (["--sampler", "ddim:eta=much"], ["'eta' expects float"]),
     (["--sampler", "euler:karras=maybe"], ["'karras' expects bool"]),
     (["--sampler", "euler:spacing=random"], ["'spacing'", "one of linspace, leading, trailing"]),
+    (["--sampler", "euler:karras=true,beta=true"], ["rule 'euler'", "karras and beta are sigma spacings; choose one"]),
+    (["--sampler", "dpmpp_2m:exponential=true,karras=true"], ["karras and exponential", "choose one"]),
     (["--sampler", "euler", "--steps", "301"], ["steps must be in 1..300"]),
     (["--sampler", "uni_pc", "--timesteps", "200,100,0"], ["spaces its own timesteps", "--steps"]),
     (["--sampler", "dpmpp_2m", "--hook", "inpaint:a.png,b.png,resample=3"], ["resample=3", "ddpm or ddim"]),
@@ -357,12 +360,24 @@ def test_bad_sampler_input_exits_2_naming_the_culprit_and_writes_nothing(tmp_pat
     assert "Traceback" not in r.output and not out.exists()
 
 
+def test_beta_spacing_without_scipy_says_what_to_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else find(name, *a))
+    r = runner.invoke(app, ["sample", "--backend", "gaussian", "--class", "0", "--rule", "euler:beta=true",
+                            "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2, r.output
+    assert "rule 'euler': beta spacing needs scipy" in r.output and "pip install scipy" in r.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_samplers_command_lists_every_rule_with_its_parameters():
     r = runner.invoke(app, ["samplers"])
     assert r.exit_code == 0
     for name in BUILTIN + ["diffusers"]:
         assert name in r.output
-    for word in ("eta", "karras", "exponential", "spacing", "DPMSolverMultistepScheduler"):
+    for word in ("eta", "karras", "exponential", "beta", "spacing", "DPMSolverMultistepScheduler"):
         assert word in r.output
 
 
@@ -372,7 +387,7 @@ def test_cli_records_the_sampler_and_a_run_is_reproducible_from_run_json(tmp_pat
                             "--out", str(tmp_path / "a")])
     assert r.exit_code == 0, r.output
     meta = json.loads((tmp_path / "a" / "run.json").read_text())
-    assert meta["sampler"]["spec"] == "dpmpp_2m_sde:karras=True,exponential=False"
+    assert meta["sampler"]["spec"] == "dpmpp_2m_sde:karras=True,exponential=False,beta=False"
     assert len(meta["timesteps"][0]) == 4
     r = runner.invoke(app, [*base, "--sampler", meta["sampler"]["spec"], "--steps", str(len(meta["timesteps"][0])),
                             "--seed", "7", "--out", str(tmp_path / "b")])
