@@ -25,8 +25,8 @@ from diffkit.backends.base import BackendError, BackendInfo
 from diffkit.backends.hub import load_json
 from diffkit.hookspecs import hookimpl
 from diffkit.params import Param
-from diffkit_plugins.sd import HUB_HINT, _dtype, _pretrained, by_rows, read_layout
-from diffkit_plugins.sd3 import FlowLatent, FlowVae, check_family, check_flow_scheduler, family
+from diffkit_plugins.sd import HUB_HINT, _dtype, _pretrained, by_rows, check_offload, read_layout
+from diffkit_plugins.sd3 import OFFLOAD, FlowLatent, FlowVae, check_family, check_flow_scheduler, family
 
 FLUX_MODEL = "black-forest-labs/FLUX.1-dev"
 DEFAULT_GUIDANCE = 3.5  # FluxPipeline's guidance_scale
@@ -48,7 +48,8 @@ class FluxText:
     """Prompt embeddings as ``FluxPipeline.encode_prompt`` makes them (T5's sequence, CLIP's pooled output),
     one prompt at a time (cached), as one tensor a sample ``[N x (L D + P)]``."""
 
-    def __init__(self, model: str, device: torch.device, dtype: torch.dtype, max_sequence_length: int):
+    def __init__(self, model: str, device: torch.device, dtype: torch.dtype, max_sequence_length: int,
+                 home: torch.device | None = None):
         from diffusers import FluxPipeline
         from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
@@ -61,8 +62,8 @@ class FluxText:
         self.pipe = FluxPipeline(  # it only encodes prompts: no transformer, VAE or scheduler in it
             scheduler=None, vae=None, transformer=None, tokenizer=tokenizer("tokenizer"),
             tokenizer_2=tokenizer("tokenizer_2"),
-            text_encoder=_pretrained(CLIPTextModel, model, "text_encoder", dtype).to(device),
-            text_encoder_2=_pretrained(T5EncoderModel, model, "text_encoder_2", dtype).to(device))
+            text_encoder=_pretrained(CLIPTextModel, model, "text_encoder", dtype).to(home or device),
+            text_encoder_2=_pretrained(T5EncoderModel, model, "text_encoder_2", dtype).to(home or device))
         self.device, self.dtype, self.max_len = device, dtype, max_sequence_length
         self.cache: dict[str, Tensor] = {}
         self.shape: tuple[int, int, int] | None = None  # (L, D, P)
@@ -91,7 +92,7 @@ class Flux(FlowLatent):
 
     def __init__(self, model: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
                  height: int | None = None, width: int | None = None, guidance: float | None = None,
-                 max_sequence_length: int = 512):
+                 max_sequence_length: int = 512, offload: bool = False):
         index = load_json(model, "", "model_index.json", self.KIND, HUB_HINT)
         check_family(model, index, "Flux", "flux", {"StableDiffusion3": "sd3"})
         if family(index) != "FluxPipeline":
@@ -114,12 +115,12 @@ class Flux(FlowLatent):
         self.set_shape(model, latent, height, width, 2 * self.factor, f"its VAE's {self.factor}x latents packed 2x2")
         self.set_schedule(self.configs["scheduler"])
         self.checkpoint = model
-        self.device, self.dtype = torch.device(device), dtype
+        self.device, self.dtype, self.offload = torch.device(device), dtype, offload
         from diffusers import FluxPipeline, FluxTransformer2DModel
 
-        self.transformer = _pretrained(FluxTransformer2DModel, model, "transformer", dtype).to(self.device)
-        self.text = FluxText(model, self.device, dtype, max_sequence_length)
-        self.vae = FlowVae(model, self.device, dtype)
+        self.transformer = _pretrained(FluxTransformer2DModel, model, "transformer", dtype).to(self.home)
+        self.text = FluxText(model, self.device, dtype, max_sequence_length, self.home)
+        self.vae = FlowVae(model, self.home, dtype)
         h, w = self.sample_shape[1:]
         self.img_ids = FluxPipeline._prepare_latent_image_ids(1, h // 2, w // 2, self.device, dtype)
 
@@ -133,9 +134,6 @@ class Flux(FlowLatent):
                              c.get("base_shift", 0.5), c.get("max_shift", 1.15))
         sigmas = None if c.get("use_flow_sigmas") else np.linspace(1.0, 1 / steps, steps)
         return {"mu": mu, **({"sigmas": sigmas} if sigmas is not None else {})}
-
-    def encode(self, labels: list[Any]) -> Tensor:
-        return self.text(["" if lab is None else str(lab) for lab in labels])
 
     @torch.inference_mode()
     def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
@@ -151,14 +149,18 @@ class Flux(FlowLatent):
                                    img_ids=self.img_ids, return_dict=False)[0]
             return unpack(out, h, w)
 
-        return by_rows(call, self.device, x.to(self.dtype), t.to(self.device), cond)
+        with self.on_device(self.transformer):
+            return by_rows(call, self.device, x.to(self.dtype), t.to(self.device), cond)
 
 
 
 def _flux(model: str | None = None, height: int | None = None, width: int | None = None, device: str | None = None,
-          dtype: str | None = None, guidance: float | None = None, max_sequence_length: int = 512) -> Flux:
+          dtype: str | None = None, guidance: float | None = None, max_sequence_length: int = 512,
+          offload: bool | None = None) -> Flux:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return Flux(model or FLUX_MODEL, device, _dtype(dtype, device), height, width, guidance, max_sequence_length)
+    check_offload(device, offload, "the transformer, the text encoders and the VAE")
+    return Flux(model or FLUX_MODEL, device, _dtype(dtype, device), height, width, guidance, max_sequence_length,
+                bool(offload))
 
 
 @hookimpl
@@ -179,4 +181,5 @@ def diffkit_backends() -> list[BackendInfo]:
                                        f"guidance_scale (default {DEFAULT_GUIDANCE}); refused on a model without one",
               range=(0.0, 100.0)),
         Param("max_sequence_length", int, 512, "T5's prompt tokens (the pipeline's default)", range=(1, 512)),
+        OFFLOAD,
     ), label_kind="prompt", formulation="flow")]

@@ -476,11 +476,15 @@ class XLText:
 def _load(cls: type[StableDiffusion], model: str | None, height: int | None, width: int | None,
           device: str | None, dtype: str | None, offload: bool | None) -> StableDiffusion:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if offload and torch.device(device).type == "cpu":
-        raise BackendError("--offload keeps the UNet on the CPU between calls to free GPU memory; with --device "
-                           "cpu it is there already: drop --offload")
+    check_offload(device, offload, "the UNet")
     default = SD_MODEL if cls is StableDiffusion else SDXL_MODEL
     return cls(model or default, device, _dtype(dtype, device), height, width, bool(offload))
+
+
+def check_offload(device: str, offload: bool | None, parts: str) -> None:
+    if offload and torch.device(device).type == "cpu":
+        raise BackendError(f"--offload keeps {parts} on the CPU between calls to free GPU memory; with --device "
+                           "cpu it is there already: drop --offload")
 
 
 def _sd(model=None, height=None, width=None, device=None, dtype=None, offload=None):

@@ -10,7 +10,8 @@ the null label being the empty prompt, as the pipeline's negative branch; so ``c
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -18,8 +19,8 @@ from torch import Tensor
 from diffkit.backends.base import Backend, BackendError, BackendInfo
 from diffkit.backends.hub import load_json
 from diffkit.hookspecs import hookimpl
-from diffkit.params import Param
-from diffkit_plugins.sd import HUB_HINT, Vae, _dtype, _pretrained, by_rows, read_layout
+from diffkit.params import Param, to_bool
+from diffkit_plugins.sd import HUB_HINT, Vae, _dtype, _pretrained, by_rows, check_offload, read_layout
 
 SD3_MODEL = "stabilityai/stable-diffusion-3.5-medium"
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
@@ -70,7 +71,7 @@ class SD3Text:
     a condition is one tensor a sample (equal ones batch and dedupe)."""
 
     def __init__(self, model: str, index: dict[str, Any], device: torch.device, dtype: torch.dtype,
-                 max_sequence_length: int, transformer: Any):
+                 max_sequence_length: int, transformer: Any, home: torch.device | None = None):
         from diffusers import StableDiffusion3Pipeline
         from transformers import AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel
 
@@ -81,10 +82,11 @@ class SD3Text:
                 raise BackendError(f"cannot load {sub}/ from {model}: {e}") from e
 
         has_t5 = bool(index.get("text_encoder_3") and index["text_encoder_3"][0])
-        parts = dict(text_encoder=_pretrained(CLIPTextModelWithProjection, model, "text_encoder", dtype).to(device),
-                     text_encoder_2=_pretrained(CLIPTextModelWithProjection, model, "text_encoder_2", dtype).to(device),
+        home = home or device  # where the encoders live between prompts (the CPU with offload)
+        parts = dict(text_encoder=_pretrained(CLIPTextModelWithProjection, model, "text_encoder", dtype).to(home),
+                     text_encoder_2=_pretrained(CLIPTextModelWithProjection, model, "text_encoder_2", dtype).to(home),
                      tokenizer=tokenizer("tokenizer"), tokenizer_2=tokenizer("tokenizer_2"),
-                     text_encoder_3=_pretrained(T5EncoderModel, model, "text_encoder_3", dtype).to(device) if has_t5 else None,
+                     text_encoder_3=_pretrained(T5EncoderModel, model, "text_encoder_3", dtype).to(home) if has_t5 else None,
                      tokenizer_3=tokenizer("tokenizer_3") if has_t5 else None)
         # The pipeline object only encodes prompts (the transformer's config sizes T5's place when there is
         # no T5): no VAE or scheduler in it.
@@ -116,6 +118,39 @@ class FlowLatent(Backend):
 
     prediction_type = "flow_prediction"
     default_sampler = "own"
+    offload = False  # each part on the CPU between its calls (-O offload / --offload)
+    device: torch.device
+
+    @property
+    def home(self) -> torch.device:
+        """Where the parts live between calls: the CPU with offload, else the device they run on."""
+        return torch.device("cpu") if self.offload else self.device
+
+    @contextmanager
+    def on_device(self, *parts: torch.nn.Module) -> Iterator[None]:
+        """With offload, ``parts`` visit the device for one piece of work and go back to the CPU after, so one
+        part at a time holds GPU memory: diffusers' ``enable_model_cpu_offload``, by hand, because the backend
+        calls its parts itself (no pipeline to hook) and diffkit does not depend on accelerate."""
+        if self.offload:
+            for part in parts:
+                part.to(self.device)
+        try:
+            yield
+        finally:
+            if self.offload:
+                for part in parts:
+                    part.to("cpu")
+
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [m for k, m in self.text.pipe.components.items() if k.startswith("text_encoder") and m is not None]
+
+    def encode(self, labels: list[Any]) -> Tensor:
+        """The prompts' embeddings (the null label is the empty prompt, the pipelines' negative branch); the
+        encoders visit the device only for prompts not yet encoded."""
+        prompts = ["" if lab is None else str(lab) for lab in labels]
+        new = any(p not in self.text.cache for p in prompts)
+        with self.on_device(*(self.text_encoders() if new else ())):
+            return self.text(prompts)
 
     def set_shape(self, model: str, latent: int, height: int, width: int, step: int, why: str) -> None:
         """Check ``height``/``width`` are multiples of ``step`` (``why``: what makes it) and set the shapes."""
@@ -138,15 +173,18 @@ class FlowLatent(Backend):
         return self._image_shape
 
     def to_image(self, x: Tensor) -> Tensor:
-        return self.vae.decode(x)
+        with self.on_device(self.vae.vae):
+            return self.vae.decode(x)
 
     def from_image(self, img: Tensor) -> Tensor:
-        return self.vae.encode(img.to(self.device)).to(self.dtype)
+        with self.on_device(self.vae.vae):
+            return self.vae.encode(img.to(self.device)).to(self.dtype)
 
     def state_from_image(self, img: Tensor, ctx: Any) -> Tensor:
         """The VAE posterior sampled with each sample's generator, as the img2img pipelines do."""
         eps = ctx.randn(self.sample_shape)
-        return self.vae.encode_sampled(img.to(self.device).expand(ctx.n, -1, -1, -1), eps).to(self.dtype)
+        with self.on_device(self.vae.vae):
+            return self.vae.encode_sampled(img.to(self.device).expand(ctx.n, -1, -1, -1), eps).to(self.dtype)
 
 
 class StableDiffusion3(FlowLatent):
@@ -161,7 +199,8 @@ class StableDiffusion3(FlowLatent):
     default_steps = 28  # StableDiffusion3Pipeline's num_inference_steps
 
     def __init__(self, model: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 height: int | None = None, width: int | None = None, max_sequence_length: int = 256):
+                 height: int | None = None, width: int | None = None, max_sequence_length: int = 256,
+                 offload: bool = False):
         index = load_json(model, "", "model_index.json", self.KIND, HUB_HINT)
         check_family(model, index, "StableDiffusion3", "sd3", {"Flux": "flux"})
         self.configs = read_layout(model, self.KIND, self.PARTS)
@@ -178,15 +217,15 @@ class StableDiffusion3(FlowLatent):
                        f"its VAE's {self.factor}x latents in {self.patch}x{self.patch} patches")
         self.set_schedule(self.configs["scheduler"])
         self.checkpoint = model
-        self.device, self.dtype = torch.device(device), dtype
+        self.device, self.dtype, self.offload = torch.device(device), dtype, offload
         self.transformer = self.load_transformer(model)
-        self.text = SD3Text(model, index, self.device, dtype, max_sequence_length, self.transformer)
-        self.vae = FlowVae(model, self.device, dtype)
+        self.text = SD3Text(model, index, self.device, dtype, max_sequence_length, self.transformer, self.home)
+        self.vae = FlowVae(model, self.home, dtype)
 
     def load_transformer(self, model: str) -> Any:
         from diffusers import SD3Transformer2DModel
 
-        return _pretrained(SD3Transformer2DModel, model, "transformer", self.dtype).to(self.device)
+        return _pretrained(SD3Transformer2DModel, model, "transformer", self.dtype).to(self.home)
 
     def schedule_kwargs(self, steps: int) -> dict[str, Any]:
         """The shift for the image's size where the scheduler shifts dynamically, as the pipeline computes it."""
@@ -199,9 +238,6 @@ class StableDiffusion3(FlowLatent):
         return {"mu": calculate_shift(seq, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
                                       config.get("base_shift", 0.5), config.get("max_shift", 1.16))}
 
-    def encode(self, labels: list[Any]) -> Tensor:
-        return self.text(["" if lab is None else str(lab) for lab in labels])
-
     @torch.inference_mode()
     def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         def call(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
@@ -209,14 +245,31 @@ class StableDiffusion3(FlowLatent):
             return self.transformer(hidden_states=x, timestep=t, encoder_hidden_states=emb, pooled_projections=pooled,
                                     return_dict=False)[0]
 
-        return by_rows(call, self.device, x.to(self.dtype), t.to(self.device), cond)
+        with self.on_device(self.transformer):
+            return by_rows(call, self.device, x.to(self.dtype), t.to(self.device), cond)
 
 
 
 def _sd3(model: str | None = None, height: int | None = None, width: int | None = None, device: str | None = None,
-         dtype: str | None = None, max_sequence_length: int = 256) -> StableDiffusion3:
+         dtype: str | None = None, max_sequence_length: int = 256, offload: bool | None = None) -> StableDiffusion3:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return StableDiffusion3(model or SD3_MODEL, device, _dtype(dtype, device), height, width, max_sequence_length)
+    check_offload(device, offload, "the transformer, the text encoders and the VAE")
+    return StableDiffusion3(model or SD3_MODEL, device, _dtype(dtype, device), height, width, max_sequence_length,
+                            bool(offload))
+
+
+# diffusers' enable_model_cpu_offload: the flow families' text encoders (T5-XXL: 4.7 B parameters) and
+# transformers do not fit one consumer GPU together
+OFFLOAD = Param("offload", to_bool, False, "keep each part (transformer, text encoders, VAE) on the CPU between "
+                                           "its calls, as the pipelines' enable_model_cpu_offload (small GPUs)",
+                flag=True)
+
+
+@hookimpl
+def diffkit_backends() -> list[BackendInfo]:
+    return [BackendInfo("sd3", "Stable Diffusion 3 / 3.5 (flow matching, latent) through diffusers; two CLIP "
+                               "encoders and T5.", _sd3, _params(SD3_MODEL, "16"), label_kind="prompt",
+                        formulation="flow")]
 
 
 def _params(default: str, multiple: str) -> tuple[Param, ...]:
@@ -232,11 +285,6 @@ def _params(default: str, multiple: str) -> tuple[Param, ...]:
         Param("dtype", str, None, "weights' precision (default: fp16 on CUDA, fp32 on CPU; bf16 is what the "
                                   "flow models ship in)", choices=("fp16", "bf16", "fp32"), flag=True),
         Param("max_sequence_length", int, 256, "T5's prompt tokens (the pipeline's default)", range=(1, 512)),
+        OFFLOAD,
     )
 
-
-@hookimpl
-def diffkit_backends() -> list[BackendInfo]:
-    return [BackendInfo("sd3", "Stable Diffusion 3 / 3.5 (flow matching, latent) through diffusers; two CLIP "
-                               "encoders and T5.", _sd3, _params(SD3_MODEL, "16"), label_kind="prompt",
-                        formulation="flow")]

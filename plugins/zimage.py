@@ -21,8 +21,8 @@ from diffkit.backends.base import BackendError, BackendInfo
 from diffkit.backends.hub import load_json
 from diffkit.hookspecs import hookimpl
 from diffkit.params import Param
-from diffkit_plugins.sd import HUB_HINT, _dtype, _pretrained, by_rows, read_layout
-from diffkit_plugins.sd3 import FlowLatent, FlowVae, check_family, check_flow_scheduler
+from diffkit_plugins.sd import HUB_HINT, _dtype, _pretrained, by_rows, check_offload, read_layout
+from diffkit_plugins.sd3 import OFFLOAD, FlowLatent, FlowVae, check_family, check_flow_scheduler
 
 ZIMAGE_MODEL = "Tongyi-MAI/Z-Image-Turbo"
 
@@ -32,7 +32,8 @@ class ZImageText:
     length, kept as one tensor a sample ``[1 + L D]`` (the length, then the embedding zero-padded to the
     longest allowed), so equal prompts batch and dedupe."""
 
-    def __init__(self, model: str, device: torch.device, dtype: torch.dtype, max_sequence_length: int):
+    def __init__(self, model: str, device: torch.device, dtype: torch.dtype, max_sequence_length: int,
+                 home: torch.device | None = None):
         from diffusers import ZImagePipeline
         from transformers import AutoModel, AutoTokenizer
 
@@ -40,7 +41,7 @@ class ZImageText:
             tokenizer = AutoTokenizer.from_pretrained(model, subfolder="tokenizer")
         except (OSError, ValueError) as e:
             raise BackendError(f"cannot load tokenizer/ from {model}: {e}") from e
-        encoder = _pretrained(AutoModel, model, "text_encoder", dtype).to(device)
+        encoder = _pretrained(AutoModel, model, "text_encoder", dtype).to(home or device)
         self.pipe = ZImagePipeline(scheduler=None, vae=None, transformer=None, tokenizer=tokenizer, text_encoder=encoder)
         self.device, self.max_len = device, max_sequence_length
         self.width = int(encoder.config.hidden_size)
@@ -71,7 +72,8 @@ class ZImage(FlowLatent):
     dtype = torch.float32  # the state: the pipeline keeps its latents in float32 whatever the weights are
 
     def __init__(self, model: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 height: int | None = None, width: int | None = None, max_sequence_length: int = 512):
+                 height: int | None = None, width: int | None = None, max_sequence_length: int = 512,
+                 offload: bool = False):
         index = load_json(model, "", "model_index.json", self.KIND, HUB_HINT)
         check_family(model, index, "ZImage", "zimage", {"Flux": "flux", "StableDiffusion3": "sd3"})
         if index.get("_class_name") != "ZImagePipeline":
@@ -88,12 +90,12 @@ class ZImage(FlowLatent):
         self.set_shape(model, latent, height, width, 2 * self.factor, f"its VAE's {self.factor}x latents in 2x2 patches")
         self.set_schedule(self.configs["scheduler"])
         self.checkpoint = model
-        self.device, self.weights = torch.device(device), dtype
+        self.device, self.weights, self.offload = torch.device(device), dtype, offload
         from diffusers import ZImageTransformer2DModel
 
-        self.transformer = _pretrained(ZImageTransformer2DModel, model, "transformer", dtype).to(self.device)
-        self.text = ZImageText(model, self.device, dtype, max_sequence_length)
-        self.vae = FlowVae(model, self.device, dtype)
+        self.transformer = _pretrained(ZImageTransformer2DModel, model, "transformer", dtype).to(self.home)
+        self.text = ZImageText(model, self.device, dtype, max_sequence_length, self.home)
+        self.vae = FlowVae(model, self.home, dtype)
 
     def schedule_kwargs(self, steps: int) -> dict[str, Any]:
         from diffusers.pipelines.z_image.pipeline_z_image import calculate_shift
@@ -104,9 +106,6 @@ class ZImage(FlowLatent):
                              c.get("base_shift", 0.5), c.get("max_shift", 1.15))
         return {"mu": mu, "sigmas": np.linspace(1.0, 1 / steps, steps).tolist()}
 
-    def encode(self, labels: list[Any]) -> Tensor:
-        return self.text(["" if lab is None else str(lab) for lab in labels])
-
     @torch.inference_mode()
     def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         def call(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
@@ -114,14 +113,17 @@ class ZImage(FlowLatent):
                                    self.text.split(c, self.weights), return_dict=False)[0]
             return -torch.stack([o.float() for o in out]).squeeze(2)  # the model answers x0 - eps
 
-        return by_rows(call, self.device, x, t.to(self.device), cond)
+        with self.on_device(self.transformer):
+            return by_rows(call, self.device, x, t.to(self.device), cond)
 
 
 
 def _zimage(model: str | None = None, height: int | None = None, width: int | None = None, device: str | None = None,
-            dtype: str | None = None, max_sequence_length: int = 512) -> ZImage:
+            dtype: str | None = None, max_sequence_length: int = 512, offload: bool | None = None) -> ZImage:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return ZImage(model or ZIMAGE_MODEL, device, _dtype(dtype, device), height, width, max_sequence_length)
+    check_offload(device, offload, "the transformer, the text encoder and the VAE")
+    return ZImage(model or ZIMAGE_MODEL, device, _dtype(dtype, device), height, width, max_sequence_length,
+                  bool(offload))
 
 
 @hookimpl
@@ -140,4 +142,5 @@ def diffkit_backends() -> list[BackendInfo]:
                                   "in); the latents stay float32, as the pipeline keeps them",
               choices=("fp16", "bf16", "fp32"), flag=True),
         Param("max_sequence_length", int, 512, "the prompt's tokens (the pipeline's default)", range=(1, 1024)),
+        OFFLOAD,
     ), label_kind="prompt", formulation="flow")]
