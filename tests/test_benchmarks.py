@@ -1,0 +1,31 @@
+"""The GPU scripts work before a GPU is lent: benchmarks/flow_vs_diffusers.py --shaped builds a model of the
+real families' kind (SD3.5 medium's and Flux.1 dev's transformer configs, the real VAE and text encoders'
+widths), here with one block and two heads on the CPU, and times diffkit against the pipeline on it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_sd import TOL
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("family,pipeline", [("sd3", "StableDiffusion3Pipeline"), ("flux", "FluxPipeline")])
+def test_the_shaped_flow_benchmark_runs_and_agrees_with_the_pipeline(family, pipeline, tmp_path):
+    out = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "flow_vs_diffusers.py"), "--shaped", "--family", family,
+                        "--device", "cpu", "--dtype", "fp32", "--size", "64", "--layers", "1", "--heads", "2",
+                        "--steps", "2", "--repeats", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert got["pipeline"] == pipeline and got["shaped"] and got["size"] == 64
+    assert len(got["seconds"]["diffkit"]) == 1 and len(got["seconds"][pipeline]) == 1
+    assert got["peak_gib"] == {"diffkit": None, pipeline: None}  # GPU memory: on a GPU only
+    assert got["max_abs_diff"] <= TOL  # on the CPU both sides draw the same noise: the same images
+    assert f"ratio diffkit / {pipeline}" in r.stdout
