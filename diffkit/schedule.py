@@ -113,6 +113,13 @@ def flow_abar(sigma: float) -> float:
     return (1 - sigma) ** 2 / ((1 - sigma) ** 2 + sigma**2)
 
 
+def flow_alphas_cumprod(T: int) -> Tensor:
+    """``abar`` of a flow model at its training timesteps ``t = 1..T`` (``sigma = t / T``) ``[T]``, float64: what
+    the techniques that read ``alphas_cumprod`` (guidance intervals, t / T) see on a flow model."""
+    sig = torch.arange(1, T + 1, dtype=torch.float64) / T
+    return flow_abar(sig)
+
+
 def estimates_from_flow(x: Tensor, v: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
     """``(eps, x0)`` from a velocity ``v = eps - x0`` at flow state ``x = (1 - sigma) x0 + sigma eps``:
     ``eps = x + (1 - sigma) v``, ``x0 = x - sigma v``. Both stay defined at ``sigma = 1``, where noise

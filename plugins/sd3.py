@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
+from diffkit import schedule
 from diffkit.backends.base import Backend, BackendError, BackendInfo
 from diffkit.backends.hub import load_json
 from diffkit.hookspecs import hookimpl
@@ -164,9 +165,7 @@ class FlowLatent(Backend):
         """The model's FlowMatch scheduler config, and ``abar`` at each of its training timesteps ``t = sigma T``
         (for the techniques that read ``t / T``, such as guidance intervals)."""
         self.scheduler_config = config
-        T = int(config.get("num_train_timesteps", 1000))
-        sig = torch.arange(1, T + 1, dtype=torch.float64) / T
-        self.alphas_cumprod = (1 - sig) ** 2 / ((1 - sig) ** 2 + sig**2)
+        self.alphas_cumprod = schedule.flow_alphas_cumprod(int(config.get("num_train_timesteps", 1000)))
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -41,8 +41,7 @@ class GaussianBackend(Backend):
             self.prediction_type = "flow_prediction"
             self.scheduler_config = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000,
                                      "shift": shift}
-            sig = torch.arange(1, 1001, dtype=torch.float64) / 1000
-            self.alphas_cumprod = (1 - sig) ** 2 / ((1 - sig) ** 2 + sig**2)  # [1000]: abar of t = sigma x 1000
+            self.alphas_cumprod = schedule.flow_alphas_cumprod(1000)  # [1000]: abar of t = sigma x 1000
             self.default_steps = 28
             self.default_sampler = "own"  # flow-matching Euler, as the flow pipelines sample
 

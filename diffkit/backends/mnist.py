@@ -67,8 +67,7 @@ class MnistBackend(Backend):
             self.T = 1000
             self.prediction_type = "flow_prediction"
             self.default_sampler, self.default_steps = "own", FLOW_STEPS
-            sig = torch.arange(1, self.T + 1, dtype=torch.float64) / self.T
-            self.alphas_cumprod = (1 - sig) ** 2 / ((1 - sig) ** 2 + sig**2)
+            self.alphas_cumprod = schedule.flow_alphas_cumprod(self.T)
             self.scheduler_config = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": self.T,
                                      "shift": 1.0}
         else:
