@@ -167,9 +167,14 @@ def _read_run(folder: Path) -> dict[str, Any]:
     return run
 
 
-def _hooks(run: dict[str, Any], path: Path) -> list[Any]:
-    """The run's techniques that animate (each declares it), rebuilt from their recorded arguments (bad
-    ones refused by name); the others are not built again (an SDEdit's image may be long gone)."""
+def _animates(cls: Any) -> bool:
+    return bool(getattr(cls, "animates", False))
+
+
+def _hooks(run: dict[str, Any], path: Path, wanted: Callable[[Any], bool] = _animates) -> list[Any]:
+    """The run's techniques that animate (each declares it; ``wanted`` says which), rebuilt from their
+    recorded arguments (bad ones refused by name); the others are not built again (an SDEdit's image may
+    be long gone)."""
     hooks = run["request"].get("hooks") if isinstance(run.get("request"), dict) else run.get("hooks", [])
     if not isinstance(hooks, list) or not all(isinstance(h, dict) and isinstance(h.get("name"), str)
                                               and isinstance(h.get("args"), dict) for h in hooks):
@@ -177,7 +182,7 @@ def _hooks(run: dict[str, Any], path: Path) -> list[Any]:
     out = []
     installed = registry.techniques()
     for h in hooks:
-        if not getattr(installed.get(h["name"]), "animates", False):
+        if not wanted(installed.get(h["name"])):
             continue
         try:
             out.append(registry.technique_from(h["name"], h["args"]))
@@ -190,7 +195,7 @@ def _clip_names(hooks: list[Any]) -> list[str]:
     return [name for tech in hooks for name in tech.clip_names()]
 
 
-def read_jobs(folder: str | Path) -> list[SampleJob]:
+def read_jobs(folder: str | Path, wanted: Callable[[Any], bool] = _animates) -> list[SampleJob]:
     """Every sample of the run in ``folder`` with its clips' names, everything checked first: run.json's
     shape, each sample's file (a PNG inside the folder, named once), the hooks' arguments. Nothing is
     loaded beyond the images' headers."""
@@ -199,7 +204,7 @@ def read_jobs(folder: str | Path) -> list[SampleJob]:
     folder = Path(folder)
     run = _read_run(folder)
     path = folder / "run.json"
-    hooks = _hooks(run, path)
+    hooks = _hooks(run, path, wanted)
     names = _clip_names(hooks)
     root = folder.resolve()
     jobs, seen = [], {}

@@ -508,6 +508,41 @@ def animate_cmd(
     _animate(run_dir, overwrite, frames, fps, mp4)
 
 
+@app.command("score")
+def score_cmd(
+    run_dir: Path = typer.Argument(..., help="A run folder `diffkit sample` wrote with an illusion (anagram views)."),
+    clip: Optional[str] = typer.Option(None, help="CLIP model (folder or hub id) to score prompts with (default for "
+                                                  "prompts: openai/clip-vit-large-patch14; class-labelled digits: "
+                                                  "the MNIST classifier)."),
+    classifier: Optional[str] = typer.Option(None, help="MNIST classifier folder (default: the shipped one)."),
+    device: str = typer.Option("cpu", help="Where CLIP runs: cpu, cuda, cuda:N."),
+    overwrite: bool = typer.Option(False, help="Replace a score.json already there."),
+) -> None:
+    """Measure a run's illusions: the Visual Anagrams paper's alignment A (the worst view's similarity to its
+    own prompt) and concealment C (each view's softmax over the illusion's prompts), mean and 0.9/0.95
+    quantiles, per sample and over the run; on MNIST digits also the share of samples whose every view
+    reads as its own class. Written to RUN_DIR/score.json."""
+    from diffkit import score
+    from diffkit.request import check_device
+
+    from diffkit.io import write_json
+
+    try:  # every refusal before the scorer loads
+        check_device(device)
+        run, samples, target = score.prepare(run_dir, overwrite=overwrite)
+        scorer = score.scorer_for(run, clip, classifier, device)
+    except UserError as e:
+        fail(str(e), 2)
+    with progress() as bar:
+        task = bar.add_task("score", total=len(samples), info="")
+        result = score.score_samples(samples, scorer, lambda k, n: bar.update(task, completed=k + 1))
+    try:
+        write_json(target, result)
+    except OSError as e:
+        fail(f"cannot write {target}: {_why(e)}", 1)
+    console.print(score.describe(result) + f"; written to {target}", highlight=False)
+
+
 def _shard(device: Optional[str], rendezvous_s: Optional[float] = None):
     """This process's shard of the run (one process: the whole run); a broken launch exits 2."""
     from diffkit import dist

@@ -84,6 +84,14 @@ class Technique:
         """Images written beside each sample with the run (an anagram's views: ``sample-000.view1.png``)."""
         return []
 
+    # ---- illusions measured (diffkit score): what each view of a sample should read as ----
+    illusion: ClassVar[bool] = False  # whether its runs are illusions to score (decided before it is built again)
+
+    def illusion_views(self, image: Tensor) -> list[tuple[str, Tensor, str]]:
+        """The views of one sample ``image`` ``[C x H x W]`` in [0, 1] beside the sample itself, each with the
+        prompt (or class) it should read as: ``[(name, view image, prompt)]``."""
+        return []
+
     @classmethod
     def supports(cls, backend: str) -> bool:
         return "*" in cls.backends or backend in cls.backends

@@ -67,6 +67,12 @@ class Anagram(Combiner):
     def view_images(self, image: Tensor) -> list[tuple[str, Tensor]]:
         return [(f"view{j}", view.image(image)) for j, view in enumerate(self.views, 1)]
 
+    illusion = True
+
+    def illusion_views(self, image: Tensor) -> list[tuple[str, Tensor, str]]:
+        return [(f"view{j}", view.image(image), str(prompt))
+                for j, (view, prompt) in enumerate(zip(self.views, self.prompts), 1)]
+
     def _branch(self, t: float) -> int:
         """The one branch an alternating step uses: the release's ``i % num_prompts``."""
         i = self.step_of.get(float(t))

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = [
     ("frontends", {"diffkit", "diffkit.__main__", "diffkit.cli", "diffkit.ui"}),
     ("api", {"diffkit.api", "diffkit.request", "diffkit.studies", "diffkit.mnist.train", "diffkit.mnist.evaluate",
-             "diffkit.mnist.report", "diffkit.animate"}),
+             "diffkit.mnist.report", "diffkit.animate", "diffkit.score"}),
     ("sampler", {"diffkit.sampler"}),
     ("denoise/plugins", {"diffkit.denoise", "diffkit.registry", "diffkit.rules", "diffkit.sigma_rule", "diffkit.hookspecs",
                          "diffkit.syntax", "diffkit.technique"}),

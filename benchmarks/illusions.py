@@ -1,0 +1,161 @@
+"""Illusions measured on MNIST (issue 37): for every view of the Visual Anagrams release, how often both
+digits read, as `diffkit score` scores them (the shipped classifier in CLIP's place).
+
+A cell is one view, one class pair (A, B) and one recipe: 50 samples of `--class A --technique
+anagram:B,view=VIEW`, each scored from its 8-bit image as `diffkit score` reads a run's PNGs: success when
+the sample reads as A and its view as B among all ten classes, alignment A (the worse of the two logits
+of the asked classes) and concealment C (each view's softmax over A and B).
+
+Selection: every recipe on the selection pairs and seeds; per view the recipe with the highest success
+rate (ties: the higher concealment) is recommended. Held out: each view's recommended recipe on other
+class pairs and other seeds, which is the figure reported.
+
+    python benchmarks/illusions.py                 # writes benchmarks/results/illusions.json (~30 min, 2 cores)
+    python benchmarks/illusions.py --gallery docs/img/illusions/bench   # also best and typical held-out samples
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from common import ROOT, machine, record
+
+VIEWS = {"flip": "flip", "rotate_180": "rotate_180", "rotate_cw": "rotate_cw", "skew": "skew",
+         "inner_circle": "inner_circle", "square_hinge": "square_hinge", "jigsaw": "jigsaw",
+         "patch_permute": "patch_permute:4"}
+SELECTION_PAIRS = [(1, 7), (6, 9), (0, 8)]
+HELDOUT_PAIRS = [(3, 5), (4, 9), (2, 7), (0, 6), (1, 4)]
+SELECTION_SEED, HELDOUT_SEED = 0, 10000
+# (model, cfg scale, rule, steps, anagram reduction)
+RECIPES = [("mnist-h64", s, "dpmpp_2m_sde", 20, r) for r in ("mean", "alternate") for s in (3, 5, 10)] + [
+    ("mnist-h64", 5, "ddim", 20, "mean"), ("mnist-class", 5, "dpmpp_2m_sde", 20, "mean")]
+
+
+def recipe_name(r: tuple) -> str:
+    model, scale, rule, steps, reduction = r
+    return f"{model} cfg:{scale:g} {rule} {steps} reduction={reduction}"
+
+
+def recipe_args(r: tuple) -> dict:
+    """What `diffkit sample` takes beside `--class A --technique anagram:B,view=VIEW` (and the anagram's own)."""
+    model, scale, rule, steps, reduction = r
+    return {"args": ["--checkpoint", model, "--technique", f"cfg:{scale:g}", "--rule", rule, "--steps", str(steps)],
+            "anagram": f"reduction={reduction}"}
+
+
+_backends: dict[str, object] = {}
+
+
+def backend(model: str):
+    import diffkit
+
+    if model not in _backends:
+        _backends[model] = diffkit.load_backend("mnist", checkpoint=model, device="cpu")
+    return _backends[model]
+
+
+def cell(r: tuple, view: str, pair: tuple[int, int], n: int, seed: int) -> dict:
+    """One view, pair and recipe: the samples, scored."""
+    import diffkit
+    from diffkit import io, registry, score
+
+    model, scale, rule, steps, reduction = r
+    a, b = pair
+    spec = VIEWS[view]
+    hooks = [f"cfg:{scale:g}", f'anagram:{b},view="{spec}",reduction={reduction}']
+    res = diffkit.sample(backend(model), classes=[a], num=n, seed=seed, hooks=hooks, sampler=rule, steps=steps)
+    v = registry.get_view(spec)
+    images = [io.to_uint8(im).permute(2, 0, 1).float() / 255 for im in res.images]  # as the PNG holds it
+    samples = [score.IllusionSample(f"{k}", ["sample", "view1"], [im, v.image(im)], [str(a), str(b)])
+               for k, im in enumerate(images)]
+    got = score.score_samples(samples, score.MnistScorer())
+    rows = got.pop("samples")
+    got["concealment_per_sample"] = [round(s["concealment"], 4) for s in rows]
+    got["success_per_sample"] = [s["success"] for s in rows]
+    got["_images"] = images
+    return got
+
+
+def over(cells: dict[str, dict]) -> dict:
+    """A view's recipe over its pairs: success rate, mean A and C of all its samples."""
+    n = sum(c["n"] for c in cells.values())
+    return {"success_rate": sum(c["success_rate"] * c["n"] for c in cells.values()) / n,
+            "alignment": sum(c["alignment"]["mean"] * c["n"] for c in cells.values()) / n,
+            "concealment": sum(c["concealment"]["mean"] * c["n"] for c in cells.values()) / n,
+            "n": n, "per_pair": {k: round(c["success_rate"], 4) for k, c in cells.items()}}
+
+
+def gallery(folder: Path, view: str, cells: dict[str, dict]) -> None:
+    """For each held-out pair: its best sample (highest concealment among successes, else overall) and a
+    typical one (the median concealment), each beside its view: rows of [sample, view]."""
+    from diffkit import io, registry
+
+    v = registry.get_view(VIEWS[view])
+    columns, titles = [], []
+    for name, c in cells.items():
+        conc = c["concealment_per_sample"]
+        wins = [k for k, ok in enumerate(c["success_per_sample"]) if ok] or list(range(len(conc)))
+        best = max(wins, key=lambda k: conc[k])
+        typical = sorted(range(len(conc)), key=lambda k: conc[k])[len(conc) // 2]
+        for k, what in ((best, "best"), (typical, "typical")):
+            im = c["_images"][k]
+            columns.append(torch.stack([im, v.image(im)]))
+            titles.append(f"{name} {what}")
+    folder.mkdir(parents=True, exist_ok=True)
+    io.save_png(io.labelled_columns(columns, titles), folder / f"{view}.png")
+
+
+def strip(cells: dict[str, dict]) -> dict[str, dict]:
+    return {k: {kk: vv for kk, vv in c.items() if not kk.startswith("_")} for k, c in cells.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--num", type=int, default=50, help="samples a cell")
+    ap.add_argument("--views", nargs="+", default=list(VIEWS))
+    ap.add_argument("--recipes", type=int, nargs="+", default=None, help="indices into RECIPES (default all)")
+    ap.add_argument("--gallery", type=Path, default=None, help="folder for the held-out best/typical images")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "illusions.json")
+    a = ap.parse_args()
+    at = machine()
+    recipes = [RECIPES[i] for i in a.recipes] if a.recipes else RECIPES
+    t0 = time.perf_counter()
+    selection, recommended, heldout = {}, {}, {}
+    for view in a.views:
+        selection[view] = {}
+        for r in recipes:
+            cells = {f"{p[0]}/{p[1]}": cell(r, view, p, a.num, SELECTION_SEED) for p in SELECTION_PAIRS}
+            selection[view][recipe_name(r)] = {**over(cells), "cells": strip(cells)}
+            s = selection[view][recipe_name(r)]
+            print(f"{view:14s} {recipe_name(r):52s} success {s['success_rate']:.3f}  C {s['concealment']:.3f}  "
+                  f"per pair {s['per_pair']}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+        best = max(recipes, key=lambda r: (selection[view][recipe_name(r)]["success_rate"],
+                                           selection[view][recipe_name(r)]["concealment"]))
+        recommended[view] = {**recipe_args(best), "recipe": recipe_name(best),
+                             "view": VIEWS[view]}
+        cells = {f"{p[0]}/{p[1]}": cell(best, view, p, a.num, HELDOUT_SEED) for p in HELDOUT_PAIRS}
+        heldout[view] = {"recipe": recipe_name(best), **over(cells), "cells": strip(cells)}
+        if a.gallery:
+            gallery(a.gallery, view, cells)
+        h = heldout[view]
+        print(f"{view:14s} HELD OUT {recipe_name(best):43s} success {h['success_rate']:.3f}  C {h['concealment']:.3f}  "
+              f"per pair {h['per_pair']}", flush=True)
+    record(a.out, {
+        "what": "MNIST illusions: success (both digits read by the shipped classifier), alignment and concealment "
+                "(diffkit score) per view, recipe and class pair; a recipe per view chosen on the selection pairs "
+                "and seeds, reported on held-out pairs and seeds",
+        "num": a.num, "selection_pairs": SELECTION_PAIRS, "heldout_pairs": HELDOUT_PAIRS,
+        "selection_seed": SELECTION_SEED, "heldout_seed": HELDOUT_SEED, "views": {v: VIEWS[v] for v in a.views},
+        "recipes": [recipe_name(r) for r in recipes], "seconds": round(time.perf_counter() - t0, 1),
+        "recommended": recommended, "heldout": heldout, "selection": selection,
+        "median_heldout_success": statistics.median(h["success_rate"] for h in heldout.values()),
+    }, at)
+
+
+if __name__ == "__main__":
+    main()
