@@ -32,7 +32,7 @@ SELECTION_PAIRS = [(1, 7), (6, 9), (0, 8)]
 HELDOUT_PAIRS = [(3, 5), (4, 9), (2, 7), (0, 6), (1, 4)]
 SELECTION_SEED, HELDOUT_SEED = 0, 10000
 # (model, cfg scale, rule, steps, anagram reduction)
-RECIPES = [("mnist-h64", s, "dpmpp_2m_sde", 20, r) for r in ("mean", "alternate") for s in (3, 5, 10)] + [
+RECIPES = [("mnist-h64", s, "dpmpp_2m_sde", 20, r) for r in ("mean", "alternate") for s in (3, 5, 10, 20)] + [
     ("mnist-h64", 5, "ddim", 20, "mean"), ("mnist-class", 5, "dpmpp_2m_sde", 20, "mean")]
 
 
