@@ -185,6 +185,17 @@ class RunRequest:
             name, formulation = self.backend.name, self.backend.formulation
         takers = sorted(n for n, r in registry.samplers().items() if formulation in r.formulations)
         self.rule.check_formulation(name, formulation, takers)
+        # a rule only some flow schedules suit: the model's schedule, read before its weights where declared
+        if (formulation == "flow" and isinstance(self.backend, str) and hasattr(self.rule, "check_schedule")
+                and not self.rule.follows_any_schedule()):
+            info = registry.get_backend(self.backend)
+            if info.scheduler_of is not None:
+                try:
+                    config = info.scheduler_of(self.options)
+                except UserError:
+                    return  # an unreadable model is the load's to report, with its own words
+                if config is not None:
+                    self.rule.check_schedule(name, config)
 
     # ---- what follows from it ----
 

@@ -424,9 +424,7 @@ class DiffusersRule(StepRule):
             overrides["flow_shift"] = float(config.get("shift", 1.0))
             if config.get("use_dynamic_shifting"):  # shifted by the image's size (Flux), as the pipeline's mu says
                 overrides["use_dynamic_shifting"] = True
-        if config.get("use_dynamic_shifting") and "use_dynamic_shifting" not in accepted:
-            raise RuleError(f"{what}: backend {backend.name!r} shifts its sigmas by the image's size, which "
-                            f"{self.flow_scheduler} cannot; use euler, dpmpp_2m, uni_pc or own")
+        self.check_schedule(backend.name, config)
         takes = set(inspect.signature(cls.set_timesteps).parameters)
         set_kwargs = {k: v for k, v in backend.schedule_kwargs(n).items() if k in takes}
         return FlowStepper(cls, config, overrides, n, set_kwargs, self.step_args(), what)
@@ -435,6 +433,24 @@ class DiffusersRule(StepRule):
         super().check_formulation(backend, formulation, takers)
         if formulation == "flow" and self.flow_scheduler:
             self.check_flow_overrides()
+
+    def check_schedule(self, backend: str, config: dict[str, Any]) -> None:
+        """Refuse a flow scheduler that cannot follow the model's schedule: a shift by the image's size (Flux's
+        ``use_dynamic_shifting``) that the class takes no ``mu`` for (FlowMatchHeunDiscreteScheduler)."""
+        import diffusers
+
+        accepted = set(inspect.signature(getattr(diffusers, self.flow_scheduler).__init__).parameters)
+        if config.get("use_dynamic_shifting") and "use_dynamic_shifting" not in accepted:
+            raise RuleError(f"rule {self.name!r}: backend {backend!r} shifts its sigmas by the image's size, which "
+                            f"{self.flow_scheduler} cannot; use euler, dpmpp_2m, uni_pc or own")
+
+    def follows_any_schedule(self) -> bool:
+        """Whether every flow schedule suits this rule's flow scheduler (it takes a size-dependent shift)."""
+        import diffusers
+
+        if not self.flow_scheduler:
+            return True
+        return "use_dynamic_shifting" in inspect.signature(getattr(diffusers, self.flow_scheduler).__init__).parameters
 
     def check_flow_overrides(self) -> dict[str, Any]:
         """The config entries of this rule's flow variant, each one its scheduler takes (refused by name

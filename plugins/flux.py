@@ -26,7 +26,8 @@ from diffkit.backends.hub import load_json
 from diffkit.hookspecs import hookimpl
 from diffkit.params import Param
 from diffkit_plugins.sd import HUB_HINT, _dtype, _pretrained, by_rows, check_offload, read_layout
-from diffkit_plugins.sd3 import OFFLOAD, FlowLatent, FlowVae, check_family, check_flow_scheduler, family
+from diffkit_plugins.sd3 import (OFFLOAD, FlowLatent, FlowVae, check_family, check_flow_scheduler, family,
+                                 schedule_reader)
 
 FLUX_MODEL = "black-forest-labs/FLUX.1-dev"
 DEFAULT_GUIDANCE = 3.5  # FluxPipeline's guidance_scale
@@ -182,4 +183,4 @@ def diffkit_backends() -> list[BackendInfo]:
               range=(0.0, 100.0)),
         Param("max_sequence_length", int, 512, "T5's prompt tokens (the pipeline's default)", range=(1, 512)),
         OFFLOAD,
-    ), label_kind="prompt", formulation="flow")]
+    ), label_kind="prompt", formulation="flow", scheduler_of=schedule_reader(FLUX_MODEL, Flux.KIND))]

@@ -11,7 +11,7 @@ the null label being the empty prompt, as the pipeline's negative branch; so ``c
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -41,6 +41,18 @@ def check_family(model: str, index: dict[str, Any], want: str, backend: str, oth
         if got.startswith(prefix):
             raise BackendError(f"{model} is a {got} folder: use --backend {other}, not {backend}")
     raise BackendError(f"{model} is not a {want} folder (its model_index.json names {got})")
+
+
+def schedule_reader(default: str, kind: str) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+    """``BackendInfo.scheduler_of`` for a family: a local folder's scheduler config, read before any weights
+    (a hub id's would need the network before the run starts: None, and the load checks it)."""
+    from diffkit.backends.hub import is_local
+
+    def read(options: dict[str, Any]) -> dict[str, Any] | None:
+        model = options.get("model") or default
+        return load_json(model, "scheduler", "scheduler_config.json", kind, HUB_HINT) if is_local(model) else None
+
+    return read
 
 
 def check_flow_scheduler(model: str, config: dict[str, Any]) -> None:
@@ -268,7 +280,7 @@ OFFLOAD = Param("offload", to_bool, False, "keep each part (transformer, text en
 def diffkit_backends() -> list[BackendInfo]:
     return [BackendInfo("sd3", "Stable Diffusion 3 / 3.5 (flow matching, latent) through diffusers; two CLIP "
                                "encoders and T5.", _sd3, _params(SD3_MODEL, "16"), label_kind="prompt",
-                        formulation="flow")]
+                        formulation="flow", scheduler_of=schedule_reader(SD3_MODEL, StableDiffusion3.KIND))]
 
 
 def _params(default: str, multiple: str) -> tuple[Param, ...]:

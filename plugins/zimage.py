@@ -22,7 +22,7 @@ from diffkit.backends.hub import load_json
 from diffkit.hookspecs import hookimpl
 from diffkit.params import Param
 from diffkit_plugins.sd import HUB_HINT, _dtype, _pretrained, by_rows, check_offload, read_layout
-from diffkit_plugins.sd3 import OFFLOAD, FlowLatent, FlowVae, check_family, check_flow_scheduler
+from diffkit_plugins.sd3 import OFFLOAD, FlowLatent, FlowVae, check_family, check_flow_scheduler, schedule_reader
 
 ZIMAGE_MODEL = "Tongyi-MAI/Z-Image-Turbo"
 
@@ -143,4 +143,4 @@ def diffkit_backends() -> list[BackendInfo]:
               choices=("fp16", "bf16", "fp32"), flag=True),
         Param("max_sequence_length", int, 512, "the prompt's tokens (the pipeline's default)", range=(1, 1024)),
         OFFLOAD,
-    ), label_kind="prompt", formulation="flow")]
+    ), label_kind="prompt", formulation="flow", scheduler_of=schedule_reader(ZIMAGE_MODEL, ZImage.KIND))]

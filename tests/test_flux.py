@@ -8,6 +8,7 @@ latent grid, which the backend packs 2x2 around each model call."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -139,14 +140,29 @@ def test_bad_input_is_refused_by_name_before_weights_load(tiny_flux, tmp_path, m
     assert "is a StableDiffusion3Pipeline folder: use --backend sd3, not flux" in refused("--model", str(sd3))
 
 
-def test_a_rule_that_cannot_shift_by_the_image_size_is_refused_by_name(tiny_flux, tmp_path):
-    """FlowMatchHeunDiscreteScheduler has no dynamic shifting: refused once the model's config is read (the
-    weights load first: which schedule a model shifts by is in its folder, not its declaration)."""
+@pytest.mark.parametrize("rule", ["heun", "diffusers:FlowMatchHeunDiscreteScheduler"])
+def test_a_rule_that_cannot_shift_by_the_image_size_is_refused_by_name_before_weights_load(tiny_flux, tmp_path,
+                                                                                          monkeypatch, rule):
+    """FlowMatchHeunDiscreteScheduler has no dynamic shifting: refused from the folder's scheduler config,
+    read before any weights (BackendInfo.scheduler_of); a schnell-like config without the shift takes it."""
+    from diffkit import registry
+
+    info = registry.get_backend("flux")
+    monkeypatch.setattr(info, "load", lambda **kw: pytest.fail("the backend was loaded"))
     r = CliRunner().invoke(app, ["sample", "--backend", "flux", "--model", str(tiny_flux["dev"]), "--prompt", "a dog",
-                                 "--rule", "heun", "--height", "16", "--width", "16", "--out", str(tmp_path / "o")])
-    assert r.exit_code == 2 and "rule 'heun': backend 'flux' shifts its sigmas by the image's size" in " ".join(
-        r.output.split()), r.output
+                                 "--rule", rule, "--height", "16", "--width", "16", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "backend 'flux' shifts its sigmas by the image's size, which " \
+        "FlowMatchHeunDiscreteScheduler cannot" in " ".join(r.output.split()), r.output
     assert not (tmp_path / "o").exists()
+    monkeypatch.undo()
+    fixed = tmp_path / "fixed"
+    shutil.copytree(tiny_flux["dev"], fixed)
+    cfg = fixed / "scheduler" / "scheduler_config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "use_dynamic_shifting": False}))
+    r = CliRunner().invoke(app, ["sample", "--backend", "flux", "--model", str(fixed), "--prompt", "a dog",
+                                 "--rule", rule, "--steps", "2", "--height", "16", "--width", "16",
+                                 "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
 
 
 def test_inpaint_with_the_initial_noise_equals_the_inpaint_pipeline(tiny_flux, tmp_path):

@@ -171,6 +171,10 @@ class BackendInfo:
     # what the backend's model is (``Backend.formulation``): "vp" or "flow", or a function of its read
     # options; declared so a rule that cannot step it is refused before any weights load
     formulation: str | Callable[[dict[str, Any]], str] = "vp"
+    # ``scheduler_of(options) -> config``: the scheduler config of the model these read options load, read
+    # before any weights (a folder's small JSON), so a rule its schedule rules out is refused first (Heun on
+    # Flux's size-dependent shift); None: not known before the model loads
+    scheduler_of: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def formulation_of(self, options: dict[str, Any]) -> str:
         """The formulation of the model these read ``options`` load."""
