@@ -6,6 +6,7 @@ expands its queries, calls the denoiser inside it once, and reduces.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -109,7 +110,38 @@ def _bad_branch(out: Tensor, unique: list[Query], sizes: list[int]) -> str:
     return f"branch {k + 1} of {len(unique)} ({cond}{view}), sample {i}"
 
 
-def wrap(combiner: Combiner, inner: Denoiser, eps_channels: int, blocks: int = 1) -> Denoiser:
+class Prediction:
+    """The model's own prediction from a query's estimates, and back: what a combiner whose ``space`` is
+    ``"prediction"`` reduces (diffusers' guiders act on the pipeline's ``noise_pred``).
+
+    ``epsilon``: the noise itself. ``v_prediction``: ``v = (eps - sqrt(1 - abar) x) / sqrt(abar)``, back
+    ``eps = sqrt(abar) v + sqrt(1 - abar) x`` (Salimans & Ho 2022). ``flow_prediction``: the velocity
+    ``v = eps - x0`` from the two blocks, back through ``schedule.estimates_from_flow`` at the query's
+    sigma. ``x`` is the query's own input (its first ``k`` channels), as :func:`batched` converts."""
+
+    def __init__(self, kind: str, k: int, abar: Callable[[int | float], float] | None = None,
+                 sigma: Callable[[int | float], float] | None = None):
+        self.kind, self.k, self.abar, self.sigma = kind, k, abar, sigma
+
+    def of(self, q: Query, est: Tensor) -> Tensor:
+        k = self.k
+        if self.kind == "v_prediction":
+            a = self.abar(q.t)
+            return (est[:, :k] - math.sqrt(1 - a) * q.x[:, :k]) / math.sqrt(a)
+        if self.kind == "flow_prediction":
+            return est[:, :k] - est[:, k: 2 * k]
+        return est[:, :k]
+
+    def back(self, q: Query, pred: Tensor) -> Tensor:
+        if self.kind == "v_prediction":
+            return eps_from_v(q.x[:, : self.k], pred, self.abar(q.t))
+        if self.kind == "flow_prediction":
+            return torch.cat(estimates_from_flow(q.x[:, : self.k], pred, self.sigma(q.t)), dim=1)
+        return pred
+
+
+def wrap(combiner: Combiner, inner: Denoiser, eps_channels: int, blocks: int = 1,
+         prediction: Prediction | None = None) -> Denoiser:
     """``combiner`` around ``inner``: expand every query, call ``inner`` once, reduce each group.
 
     ``reduce`` sees the first ``eps_channels`` channels (the noise) only, and, for a flow model
@@ -122,8 +154,15 @@ def wrap(combiner: Combiner, inner: Denoiser, eps_channels: int, blocks: int = 1
     rule = combiner.extra_channels
     if rule not in ("mean", "first"):
         raise PluginError(f"technique {combiner.name!r}: extra_channels must be 'mean' or 'first', not {rule!r}")
+    if combiner.space not in ("estimate", "prediction"):
+        raise PluginError(f"technique {combiner.name!r}: space must be 'estimate' or 'prediction', not "
+                          f"{combiner.space!r}")
     k = eps_channels
     end = blocks * k
+    in_prediction = combiner.space == "prediction"
+    if in_prediction and prediction is None:
+        raise PluginError(f"technique {combiner.name!r} combines the model's prediction: the denoiser needs the "
+                          "run's denoise.Prediction")
 
     def denoise(queries: list[Query]) -> list[Tensor]:
         with _blame(combiner, "expand"):
@@ -133,8 +172,11 @@ def wrap(combiner: Combiner, inner: Denoiser, eps_channels: int, blocks: int = 1
         for q, g in zip(queries, groups):
             ests, start = estimates[start: start + len(g)], start + len(g)
             with _blame(combiner, "reduce"):
-                eps = combiner.reduce(q, [e[:, :k] for e in ests])
-                if blocks > 1:
+                if in_prediction:  # each branch's prediction from its own query; the result back in q's frame
+                    eps = prediction.back(q, combiner.reduce(q, [prediction.of(b, e[:, :end]) for b, e in zip(g, ests)]))
+                else:
+                    eps = combiner.reduce(q, [e[:, :k] for e in ests])
+                if blocks > 1 and not in_prediction:
                     eps = torch.cat([eps, *(combiner.reduce(q, [e[:, b * k: (b + 1) * k] for e in ests])
                                             for b in range(1, blocks))], dim=1)
             if ests[0].shape[1] > end:
@@ -172,8 +214,10 @@ def _blame(combiner: Combiner, method: str) -> Iterator[None]:
         raise PluginError(f"technique {combiner.name!r} failed in {method}: {type(e).__name__}: {e}") from e
 
 
-def compose(combiners: list[Combiner], inner: Denoiser, eps_channels: int, blocks: int = 1) -> Denoiser:
-    """Nest combiners, the first one outermost (``blocks``: estimate blocks a query's answer holds, :func:`wrap`)."""
+def compose(combiners: list[Combiner], inner: Denoiser, eps_channels: int, blocks: int = 1,
+            prediction: Prediction | None = None) -> Denoiser:
+    """Nest combiners, the first one outermost (``blocks``: estimate blocks a query's answer holds;
+    ``prediction``: the model's prediction, for combiners that reduce it; :func:`wrap`)."""
     for c in reversed(combiners):
-        inner = wrap(c, inner, eps_channels, blocks)
+        inner = wrap(c, inner, eps_channels, blocks, prediction)
     return inner

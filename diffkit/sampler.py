@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from diffkit import registry
-from diffkit.denoise import NonFiniteError, batched, compose
+from diffkit.denoise import NonFiniteError, Prediction, batched, compose
 from diffkit.rules import StepOutput
 from diffkit.state import Context, Denoiser, Query, Step, StepState
 from diffkit.technique import Combiner, Technique
@@ -43,7 +43,8 @@ class Sampler:
     def denoiser(self, ctx: Context) -> Denoiser:
         combiners = [t for t in self.techniques if isinstance(t, Combiner)]
         inner = batched(ctx.backend, self.max_batch, self.stats, ctx.models, ctx.abar, ctx.sigma)
-        return compose(combiners, inner, ctx.eps_channels, ctx.blocks)
+        prediction = Prediction(ctx.backend.prediction_type, ctx.eps_channels, ctx.abar, ctx.sigma)
+        return compose(combiners, inner, ctx.eps_channels, ctx.blocks, prediction)
 
     def setup(self, ctx: Context) -> None:
         """Each technique's ``setup(ctx)`` (encode prompts, load images), once per context.

@@ -107,10 +107,17 @@ class Combiner(Technique):
     besides the noise (IF's learned variance) is not an image, so no combiner touches it: diffkit maps
     each branch's back through the pixel rearrangements of the views its query added and combines
     them by ``extra_channels``: ``"mean"`` over the branches, or ``"first"`` (the first branch's).
+
+    ``space``: what ``reduce`` combines. ``"estimate"`` (the default): the noise (and, on a flow model,
+    the clean image in a second call), right for every combination whose weights add up to one.
+    ``"prediction"``: the model's own prediction, what diffusers' pipelines guide (noise, v, or a flow
+    model's velocity), once; a guider that is not linear in its inputs (APG, CFG-Zero*) differs between
+    the two, and equals diffusers' only in the prediction (``denoise.Prediction``).
     """
 
     kind = "combiner"
     extra_channels: ClassVar[str] = "mean"
+    space: ClassVar[str] = "estimate"
 
     def expand(self, query: Query) -> list[Query]:
         raise NotImplementedError

@@ -24,6 +24,8 @@ TECH = "tests/test_techniques.py"
 SAMP = "tests/test_samplers.py"
 IFS = "tests/test_if_samplers.py"
 FLOW = "tests/test_flow.py"
+GUIDE = "tests/test_guiders.py"
+SCORE = "tests/test_score.py"
 
 # (name, file, source text, replacement, tests that must catch it)
 MUTATIONS = [
@@ -112,7 +114,26 @@ MUTATIONS = [
     ("karras ignored", "diffkit/rules.py",
      'SIGMA_KEYS = {"karras": "use_karras_sigmas"', 'SIGMA_KEYS = {"karras_": "use_karras_sigmas"', [SAMP]),
     ("a flow model's clean-image estimates are not combined", "diffkit/denoise.py",
-     "                if blocks > 1:", "                if False:", [FLOW]),
+     "                if blocks > 1 and not in_prediction:", "                if False:", [FLOW]),
+    ("apg's conditional and unconditional predictions swapped", "plugins/guiders.py",
+     'return normalized_guidance(cond, uncond, self.args["scale"], buffer',
+     'return normalized_guidance(uncond, cond, self.args["scale"], buffer', [GUIDE]),
+    ("a guider combines a flow model's noise, not its velocity", "diffkit/denoise.py",
+     '    in_prediction = combiner.space == "prediction"', '    in_prediction = False', [GUIDE]),
+    ("APG's momentum carried from one batch into the next", "plugins/guiders.py",
+     "        self.state: dict[tuple, Any] = {}", '        self.state = getattr(self, "state", {})', [GUIDE]),
+    ("CFG-Zero*'s projection taken from the conditional prediction", "plugins/guiders.py",
+     "        uncond = uncond * alpha\n", "        uncond = cond * alpha\n", [GUIDE]),
+    ("a v-model's prediction made with the wrong sign", "diffkit/denoise.py",
+     "return (est[:, :k] - math.sqrt(1 - a) * q.x[:, :k]) / math.sqrt(a)",
+     "return (est[:, :k] + math.sqrt(1 - a) * q.x[:, :k]) / math.sqrt(a)", [GUIDE]),
+    ("concealment's softmax over views instead of prompts", "diffkit/score.py",
+     "return float(logits.softmax(dim=1).diagonal().mean())", "return float(logits.softmax(dim=0).diagonal().mean())",
+     [SCORE]),
+    ("alignment the mean view, not the worst", "diffkit/score.py",
+     "return float(S.diagonal().min())", "return float(S.diagonal().mean())", [SCORE]),
+    ("CLIP's temperature dropped", "diffkit/score.py",
+     "return S, S * float(self.model.logit_scale.exp()), None", "return S, S, None", [SCORE]),
     ("a velocity's noise and clean image swapped", "diffkit/schedule.py",
      "return x + (1 - sigma) * v, x - sigma * v", "return x - sigma * v, x + (1 - sigma) * v", [FLOW]),
     ("the flow state is stepped unscaled", "diffkit/rules.py",

@@ -1,0 +1,189 @@
+"""diffusers' output-space guiders as combiners: APG, CFG-Zero*, TCFG and MAG (issue 38).
+
+Each guider makes the conditional and unconditional branches as ``cfg`` does and combines the model's
+own prediction (``Combiner.space = "prediction"``: noise, v, or a flow model's velocity), which is what
+diffusers' guider classes are given by its pipelines. The math is diffusers' own functions
+(``diffusers.guiders``), called here per step; what diffusers keeps in a guider object (the step index,
+APG's momentum) this module keeps per run, per batch and per branch, so a batch equals single runs.
+
+Every guider takes ``cfg``'s interval (``lo``/``hi``: guide only while lo <= t/T <= hi; elsewhere the
+conditional prediction alone, one branch), ``rescale`` (diffusers' ``guidance_rescale``, Lin et al. 2024,
+eq. 16) and ``original`` (diffusers' ``use_original_formulation``: ``cond + s (cond - uncond)`` instead of
+``uncond + s (cond - uncond)``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffkit.hookspecs import hookimpl
+from diffkit.params import Param, to_bool
+from diffkit.state import Context, Query
+from diffkit.technique import INTERVAL, Combiner, check_interval, interval_timesteps
+
+COMMON = (
+    Param("rescale", float, 0.0, "diffusers' guidance_rescale: blend toward the conditional prediction's "
+                                 "standard deviation (Lin et al. 2024); 0: off", range=(0.0, 1.0)),
+    Param("original", to_bool, False, "diffusers' use_original_formulation: cond + scale (cond - uncond) "
+                                      "instead of uncond + scale (cond - uncond)"),
+    *INTERVAL,
+)
+
+
+class Guider(Combiner):
+    """The cond/uncond pair as ``cfg`` makes it, combined in the model's prediction by :meth:`guide`."""
+
+    space = "prediction"
+    extra_channels = "first"  # the conditional branch's variance (IF), as cfg keeps it
+    default_scale = 7.5
+
+    def __init__(self, **args: Any):
+        super().__init__(**args)
+        check_interval(self.args)
+
+    def setup(self, ctx: Context) -> None:
+        if not ctx.backend.conditional:
+            raise ValueError(f"backend {ctx.backend.name!r} is unconditional: there is nothing to guide")
+        self.null = ctx.null
+        self.t_lo, self.t_hi = interval_timesteps(ctx, self.args)
+        # the step a query's timestep is (diffusers' guider._step), for zero-init; fresh for each batch
+        self.step_of = {float(t): i for i, t in enumerate(ctx.timesteps)}
+        self.state: dict[tuple, Any] = {}
+
+    def trivial(self) -> bool:
+        """A scale at which the guider is the conditional prediction (diffusers' ``is_close``)."""
+        return math.isclose(self.args["scale"], 0.0 if self.args["original"] else 1.0)
+
+    def guided(self, query: Query) -> bool:
+        return not (self.trivial() or query.cond.is_null or not self.t_lo <= query.t <= self.t_hi)
+
+    def expand(self, query: Query) -> list[Query]:
+        return [query, query.with_cond(self.null)] if self.guided(query) else [query]
+
+    def reduce(self, query: Query, estimates: list[Tensor]) -> Tensor:
+        if len(estimates) == 1:
+            return estimates[0]
+        cond, uncond = estimates
+        pred = self.guide(query, cond, uncond)
+        if self.args["rescale"] > 0:
+            from diffusers.guiders.guider_utils import rescale_noise_cfg
+
+            pred = rescale_noise_cfg(pred, cond, self.args["rescale"])
+        return pred
+
+    def guide(self, query: Query, cond: Tensor, uncond: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def branch(self, query: Query) -> tuple:
+        """A branch's identity across steps (its model, views and labels: not its timestep)."""
+        return (query.model, query.view, query.cond.key)
+
+
+class APG(Guider):
+    name = "apg"
+    help = ("Adaptive projected guidance (Sadat et al. 2024): the guidance update split into its parts parallel "
+            "and orthogonal to the conditional prediction, the parallel part scaled by eta, the update's norm "
+            "capped, optionally a running sum with momentum; diffusers' AdaptiveProjectedGuidance.")
+    params = (
+        Param("scale", float, 7.5, "guidance scale", range=(-100.0, 100.0)),
+        Param("eta", float, 1.0, "weight of the update's part parallel to the conditional prediction "
+                                 "(0: orthogonal only, the paper's choice)", range=(0.0, 10.0)),
+        Param("threshold", float, 15.0, "cap on the update's norm per sample (diffusers' "
+                                        "adaptive_projected_guidance_rescale); 0: no cap", range=(0.0, 1e6)),
+        Param("momentum", float, None, "running sum of updates, each earlier one times this (the paper's -0.5); "
+                                       "unset: none", range=(-1.0, 1.0)),
+        *COMMON,
+    )
+
+    def guide(self, query: Query, cond: Tensor, uncond: Tensor) -> Tensor:
+        from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer, normalized_guidance
+
+        buffer = None
+        if self.args.get("momentum") is not None:
+            buffer = self.state.setdefault(self.branch(query), MomentumBuffer(self.args["momentum"]))
+        return normalized_guidance(cond, uncond, self.args["scale"], buffer, self.args["eta"],
+                                   self.args["threshold"], self.args["original"])
+
+
+class CFGZeroStar(Guider):
+    name = "cfg_zero_star"
+    help = ("CFG-Zero* (Fan et al. 2025): the unconditional prediction scaled by its optimal projection "
+            "<cond, uncond> / |uncond|^2 before CFG, and zero prediction for the first steps; diffusers' "
+            "ClassifierFreeZeroStarGuidance. Made for flow models.")
+    params = (
+        Param("scale", float, 7.5, "guidance scale", range=(-100.0, 100.0)),
+        Param("zero_steps", int, 1, "first steps whose prediction is zero (diffusers' zero_init_steps; the "
+                                    "paper: the first 4%)", range=(0, 10000)),
+        *COMMON,
+    )
+
+    def expand(self, query: Query) -> list[Query]:
+        if self.zeroed(query):
+            return [query]  # the prediction is zero: nothing to evaluate it from but the shape
+        return super().expand(query)
+
+    def zeroed(self, query: Query) -> bool:
+        return self.step_of.get(float(query.t), len(self.step_of)) < self.args["zero_steps"]
+
+    def reduce(self, query: Query, estimates: list[Tensor]) -> Tensor:
+        if self.zeroed(query):
+            # zero, not rescaled: diffusers rescales the zeros too, dividing by their standard deviation,
+            # 0, which makes NaN (tests/test_guiders.py shows it); with rescale=0 the two agree
+            return torch.zeros_like(estimates[0])
+        return super().reduce(query, estimates)
+
+    def guide(self, query: Query, cond: Tensor, uncond: Tensor) -> Tensor:
+        from diffusers.guiders.classifier_free_zero_star_guidance import cfg_zero_star_scale
+
+        alpha = cfg_zero_star_scale(cond.flatten(1), uncond.flatten(1)).view(-1, *(1,) * (cond.dim() - 1))
+        uncond = uncond * alpha
+        base = cond if self.args["original"] else uncond
+        return base + self.args["scale"] * (cond - uncond)
+
+
+class TCFG(Guider):
+    name = "tcfg"
+    help = ("Tangential CFG (Kwon et al. 2025): the unconditional prediction projected on the first singular "
+            "vector of [cond, uncond] before CFG; diffusers' TangentialClassifierFreeGuidance.")
+    params = (Param("scale", float, 7.5, "guidance scale", range=(-100.0, 100.0)), *COMMON)
+
+    def guide(self, query: Query, cond: Tensor, uncond: Tensor) -> Tensor:
+        from diffusers.guiders.tangential_classifier_free_guidance import normalized_guidance
+
+        return normalized_guidance(cond, uncond, self.args["scale"], self.args["original"])
+
+
+class MAG(Guider):
+    name = "mag"
+    help = ("Magnitude-aware guidance (MAMBO): the scale lowered where the guidance update is large against the "
+            "unconditional prediction, 1 + (s - 1) exp(-alpha |cond - uncond| / |uncond|) per sample; diffusers' "
+            "MagnitudeAwareGuidance.")
+    params = (
+        Param("scale", float, 10.0, "guidance scale", range=(-100.0, 100.0)),
+        Param("alpha", float, 8.0, "how fast a large update lowers the scale", range=(0.0, 1000.0)),
+        *COMMON,
+    )
+
+    def guide(self, query: Query, cond: Tensor, uncond: Tensor) -> Tensor:
+        return mambo(cond, uncond, self.args["scale"], self.args["alpha"], self.args["original"])
+
+
+def mambo(cond: Tensor, uncond: Tensor, scale: float, alpha: float, original: bool) -> Tensor:
+    """diffusers' ``mambo_guidance`` (magnitude_aware_guidance.py), by hand: it takes the norms with
+    ``torch.norm(x, dim=[1, ..., n])``, which torch refuses for more than two dims (a ``[N x C x H x W]``
+    prediction; it works on Flux's packed ``[N x L x D]``, where tests/test_guiders.py checks this equals
+    it). The per-sample norm over every element is the same Frobenius norm."""
+    diff = cond - uncond
+    ratio = diff.flatten(1).norm(dim=1) / uncond.flatten(1).norm(dim=1)
+    ratio = ratio.view(-1, *(1,) * (cond.dim() - 1))
+    final = scale * torch.exp(-alpha * ratio) if original else 1.0 + (scale - 1.0) * torch.exp(-alpha * ratio)
+    return (cond if original else uncond) + final * diff
+
+
+@hookimpl
+def diffkit_techniques() -> list[type[Combiner]]:
+    return [APG, CFGZeroStar, TCFG, MAG]
