@@ -114,6 +114,24 @@ def strip(cells: dict[str, dict]) -> dict[str, dict]:
     return {k: {kk: vv for kk, vv in c.items() if not kk.startswith("_")} for k, c in cells.items()}
 
 
+def check(path: Path, views: list[str]) -> None:
+    import json
+
+    stored = json.loads(path.read_text())
+    by_name = {recipe_name(r): r for r in RECIPES}
+    for view in views:
+        h = stored["heldout"][view]
+        for name, c in h["cells"].items():
+            pair = tuple(int(v) for v in name.split("/"))
+            got = cell(by_name[h["recipe"]], view, pair, stored["num"], stored["heldout_seed"])
+            same = (got["success_per_sample"] == c["success_per_sample"]
+                    and got["concealment_per_sample"] == c["concealment_per_sample"])
+            print(f"{view} {name} {h['recipe']}: {'the same' if same else 'DIFFERENT'} success and concealment, "
+                  f"sample by sample", flush=True)
+            if not same:
+                raise SystemExit(1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--num", type=int, default=50, help="samples a cell")
@@ -121,7 +139,12 @@ def main() -> None:
     ap.add_argument("--recipes", type=int, nargs="+", default=None, help="indices into RECIPES (default all)")
     ap.add_argument("--gallery", type=Path, default=None, help="folder for the held-out best/typical images")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "illusions.json")
+    ap.add_argument("--check", nargs="+", default=None, metavar="VIEW",
+                    help="run these views' stored held-out cells again with today's code and compare them with the "
+                         "stored result, sample by sample (shows it still holds)")
     a = ap.parse_args()
+    if a.check:
+        return check(a.out, a.check)
     at = machine()
     recipes = [RECIPES[i] for i in a.recipes] if a.recipes else RECIPES
     t0 = time.perf_counter()
