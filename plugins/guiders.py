@@ -50,8 +50,10 @@ class Guider(Combiner):
             raise ValueError(f"backend {ctx.backend.name!r} is unconditional: there is nothing to guide")
         self.null = ctx.null
         self.t_lo, self.t_hi = interval_timesteps(ctx, self.args)
-        # the step a query's timestep is (diffusers' guider._step), for zero-init; fresh for each batch
+        # the step a query's timestep is, counted from where the run starts (an SDEdit's later start is
+        # step 0, as diffusers' img2img pipelines count their guider's steps), for zero-init; per batch
         self.step_of = {float(t): i for i, t in enumerate(ctx.timesteps)}
+        self.ctx = ctx
         self.state: dict[tuple, Any] = {}
 
     def trivial(self) -> bool:
@@ -127,7 +129,8 @@ class CFGZeroStar(Guider):
         return super().expand(query)
 
     def zeroed(self, query: Query) -> bool:
-        return self.step_of.get(float(query.t), len(self.step_of)) < self.args["zero_steps"]
+        step = self.step_of.get(float(query.t), len(self.step_of)) - self.ctx.i_start
+        return step < self.args["zero_steps"]
 
     def reduce(self, query: Query, estimates: list[Tensor]) -> Tensor:
         if self.zeroed(query):

@@ -195,7 +195,9 @@ def technique_specs(tmp_path: Path) -> dict[str, list[str]]:
             "sdedit": [f"sdedit:{img},i_start=1", f"sdedit:{img},i_start=2"],
             "factorize": ['factorize:1,parts="low_pass:sigma=2,kernel=9+high_pass:sigma=2,kernel=9"',
                           "factorize:8,parts=scale:2+scale:-1"],
-            "reference": [f"reference:image={img}", f'reference:image={img},part="high_pass:sigma=1,kernel=5"']}
+            "reference": [f"reference:image={img}", f'reference:image={img},part="high_pass:sigma=1,kernel=5"'],
+            "apg": ["apg:3", "apg:4,eta=0,momentum=-0.5"], "cfg_zero_star": ["cfg_zero_star:3", "cfg_zero_star:2,zero_steps=0"],
+            "tcfg": ["tcfg:3", "tcfg:2,original=true"], "mag": ["mag:3", "mag:5,alpha=2"]}
 
 
 def test_every_pair_of_techniques_either_composes_or_is_refused(tmp_path):

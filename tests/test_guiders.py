@@ -28,11 +28,20 @@ def made(spec: str):
     return RunRequest(backend="gaussian", techniques=[spec]).techniques[0]
 
 
-def setup(tech):
+def setup(tech, i_start: int = 0):
     ctx = SimpleNamespace(backend=SimpleNamespace(conditional=True, name="x"), null=Cond((None,), None),
-                          alphas_cumprod=torch.ones(T), timesteps=TIMESTEPS)
+                          alphas_cumprod=torch.ones(T), timesteps=TIMESTEPS, i_start=i_start)
     tech.setup(ctx)
     return tech
+
+
+def test_zero_init_counts_steps_from_where_the_run_starts():
+    """An SDEdit that starts at step 3 zeroes its first steps as diffusers' img2img pipelines do: their
+    guider counts the steps it runs."""
+    tech = setup(made("cfg_zero_star:scale=3,zero_steps=2"), i_start=3)
+    cond = Cond(("a",), torch.zeros(1, 1))
+    zeroed = [len(tech.expand(Query(torch.zeros(1, 2), t, cond))) == 1 for t in TIMESTEPS[3:7]]
+    assert zeroed == [True, True, False, False]
 
 
 def diffusers_guider(cls_name: str, **config):
