@@ -23,7 +23,8 @@ from torch import Tensor
 from diffkit.hookspecs import hookimpl
 from diffkit.params import Param, to_bool
 from diffkit.state import Context, Query
-from diffkit.technique import INTERVAL, Combiner, check_interval, interval_timesteps
+from diffkit.technique import INTERVAL, Combiner
+from diffkit_plugins.cfg import CFG
 
 COMMON = (
     Param("rescale", float, 0.0, "diffusers' guidance_rescale: blend toward the conditional prediction's "
@@ -34,22 +35,14 @@ COMMON = (
 )
 
 
-class Guider(Combiner):
-    """The cond/uncond pair as ``cfg`` makes it, combined in the model's prediction by :meth:`guide`."""
+class Guider(CFG):
+    """The cond/uncond pair as ``cfg`` makes it (its interval, its null label, its kept conditional
+    variance), combined in the model's prediction by :meth:`guide`."""
 
     space = "prediction"
-    extra_channels = "first"  # the conditional branch's variance (IF), as cfg keeps it
-    default_scale = 7.5
-
-    def __init__(self, **args: Any):
-        super().__init__(**args)
-        check_interval(self.args)
 
     def setup(self, ctx: Context) -> None:
-        if not ctx.backend.conditional:
-            raise ValueError(f"backend {ctx.backend.name!r} is unconditional: there is nothing to guide")
-        self.null = ctx.null
-        self.t_lo, self.t_hi = interval_timesteps(ctx, self.args)
+        super().setup(ctx)
         # the step a query's timestep is, counted from where the run starts (an SDEdit's later start is
         # step 0, as diffusers' img2img pipelines count their guider's steps), for zero-init; per batch
         self.step_of = {float(t): i for i, t in enumerate(ctx.timesteps)}

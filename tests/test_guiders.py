@@ -12,7 +12,6 @@ import torch
 from typer.testing import CliRunner
 
 import diffkit
-from diffkit import registry
 from diffkit.backends.gaussian import GaussianBackend
 from diffkit.cli import app
 from diffkit.denoise import Prediction

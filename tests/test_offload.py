@@ -95,7 +95,7 @@ def test_offload_moves_each_part_to_the_device_for_its_own_work_only_and_keeps_t
     monkeypatch.undo()
     assert len(sent) >= 3 and set(sent) == {"cpu"}, sent  # every part loads at home, none on the device
     events: list = []
-    parts = record(off, events)
+    record(off, events)
     kw = dict(prompts=["a red dog", "a cat"], techniques=["cfg:4"], steps=3, seed=5)
     want = diffkit.sample(plain, **kw).images
     got = diffkit.sample(off, **kw).images
