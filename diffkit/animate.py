@@ -195,14 +195,15 @@ def _clip_names(hooks: list[Any]) -> list[str]:
     return [name for tech in hooks for name in tech.clip_names()]
 
 
-def read_jobs(folder: str | Path, wanted: Callable[[Any], bool] = _animates) -> list[SampleJob]:
+def read_jobs(folder: str | Path, wanted: Callable[[Any], bool] = _animates,
+              run: dict[str, Any] | None = None) -> list[SampleJob]:
     """Every sample of the run in ``folder`` with its clips' names, everything checked first: run.json's
     shape, each sample's file (a PNG inside the folder, named once), the hooks' arguments. Nothing is
     loaded beyond the images' headers."""
     from PIL import Image
 
     folder = Path(folder)
-    run = _read_run(folder)
+    run = run or _read_run(folder)  # a caller that read it already hands it over
     path = folder / "run.json"
     hooks = _hooks(run, path, wanted)
     names = _clip_names(hooks)

@@ -143,7 +143,7 @@ def illusions_of(folder: str | Path) -> tuple[dict[str, Any], list[IllusionSampl
     everything checked before any scorer loads."""
     folder = Path(folder)
     run = _read_run(folder)
-    jobs = read_jobs(folder, lambda cls: getattr(cls, "illusion", False))
+    jobs = read_jobs(folder, lambda cls: getattr(cls, "illusion", False), run)
     if not jobs or not jobs[0].hooks:
         raise ScoreError(f"{folder} holds no illusion to score: none of its techniques shows the sample through "
                          "views (anagram does)")
@@ -168,7 +168,8 @@ def scorer_for(run: dict[str, Any], clip: str | None = None, classifier: str | N
             raise ScoreError("give --clip or --classifier, not both")
         return ClipScorer(clip, device)
     backend = (run.get("request") or {}).get("backend") or run.get("backend")
-    kind = registry.backends()[backend].label_kind if backend in registry.backends() else "prompt"
+    info = registry.backends().get(backend)
+    kind = info.label_kind if info is not None else "prompt"
     if kind == "class" or classifier:
         return MnistScorer(classifier)
     return ClipScorer(DEFAULT_CLIP, device)

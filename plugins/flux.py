@@ -154,7 +154,6 @@ class Flux(FlowLatent):
             return by_rows(call, self.device, x.to(self.dtype), t.to(self.device), cond)
 
 
-
 def _flux(model: str | None = None, height: int | None = None, width: int | None = None, device: str | None = None,
           dtype: str | None = None, guidance: float | None = None, max_sequence_length: int = 512,
           offload: bool | None = None) -> Flux:

@@ -41,14 +41,6 @@ class Guider(CFG):
 
     space = "prediction"
 
-    def setup(self, ctx: Context) -> None:
-        super().setup(ctx)
-        # the step a query's timestep is, counted from where the run starts (an SDEdit's later start is
-        # step 0, as diffusers' img2img pipelines count their guider's steps), for zero-init; per batch
-        self.step_of = {float(t): i for i, t in enumerate(ctx.timesteps)}
-        self.ctx = ctx
-        self.state: dict[tuple, Any] = {}
-
     def trivial(self) -> bool:
         """A scale at which the guider is the conditional prediction (diffusers' ``is_close``)."""
         return math.isclose(self.args["scale"], 0.0 if self.args["original"] else 1.0)
@@ -94,6 +86,11 @@ class APG(Guider):
         *COMMON,
     )
 
+    def setup(self, ctx: Context) -> None:
+        super().setup(ctx)
+        # the momentum buffers, one a branch: fresh for each batch, so a batch equals single runs
+        self.state: dict[tuple, Any] = {}
+
     def guide(self, query: Query, cond: Tensor, uncond: Tensor) -> Tensor:
         from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer, normalized_guidance
 
@@ -115,6 +112,13 @@ class CFGZeroStar(Guider):
                                     "paper: the first 4%)", range=(0, 10000)),
         *COMMON,
     )
+
+    def setup(self, ctx: Context) -> None:
+        super().setup(ctx)
+        # the step a query's timestep is, counted from where the run starts (an SDEdit's later start is step
+        # 0, as diffusers' img2img pipelines count their guider's steps; ctx.i_start is final by the first step)
+        self.step_of = {float(t): i for i, t in enumerate(ctx.timesteps)}
+        self.ctx = ctx
 
     def expand(self, query: Query) -> list[Query]:
         if self.zeroed(query):

@@ -260,7 +260,6 @@ class StableDiffusion3(FlowLatent):
             return by_rows(call, self.device, x.to(self.dtype), t.to(self.device), cond)
 
 
-
 def _sd3(model: str | None = None, height: int | None = None, width: int | None = None, device: str | None = None,
          dtype: str | None = None, max_sequence_length: int = 256, offload: bool | None = None) -> StableDiffusion3:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

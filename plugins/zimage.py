@@ -117,7 +117,6 @@ class ZImage(FlowLatent):
             return by_rows(call, self.device, x, t.to(self.device), cond)
 
 
-
 def _zimage(model: str | None = None, height: int | None = None, width: int | None = None, device: str | None = None,
             dtype: str | None = None, max_sequence_length: int = 512, offload: bool | None = None) -> ZImage:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

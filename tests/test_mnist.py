@@ -256,13 +256,33 @@ def test_time_conditioned_model_samples_without_class(mnist_dir, tmp_path):
     assert r.exit_code == 2 and "time-conditioned only" in r.output
 
 
+def hand_flow_euler(model, label: int, scale: float, steps: int, seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A class-conditioned MNIST flow model sampled by hand: CFG on its velocity, diffusers'
+    FlowMatchEulerDiscreteScheduler (no shift) stepping it; the final state and each step's clean-image
+    estimate ``x - sigma v`` (where sigma shows, whatever v is)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    sch = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    sch.set_timesteps(steps)
+    x = torch.randn((1, 1, 28, 28), generator=torch.Generator().manual_seed(seed))
+    c, u = torch.zeros(1, 10), torch.zeros(1, 10)
+    c[0, label] = 1
+    x0s = []
+    with torch.no_grad():
+        for k, t in enumerate(sch.timesteps):
+            s = (t / 1000).reshape(1, 1)
+            v_c, v_u = model(x, s, c), model(x, s, u)
+            v = v_u + scale * (v_c - v_u)
+            x0s.append(x - sch.sigmas[k] * v)
+            x = sch.step(v, t, x).prev_sample
+    return x, x0s
+
+
 def test_a_flow_checkpoint_samples_as_diffusers_flow_euler_over_its_velocity(mnist_dir, tmp_path):
     """``train mnist --objective flow``: the checkpoint says so, its backend is a flow model (the model reads
     sigma = t / 1000 and predicts eps - x0), its default rule is flow-matching Euler at FLOW_STEPS steps,
     the same as diffusers' FlowMatchEulerDiscreteScheduler run by hand over the model, and ddpm is refused
     before it loads."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
     import diffkit
     from diffkit.backends.mnist import FLOW_STEPS
 
@@ -274,19 +294,7 @@ def test_a_flow_checkpoint_samples_as_diffusers_flow_euler_over_its_velocity(mni
     run = diffkit.Run("mnist", backend_options={"checkpoint": str(ckpt)}, classes=[3], seed=7, hooks=["cfg:2"])
     states = list(run.steps())
     model, _ = checkpoint.load_model(ckpt)
-    sch = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
-    sch.set_timesteps(FLOW_STEPS)
-    x = torch.randn((1, 1, 28, 28), generator=torch.Generator().manual_seed(7))
-    c, u = torch.zeros(1, 10), torch.zeros(1, 10)
-    c[0, 3] = 1
-    x0s = []
-    with torch.no_grad():
-        for k, t in enumerate(sch.timesteps):
-            s = (t / 1000).reshape(1, 1)
-            v_c, v_u = model(x, s, c), model(x, s, u)
-            v = v_u + 2 * (v_c - v_u)
-            x0s.append(x - sch.sigmas[k] * v)  # the step's clean-image estimate: where sigma shows, whatever v is
-            x = sch.step(v, t, x).prev_sample
+    x, x0s = hand_flow_euler(model, 3, 2.0, FLOW_STEPS, 7)
     # float32 roundings (the model's kernels in 3-row chunks against one call, the state's scaling): a few
     # of 2^-24 relative a step, over FLOW_STEPS steps on states of size |x|
     bound = 64 * FLOW_STEPS * 2.0**-24 * max(1.0, float(x.abs().max()))

@@ -119,7 +119,7 @@ def test_the_shipped_flow_model_samples_as_flow_euler_over_its_velocity_and_draw
     """mnist-flow (train mnist --objective flow): its record says so; 5 flow-matching Euler steps with cfg:1.5
     (10 model evaluations a sample) equal diffusers' FlowMatchEulerDiscreteScheduler run by hand over the
     model, state and clean-image estimate at every step; and they draw the asked digit."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
+    from test_mnist import hand_flow_euler
 
     cfg = checkpoint.load_config("mnist-flow")
     assert cfg["objective"] == "flow" and cfg["conditioning"] == "class"
@@ -127,19 +127,7 @@ def test_the_shipped_flow_model_samples_as_flow_euler_over_its_velocity_and_draw
                       sampler="euler", steps=5)
     states = list(run.steps())
     model, _ = checkpoint.load_model("mnist-flow")
-    sch = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
-    sch.set_timesteps(5)
-    x = torch.randn((1, 1, 28, 28), generator=torch.Generator().manual_seed(11))
-    c, u = torch.zeros(1, 10), torch.zeros(1, 10)
-    c[0, 4] = 1
-    x0s = []
-    with torch.no_grad():
-        for k, t in enumerate(sch.timesteps):
-            s = (t / 1000).reshape(1, 1)
-            v_u, v_c = model(x, s, u), model(x, s, c)
-            v = v_u + 1.5 * (v_c - v_u)
-            x0s.append(x - sch.sigmas[k] * v)
-            x = sch.step(v, t, x).prev_sample
+    x, x0s = hand_flow_euler(model, 4, 1.5, 5, 11)
     # float32 roundings (3-row chunked calls against one call, the state's scaling), a few of 2^-24 a step
     bound = 64 * 5 * 2.0**-24 * max(1.0, float(x.abs().max()))
     assert (run.result.x - x).abs().max() <= bound
