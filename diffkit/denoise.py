@@ -18,7 +18,7 @@ from diffkit.errors import RunFailure
 from diffkit.registry import PluginError
 from diffkit.schedule import eps_from_v, estimates_from_flow
 from diffkit.state import Denoiser, Query
-from diffkit.technique import Combiner
+from diffkit.technique import Combiner, GuidanceTerm
 
 
 class NonFiniteError(RunFailure, FloatingPointError):
@@ -31,7 +31,8 @@ def batched(backend: Backend, max_batch: int | None = None, stats: dict[str, int
     """One ``backend.predict`` call for all distinct queries (chunked only above ``max_batch`` rows).
 
     A query naming another model (``Query.model``, registered in ``models``) goes to that model's
-    call: one call a model a step. ``stats`` counts ``evaluations`` (model calls) and ``rows``.
+    call: one call a model a step; a perturbed query (``Query.perturbation``: PAG's, SLG's) to a call of
+    its own, inside ``Backend.perturbed``. ``stats`` counts ``evaluations`` (model calls) and ``rows``.
     A v-predicting model's estimate becomes noise here, each query's with the noise level ``abar(t)``
     of its state (the run's ``ctx.abar``), so everything above sees noise. A flow model's velocity
     becomes noise and clean image, ``[eps | x0]`` (``schedule.estimates_from_flow`` at the run's
@@ -84,12 +85,19 @@ def batched(backend: Backend, max_batch: int | None = None, stats: dict[str, int
                 index[q.key] = len(unique)
                 unique.append(q)
         parts: list[Tensor] = [None] * len(unique)  # type: ignore[list-item]
-        for name in dict.fromkeys(q.model for q in unique):
-            mine = [k for k, q in enumerate(unique) if q.model == name]
+        # one call a model, and one more for each perturbation of it a step asks for: the backend applies a
+        # perturbation to a whole call (Backend.perturbed), as diffusers' layer-skipping hooks do
+        for name, perturbation in dict.fromkeys((q.model, q.perturbation) for q in unique):
+            mine = [k for k, q in enumerate(unique) if q.model == name and q.perturbation == perturbation]
             be = backend if name is None else (models or {}).get(name)
             if be is None:
                 raise PluginError(f"a query names model {name!r}, which no technique registered in ctx.models")
-            for k, part in zip(mine, call(be, [unique[k] for k in mine])):
+            if perturbation is None:
+                got = call(be, [unique[k] for k in mine])
+            else:
+                with be.perturbed(perturbation):
+                    got = call(be, [unique[k] for k in mine])
+            for k, part in zip(mine, got):
                 parts[k] = part
         return [parts[index[q.key]] for q in queries]
 
@@ -107,7 +115,8 @@ def _bad_branch(out: Tensor, unique: list[Query], sizes: list[int]) -> str:
     label = q.cond.key[i] if i < len(q.cond.key) else None
     cond = "unconditional" if label is None else f"label {label!r}"
     view = f", view {'+'.join(q.view)}" if q.view else ""
-    return f"branch {k + 1} of {len(unique)} ({cond}{view}), sample {i}"
+    perturbed = f", {q.perturbation}" if q.perturbation else ""
+    return f"branch {k + 1} of {len(unique)} ({cond}{view}{perturbed}), sample {i}"
 
 
 class Prediction:
@@ -214,10 +223,54 @@ def _blame(combiner: Combiner, method: str) -> Iterator[None]:
         raise PluginError(f"technique {combiner.name!r} failed in {method}: {type(e).__name__}: {e}") from e
 
 
+class Joined(Combiner):
+    """A guidance combiner (``Combiner.guidance``: cfg, a guider) with the guidance terms that follow it
+    (:class:`~diffkit.technique.GuidanceTerm`: pag, seg, slg), as one combiner: its own branches, then each
+    term's branch of its first (conditional) one; its own reduction plus each term's ``w (c - b)``."""
+
+    def __init__(self, base: Combiner, terms: tuple[GuidanceTerm, ...]):
+        super().__init__()
+        self.base, self.terms = base, terms
+        self.name = "+".join(c.name for c in (base, *terms))
+        self.space, self.extra_channels = base.space, base.extra_channels
+
+    def split(self, query: Query) -> tuple[list[Query], list[tuple[GuidanceTerm, Query]]]:
+        own = self.base.expand(query)
+        return own, [(t, b) for t in self.terms if (b := t.branch(own[0])) is not None]
+
+    def expand(self, query: Query) -> list[Query]:
+        own, extra = self.split(query)
+        return own + [b for _, b in extra]
+
+    def reduce(self, query: Query, estimates: list[Tensor]) -> Tensor:
+        own, extra = self.split(query)
+        out = self.base.reduce(query, estimates[: len(own)])
+        c = estimates[0]
+        for (term, b), est in zip(extra, estimates[len(own):]):
+            out = out + term.weight(own[0]) * (c - est)
+        return out
+
+
+def join(combiners: list[Combiner]) -> list[Combiner]:
+    """The combiners as they nest: each guidance term right after a guidance combiner (or after terms that
+    joined one) joined to it (:class:`Joined`); every other one as it is."""
+    out: list[Combiner] = []
+    for c in combiners:
+        last = out[-1] if out else None
+        if isinstance(c, GuidanceTerm) and isinstance(last, Joined):
+            out[-1] = Joined(last.base, (*last.terms, c))
+        elif isinstance(c, GuidanceTerm) and last is not None and last.guidance:
+            out[-1] = Joined(last, (c,))
+        else:
+            out.append(c)
+    return out
+
+
 def compose(combiners: list[Combiner], inner: Denoiser, eps_channels: int, blocks: int = 1,
             prediction: Prediction | None = None) -> Denoiser:
-    """Nest combiners, the first one outermost (``blocks``: estimate blocks a query's answer holds;
-    ``prediction``: the model's prediction, for combiners that reduce it; :func:`wrap`)."""
-    for c in reversed(combiners):
+    """Nest combiners, the first one outermost, guidance terms joined to the guidance before them
+    (:func:`join`; ``blocks``: estimate blocks a query's answer holds; ``prediction``: the model's
+    prediction, for combiners that reduce it; :func:`wrap`)."""
+    for c in reversed(join(combiners)):
         inner = wrap(c, inner, eps_channels, blocks, prediction)
     return inner

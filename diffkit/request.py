@@ -159,6 +159,8 @@ class RunRequest:
             set_("options", self._read_options())
         if again("backend", "options", "rule") and self.rule is not None:
             self._check_formulation()
+        if again("backend", "techniques") and isinstance(self.backend, str):
+            self._check_perturbations()
         if self.inputs is not None:
             set_("inputs", dict(self.inputs))
 
@@ -175,6 +177,17 @@ class RunRequest:
         if "device" in options:
             check_device(str(options["device"]))
         return options
+
+    def _check_perturbations(self) -> None:
+        """A technique that perturbs the model (pag, seg, slg) on a backend that does not declare that
+        perturbation (``BackendInfo.perturbations``) is refused by name before its weights load."""
+        have = registry.get_backend(self.backend).perturbations
+        for t in self.techniques:
+            need = getattr(t, "perturbs", None)
+            if need and need not in have:
+                takers = sorted(n for n, b in registry.backends().items() if need in b.perturbations)
+                raise RequestError(f"technique {t.name!r} perturbs the model's forward pass ({need}), which backend "
+                                   f"{self.backend!r} cannot; backends that can: {', '.join(takers) or 'none installed'}")
 
     def _check_formulation(self) -> None:
         """A rule that cannot step the backend's kind of model (ddpm on a flow model) is refused by name,

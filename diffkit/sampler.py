@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from diffkit import registry
-from diffkit.denoise import NonFiniteError, Prediction, batched, compose
+from diffkit.denoise import NonFiniteError, Prediction, batched, compose, join
 from diffkit.rules import StepOutput
 from diffkit.state import Context, Denoiser, Query, Step, StepState
 from diffkit.technique import Combiner, Technique
@@ -72,7 +72,7 @@ class Sampler:
         2-view anagram: 4 and 4; CFG around a hybrid: 4 and 3). Expanded level by level on a one-sample
         input; past ``cap`` branches the count is the product of each remaining level's fan-out (exact when
         every query of a level expands alike, as every built-in combiner's does) and ``rows`` is None."""
-        combiners = [t for t in self.techniques if isinstance(t, Combiner)]
+        combiners = join([t for t in self.techniques if isinstance(t, Combiner)])
         x = torch.zeros(1, *ctx.backend.sample_shape, dtype=ctx.backend.dtype)
         level = [Query(x, ctx.timesteps[ctx.i_start], ctx.cond)]
         for k, c in enumerate(combiners):

@@ -31,13 +31,30 @@ class Cond:
         return all(k is None for k in self.key)
 
 
+@dataclass(frozen=True)
+class Perturbation:
+    """A change to the model's own forward pass for one branch (``Query.perturbation``), which a backend
+    applies where it declares the ``kind`` (``Backend.perturbations``): ``"attention_identity"`` (PAG: the
+    self-attention map replaced by the identity), ``"attention_blur"`` (SEG: the self-attention queries
+    blurred by a Gaussian of ``blur`` tokens), ``"block_skip"`` (SLG: whole blocks skipped). ``layers``
+    names where, in the backend's words (``Backend.perturbed``)."""
+
+    kind: str
+    layers: tuple[str, ...]
+    blur: float = 0.0
+
+    def __str__(self) -> str:
+        return f"{self.kind} in {'+'.join(self.layers)}"
+
+
 @dataclass(frozen=True, eq=False)
 class Query:
     """One branch the model is asked for: input ``x`` ``[N x C x H x W]`` at timestep ``t`` under ``cond``.
 
     ``view`` names the transforms applied to the step's state to make ``x``, outermost last; ``model``
-    names a second model a technique registered in ``ctx.models`` (None: the run's backend). With
-    ``t`` and ``cond.key`` they are the identity used to evaluate equal queries once.
+    names a second model a technique registered in ``ctx.models`` (None: the run's backend);
+    ``perturbation`` a change to that model's forward pass (PAG's, SLG's; None: the model as it is).
+    With ``t`` and ``cond.key`` they are the identity used to evaluate equal queries once.
     """
 
     x: Tensor
@@ -45,21 +62,25 @@ class Query:
     cond: Cond
     view: tuple[str, ...] = ()
     model: str | None = None
+    perturbation: Perturbation | None = None
 
     @property
     def key(self) -> tuple:
-        return (self.model, self.t, self.view, self.cond.key)
+        return (self.model, self.perturbation, self.t, self.view, self.cond.key)
 
     def with_cond(self, cond: Cond) -> Query:
-        return Query(self.x, self.t, cond, self.view, self.model)
+        return Query(self.x, self.t, cond, self.view, self.model, self.perturbation)
 
     def with_view(self, view: Any, cond: Cond | None = None) -> Query:
         """This query seen through ``view`` (a :class:`diffkit.views.View`), optionally under another condition."""
         return Query(view.forward(self.x), self.t, self.cond if cond is None else cond, self.view + (view.name,),
-                     self.model)
+                     self.model, self.perturbation)
 
     def with_model(self, model: str | None) -> Query:
-        return Query(self.x, self.t, self.cond, self.view, model)
+        return Query(self.x, self.t, self.cond, self.view, model, self.perturbation)
+
+    def with_perturbation(self, perturbation: Perturbation | None) -> Query:
+        return Query(self.x, self.t, self.cond, self.view, self.model, perturbation)
 
 
 # A denoiser answers a list of queries with one estimate each, ``[N x C' x H x W]``: the noise in the

@@ -118,6 +118,9 @@ class Combiner(Technique):
     kind = "combiner"
     extra_channels: ClassVar[str] = "mean"
     space: ClassVar[str] = "estimate"
+    # A guidance combiner (cfg, the guiders): its first branch is the query's own (conditional) estimate,
+    # which the guidance terms (:class:`GuidanceTerm`) right after it in the list join (``denoise.join``).
+    guidance: ClassVar[bool] = False
 
     def expand(self, query: Query) -> list[Query]:
         raise NotImplementedError
@@ -125,6 +128,41 @@ class Combiner(Technique):
     def reduce(self, query: Query, estimates: list[Tensor]) -> Tensor:
         """The branches' noise estimates, in ``expand``'s order -> one ``[N x eps_channels x H x W]``."""
         raise NotImplementedError
+
+
+class GuidanceTerm(Combiner):
+    """Guidance away from a worse branch of the query's own estimate: ``c + w (c - b)``, ``b`` the branch
+    :meth:`branch` makes of the query (PAG: its estimate with the model's self-attention perturbed).
+
+    On its own it is that combiner (the PAG paper's eq. 9, diffusers' PAG pipelines without CFG). Right
+    after a guidance combiner in the list (``--hook cfg:7.5 --hook pag:scale=3``) it joins it instead of
+    nesting inside it, as diffusers' pipelines add PAG's and SLG's terms beside CFG's:
+    ``uncond + g (c - uncond) + w (c - b)``, the term not scaled by g, ``b`` made of the guidance's
+    conditional branch (``denoise.join``). ``space`` is the guidance's there: the term is linear, so it
+    is the same in the model's prediction and in the estimates.
+    """
+
+    space = "prediction"  # diffusers adds the term to the model's prediction (the same when alone, linear)
+    # what the backend must be able to do for it: a ``state.Perturbation.kind`` (``Backend.perturbations``)
+    perturbs: ClassVar[str | None] = None
+
+    def branch(self, query: Query) -> Query | None:
+        """The branch to guide away from, or None where the term is off (outside its steps)."""
+        raise NotImplementedError
+
+    def weight(self, query: Query) -> float:
+        """The term's weight ``w`` at this query."""
+        raise NotImplementedError
+
+    def expand(self, query: Query) -> list[Query]:
+        b = self.branch(query)
+        return [query] if b is None else [query, b]
+
+    def reduce(self, query: Query, estimates: list[Tensor]) -> Tensor:
+        if len(estimates) == 1:
+            return estimates[0]
+        c, b = estimates
+        return c + self.weight(query) * (c - b)
 
 
 class Projector(Technique):

@@ -26,6 +26,7 @@ class CFG(Combiner):
         *INTERVAL,
     )
     extra_channels = "first"  # the conditional branch's variance, as diffusers' IF pipelines keep it
+    guidance = True  # its first branch is the conditional one: pag, seg and slg right after it join it
 
     def __init__(self, **args):
         super().__init__(**args)

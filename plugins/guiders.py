@@ -1,4 +1,4 @@
-"""diffusers' output-space guiders as combiners: APG, CFG-Zero*, TCFG and MAG (issue 38).
+"""diffusers' output-space guiders as combiners: APG, CFG-Zero*, TCFG, MAG and FDG (issue 38).
 
 Each guider makes the conditional and unconditional branches as ``cfg`` does and combines the model's
 own prediction (``Combiner.space = "prediction"``: noise, v, or a flow model's velocity), which is what
@@ -172,6 +172,54 @@ class MAG(Guider):
         return mambo(cond, uncond, self.args["scale"], self.args["alpha"], self.args["original"])
 
 
+def level_list(text: Any, what: str) -> list[float]:
+    """``"10+5"`` -> ``[10.0, 5.0]`` (one number a pyramid level, the ``+`` list factorize's parts use)."""
+    try:
+        values = [float(v) for v in str(text).split("+")]
+    except ValueError:
+        raise ValueError(f"{what}={text!r}: give numbers joined by +, one a pyramid level (10+5)") from None
+    if not all(math.isfinite(v) and abs(v) <= 100 for v in values):
+        raise ValueError(f"{what}={text!r}: each must be a finite number in -100..100")
+    return values
+
+
+class FDG(Guider):
+    name = "fdg"
+    help = ("Frequency-decoupled guidance (Sadat et al. 2025): CFG applied per level of a Laplacian pyramid of the "
+            "prediction, a scale for each (high frequencies first), optionally the update's part parallel to the "
+            "conditional prediction weighted per level; diffusers' FrequencyDecoupledGuidance (needs kornia).")
+    params = (
+        Param("scales", str, "10+5", "guidance scale per pyramid level, finest (high frequencies) first, joined "
+                                     "by +; as many levels as scales"),
+        Param("parallel", str, None, "weight of the update's part parallel to the conditional prediction per level, "
+                                     "joined by + (unset: 1 at every level, plain CFG at each)"),
+        *COMMON,
+    )
+
+    def __init__(self, **args):
+        super().__init__(**args)
+        self.scales = level_list(self.args.get("scales", "10+5"), "scales")
+        parallel = self.args.get("parallel")
+        self.parallel = None if parallel is None else level_list(parallel, "parallel")
+        if self.parallel is not None and len(self.parallel) != len(self.scales):
+            raise ValueError(f"parallel={parallel!r} gives {len(self.parallel)} weights for {len(self.scales)} levels "
+                             f"(scales={self.args.get('scales', '10+5')!r}): give one a level")
+        try:  # kornia builds the pyramid for diffusers; refused here, before any model loads
+            from diffusers.guiders import FrequencyDecoupledGuidance
+
+            # rescale=0: Guider.reduce rescales in the data space, as FDG's default guidance_rescale_space
+            self.fdg = FrequencyDecoupledGuidance(guidance_scales=self.scales, parallel_weights=self.parallel,
+                                                  use_original_formulation=bool(self.args.get("original")))
+        except ImportError:
+            raise ValueError("fdg needs kornia for its Laplacian pyramid: pip install kornia") from None
+
+    def trivial(self) -> bool:
+        return all(math.isclose(s, 0.0 if self.args["original"] else 1.0) for s in self.scales)
+
+    def guide(self, query: Query, cond: Tensor, uncond: Tensor) -> Tensor:
+        return self.fdg.forward(cond, uncond).pred
+
+
 def mambo(cond: Tensor, uncond: Tensor, scale: float, alpha: float, original: bool) -> Tensor:
     """diffusers' ``mambo_guidance`` (magnitude_aware_guidance.py), by hand: it takes the norms with
     ``torch.norm(x, dim=[1, ..., n])``, which torch refuses for more than two dims (a ``[N x C x H x W]``
@@ -186,4 +234,4 @@ def mambo(cond: Tensor, uncond: Tensor, scale: float, alpha: float, original: bo
 
 @hookimpl
 def diffkit_techniques() -> list[type[Combiner]]:
-    return [APG, CFGZeroStar, TCFG, MAG]
+    return [APG, CFGZeroStar, TCFG, MAG, FDG]

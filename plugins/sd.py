@@ -9,8 +9,11 @@ local folder in diffusers' layout; the layout is checked, configs first, before 
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -273,6 +276,103 @@ def upscaler_stage(spec: UpscalerSpec, offload: bool = False) -> Callable[[Tenso
     return make
 
 
+# ------------------------------------------------------------------------------ perturbed attention (pag, seg)
+
+
+def attention_layers(model: torch.nn.Module, owner: str, patterns: tuple[str, ...]) -> list[torch.nn.Module]:
+    """The self-attention modules of ``model`` (a pipeline's ``owner``: "unet" or "transformer") that
+    ``patterns`` name, found by diffusers' own matcher for ``pag_applied_layers``
+    (``PAGMixin._set_pag_attn_processor``: each pattern searched in the module names), run on a stand-in
+    pipeline and undone; a pattern that matches none is a ValueError naming it."""
+    from diffusers.pipelines.pag.pag_utils import PAGMixin
+
+    before = {m: m.processor for m in model.modules() if hasattr(m, "processor")}
+    mark = object()
+    stand_in = type("StandIn", (), {owner: model, "_pag_attn_processors": (mark, mark)})()
+    try:
+        PAGMixin._set_pag_attn_processor(stand_in, list(patterns), True)
+    except ValueError as e:
+        raise ValueError(f"{e} (layers are searched in the module names, as diffusers' pag_applied_layers)") from None
+    finally:
+        found = [m for m, proc in before.items() if m.processor is mark]
+        for m in found:
+            m.processor = before[m]
+    return found
+
+
+class AllRowsPerturbed:
+    """An attention processor that runs every row through a diffusers PAG processor's perturbed path
+    (``PAGIdentitySelfAttnProcessor2_0``; SD3's joint attention: ``PAGJointAttnProcessor2_0``, which keeps
+    the image tokens' attention to the prompt). Those take the pipelines' batch, ``[original | perturbed]``
+    halves; a diffkit call holds perturbed rows only (``Backend.perturbed``), so each goes in twice and
+    the second half is kept: the original path's work in these few layers is the price of diffusers' math."""
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+
+    def __call__(self, attn: Any, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
+                 attention_mask: Tensor | None = None, temb: Tensor | None = None) -> Any:
+        n = hidden_states.shape[0]
+        two = [torch.cat([hidden_states, hidden_states]),
+               None if encoder_hidden_states is None else torch.cat([encoder_hidden_states, encoder_hidden_states])]
+        if hasattr(attn, "add_q_proj") and attn.add_q_proj is not None:  # joint attention (SD3)
+            out = self.processor(attn, *two, attention_mask)
+            return tuple(o[n:] for o in out)
+        return self.processor(attn, *two, attention_mask, temb)[n:]
+
+
+def seg_blur(query: Tensor, sigma: float, inf_threshold: float = 9999.0) -> Tensor:
+    """Smoothed energy guidance's blur of the image tokens' queries ``[N x L x D]`` (Hong 2024, the SEG-SDXL
+    release's ``gaussian_blur_2d`` on the square grid of the first ``floor(sqrt(L))^2`` tokens): a Gaussian
+    of ``sigma`` tokens, or, at ``sigma`` above ``inf_threshold``, the tokens' mean (infinite blur). By hand:
+    diffusers' copy (hooks/smoothed_energy_guidance_utils.py) swaps the two branches, so its default
+    infinite blur runs a finite kernel instead."""
+    import math
+
+    n, length, dim = query.shape
+    side = int(math.sqrt(length))
+    grid = query[:, : side * side].permute(0, 2, 1).reshape(n, dim, side, side)
+    if sigma > inf_threshold:
+        grid = grid.mean(dim=(-2, -1), keepdim=True).expand(-1, -1, side, side)
+    else:
+        size = math.ceil(6 * sigma) + 1 - math.ceil(6 * sigma) % 2
+        size = min(size, side - (side % 2 - 1))  # odd, and no wider than the grid (the release's reflect pad)
+        half = (size - 1) / 2
+        pdf = torch.exp(-0.5 * (torch.linspace(-half, half, steps=size) / sigma).pow(2))
+        k1 = (pdf / pdf.sum()).to(query)
+        kernel = (k1[:, None] * k1[None, :]).expand(dim, 1, size, size)
+        grid = F.conv2d(F.pad(grid, [size // 2] * 4, mode="reflect"), kernel, groups=dim)
+    out = query.clone()
+    out[:, : side * side] = grid.reshape(n, dim, side * side).permute(0, 2, 1)
+    return out
+
+
+@contextmanager
+def perturbed_attention(model: torch.nn.Module, owner: str, perturbation: Any) -> Iterator[None]:
+    """``model``'s self-attention in the layers ``perturbation`` names made the identity (PAG) or given
+    blurred queries (SEG) until the context exits."""
+    from diffusers.models.attention_processor import PAGIdentitySelfAttnProcessor2_0, PAGJointAttnProcessor2_0
+
+    layers = attention_layers(model, owner, perturbation.layers)
+    undo: list[Callable[[], None]] = []
+    try:
+        for m in layers:
+            if perturbation.kind == "attention_identity":
+                joint = getattr(m, "add_q_proj", None) is not None
+                kept = m.processor
+                m.processor = AllRowsPerturbed(PAGJointAttnProcessor2_0() if joint else PAGIdentitySelfAttnProcessor2_0())
+                undo.append(lambda m=m, kept=kept: setattr(m, "processor", kept))
+            elif perturbation.kind == "attention_blur":
+                hook = m.to_q.register_forward_hook(lambda _m, _i, out: seg_blur(out, perturbation.blur))
+                undo.append(hook.remove)
+            else:
+                raise ValueError(f"cannot perturb attention by {perturbation.kind!r}")
+        yield
+    finally:
+        for u in undo:
+            u()
+
+
 # ------------------------------------------------------------------------------ Stable Diffusion 1.x/2.x
 
 
@@ -303,6 +403,7 @@ class StableDiffusion(Backend):
              "tokenizer": "tokenizer_config.json", "scheduler": "scheduler_config.json"}
     stride = 20  # 50 steps by default, the pipeline's num_inference_steps
     default_sampler = "own"
+    perturbations = ("attention_identity", "attention_blur")
     VAE_LIKE_XL = False  # the VAE as StableDiffusionPipeline runs it: never upcast, no latents_mean (see Vae)
 
     def __init__(self, model: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
@@ -366,6 +467,13 @@ class StableDiffusion(Backend):
         if self.offload:
             self.unet.to("cpu")
         return out
+
+    def perturbed(self, perturbation: Any) -> Iterator[None]:
+        """PAG's identity or SEG's blurred self-attention in the UNet's layers: diffusers' patterns
+        (``mid``, ``down_blocks.1``, ``up_blocks.0.attentions.1``, searched in the module names), ``down.N``
+        and ``up.N`` short for ``down_blocks.N`` and ``up_blocks.N``."""
+        layers = tuple(re.sub(r"^(down|up)\.(\d+)$", r"\1_blocks.\2", p) for p in perturbation.layers)
+        return perturbed_attention(self.unet, "unet", dataclasses.replace(perturbation, layers=layers))
 
     def to_image(self, x: Tensor) -> Tensor:
         return self.vae.decode(x)
@@ -513,7 +621,8 @@ def _params(default: str) -> tuple[Param, ...]:
 def diffkit_backends() -> list[BackendInfo]:
     return [
         BackendInfo("sd", "Stable Diffusion 1.x/2.x (latent; epsilon or v-prediction) through diffusers; CLIP "
-                          "prompts.", _sd, _params(SD_MODEL), label_kind="prompt"),
+                          "prompts.", _sd, _params(SD_MODEL), label_kind="prompt",
+                    perturbations=StableDiffusion.perturbations),
         BackendInfo("sdxl", "Stable Diffusion XL through diffusers: two CLIP encoders, size conditioning.", _sdxl,
-                    _params(SDXL_MODEL), label_kind="prompt"),
+                    _params(SDXL_MODEL), label_kind="prompt", perturbations=StableDiffusionXL.perturbations),
     ]

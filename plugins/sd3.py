@@ -10,6 +10,7 @@ the null label being the empty prompt, as the pipeline's negative branch; so ``c
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -21,7 +22,8 @@ from diffkit.backends.base import Backend, BackendError, BackendInfo
 from diffkit.backends.hub import load_json
 from diffkit.hookspecs import hookimpl
 from diffkit.params import Param, to_bool
-from diffkit_plugins.sd import HUB_HINT, Vae, _dtype, _pretrained, by_rows, check_offload, read_layout
+from diffkit_plugins.sd import (HUB_HINT, Vae, _dtype, _pretrained, by_rows, check_offload, perturbed_attention,
+                                read_layout)
 
 SD3_MODEL = "stabilityai/stable-diffusion-3.5-medium"
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
@@ -208,6 +210,8 @@ class StableDiffusion3(FlowLatent):
              "text_encoder": "config.json", "text_encoder_2": "config.json", "tokenizer": "tokenizer_config.json",
              "tokenizer_2": "tokenizer_config.json", "scheduler": "scheduler_config.json"}
     default_steps = 28  # StableDiffusion3Pipeline's num_inference_steps
+    perturbations = ("attention_identity", "attention_blur", "block_skip")
+    skip_layers: list[int] | None = None  # the blocks a perturbed call skips (SLG), None: none
 
     def __init__(self, model: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
                  height: int | None = None, width: int | None = None, max_sequence_length: int = 256,
@@ -233,6 +237,27 @@ class StableDiffusion3(FlowLatent):
         self.text = SD3Text(model, index, self.device, dtype, max_sequence_length, self.transformer, self.home)
         self.vae = FlowVae(model, self.home, dtype)
 
+    @contextmanager
+    def perturbed(self, perturbation: Any) -> Iterator[None]:
+        """SLG's skipped blocks (``block_skip``: block indices, the transformer's own ``skip_layers``, as
+        StableDiffusion3Pipeline's ``skip_guidance_layers``), or PAG's identity and SEG's blurred attention
+        in the blocks named: a block index ``N`` (its attention layers), or diffusers' patterns
+        (``blocks.1``, searched in the module names as the SD3 PAG pipeline's ``pag_applied_layers``)."""
+        if perturbation.kind != "block_skip":
+            layers = tuple(rf"transformer_blocks\.{p}\." if p.isdigit() else p for p in perturbation.layers)
+            with perturbed_attention(self.transformer, "transformer", dataclasses.replace(perturbation, layers=layers)):
+                yield
+            return
+        count = len(self.transformer.transformer_blocks)
+        bad = [p for p in perturbation.layers if not p.isdigit() or int(p) >= count]
+        if bad:
+            raise ValueError(f"layers {'+'.join(bad)}: this transformer's blocks are 0..{count - 1}")
+        self.skip_layers = [int(p) for p in perturbation.layers]
+        try:
+            yield
+        finally:
+            self.skip_layers = None
+
     def load_transformer(self, model: str) -> Any:
         from diffusers import SD3Transformer2DModel
 
@@ -254,7 +279,7 @@ class StableDiffusion3(FlowLatent):
         def call(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
             emb, pooled = self.text.split(c)
             return self.transformer(hidden_states=x, timestep=t, encoder_hidden_states=emb, pooled_projections=pooled,
-                                    return_dict=False)[0]
+                                    skip_layers=self.skip_layers, return_dict=False)[0]
 
         with self.on_device(self.transformer):
             return by_rows(call, self.device, x.to(self.dtype), t.to(self.device), cond)
@@ -279,7 +304,8 @@ OFFLOAD = Param("offload", to_bool, False, "keep each part (transformer, text en
 def diffkit_backends() -> list[BackendInfo]:
     return [BackendInfo("sd3", "Stable Diffusion 3 / 3.5 (flow matching, latent) through diffusers; two CLIP "
                                "encoders and T5.", _sd3, _params(SD3_MODEL, "16"), label_kind="prompt",
-                        formulation="flow", scheduler_of=schedule_reader(SD3_MODEL, StableDiffusion3.KIND))]
+                        formulation="flow", scheduler_of=schedule_reader(SD3_MODEL, StableDiffusion3.KIND),
+                        perturbations=StableDiffusion3.perturbations)]
 
 
 def _params(default: str, multiple: str) -> tuple[Param, ...]:

@@ -197,7 +197,8 @@ def technique_specs(tmp_path: Path) -> dict[str, list[str]]:
                           "factorize:8,parts=scale:2+scale:-1"],
             "reference": [f"reference:image={img}", f'reference:image={img},part="high_pass:sigma=1,kernel=5"'],
             "apg": ["apg:3", "apg:4,eta=0,momentum=-0.5"], "cfg_zero_star": ["cfg_zero_star:3", "cfg_zero_star:2,zero_steps=0"],
-            "tcfg": ["tcfg:3", "tcfg:2,original=true"], "mag": ["mag:3", "mag:5,alpha=2"]}
+            "tcfg": ["tcfg:3", "tcfg:2,original=true"], "mag": ["mag:3", "mag:5,alpha=2"],
+            "fdg": ["fdg:scales=3+2", "fdg:scales=4+1,parallel=0+0.5"]}
 
 
 def test_every_pair_of_techniques_either_composes_or_is_refused(tmp_path):
@@ -207,7 +208,11 @@ def test_every_pair_of_techniques_either_composes_or_is_refused(tmp_path):
     from diffkit.syntax import SpecError
 
     specs = technique_specs(tmp_path)
-    assert set(registry.techniques()) - {"negative"} <= set(specs), "a new built-in technique needs specs here"
+    # pag, seg and slg perturb a model's attention or blocks, which MNIST's UNet has not: tests/test_perturbed.py
+    # pairs each with the techniques on the tiny sd and sd3
+    perturbing = {n for n, c in registry.techniques().items() if getattr(c, "perturbs", None)}
+    assert perturbing == {"pag", "seg", "slg"}
+    assert set(registry.techniques()) - {"negative"} - perturbing <= set(specs), "a new built-in technique needs specs here"
     kw = dict(classes=[3], num=2, sampler="ddim", steps=4, seed=1)
     alone = {s: diffkit.sample("mnist", hooks=[s], **kw).x for v in specs.values() for s in v}
     refused = []

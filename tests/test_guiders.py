@@ -92,6 +92,67 @@ def test_each_guider_equals_diffusers_guider_class_step_by_step(spec, cls_name, 
         assert torch.allclose(got, want, rtol=0, atol=1e-12), (spec, i, (got - want).abs().max())
 
 
+@pytest.mark.parametrize("spec,config", [
+    ("fdg", dict(guidance_scales=[10.0, 5.0])),
+    ("fdg:scales=4+2+1.5,parallel=0+0.5+1", dict(guidance_scales=[4.0, 2.0, 1.5], parallel_weights=[0.0, 0.5, 1.0])),
+    ("fdg:scales=3+2,original=true,rescale=0.6", dict(guidance_scales=[3.0, 2.0], use_original_formulation=True,
+                                                     guidance_rescale=0.6)),
+])
+def test_fdg_equals_diffusers_frequency_decoupled_guidance(spec, config):
+    """On images ``[N x C x H x W]`` (the Laplacian pyramid is 2-d), the same random predictions to both."""
+    g = torch.Generator().manual_seed(2)
+    tech = setup(made(spec))
+    theirs = diffusers_guider("FrequencyDecoupledGuidance", **config)
+    cond = Cond(("a", "b"), torch.zeros(2, 1))
+    for t in TIMESTEPS[:3]:
+        c, u = (torch.randn(2, 4, 16, 16, generator=g) for _ in range(2))
+        q = Query(torch.zeros(2, 4, 16, 16), t, cond)
+        assert len(tech.expand(q)) == 2
+        got, want = tech.reduce(q, [c, u]), theirs.forward(c, u).pred
+        assert torch.allclose(got, want, rtol=0, atol=1e-5), (spec, (got - want).abs().max())
+        assert not torch.allclose(got, u + 10 * (c - u), atol=1e-2)  # not plain CFG at either scale
+
+
+PIPELINE_CASES = [  # ours, the guider diffusers' modular SDXL pipeline runs
+    ("cfg:5", "ClassifierFreeGuidance", dict(guidance_scale=5.0)),
+    ("apg:scale=5,eta=0,momentum=-0.5", "AdaptiveProjectedGuidance",
+     dict(guidance_scale=5.0, eta=0.0, adaptive_projected_guidance_momentum=-0.5)),
+    ("cfg_zero_star:scale=5", "ClassifierFreeZeroStarGuidance", dict(guidance_scale=5.0)),
+    ("tcfg:scale=5", "TangentialClassifierFreeGuidance", dict(guidance_scale=5.0)),
+    ("fdg:scales=5+3,parallel=0+1", "FrequencyDecoupledGuidance", dict(guidance_scales=[5.0, 3.0],
+                                                                       parallel_weights=[0.0, 1.0])),
+]
+
+
+@pytest.fixture(scope="module")
+def modular_sdxl(tiny_sd):
+    from diffusers.modular_pipelines import ModularPipeline
+
+    pipe = ModularPipeline.from_pretrained(str(tiny_sd["sdxl"]))
+    pipe.load_components(torch_dtype=torch.float32)  # (it logs that the folder has no image encoder)
+    return pipe
+
+
+@pytest.mark.parametrize("spec,cls_name,config", PIPELINE_CASES, ids=[c[0] for c in PIPELINE_CASES])
+def test_each_guider_equals_diffusers_modular_sdxl_pipeline_running_it(tiny_sd, modular_sdxl, spec, cls_name, config):
+    """The guider in the pipeline diffusers runs guiders in (the modular SDXL pipeline, its guider component
+    replaced), on the tiny SDXL, within test_sd's bound: APG's momentum and CFG-Zero*'s zeroed first step
+    across a real run. (MagnitudeAwareGuidance fails in it: torch refuses its norm on 4-d latents.)"""
+    from test_sd import TOL, not_flat, ours
+
+    def theirs(**changed):
+        modular_sdxl.update_components(guider=diffusers_guider(cls_name, **{**config, **changed}))
+        return modular_sdxl(prompt=["a photo of a red dog"], num_inference_steps=10, output="images",
+                            generator=torch.Generator().manual_seed(3), output_type="pt")
+
+    want = theirs()
+    not_flat(want)
+    got = ours(tiny_sd["sdxl"], "sdxl", hooks=[spec], steps=10, prompts=["a photo of a red dog"])
+    assert (got - want).abs().max() < TOL, (spec, (got - want).abs().max())
+    scale = {"guidance_scales": [4.0, 3.0]} if "guidance_scales" in config else {"guidance_scale": 4.0}
+    assert (got - theirs(**scale)).abs().max() > TOL  # the bound tells another scale
+
+
 def test_mag_by_hand_equals_diffusers_on_packed_and_is_the_same_per_sample_norm_on_images():
     from diffusers.guiders.magnitude_aware_guidance import mambo_guidance
 
@@ -132,7 +193,7 @@ def gaussian(**kw):
 
 
 @pytest.mark.parametrize("spec", ["apg:scale=3,momentum=-0.5", "cfg_zero_star:scale=3,zero_steps=2", "tcfg:scale=3",
-                                  "mag:scale=3"])
+                                  "mag:scale=3", "fdg:scales=3+2,parallel=0.5+1"])
 @pytest.mark.parametrize("formulation", ["vp", "flow"])
 def test_a_batch_equals_single_runs(spec, formulation):
     be = GaussianBackend.from_options("0.2,0.8", 0.15, formulation, 3.0)
@@ -168,7 +229,8 @@ def test_on_a_flow_model_a_guider_combines_the_velocity_not_the_noise():
     assert (got - x).abs().max() < 1e-5, (got - x).abs().max()
 
 
-@pytest.mark.parametrize("guider", ["apg:scale=3", "cfg_zero_star:scale=3", "tcfg:scale=3", "mag:scale=3"])
+@pytest.mark.parametrize("guider", ["apg:scale=3", "cfg_zero_star:scale=3", "tcfg:scale=3", "mag:scale=3",
+                                    "fdg:scales=3+2"])
 @pytest.mark.parametrize("other", ["anagram:1,view=flip", 'factorize:1,parts="low_pass:sigma=1,kernel=5+high_pass:sigma=1,kernel=5"',
                                    "inpaint:IMG,MASK", "sdedit:IMG,strength=0.6"])
 def test_every_guider_composes_with_the_illusions_and_the_edits(guider, other, tmp_path):
@@ -194,9 +256,21 @@ def test_every_guider_composes_with_the_illusions_and_the_edits(guider, other, t
     ("tcfg:rescale=2", "technique 'tcfg': parameter 'rescale'"),
     ("mag:alpha=x", "technique 'mag': parameter 'alpha'"),
     ("mag:lo=0.8,hi=0.2", "interval lo=0.8..hi=0.2 is empty"),
+    ("fdg:scales=3+x", "scales='3+x'"),
+    ("fdg:scales=3+2,parallel=1", "1 weights for 2 levels"),
+    ("fdg:scales=3+1e9", "finite number in -100..100"),
 ])
 def test_bad_parameters_exit_2_naming_the_guider(spec, text, tmp_path):
     r = CliRunner().invoke(app, ["sample", "--backend", "gaussian", "--class", "0", "--technique", spec,
                                  "--out", str(tmp_path / "o")])
     assert r.exit_code == 2, r.output
     assert text in " ".join(r.output.split()), r.output
+
+
+def test_fdg_without_kornia_says_to_install_it(tmp_path, monkeypatch):
+    import diffusers.guiders.frequency_decoupled_guidance as fdg
+
+    monkeypatch.setattr(fdg, "_CAN_USE_KORNIA", False)
+    r = CliRunner().invoke(app, ["sample", "--backend", "gaussian", "--class", "0", "--technique", "fdg",
+                                 "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "pip install kornia" in " ".join(r.output.split()), r.output

@@ -168,7 +168,7 @@ def test_from_refuses_a_record_it_cannot_honour_naming_the_field(tmp_path):
     refused(lambda q: q.update(guidance_rescale=0.7), "has field 'guidance_rescale', which this diffkit does not know")
     refused(lambda q: q.pop("stride"), "lacks field 'stride'")
     refused(lambda q: q.update(backend="hidream"), "unknown backend 'hidream'")
-    refused(lambda q: q["hooks"][0].update(name="pag"), "unknown technique 'pag'")
+    refused(lambda q: q["hooks"][0].update(name="nope"), "unknown technique 'nope'")
     refused(lambda q: q["hooks"][0]["args"].update(scale="x"), "parameter 'scale' expects float")
     refused(lambda q: q.update(seed=-3), "seed must be an integer")
     refused(lambda q: q.update(sampler={"spec": "warp_drive"}), "unknown rule 'warp_drive'")

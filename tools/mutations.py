@@ -26,6 +26,7 @@ IFS = "tests/test_if_samplers.py"
 FLOW = "tests/test_flow.py"
 GUIDE = "tests/test_guiders.py"
 SCORE = "tests/test_score.py"
+PERT = "tests/test_perturbed.py"
 
 # (name, file, source text, replacement, tests that must catch it)
 MUTATIONS = [
@@ -145,6 +146,31 @@ MUTATIONS = [
      ["tests/test_flux.py"]),
     ("a flow checkpoint's own scheduler shifted", "diffkit/backends/mnist.py",
      '"shift": 1.0}', '"shift": 2.0}', ["tests/test_shipped.py"]),
+    ("a guidance term nested in cfg, not joined beside it", "diffkit/denoise.py",
+     "        elif isinstance(c, GuidanceTerm) and last is not None and last.guidance:",
+     "        elif False:", [PERT]),
+    ("a joined term's sign inverted", "diffkit/denoise.py",
+     "            out = out + term.weight(own[0]) * (c - est)", "            out = out - term.weight(own[0]) * (c - est)",
+     [PERT]),
+    ("a joined term guides from the unconditional branch", "diffkit/denoise.py",
+     "        c = estimates[0]\n", "        c = estimates[1]\n", [PERT]),
+    ("PAG's perturbed branch is the plain model", "diffkit/denoise.py",
+     "            if perturbation is None:\n", "            if True:\n", [PERT]),
+    ("PAG's identity attention only on the original half", "plugins/sd.py",
+     "return self.processor(attn, *two, attention_mask, temb)[n:]",
+     "return self.processor(attn, *two, attention_mask, temb)[:n]", [PERT]),
+    ("SEG's infinite blur runs a finite kernel, as diffusers' copy", "plugins/sd.py",
+     "    if sigma > inf_threshold:", "    if sigma <= inf_threshold:", [PERT]),
+    ("SLG acts on every step", "plugins/perturbed.py",
+     'return self.steps * self.args.get("start", 0.01) < i < self.steps * self.args.get("stop", 0.2)',
+     "return True", [PERT]),
+    ("SLG skips no block", "plugins/sd3.py",
+     "        self.skip_layers = [int(p) for p in perturbation.layers]", "        self.skip_layers = None", [PERT]),
+    ("PAG's adaptive scale ignored", "plugins/perturbed.py",
+     "        if adaptive > 0 and scale > 0:", "        if False:", [PERT]),
+    ("fdg's scales reversed (coarsest first)", "plugins/guiders.py",
+     "            self.fdg = FrequencyDecoupledGuidance(guidance_scales=self.scales,",
+     "            self.fdg = FrequencyDecoupledGuidance(guidance_scales=self.scales[::-1],", [GUIDE]),
     ("RePaint allowed under a multistep rule", "plugins/inpaint.py",
      'if self.args["resample"] > 1 and not ctx.stepper.can_redo:', "if False:", [SAMP]),
 ]

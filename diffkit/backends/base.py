@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import torch
 from torch import Tensor
@@ -60,6 +60,10 @@ class Backend:
     # The steps a run takes when it names none and the backend's default timesteps do not say (a flow
     # model's pipeline default: SD3's 28); None: as many as :meth:`default_timesteps`.
     default_steps: int | None = None
+    # The changes to its own forward pass this backend can make for a branch (``state.Perturbation.kind``:
+    # "attention_identity", "attention_blur", "block_skip"), which guidance from inside the model (pag, seg,
+    # slg) asks for; :meth:`perturbed` applies one. Declared again on the BackendInfo, for the request.
+    perturbations: tuple[str, ...] = ()
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -133,6 +137,13 @@ class Backend:
         """The backend that refines this stage's output ``[N x C x H x W]`` (IF II), or None."""
         return None
 
+    def perturbed(self, perturbation: Any) -> ContextManager[None]:
+        """A context within which :meth:`predict` runs the model with ``perturbation`` (a
+        :class:`~diffkit.state.Perturbation` of a kind in :attr:`perturbations`) applied to every row; the
+        model is as before once it exits. Layers that name nothing in the model are a ValueError naming them.
+        The Sampler calls it around the model call of a step's perturbed branches (``denoise.batched``)."""
+        raise BackendError(f"backend {self.name!r} cannot perturb its model ({perturbation.kind})")
+
     def weak_model(self, model: str | None) -> Backend:
         """A weaker model of the same kind, conditioned alike, for guidance (``autoguide``): ``model`` names
         it (a checkpoint, a hub id); None asks for the backend's own default, if it ships one."""
@@ -175,6 +186,9 @@ class BackendInfo:
     # before any weights (a folder's small JSON), so a rule its schedule rules out is refused first (Heun on
     # Flux's size-dependent shift); None: not known before the model loads
     scheduler_of: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # the perturbations its model can make (``Backend.perturbations``), declared so that a technique needing
+    # one the backend lacks (pag on mnist) is refused before any weights load
+    perturbations: tuple[str, ...] = ()
 
     def formulation_of(self, options: dict[str, Any]) -> str:
         """The formulation of the model these read ``options`` load."""
