@@ -187,7 +187,7 @@ class FDG(Guider):
     name = "fdg"
     help = ("Frequency-decoupled guidance (Sadat et al. 2025): CFG applied per level of a Laplacian pyramid of the "
             "prediction, a scale for each (high frequencies first), optionally the update's part parallel to the "
-            "conditional prediction weighted per level; diffusers' FrequencyDecoupledGuidance (needs kornia).")
+            "conditional prediction weighted per level; diffusers' FrequencyDecoupledGuidance's (needs kornia).")
     params = (
         Param("scales", str, "10+5", "guidance scale per pyramid level, finest (high frequencies) first, joined "
                                      "by +; as many levels as scales"),
@@ -207,9 +207,7 @@ class FDG(Guider):
         try:  # kornia builds the pyramid for diffusers; refused here, before any model loads
             from diffusers.guiders import FrequencyDecoupledGuidance
 
-            # rescale=0: Guider.reduce rescales in the data space, as FDG's default guidance_rescale_space
-            self.fdg = FrequencyDecoupledGuidance(guidance_scales=self.scales, parallel_weights=self.parallel,
-                                                  use_original_formulation=bool(self.args.get("original")))
+            FrequencyDecoupledGuidance(guidance_scales=self.scales)
         except ImportError:
             raise ValueError("fdg needs kornia for its Laplacian pyramid: pip install kornia") from None
 
@@ -217,7 +215,28 @@ class FDG(Guider):
         return all(math.isclose(s, 0.0 if self.args["original"] else 1.0) for s in self.scales)
 
     def guide(self, query: Query, cond: Tensor, uncond: Tensor) -> Tensor:
-        return self.fdg.forward(cond, uncond).pred
+        """``FrequencyDecoupledGuidance.forward``'s loop over the levels, with diffusers' own pyramid, projection
+        and reconstruction. By hand: diffusers' loop fails on a level whose scale is 1 (0 with ``original``),
+        which it leaves unguided with a variable only its guided branch sets (UnboundLocalError at the first
+        level, another level's tensor later); such a level is its conditional prediction here, as intended."""
+        from diffusers.guiders.frequency_decoupled_guidance import (build_image_from_pyramid,
+                                                                    build_laplacian_pyramid_func, project)
+
+        original = self.args["original"]
+        levels = len(self.scales)
+        guided = []
+        weights = self.parallel or [1.0] * levels
+        for c, u, scale, weight in zip(build_laplacian_pyramid_func(cond, levels),
+                                       build_laplacian_pyramid_func(uncond, levels), self.scales, weights):
+            if math.isclose(scale, 0.0 if original else 1.0):
+                guided.append(c)
+                continue
+            shift = c - u
+            if not math.isclose(weight, 1.0):
+                parallel, orthogonal = project(shift, c, True)
+                shift = weight * parallel + orthogonal
+            guided.append((c if original else u) + scale * shift)
+        return build_image_from_pyramid(guided)
 
 
 def mambo(cond: Tensor, uncond: Tensor, scale: float, alpha: float, original: bool) -> Tensor:

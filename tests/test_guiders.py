@@ -153,6 +153,18 @@ def test_each_guider_equals_diffusers_modular_sdxl_pipeline_running_it(tiny_sd, 
     assert (got - theirs(**scale)).abs().max() > TOL  # the bound tells another scale
 
 
+def test_fdg_leaves_a_level_of_scale_one_to_the_conditional_prediction():
+    """diffusers' FrequencyDecoupledGuidance fails on a level of scale exactly 1; ours equals it just off 1."""
+    g = torch.Generator().manual_seed(3)
+    c, u = (torch.randn(2, 4, 16, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    q = Query(torch.zeros(2, 4, 16, 16, dtype=torch.float64), TIMESTEPS[0], Cond(("a", "b"), torch.zeros(2, 1)))
+    got = setup(made("fdg:scales=1+3")).reduce(q, [c, u])
+    with pytest.raises(UnboundLocalError):
+        diffusers_guider("FrequencyDecoupledGuidance", guidance_scales=[1.0, 3.0]).forward(c, u)
+    near = diffusers_guider("FrequencyDecoupledGuidance", guidance_scales=[1.0 + 1e-7, 3.0]).forward(c, u).pred
+    assert torch.allclose(got, near, atol=1e-5)  # 1e-7 (c - u) apart
+
+
 def test_mag_by_hand_equals_diffusers_on_packed_and_is_the_same_per_sample_norm_on_images():
     from diffusers.guiders.magnitude_aware_guidance import mambo_guidance
 

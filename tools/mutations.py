@@ -169,8 +169,11 @@ MUTATIONS = [
     ("PAG's adaptive scale ignored", "plugins/perturbed.py",
      "        if adaptive > 0 and scale > 0:", "        if False:", [PERT]),
     ("fdg's scales reversed (coarsest first)", "plugins/guiders.py",
-     "            self.fdg = FrequencyDecoupledGuidance(guidance_scales=self.scales,",
-     "            self.fdg = FrequencyDecoupledGuidance(guidance_scales=self.scales[::-1],", [GUIDE]),
+     "build_laplacian_pyramid_func(uncond, levels), self.scales, weights):",
+     "build_laplacian_pyramid_func(uncond, levels), self.scales[::-1], weights):", [GUIDE]),
+    ("fdg's parallel part weighted as the orthogonal one", "plugins/guiders.py",
+     "                shift = weight * parallel + orthogonal", "                shift = parallel + weight * orthogonal",
+     [GUIDE]),
     ("RePaint allowed under a multistep rule", "plugins/inpaint.py",
      'if self.args["resample"] > 1 and not ctx.stepper.can_redo:', "if False:", [SAMP]),
 ]
