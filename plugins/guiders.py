@@ -218,7 +218,8 @@ class FDG(Guider):
         """``FrequencyDecoupledGuidance.forward``'s loop over the levels, with diffusers' own pyramid, projection
         and reconstruction. By hand: diffusers' loop fails on a level whose scale is 1 (0 with ``original``),
         which it leaves unguided with a variable only its guided branch sets (UnboundLocalError at the first
-        level, another level's tensor later); such a level is its conditional prediction here, as intended."""
+        level, another level's tensor later); such a level is its conditional prediction here, as intended.
+        And it returns a padded prediction for a side that is not a power of two (below)."""
         from diffusers.guiders.frequency_decoupled_guidance import (build_image_from_pyramid,
                                                                     build_laplacian_pyramid_func, project)
 
@@ -236,7 +237,10 @@ class FDG(Guider):
                 parallel, orthogonal = project(shift, c, True)
                 shift = weight * parallel + orthogonal
             guided.append((c if original else u) + scale * shift)
-        return build_image_from_pyramid(guided)
+        # kornia pads a side that is not a power of two (at its end, by reflection) before building the
+        # pyramid, so the rebuilt image is the padded one: its top-left corner is the prediction (diffusers
+        # returns it padded, which no scheduler takes: MNIST's 28 x 28, SDXL's 1024 x 768 latents)
+        return build_image_from_pyramid(guided)[..., : cond.shape[-2], : cond.shape[-1]]
 
 
 def mambo(cond: Tensor, uncond: Tensor, scale: float, alpha: float, original: bool) -> Tensor:

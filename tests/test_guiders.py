@@ -165,6 +165,18 @@ def test_fdg_leaves_a_level_of_scale_one_to_the_conditional_prediction():
     assert torch.allclose(got, near, atol=1e-5)  # 1e-7 (c - u) apart
 
 
+def test_fdg_on_a_side_that_is_not_a_power_of_two_is_diffusers_cropped():
+    """kornia pads 28 to 32 before the pyramid; diffusers hands back the padded 32 x 32 prediction, ours its
+    28 x 28 corner, the same numbers."""
+    g = torch.Generator().manual_seed(4)
+    c, u = (torch.randn(2, 1, 28, 20, generator=g) for _ in range(2))
+    q = Query(torch.zeros(2, 1, 28, 20), TIMESTEPS[0], Cond(("a", "b"), torch.zeros(2, 1)))
+    got = setup(made("fdg:scales=4+2")).reduce(q, [c, u])
+    want = diffusers_guider("FrequencyDecoupledGuidance", guidance_scales=[4.0, 2.0]).forward(c, u).pred
+    assert want.shape[-2:] == (32, 32) and got.shape == c.shape
+    assert torch.allclose(got, want[..., :28, :20], atol=1e-5)
+
+
 def test_mag_by_hand_equals_diffusers_on_packed_and_is_the_same_per_sample_norm_on_images():
     from diffusers.guiders.magnitude_aware_guidance import mambo_guidance
 
