@@ -59,15 +59,16 @@ def backend(model: str):
     return _backends[model]
 
 
-def cell(r: tuple, view: str, pair: tuple[int, int], n: int, seed: int) -> dict:
-    """One view, pair and recipe: the samples, scored."""
+def cell(r: tuple, view: str, pair: tuple[int, int], n: int, seed: int, guidance: str | None = None) -> dict:
+    """One view, pair and recipe: the samples, scored (``guidance``: a guider's spec in the recipe's cfg's
+    place, benchmarks/guiders.py's)."""
     import diffkit
     from diffkit import io, registry, score
 
     model, scale, rule, steps, reduction = r
     a, b = pair
     spec = VIEWS[view]
-    hooks = [f"cfg:{scale:g}", f'anagram:{b},view="{spec}",reduction={reduction}']
+    hooks = [guidance or f"cfg:{scale:g}", f'anagram:{b},view="{spec}",reduction={reduction}']
     res = diffkit.sample(backend(model), classes=[a], num=n, seed=seed, hooks=hooks, sampler=rule, steps=steps)
     v = registry.get_view(spec)
     images = [io.to_uint8(im).permute(2, 0, 1).float() / 255 for im in res.images]  # as the PNG holds it
