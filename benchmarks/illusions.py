@@ -12,6 +12,8 @@ class pairs and other seeds, which is the figure reported.
 
     python benchmarks/illusions.py                 # writes benchmarks/results/illusions.json (~30 min, 2 cores)
     python benchmarks/illusions.py --gallery docs/img/illusions/bench   # also best and typical held-out samples
+    python benchmarks/illusions.py --recipes 10 11 12 13 --views flip rotate_180 rotate_cw skew inner_circle \
+        square_hinge patch_permute --out benchmarks/results/illusions_strong.json   # guidance past 20
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ HELDOUT_PAIRS = [(3, 5), (4, 9), (2, 7), (0, 6), (1, 4)]
 SELECTION_SEED, HELDOUT_SEED = 0, 10000
 # (model, cfg scale, rule, steps, anagram reduction)
 RECIPES = [("mnist-h64", s, "dpmpp_2m_sde", 20, r) for r in ("mean", "alternate") for s in (3, 5, 10, 20)] + [
-    ("mnist-h64", 5, "ddim", 20, "mean"), ("mnist-class", 5, "dpmpp_2m_sde", 20, "mean")]
+    ("mnist-h64", 5, "ddim", 20, "mean"), ("mnist-class", 5, "dpmpp_2m_sde", 20, "mean")] + [
+    # past the first run's strongest (cfg 20 won 7 of 8 views): --recipes 10 11 12 13, illusions_strong.json
+    ("mnist-h64", s, "dpmpp_2m_sde", 20, r) for r in ("mean", "alternate") for s in (30, 50)]
 
 
 def recipe_name(r: tuple) -> str:
