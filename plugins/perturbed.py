@@ -53,6 +53,9 @@ class PerturbedGuidance(GuidanceTerm):
     def on(self, query: Query) -> bool:
         raise NotImplementedError
 
+    def weight(self, query: Query) -> float:
+        return self.args["scale"]
+
 
 class PAG(PerturbedGuidance):
     name = "pag"
@@ -107,8 +110,8 @@ class SEG(PAG):
     def perturbation(self) -> Perturbation:
         return Perturbation(self.perturbs, self.layers, self.args.get("blur", 1e7))
 
-    def weight(self, query: Query) -> float:
-        return self.args["scale"]
+    def weight(self, query: Query) -> float:  # no adaptive scale: PerturbedGuidance's
+        return PerturbedGuidance.weight(self, query)
 
 
 class SLG(PerturbedGuidance):
@@ -144,9 +147,6 @@ class SLG(PerturbedGuidance):
     def on(self, query: Query) -> bool:
         i = max(bisect.bisect_right(self.descending, -float(query.t)) - 1, 0)
         return self.steps * self.args.get("start", 0.01) < i < self.steps * self.args.get("stop", 0.2)
-
-    def weight(self, query: Query) -> float:
-        return self.args["scale"]
 
 
 @hookimpl

@@ -86,6 +86,14 @@ def tiny_x4(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory):
+    """A tiny SD3-shaped folder built from config (tests/tiny_sd.py): test_sd3's and test_perturbed's."""
+    import tiny_sd
+
+    return tiny_sd.build_sd3(tmp_path_factory.mktemp("sd3"))
+
+
+@pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory):
     """Tiny Stable Diffusion folders built from config: ``sd`` (epsilon, PNDM as SD 1.5), ``sdv``
     (v-prediction, DDIM as SD 2.x), ``weak`` (a smaller UNet, same text encoder and VAE), ``sdxl``, and

@@ -16,29 +16,9 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-import diffkit
 from diffkit.cli import app
 from test_sd import PROMPTS, TOL, gens, not_flat, ours, pipeline
-
-
-@pytest.fixture(scope="module")
-def tiny_sd3(tmp_path_factory):
-    import tiny_sd
-
-    return tiny_sd.build_sd3(tmp_path_factory.mktemp("sd3"))
-
-
-def sd3_pipeline(cls_name: str, folder):
-    import diffusers
-
-    p = getattr(diffusers, cls_name).from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
-def sd3(folder, **kw) -> torch.Tensor:
-    kw = {"prompts": [PROMPTS[0]], "hooks": ["cfg:7"], "steps": 10, "seed": 3, **kw}
-    return diffkit.sample("sd3", backend_options={"model": str(folder), "device": "cpu"}, **kw).images
+from test_sd3 import ours as sd3, pipe as sd3_pipeline
 
 
 @pytest.mark.parametrize("backend,cls", [("sd", "StableDiffusionPAGPipeline"), ("sdxl", "StableDiffusionXLPAGPipeline")])

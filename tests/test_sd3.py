@@ -25,13 +25,6 @@ from test_sd import TOL, not_flat
 PROMPT = "a photo of a red dog"
 
 
-@pytest.fixture(scope="module")
-def tiny_sd3(tmp_path_factory):
-    import tiny_sd
-
-    return tiny_sd.build_sd3(tmp_path_factory.mktemp("sd3"))
-
-
 def pipe(cls_name: str, folder):
     import diffusers
 
