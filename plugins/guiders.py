@@ -204,12 +204,10 @@ class FDG(Guider):
         if self.parallel is not None and len(self.parallel) != len(self.scales):
             raise ValueError(f"parallel={parallel!r} gives {len(self.parallel)} weights for {len(self.scales)} levels "
                              f"(scales={self.args.get('scales', '10+5')!r}): give one a level")
-        try:  # kornia builds the pyramid for diffusers; refused here, before any model loads
-            from diffusers.guiders import FrequencyDecoupledGuidance
+        from diffusers import utils
 
-            FrequencyDecoupledGuidance(guidance_scales=self.scales)
-        except ImportError:
-            raise ValueError("fdg needs kornia for its Laplacian pyramid: pip install kornia") from None
+        if not utils.is_kornia_available():  # kornia builds diffusers' pyramid; refused before any model loads
+            raise ValueError("fdg needs kornia for its Laplacian pyramid: pip install kornia")
 
     def trivial(self) -> bool:
         return all(math.isclose(s, 0.0 if self.args["original"] else 1.0) for s in self.scales)

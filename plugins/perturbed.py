@@ -33,8 +33,16 @@ def layer_list(text: str, what: str) -> tuple[str, ...]:
 
 
 class PerturbedGuidance(GuidanceTerm):
-    """What pag, seg and slg share: the perturbation their branch asks the backend for, checked at setup
-    against the backend's declaration and the model's layers."""
+    """What pag, seg and slg share: the layers they name (``+``-joined, ``default_layers`` when none), the
+    perturbation their branch asks the backend for, checked at setup against the backend's declaration and
+    the model's layers, and their weight ``scale``."""
+
+    default_layers: str
+    layer_words = "layer patterns"
+
+    def __init__(self, **args):
+        super().__init__(**args)
+        self.layers = layer_list(self.args.get("layers", self.default_layers), self.layer_words)
 
     def perturbation(self) -> Perturbation:
         return Perturbation(self.perturbs, self.layers)
@@ -57,7 +65,24 @@ class PerturbedGuidance(GuidanceTerm):
         return self.args["scale"]
 
 
-class PAG(PerturbedGuidance):
+class AttentionGuidance(PerturbedGuidance):
+    """pag's and seg's: self-attention layers (default the UNet's ``mid``), on while ``lo <= t/T <= hi``."""
+
+    default_layers = "mid"
+
+    def __init__(self, **args):
+        super().__init__(**args)
+        check_interval(self.args)
+
+    def setup(self, ctx: Context) -> None:
+        super().setup(ctx)
+        self.t_lo, self.t_hi = interval_timesteps(ctx, self.args)
+
+    def on(self, query: Query) -> bool:
+        return self.t_lo <= query.t <= self.t_hi
+
+
+class PAG(AttentionGuidance):
     name = "pag"
     help = ("Perturbed-attention guidance (Ahn et al. 2024): c + scale (c - c_pag), c_pag the model with its "
             "self-attention maps made the identity in the layers named. Right after cfg it joins it, as "
@@ -73,18 +98,6 @@ class PAG(PerturbedGuidance):
     )
     perturbs = "attention_identity"
 
-    def __init__(self, **args):
-        super().__init__(**args)
-        check_interval(self.args)
-        self.layers = layer_list(self.args.get("layers", "mid"), "layer patterns")
-
-    def setup(self, ctx: Context) -> None:
-        super().setup(ctx)
-        self.t_lo, self.t_hi = interval_timesteps(ctx, self.args)
-
-    def on(self, query: Query) -> bool:
-        return self.t_lo <= query.t <= self.t_hi
-
     def weight(self, query: Query) -> float:
         """diffusers' ``PAGMixin._get_pag_scale``: ``scale - adaptive (1000 - t)``, at least 0."""
         scale, adaptive = self.args["scale"], self.args.get("adaptive", 0.0)
@@ -93,7 +106,7 @@ class PAG(PerturbedGuidance):
         return scale
 
 
-class SEG(PAG):
+class SEG(AttentionGuidance):
     name = "seg"
     help = ("Smoothed energy guidance (Hong 2024): c + scale (c - c_seg), c_seg the model with the "
             "self-attention queries of the layers named blurred by a Gaussian of blur tokens (above 9999: "
@@ -110,9 +123,6 @@ class SEG(PAG):
     def perturbation(self) -> Perturbation:
         return Perturbation(self.perturbs, self.layers, self.args.get("blur", 1e7))
 
-    def weight(self, query: Query) -> float:  # no adaptive scale: PerturbedGuidance's
-        return PerturbedGuidance.weight(self, query)
-
 
 class SLG(PerturbedGuidance):
     name = "slg"
@@ -126,10 +136,10 @@ class SLG(PerturbedGuidance):
         Param("stop", float, 0.2, "guide up to this fraction of the steps (exclusive)", range=(0.0, 1.0)),
     )
     perturbs = "block_skip"
+    default_layers, layer_words = "7+8+9", "block indices"
 
     def __init__(self, **args):
         super().__init__(**args)
-        self.layers = layer_list(self.args.get("layers", "7+8+9"), "block indices")
         bad = [p for p in self.layers if not p.isdigit()]
         if bad:
             raise ValueError(f"layers={self.args['layers']!r}: blocks are numbers (0+3), not {'+'.join(bad)}")

@@ -292,9 +292,9 @@ def test_bad_parameters_exit_2_naming_the_guider(spec, text, tmp_path):
 
 
 def test_fdg_without_kornia_says_to_install_it(tmp_path, monkeypatch):
-    import diffusers.guiders.frequency_decoupled_guidance as fdg
+    from diffusers import utils
 
-    monkeypatch.setattr(fdg, "_CAN_USE_KORNIA", False)
+    monkeypatch.setattr(utils, "is_kornia_available", lambda: False)
     r = CliRunner().invoke(app, ["sample", "--backend", "gaussian", "--class", "0", "--technique", "fdg",
                                  "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "pip install kornia" in " ".join(r.output.split()), r.output
