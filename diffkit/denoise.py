@@ -148,6 +148,29 @@ class Prediction:
             return torch.cat(estimates_from_flow(q.x[:, : self.k], pred, self.sigma(q.t)), dim=1)
         return pred
 
+    def clean_of(self, q: Query, est: Tensor) -> Tensor:
+        """The clean-image estimate ``x0`` of a query's estimate (what a combiner whose ``space`` is
+        ``"clean"`` reduces): a flow model's second block; else ``(x - sqrt(1 - abar) eps) / sqrt(abar)``
+        (DDPM eq. 15) at the query's noise level, which needs ``abar > 0``."""
+        k = self.k
+        if self.kind == "flow_prediction":
+            return est[:, k: 2 * k]
+        a = self.abar(q.t)
+        if a <= 0:
+            raise ValueError(f"at t={q.t} the state is pure noise (abar = 0): no clean image follows from the noise "
+                             "estimate there")
+        return (q.x[:, :k] - math.sqrt(1 - a) * est[:, :k]) / math.sqrt(a)
+
+    def from_clean(self, q: Query, x0: Tensor) -> Tensor:
+        """The estimate blocks a clean image ``x0`` implies at the query's state: the noise
+        ``(x - sqrt(abar) x0) / sqrt(1 - abar)``; on a flow model ``[(x - (1 - sigma) x0) / sigma | x0]``."""
+        x = q.x[:, : self.k]
+        if self.kind == "flow_prediction":
+            s = self.sigma(q.t)
+            return torch.cat([(x - (1 - s) * x0) / s, x0], dim=1)
+        a = self.abar(q.t)
+        return (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
+
 
 def wrap(combiner: Combiner, inner: Denoiser, eps_channels: int, blocks: int = 1,
          prediction: Prediction | None = None) -> Denoiser:
@@ -163,15 +186,16 @@ def wrap(combiner: Combiner, inner: Denoiser, eps_channels: int, blocks: int = 1
     rule = combiner.extra_channels
     if rule not in ("mean", "first"):
         raise PluginError(f"technique {combiner.name!r}: extra_channels must be 'mean' or 'first', not {rule!r}")
-    if combiner.space not in ("estimate", "prediction"):
-        raise PluginError(f"technique {combiner.name!r}: space must be 'estimate' or 'prediction', not "
+    if combiner.space not in ("estimate", "prediction", "clean"):
+        raise PluginError(f"technique {combiner.name!r}: space must be 'estimate', 'prediction' or 'clean', not "
                           f"{combiner.space!r}")
     k = eps_channels
     end = blocks * k
     in_prediction = combiner.space == "prediction"
-    if in_prediction and prediction is None:
-        raise PluginError(f"technique {combiner.name!r} combines the model's prediction: the denoiser needs the "
-                          "run's denoise.Prediction")
+    in_clean = combiner.space == "clean"
+    if (in_prediction or in_clean) and prediction is None:
+        raise PluginError(f"technique {combiner.name!r} combines the model's prediction or clean image: the "
+                          "denoiser needs the run's denoise.Prediction")
 
     def denoise(queries: list[Query]) -> list[Tensor]:
         with _blame(combiner, "expand"):
@@ -183,9 +207,12 @@ def wrap(combiner: Combiner, inner: Denoiser, eps_channels: int, blocks: int = 1
             with _blame(combiner, "reduce"):
                 if in_prediction:  # each branch's prediction from its own query; the result back in q's frame
                     eps = prediction.back(q, combiner.reduce(q, [prediction.of(b, e[:, :end]) for b, e in zip(g, ests)]))
+                elif in_clean:  # each branch's clean image from its own query; the noise q's state then implies
+                    eps = prediction.from_clean(q, combiner.reduce(q, [prediction.clean_of(b, e[:, :end])
+                                                                       for b, e in zip(g, ests)]))
                 else:
                     eps = combiner.reduce(q, [e[:, :k] for e in ests])
-                if blocks > 1 and not in_prediction:
+                if blocks > 1 and not (in_prediction or in_clean):
                     eps = torch.cat([eps, *(combiner.reduce(q, [e[:, b * k: (b + 1) * k] for e in ests])
                                             for b in range(1, blocks))], dim=1)
             if ests[0].shape[1] > end:

@@ -161,6 +161,7 @@ class RunRequest:
             self._check_formulation()
         if again("backend", "techniques") and isinstance(self.backend, str):
             self._check_perturbations()
+            self._check_decoder()
         if self.inputs is not None:
             set_("inputs", dict(self.inputs))
 
@@ -188,6 +189,19 @@ class RunRequest:
                 takers = sorted(n for n, b in registry.backends().items() if need in b.perturbations)
                 raise RequestError(f"technique {t.name!r} perturbs the model's forward pass ({need}), which backend "
                                    f"{self.backend!r} cannot; backends that can: {', '.join(takers) or 'none installed'}")
+
+    def _check_decoder(self) -> None:
+        """A technique that acts on the decoded image (``Technique.needs_decoder``: anagram's space=pixel) on a
+        backend whose state is no VAE's latents (``BackendInfo.latent``) is refused by name before its
+        weights load."""
+        if registry.get_backend(self.backend).latent:
+            return
+        for t in self.techniques:
+            if t.needs_decoder:
+                takers = sorted(n for n, b in registry.backends().items() if b.latent)
+                raise RequestError(f"technique {t.name!r} acts on the decoded image (space=pixel), but backend "
+                                   f"{self.backend!r} samples in pixel space already: drop space=pixel there (latent "
+                                   f"backends: {', '.join(takers) or 'none installed'})")
 
     def _check_formulation(self) -> None:
         """A rule that cannot step the backend's kind of model (ddpm on a flow model) is refused by name,

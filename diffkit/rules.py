@@ -88,6 +88,7 @@ class Stepper:
       False for rules that keep a history (multistep solvers) or a position.
     - ``asked``: the steps asked for (diffusers' ``num_inference_steps``), which img2img's strength
       counts; None: ``len(timesteps)``. PNDM walks one step more than it was asked for.
+    - ``order``: model evaluations a step (Heun: 2).
     """
 
     timesteps: list[int | float]
@@ -95,6 +96,7 @@ class Stepper:
     init_scale: float = 1.0
     can_redo: bool = False
     asked: int | None = None
+    order: int = 1
 
     def begin(self, i_start: int) -> None:
         """Reset for a walk that starts at step ``i_start``."""

@@ -46,6 +46,9 @@ class Technique:
     help: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
     backends: ClassVar[tuple[str, ...]] = ("*",)  # names of supported backends, "*" for all
+    # whether it decodes the state to act on the image (``Backend.to_pixels``), so needs a latent backend
+    # (``BackendInfo.latent``); an instance may set it from its arguments (anagram's space=pixel)
+    needs_decoder: bool = False
 
     def __init__(self, **args: Any):
         self.args = args
@@ -112,12 +115,16 @@ class Combiner(Technique):
     the clean image in a second call), right for every combination whose weights add up to one.
     ``"prediction"``: the model's own prediction, what diffusers' pipelines guide (noise, v, or a flow
     model's velocity), once; a guider that is not linear in its inputs (APG, CFG-Zero*) differs between
-    the two, and equals diffusers' only in the prediction (``denoise.Prediction``).
+    the two, and equals diffusers' only in the prediction (``denoise.Prediction``). ``"clean"``: each
+    branch's clean-image estimate ``x0`` (``[N x C x H x W]``), once; the query's noise then follows from
+    the combined ``x0`` and its own state (LookingGlass's averaging of the views' ``x0``, which differs from
+    averaging noise where the branches' states are not one state's views). An instance may set it from its
+    arguments (anagram's reduction=x0).
     """
 
     kind = "combiner"
     extra_channels: ClassVar[str] = "mean"
-    space: ClassVar[str] = "estimate"
+    space: str = "estimate"
     # A guidance combiner (cfg, the guiders): its first branch is the query's own (conditional) estimate,
     # which the guidance terms (:class:`GuidanceTerm`) right after it in the list join (``denoise.join``).
     guidance: ClassVar[bool] = False

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from diffkit import registry
 from diffkit.hookspecs import hookimpl
 from diffkit.motion import Clip
-from diffkit.state import Context, Query
+from diffkit.state import Context, Query, Step
 from diffkit.params import Param
 from diffkit.technique import Combiner
 
@@ -25,7 +27,16 @@ class Anagram(Combiner):
                                 "(`diffkit hooks` lists them) or a kind with arguments, quoted: "
                                 "view=\"patch_permute:16,seed=3\"", multiple=True, default=()),
         Param("reduction", str, "mean", "how the branches combine: mean (every step, every view) or alternate "
-                                        "(step i: only branch i mod n), the release's two", choices=("mean", "alternate")),
+                                        "(step i: only branch i mod n), the release's two; or x0 (LookingGlass, "
+                                        "SyncTweedies): each view keeps a state of its own, the views' clean images "
+                                        "are averaged and every state steps from the average",
+              choices=("mean", "alternate", "x0")),
+        Param("space", str, "latent", "where reduction=x0 averages and views the clean images: latent (the "
+                                      "model's own state) or pixel (a latent model's decoded image, re-encoded "
+                                      "with the residual the VAE round trip loses; LookingGlass)",
+              choices=("latent", "pixel")),
+        Param("last", int, 0, "the last N steps denoise the first prompt alone (LookingGlass's last steps)",
+              range=(0, 100_000)),
     )
 
     def __init__(self, **args):
@@ -42,6 +53,15 @@ class Anagram(Combiner):
         self.views = [registry.get_view(v) for v in names]
         self.args["view"] = [v.name for v in self.views]  # every argument spelled out: run.json re-makes them
         self.prompts = prompts
+        self.args.setdefault("reduction", "mean")
+        self.args.setdefault("space", "latent")
+        self.args.setdefault("last", 0)
+        if self.args["space"] == "pixel" and self.args["reduction"] != "x0":
+            raise ValueError(f"space=pixel averages the views' decoded clean images: give reduction=x0 with it "
+                             f"(reduction={self.args['reduction']} averages noise)")
+        self.synced = self.args["reduction"] == "x0"
+        self.space = "clean" if self.synced else "estimate"  # denoise.wrap hands reduce each branch's x0
+        self.needs_decoder = self.args["space"] == "pixel"
 
     def input_files(self) -> list[str]:
         return super().input_files() + [f for v in self.views for f in v.files]
@@ -50,8 +70,27 @@ class Anagram(Combiner):
         self.conds = [ctx.encode_all(p) for p in self.prompts]
         for v in self.views:  # a view that cannot take this stage's size is refused before any step
             v.forward(torch.zeros(1, *ctx.backend.sample_shape, dtype=torch.float64))
-        # reduction=alternate: a query's step is the index of its timestep in the stage's walk
+        # reduction=alternate and last=N: a query's step is the index of its timestep in the stage's walk
         self.step_of = {float(t): i for i, t in enumerate(ctx.timesteps)}
+        self.n_steps = len(ctx.timesteps)
+        self.ctx = ctx
+        self.states: list[Tensor] | None = None  # reduction=x0: each view's own state, at timestep self.at
+        self.at: int | float | None = None
+        self.blends: list[tuple] = []  # reduction=x0: this step's reductions (t, canonical, image, residual)
+        if not self.synced:
+            return
+        order = ctx.stepper.order
+        if order > 1:
+            raise ValueError(f"reduction=x0 steps each view's state once a step, as LookingGlass does; this sampler "
+                             f"evaluates the model {order} times a step (heun): use a one-evaluation sampler "
+                             "(own, euler, ddim, dpmpp_2m, uni_pc, ...)")
+        if self.args["space"] == "pixel":
+            be = ctx.backend
+            if not be.latent:
+                raise ValueError(f"space=pixel decodes the state, but backend {be.name!r} samples in pixel space "
+                                 "already: drop space=pixel")
+            for v in self.views:  # the views act on the decoded image too: its size must suit them
+                v.forward(torch.zeros(1, *be.image_shape, dtype=torch.float64))
 
     animates = True
 
@@ -80,23 +119,124 @@ class Anagram(Combiner):
             i = min(self.step_of.items(), key=lambda kv: abs(kv[0] - float(t)))[1]
         return i % (1 + len(self.views))
 
+    def _alone(self, t: int | float) -> bool:
+        """Whether step ``t`` is one of the last ``last`` steps, where the first prompt denoises alone."""
+        i = self.step_of.get(float(t))
+        return i is not None and i >= self.n_steps - self.args["last"]
+
     def expand(self, query: Query) -> list[Query]:
+        if self.args["last"] and self._alone(query.t):
+            return [query]
+        if self.synced and query.view:
+            raise ValueError("reduction=x0 keeps a state per view of the sampler's own state; here it is nested "
+                             f"inside another view ({'+'.join(query.view)}): put it outermost of the views")
+
         # An unconditional query stays unconditional in every view: CFG around or inside commutes.
         def branch(j: int) -> Query:
             if j == 0:
                 return query
-            return query.with_view(self.views[j - 1], query.cond if query.cond.is_null else self.conds[j - 1])
+            cond = query.cond if query.cond.is_null else self.conds[j - 1]
+            if not self.synced:
+                return query.with_view(self.views[j - 1], cond)
+            return Query(self._input(query, j), query.t, cond, (self.views[j - 1].name,), query.model,
+                         query.perturbation)
 
         if self.args["reduction"] == "alternate":
             return [branch(self._branch(query.t))]  # only the view this step uses is made and evaluated
         return [branch(j) for j in range(1 + len(self.views))]
 
     def reduce(self, query: Query, estimates: list[Tensor]) -> Tensor:
+        if len(estimates) == 1 and self.args["reduction"] != "alternate":  # one of the last steps: the first alone
+            return estimates[0]
         if self.args["reduction"] == "alternate":
             b = self._branch(query.t)
             return estimates[0] if b == 0 else self.views[b - 1].inverse(estimates[0])
+        if self.synced:
+            return self._synchronise(query, estimates)
         mapped = [estimates[0]] + [v.inverse(e) for v, e in zip(self.views, estimates[1:])]
         return torch.stack(mapped).mean(0)
+
+    # ---- reduction=x0: LookingGlass (Chang et al. 2025, alg. 1) on SyncTweedies' instance states (Kim et al.
+    # 2024): each view j > 0 has a state z_j of its own; every step, each view's clean image x0_j is
+    # predicted, mapped back and averaged into the canonical x0, and every state steps from (the view of)
+    # that average, by the deterministic step from a clean image (DDIM, eta 0; on a flow model the Euler
+    # step). diffusers has no such loop: written here from the papers' algorithm.
+
+    def _input(self, query: Query, j: int) -> Tensor:
+        """View ``j``'s model input at the query's timestep: its own state (before the first step's
+        reduction, the query's state seen through the view), the query's other input channels viewed."""
+        k = self.ctx.eps_channels
+        view = self.views[j - 1]
+        if self.states is None:
+            return view.forward(query.x)
+        if query.t != self.at:
+            raise ValueError(f"reduction=x0 keeps each view's state at the step's noise level (t={self.at}), but the "
+                             f"model is asked at t={query.t} within the step (a sampler that evaluates more than once "
+                             "a step, or a step taken again: RePaint's resample); use a one-evaluation sampler")
+        z = self.states[j - 1]
+        if query.x.shape[1] == k:
+            return z
+        return torch.cat([z, view.forward(query.x[:, k:])], dim=1)  # IF stage II's upscaled image, viewed
+
+    def _move(self, z: Tensor, x0: Tensor, t: int | float, t_next: int | float) -> Tensor:
+        """The state ``z`` at ``t`` moved to ``t_next`` along its clean image ``x0``: the noise it implies,
+        ``(z - sqrt(abar) x0) / sqrt(1 - abar)``, at the next level (DDIM eq. 12, eta 0); on a flow model
+        ``(1 - s') x0 + s' (z - (1 - s) x0) / s``."""
+        ctx = self.ctx
+        if ctx.backend.formulation == "flow":
+            s, s2 = ctx.sigma(t), ctx.sigma(t_next)
+            return (1 - s2) * x0 + s2 * ((z - (1 - s) * x0) / s)
+        a, a2 = ctx.abar(t), ctx.abar(t_next)
+        return math.sqrt(a2) * x0 + math.sqrt(1 - a2) * ((z - math.sqrt(a) * x0) / math.sqrt(1 - a))
+
+    def _synchronise(self, query: Query, x0s: list[Tensor]) -> Tensor:
+        """The canonical clean image from the branches' ``x0s`` (each in its view's frame): their mean mapped
+        back; with space=pixel, the mean of the decoded images mapped back, encoded, plus the mean of what each
+        branch's round trip through the VAE lost (its residual), mapped back in the latent grid."""
+        k = self.ctx.eps_channels
+        if self.states is None:  # the first real evaluation: the views' states start as the start state's views
+            self.states = [v.forward(query.x[:, :k]) for v in self.views]
+            self.at = query.t
+        inverse = [lambda x: x] + [v.inverse for v in self.views]
+        if self.args["space"] == "latent":
+            x0 = torch.stack([f(e) for f, e in zip(inverse, x0s)]).mean(0)
+            self.blends.append((query.t, x0, None, None))
+            return x0
+        be = self.ctx.backend
+        images = [be.to_pixels(e).to(e.dtype) for e in x0s]
+        residual = torch.stack([f(e - be.from_pixels(im).to(e.dtype))
+                                for f, e, im in zip(inverse, x0s, images)]).mean(0)
+        image = torch.stack([f(im) for f, im in zip(inverse, images)]).mean(0)
+        x0 = be.from_pixels(image).to(residual.dtype) + residual
+        self.blends.append((query.t, x0, image, residual))
+        return x0
+
+    def _view_cleans(self, step_t: int | float, x0: Tensor) -> list[Tensor]:
+        """Each view's clean image from the step's: where the step made one reduction (nothing outside this
+        anagram combined several), from that reduction's own average, ``E(view(image)) + view(residual)``
+        (LookingGlass alg. 1, lines 11-15); else (CFG outside it) from the step's combined ``x0``, through
+        the VAE as well with space=pixel."""
+        mine = [b for b in self.blends if b[0] == step_t]
+        if len(mine) == 1:
+            _, x0, image, residual = mine[0]
+        elif self.args["space"] == "pixel":
+            be = self.ctx.backend
+            image = be.to_pixels(x0).to(x0.dtype)
+            residual = x0 - be.from_pixels(image).to(x0.dtype)
+        if self.args["space"] == "latent":
+            return [v.forward(x0) for v in self.views]
+        be = self.ctx.backend
+        return [be.from_pixels(v.forward(image)).to(x0.dtype) + v.forward(residual) for v in self.views]
+
+    @hookimpl
+    def diffkit_after_step(self, ctx: Context, step: Step) -> None:
+        if not self.synced or self.states is None or step.t_next < 0 or self._alone(step.t_next):
+            self.blends.clear()
+            return
+        cleans = self._view_cleans(step.t, step.x0.to(self.states[0].dtype))
+        self.states = [self._move(z, c, self.at, step.t_next) for z, c in zip(self.states, cleans)]
+        self.at = step.t_next
+        self.blends.clear()
 
 
 @hookimpl

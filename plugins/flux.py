@@ -182,4 +182,5 @@ def diffkit_backends() -> list[BackendInfo]:
               range=(0.0, 100.0)),
         Param("max_sequence_length", int, 512, "T5's prompt tokens (the pipeline's default)", range=(1, 512)),
         OFFLOAD,
-    ), label_kind="prompt", formulation="flow", scheduler_of=schedule_reader(FLUX_MODEL, Flux.KIND))]
+    ), label_kind="prompt", formulation="flow", scheduler_of=schedule_reader(FLUX_MODEL, Flux.KIND),
+        latent=True)]

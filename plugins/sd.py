@@ -134,25 +134,36 @@ class Vae:
         mean, std = (v.to(z.device, z.dtype) for v in self.shift)
         return (z - mean) * self.scale / std
 
-    @torch.inference_mode()
-    def decode(self, latents: Tensor) -> Tensor:
+    def _from_latents(self, latents: Tensor) -> Tensor:
+        """The diffusion model's latents -> the VAE's (the inverse of :meth:`_to_latents`)."""
         z = latents.to(self.dtype)
         if self.shift is None:
-            z = z / self.scale
-        else:
-            mean, std = (v.to(z.device, z.dtype) for v in self.shift)
-            z = z * std / self.scale + mean
-        img = by_rows(lambda z: self.vae.decode(z, return_dict=False)[0], latents.device, z)
-        return (img / 2 + 0.5).clamp(0, 1)
+            return z / self.scale
+        mean, std = (v.to(z.device, z.dtype) for v in self.shift)
+        return z * std / self.scale + mean
 
-    def _posterior(self, img: Tensor) -> Tensor:
-        """The latent distribution's parameters ``[N x 2C x h x w]`` (mean, log-variance)."""
-        return by_rows(lambda x: self.vae.encode(x).latent_dist.parameters, img.device, img.to(self.dtype) * 2 - 1)
+    @torch.inference_mode()
+    def pixels(self, latents: Tensor) -> Tensor:
+        """The decoder's own output ``[N x 3 x H x W]``, nominally in [-1, 1], not clamped."""
+        return by_rows(lambda z: self.vae.decode(z, return_dict=False)[0], latents.device, self._from_latents(latents))
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return (self.pixels(latents) / 2 + 0.5).clamp(0, 1)
+
+    def _posterior(self, pixels: Tensor) -> Tensor:
+        """The latent distribution's parameters ``[N x 2C x h x w]`` (mean, log-variance) of an image in [-1, 1],
+        in the VAE's dtype."""
+        return by_rows(lambda x: self.vae.encode(x).latent_dist.parameters, pixels.device, pixels)
+
+    @torch.inference_mode()
+    def latents(self, pixels: Tensor) -> Tensor:
+        """The latent distribution's mean, scaled, of an image in the decoder's [-1, 1] (deterministic)."""
+        return self._to_latents(self._posterior(pixels.to(self.dtype)).chunk(2, dim=1)[0])
 
     @torch.inference_mode()
     def encode(self, img: Tensor) -> Tensor:
-        """The latent distribution's mean (deterministic: the same image, the same latents)."""
-        return self._to_latents(self._posterior(img).chunk(2, dim=1)[0])
+        """The latent distribution's mean of an image in [0, 1] (deterministic: the same image, the same latents)."""
+        return self._to_latents(self._posterior(img.to(self.dtype) * 2 - 1).chunk(2, dim=1)[0])
 
     @torch.inference_mode()
     def encode_sampled(self, img: Tensor, eps: Tensor) -> Tensor:
@@ -160,7 +171,7 @@ class Vae:
         pipelines take it (``retrieve_latents``, ``sample_mode="sample"``)."""
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-        dist = DiagonalGaussianDistribution(self._posterior(img))  # diffusers' own clamp of the log-variance
+        dist = DiagonalGaussianDistribution(self._posterior(img.to(self.dtype) * 2 - 1))  # diffusers' own clamp of the log-variance
         return self._to_latents(dist.mean + dist.std * eps.to(dist.mean.dtype))
 
 
@@ -404,6 +415,7 @@ class StableDiffusion(Backend):
     stride = 20  # 50 steps by default, the pipeline's num_inference_steps
     default_sampler = "own"
     perturbations = ("attention_identity", "attention_blur")
+    latent = True
     VAE_LIKE_XL = False  # the VAE as StableDiffusionPipeline runs it: never upcast, no latents_mean (see Vae)
 
     def __init__(self, model: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
@@ -480,6 +492,12 @@ class StableDiffusion(Backend):
 
     def from_image(self, img: Tensor) -> Tensor:
         return self.vae.encode(img.to(self.device)).to(self.dtype)
+
+    def to_pixels(self, x: Tensor) -> Tensor:
+        return self.vae.pixels(x)
+
+    def from_pixels(self, img: Tensor) -> Tensor:
+        return self.vae.latents(img.to(self.device)).to(self.dtype)
 
     def state_from_image(self, img: Tensor, ctx: Any) -> Tensor:
         """The VAE posterior sampled with each sample's generator, as the img2img pipeline does."""
@@ -622,7 +640,8 @@ def diffkit_backends() -> list[BackendInfo]:
     return [
         BackendInfo("sd", "Stable Diffusion 1.x/2.x (latent; epsilon or v-prediction) through diffusers; CLIP "
                           "prompts.", _sd, _params(SD_MODEL), label_kind="prompt",
-                    perturbations=StableDiffusion.perturbations),
+                    perturbations=StableDiffusion.perturbations, latent=True),
         BackendInfo("sdxl", "Stable Diffusion XL through diffusers: two CLIP encoders, size conditioning.", _sdxl,
-                    _params(SDXL_MODEL), label_kind="prompt", perturbations=StableDiffusionXL.perturbations),
+                    _params(SDXL_MODEL), label_kind="prompt", perturbations=StableDiffusionXL.perturbations,
+                    latent=True),
     ]

@@ -73,11 +73,8 @@ class FlowVae(Vae):
     def _to_latents(self, z: Tensor) -> Tensor:
         return (z - self.offset) * self.scale
 
-    @torch.inference_mode()
-    def decode(self, latents: Tensor) -> Tensor:
-        z = latents.to(self.dtype) / self.scale + self.offset
-        img = by_rows(lambda z: self.vae.decode(z, return_dict=False)[0], latents.device, z)
-        return (img / 2 + 0.5).clamp(0, 1)
+    def _from_latents(self, latents: Tensor) -> Tensor:
+        return latents.to(self.dtype) / self.scale + self.offset
 
 
 class SD3Text:
@@ -133,6 +130,7 @@ class FlowLatent(Backend):
 
     prediction_type = "flow_prediction"
     default_sampler = "own"
+    latent = True
     offload = False  # each part on the CPU between its calls (-O offload / --offload)
     device: torch.device
 
@@ -192,6 +190,14 @@ class FlowLatent(Backend):
     def from_image(self, img: Tensor) -> Tensor:
         with self.on_device(self.vae.vae):
             return self.vae.encode(img.to(self.device)).to(self.dtype)
+
+    def to_pixels(self, x: Tensor) -> Tensor:
+        with self.on_device(self.vae.vae):
+            return self.vae.pixels(x)
+
+    def from_pixels(self, img: Tensor) -> Tensor:
+        with self.on_device(self.vae.vae):
+            return self.vae.latents(img.to(self.device)).to(self.dtype)
 
     def state_from_image(self, img: Tensor, ctx: Any) -> Tensor:
         """The VAE posterior sampled with each sample's generator, as the img2img pipelines do."""
@@ -305,7 +311,7 @@ def diffkit_backends() -> list[BackendInfo]:
     return [BackendInfo("sd3", "Stable Diffusion 3 / 3.5 (flow matching, latent) through diffusers; two CLIP "
                                "encoders and T5.", _sd3, _params(SD3_MODEL, "16"), label_kind="prompt",
                         formulation="flow", scheduler_of=schedule_reader(SD3_MODEL, StableDiffusion3.KIND),
-                        perturbations=StableDiffusion3.perturbations)]
+                        perturbations=StableDiffusion3.perturbations, latent=True)]
 
 
 def _params(default: str, multiple: str) -> tuple[Param, ...]:

@@ -142,4 +142,5 @@ def diffkit_backends() -> list[BackendInfo]:
               choices=("fp16", "bf16", "fp32"), flag=True),
         Param("max_sequence_length", int, 512, "the prompt's tokens (the pipeline's default)", range=(1, 1024)),
         OFFLOAD,
-    ), label_kind="prompt", formulation="flow", scheduler_of=schedule_reader(ZIMAGE_MODEL, ZImage.KIND))]
+    ), label_kind="prompt", formulation="flow", scheduler_of=schedule_reader(ZIMAGE_MODEL, ZImage.KIND),
+        latent=True)]

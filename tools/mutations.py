@@ -27,6 +27,7 @@ FLOW = "tests/test_flow.py"
 GUIDE = "tests/test_guiders.py"
 SCORE = "tests/test_score.py"
 PERT = "tests/test_perturbed.py"
+GLASS = "tests/test_lookingglass.py"
 
 # (name, file, source text, replacement, tests that must catch it)
 MUTATIONS = [
@@ -115,7 +116,7 @@ MUTATIONS = [
     ("karras ignored", "diffkit/rules.py",
      'SIGMA_KEYS = {"karras": "use_karras_sigmas"', 'SIGMA_KEYS = {"karras_": "use_karras_sigmas"', [SAMP]),
     ("a flow model's clean-image estimates are not combined", "diffkit/denoise.py",
-     "                if blocks > 1 and not in_prediction:", "                if False:", [FLOW]),
+     "                if blocks > 1 and not (in_prediction or in_clean):", "                if False:", [FLOW]),
     ("apg's conditional and unconditional predictions swapped", "plugins/guiders.py",
      'return normalized_guidance(cond, uncond, self.args["scale"], buffer',
      'return normalized_guidance(uncond, cond, self.args["scale"], buffer', [GUIDE]),
@@ -179,6 +180,17 @@ MUTATIONS = [
     ("fdg's parallel part weighted as the orthogonal one", "plugins/guiders.py",
      "                shift = weight * parallel + orthogonal", "                shift = parallel + weight * orthogonal",
      [GUIDE]),
+    ("reduction=x0: the views' clean images from the step's x0, never from the reduction's own average",
+     "plugins/anagram.py", "        if len(mine) == 1:", "        if len(mine) == 99:", [GLASS]),
+    ("reduction=x0: the views' states never step", "plugins/anagram.py",
+     "        self.states = [self._move(z, c, self.at, step.t_next) for z, c in zip(self.states, cleans)]",
+     "        self.states = self.states", [GLASS]),
+    ("space=pixel: the views' clean latents viewed in the latent grid, not re-encoded", "plugins/anagram.py",
+     "return [be.from_pixels(v.forward(image)).to(x0.dtype) + v.forward(residual) for v in self.views]",
+     "return [v.forward(x0) for v in self.views]", [GLASS]),
+    ("reduction=x0 on a flow model: the clean image weighted at the old sigma", "plugins/anagram.py",
+     "            return (1 - s2) * x0 + s2 * ((z - (1 - s) * x0) / s)",
+     "            return (1 - s) * x0 + s2 * ((z - (1 - s) * x0) / s)", [GLASS]),
     ("RePaint allowed under a multistep rule", "plugins/inpaint.py",
      'if self.args["resample"] > 1 and not ctx.stepper.can_redo:', "if False:", [SAMP]),
 ]

@@ -64,6 +64,10 @@ class Backend:
     # "attention_identity", "attention_blur", "block_skip"), which guidance from inside the model (pag, seg,
     # slg) asks for; :meth:`perturbed` applies one. Declared again on the BackendInfo, for the request.
     perturbations: tuple[str, ...] = ()
+    # Whether the state is a VAE's latents (Stable Diffusion, the flow families): such a backend also
+    # implements :meth:`to_pixels` and :meth:`from_pixels`, through which a technique acts on the image
+    # itself (anagram's space=pixel). Declared again on the BackendInfo, for the request.
+    latent: bool = False
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -114,6 +118,17 @@ class Backend:
     def from_image(self, img: Tensor) -> Tensor:
         """Image in [0, 1] ``[N x C x H x W]`` -> state scale (the ``x0`` the model was trained on)."""
         raise NotImplementedError
+
+    def to_pixels(self, x: Tensor) -> Tensor:
+        """A latent backend's decoder: latents ``[N x C x h x w]`` -> its own output ``[N x 3 x H x W]``,
+        nominally in [-1, 1] and not clamped (what LookingGlass blends, so that the round trip
+        :meth:`from_pixels` undoes it as far as the VAE can)."""
+        raise NotImplementedError(f"backend {self.name!r} samples in pixel space: it has no decoder")
+
+    def from_pixels(self, img: Tensor) -> Tensor:
+        """A latent backend's encoder: ``[N x 3 x H x W]`` in the decoder's [-1, 1] -> latents, the posterior's
+        mean (deterministic), scaled as the model takes them."""
+        raise NotImplementedError(f"backend {self.name!r} samples in pixel space: it has no encoder")
 
     def prepare(self, ctx: Any) -> None:
         """Called right before the run's initial noise draw, for a stage whose pipeline draws noise of its
@@ -189,6 +204,9 @@ class BackendInfo:
     # the perturbations its model can make (``Backend.perturbations``), declared so that a technique needing
     # one the backend lacks (pag on mnist) is refused before any weights load
     perturbations: tuple[str, ...] = ()
+    # whether its state is a VAE's latents (``Backend.latent``), declared so that a technique acting on the
+    # decoded image (anagram's space=pixel) on a pixel-space model is refused before any weights load
+    latent: bool = False
 
     def formulation_of(self, options: dict[str, Any]) -> str:
         """The formulation of the model these read ``options`` load."""

@@ -1,0 +1,254 @@
+"""anagram's reduction=x0 and space=pixel (LookingGlass, Chang et al. 2025, on SyncTweedies' per-view states)
+against reference loops written here from the paper's algorithm with diffusers' own parts, on the tiny SD
+(DDIM), SD3 and Flux models of the tests (tests/tiny_sd.py).
+
+The reference, one step: every view j has a state z_j (view 0 is the image itself; the others start as
+the start noise seen through the view). Each predicts its clean latent x0_j (CFG inside each view), which
+the VAE decodes, x_j = D(x0_j); r_j = x0_j - E(x_j) is what the round trip loses. The image's clean latent
+is E(mean_j V_j^-1 x_j) + mean_j V_j^-1 r_j (space=pixel) or mean_j V_j^-1 x0_j (space=latent); each view's is
+E(V_j mean) + V_j (mean residual); every state steps from its own (DDIM eta 0; the flow Euler step).
+
+Images compared in [0, 1] within test_sd's TOL. Each test also shows the bound rejects the loop without
+the residual, or with the noise averaged instead (reduction=mean)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import diffkit
+from diffkit.errors import UserError
+from test_sd import TOL, not_flat
+
+PROMPTS = ("a photo of a red dog", "an oil painting of a snowy mountain village")
+FLIP = (lambda x: torch.flip(x, [-2]), lambda x: torch.flip(x, [-2]))  # view=flip: upside down, its own inverse
+ROT = (lambda x: torch.rot90(x, 1, [-2, -1]), lambda x: torch.rot90(x, -1, [-2, -1]))  # rotate_ccw and back
+
+
+def ours(backend, folder, view="flip", space="pixel", cfg=7.0, sampler=None, steps=6, **kw):
+    hooks = [f"anagram:{PROMPTS[1]},view={view},reduction=x0,space={space}"] + ([f"cfg:{cfg:g}"] if cfg else [])
+    options = {"model": str(folder), "device": "cpu", **kw.pop("options", {})}
+    return diffkit.sample(backend, backend_options=options, prompts=[PROMPTS[0]], hooks=hooks, steps=steps, seed=3,
+                          **({"sampler": sampler} if sampler else {}), **kw).images
+
+
+def synchronise(x0s, view, decode, encode, space="pixel", residual=True):
+    """The canonical clean latent and each view's, from the views' clean latents ``x0s`` (view 0 first)."""
+    fwd, inv = view
+    maps = [lambda x: x, inv]
+    if space == "latent":
+        x0 = torch.stack([m(e) for m, e in zip(maps, x0s)]).mean(0)
+        return x0, [x0, fwd(x0)]
+    images = [decode(e) for e in x0s]
+    lost = [e - encode(im) if residual else torch.zeros_like(e) for e, im in zip(x0s, images)]
+    image = torch.stack([m(im) for m, im in zip(maps, images)]).mean(0)
+    r = torch.stack([m(e) for m, e in zip(maps, lost)]).mean(0)
+    return encode(image) + r, [encode(image) + r, encode(fwd(image)) + fwd(r)]
+
+
+def to_unit(img):
+    return (img / 2 + 0.5).clamp(0, 1)
+
+
+# ------------------------------------------------------------------------------------------------ SD, DDIM
+
+
+def sd_reference(folder, view=FLIP, space="pixel", residual=True, steps=6, guidance=7.0):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)  # what --sampler ddim builds
+    sched.set_timesteps(steps)
+    vae, sf = pipe.vae, pipe.vae.config.scaling_factor
+    decode = lambda z: vae.decode(z / sf).sample  # noqa: E731
+    encode = lambda x: vae.encode(x).latent_dist.mean * sf  # noqa: E731
+    conds = [torch.cat(pipe.encode_prompt(p, "cpu", 1, True, negative_prompt="")[::-1]) for p in PROMPTS]
+    z = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3))
+    states = [z, view[0](z)]
+    abar = sched.alphas_cumprod
+    with torch.no_grad():
+        for i, t in enumerate(sched.timesteps):
+            a = float(abar[t])
+            x0s = []
+            for zj, c in zip(states, conds):
+                u, e = pipe.unet(torch.cat([zj, zj]), t, encoder_hidden_states=c).sample.chunk(2)
+                eps = u + guidance * (e - u)
+                x0s.append((zj - math.sqrt(1 - a) * eps) / math.sqrt(a))
+            x0, cleans = synchronise(x0s, view, decode, encode, space, residual)
+            eps0 = (states[0] - math.sqrt(a) * x0) / math.sqrt(1 - a)
+            canonical = sched.step(eps0, t, states[0]).prev_sample  # the run's own DDIM step
+            prev = int(t) - sched.config.num_train_timesteps // steps
+            a2 = float(abar[prev]) if prev >= 0 else float(sched.final_alpha_cumprod)
+            states = [canonical] + [math.sqrt(a2) * c + math.sqrt(1 - a2) * (zj - math.sqrt(a) * c) / math.sqrt(1 - a)
+                                    for zj, c in zip(states[1:], cleans[1:])]
+        return to_unit(decode(states[0]))
+
+
+@pytest.mark.parametrize("space", ["pixel", "latent"])
+def test_sd_equals_the_reference_loop(tiny_sd, space):
+    got = ours("sd", tiny_sd["sd"], space=space, sampler="ddim")
+    want = sd_reference(tiny_sd["sd"], space=space)
+    not_flat(want)
+    assert (got - want).abs().max() <= TOL
+    if space == "pixel":
+        assert (got - sd_reference(tiny_sd["sd"], residual=False)).abs().max() > TOL
+        assert (got - ours("sd", tiny_sd["sd"], space="latent", sampler="ddim")).abs().max() > TOL
+
+
+# ----------------------------------------------------------------------------------------- SD3, flow Euler
+
+
+def flow_loop(z, view, velocity, conds, sched, decode, encode, space, residual):
+    states = [z, view[0](z)]
+    sig = [float(s) for s in sched.sigmas]
+    with torch.no_grad():
+        for i, t in enumerate(sched.timesteps):
+            s, s2 = sig[i], sig[i + 1]
+            x0, cleans = synchronise([zj - s * velocity(zj, t, c) for zj, c in zip(states, conds)], view, decode,
+                                     encode, space, residual)
+            canonical = sched.step((states[0] - x0) / s, t, states[0]).prev_sample  # the pipeline's Euler step
+            states = [canonical] + [(1 - s2) * c + s2 * (zj - (1 - s) * c) / s for zj, c in zip(states[1:], cleans[1:])]
+        return to_unit(decode(states[0]))
+
+
+def sd3_reference(folder, view=FLIP, space="pixel", residual=True, steps=6, guidance=7.0):
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)
+    vae = pipe.vae
+    sf, shift = vae.config.scaling_factor, vae.config.shift_factor
+    decode = lambda z: vae.decode(z / sf + shift).sample  # noqa: E731
+    encode = lambda x: (vae.encode(x).latent_dist.mean - shift) * sf  # noqa: E731
+    conds = []
+    for p in PROMPTS:
+        e, ne, pe, npe = pipe.encode_prompt(p, p, p, negative_prompt="", do_classifier_free_guidance=True)
+        conds.append((torch.cat([ne, e]), torch.cat([npe, pe])))
+
+    def velocity(z, t, c):
+        u, v = pipe.transformer(hidden_states=torch.cat([z, z]), timestep=t.expand(2), encoder_hidden_states=c[0],
+                                pooled_projections=c[1]).sample.chunk(2)
+        return u + guidance * (v - u)
+
+    pipe.scheduler.set_timesteps(steps)
+    z = torch.randn((1, 16, 8, 8), generator=torch.Generator().manual_seed(3))
+    return flow_loop(z, view, velocity, conds, pipe.scheduler, decode, encode, space, residual)
+
+
+@pytest.mark.parametrize("view", ["flip", "rotate_ccw"])
+def test_sd3_equals_the_reference_loop(tiny_sd3, view):
+    got = ours("sd3", tiny_sd3, view=view)
+    want = sd3_reference(tiny_sd3, view=FLIP if view == "flip" else ROT)
+    not_flat(want)
+    assert (got - want).abs().max() <= TOL
+    if view == "flip":
+        assert (got - sd3_reference(tiny_sd3, residual=False)).abs().max() > TOL
+        mean = diffkit.sample("sd3", backend_options={"model": str(tiny_sd3), "device": "cpu"}, prompts=[PROMPTS[0]],
+                              hooks=[f"anagram:{PROMPTS[1]},view=flip", "cfg:7"], steps=6, seed=3).images
+        assert (got - mean).abs().max() > TOL
+
+
+# ------------------------------------------------------------------------------------------ Flux, embedded
+
+
+@pytest.fixture(scope="module")
+def tiny_flux(tmp_path_factory):
+    import tiny_sd
+
+    return tiny_sd.build_flux(tmp_path_factory.mktemp("flux"))
+
+
+def flux_reference(folder, view=FLIP, space="pixel", residual=True, steps=6, guidance=3.5):
+    import numpy as np
+    from diffusers import FluxPipeline
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    pipe = FluxPipeline.from_pretrained(folder)
+    vae = pipe.vae
+    sf, shift = vae.config.scaling_factor, vae.config.shift_factor
+    decode = lambda z: vae.decode(z / sf + shift).sample  # noqa: E731
+    encode = lambda x: (vae.encode(x).latent_dist.mean - shift) * sf  # noqa: E731
+    C, h, w = 4, 8, 8  # the unpacked latent grid of a 16 x 16 image
+    ids = FluxPipeline._prepare_latent_image_ids(1, h // 2, w // 2, "cpu", torch.float32)
+    conds = [pipe.encode_prompt(p, p) for p in PROMPTS]
+
+    def velocity(z, t, c):
+        emb, pooled, text_ids = c
+        packed = FluxPipeline._pack_latents(z, 1, C, h, w)
+        out = pipe.transformer(hidden_states=packed, timestep=t.expand(1) / 1000, guidance=torch.full((1,), guidance),
+                               pooled_projections=pooled, encoder_hidden_states=emb, txt_ids=text_ids, img_ids=ids).sample
+        return FluxPipeline._unpack_latents(out, 16, 16, 2)
+
+    c = pipe.scheduler.config
+    mu = calculate_shift((h // 2) * (w // 2), c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
+    pipe.scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+    z = torch.randn((1, C, h, w), generator=torch.Generator().manual_seed(3))
+    return flow_loop(z, view, velocity, conds, pipe.scheduler, decode, encode, space, residual)
+
+
+@pytest.mark.parametrize("space", ["pixel", "latent"])
+def test_flux_equals_the_reference_loop(tiny_flux, space):
+    got = ours("flux", tiny_flux, space=space, cfg=None, options={"height": 16, "width": 16, "guidance": 3.5})
+    want = flux_reference(tiny_flux, space=space)
+    not_flat(want)
+    assert (got - want).abs().max() <= TOL
+    if space == "pixel":
+        assert (got - flux_reference(tiny_flux, residual=False)).abs().max() > TOL
+
+
+# ------------------------------------------------------------------------------------------------- MNIST
+
+
+def mnist(*hooks, sampler="ddim", **kw):
+    return diffkit.sample("mnist", classes=[1], num=2, seed=0, steps=10, sampler=sampler,
+                          hooks=["cfg:3", *hooks], **kw).images
+
+
+def test_on_one_state_the_average_of_clean_images_is_the_average_of_noise():
+    """With DDIM, a permutation view and CFG outside (several queries a step: the views' states follow the
+    run's combined x0), every view's state stays the run's state seen through the view, so averaging the
+    views' x0 is averaging their noise; a stochastic sampler makes the states part ways."""
+    mean = mnist("anagram:7,view=flip")
+    assert (mnist("anagram:7,view=flip,reduction=x0") - mean).abs().max() < 1e-4
+    sde = mnist("anagram:7,view=flip", sampler="dpmpp_2m_sde")
+    assert (mnist("anagram:7,view=flip,reduction=x0", sampler="dpmpp_2m_sde") - sde).abs().max() > 0.1
+
+
+def test_last_steps_denoise_the_first_prompt_alone():
+    full = mnist("anagram:7,view=flip,reduction=x0", sampler="dpmpp_2m_sde")
+    last = mnist("anagram:7,view=flip,reduction=x0,last=3", sampler="dpmpp_2m_sde")
+    assert (full - last).abs().max() > 0.1
+    # in the last steps the anagram is the plain first prompt: last = all steps is the plain run
+    assert torch.equal(mnist("anagram:7,view=flip,last=10"), mnist())
+
+
+def test_a_batch_equals_single_runs(tiny_sd3):
+    both = diffkit.sample("sd3", backend_options={"model": str(tiny_sd3), "device": "cpu"}, prompts=[PROMPTS[0]],
+                          num=2, seed=3, steps=4, hooks=[f"anagram:{PROMPTS[1]},view=flip,reduction=x0,space=pixel",
+                                                         "cfg:7"]).images
+    for k, seed in enumerate((3, 4)):
+        one = diffkit.sample("sd3", backend_options={"model": str(tiny_sd3), "device": "cpu"}, prompts=[PROMPTS[0]],
+                             num=1, seed=seed, steps=4, hooks=[f"anagram:{PROMPTS[1]},view=flip,reduction=x0,"
+                                                               "space=pixel", "cfg:7"]).images
+        assert torch.equal(both[k: k + 1], one)
+
+
+# ----------------------------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("spec, text", [
+    ("anagram:7,view=flip,space=pixel", "give reduction=x0"),
+    ("anagram:7,view=flip,reduction=x0,space=pixel", "samples in pixel space already"),
+    ("anagram:7,view=flip,reduction=x0,space=voxel", "voxel"),
+    ("anagram:7,view=flip,reduction=median", "median"),
+    ("anagram:7,view=flip,last=-1", "last"),
+])
+def test_bad_values_are_refused_by_name(spec, text):
+    with pytest.raises(UserError, match=text):
+        diffkit.sample("mnist", classes=[1], num=1, hooks=[spec], steps=2)
+
+
+def test_a_two_evaluation_sampler_is_refused():
+    with pytest.raises(UserError, match="heun"):
+        mnist("anagram:7,view=flip,reduction=x0", sampler="heun")
