@@ -216,8 +216,10 @@ def wrap(combiner: Combiner, inner: Denoiser, eps_channels: int, blocks: int = 1
                     eps = torch.cat([eps, *(combiner.reduce(q, [e[:, b * k: (b + 1) * k] for e in ests])
                                             for b in range(1, blocks))], dim=1)
             if ests[0].shape[1] > end:
-                extras = [_unview_pixels(combiner, q, b, e[:, end:]) for b, e in zip(g, ests)]
-                extra = extras[0] if rule == "first" else torch.stack(extras).mean(0)
+                if rule == "first":  # only the first branch's is kept: the others' are not mapped back
+                    extra = _unview_pixels(combiner, q, g[0], ests[0][:, end:])
+                else:
+                    extra = torch.stack([_unview_pixels(combiner, q, b, e[:, end:]) for b, e in zip(g, ests)]).mean(0)
                 eps = torch.cat([eps, extra], dim=1)
             out.append(eps)
         return out
@@ -261,20 +263,21 @@ class Joined(Combiner):
         self.name = "+".join(c.name for c in (base, *terms))
         self.space, self.extra_channels = base.space, base.extra_channels
 
-    def split(self, query: Query) -> tuple[list[Query], list[tuple[GuidanceTerm, Query]]]:
-        own = self.base.expand(query)
-        return own, [(t, b) for t in self.terms if (b := t.branch(own[0])) is not None]
+    def terms_at(self, query: Query) -> list[GuidanceTerm]:
+        """The terms that guide this query (each branches off the guidance's first, conditional, branch: the
+        query itself, by ``Combiner.guidance``'s contract), in order."""
+        return [t for t in self.terms if t.branch(query) is not None]
 
     def expand(self, query: Query) -> list[Query]:
-        own, extra = self.split(query)
-        return own + [b for _, b in extra]
+        return self.base.expand(query) + [t.branch(query) for t in self.terms_at(query)]
 
     def reduce(self, query: Query, estimates: list[Tensor]) -> Tensor:
-        own, extra = self.split(query)
-        out = self.base.reduce(query, estimates[: len(own)])
+        terms = self.terms_at(query)
+        own = len(estimates) - len(terms)
+        out = self.base.reduce(query, estimates[:own])
         c = estimates[0]
-        for (term, b), est in zip(extra, estimates[len(own):]):
-            out = out + term.weight(own[0]) * (c - est)
+        for term, est in zip(terms, estimates[own:]):
+            out = out + term.weight(query) * (c - est)
         return out
 
 

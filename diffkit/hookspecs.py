@@ -42,7 +42,9 @@ def diffkit_techniques() -> list[type[Technique]]:
 
 @hookspec
 def diffkit_views() -> list[View]:
-    """Declare image views for anagrams (each with an exact inverse). Collected; names must be unique."""
+    """Declare image views for anagrams: permutations (``View``, each with an exact inverse), kinds taking
+    arguments (``ViewKind``) and warps that are no permutation (``Warp``: clean images only, anagram's
+    reduction=x0). Collected; names must be unique."""
 
 
 @hookspec

@@ -98,15 +98,18 @@ def techniques() -> dict[str, type[Technique]]:
 def views() -> dict[str, Any]:
     """Every installed view (a ``View``, or a ``ViewKind`` taking arguments) by name, each checked to
     declare its parts truthfully (views.check_view; a kind with its default arguments, at 64 pixels)."""
-    from diffkit.views import ViewKind, check_view
+    from diffkit.views import ViewKind, Warp, check_view, check_warp
+
+    def checked(view: Any, size: int) -> None:
+        (check_warp if isinstance(view, Warp) else check_view)(view, size)
 
     table = _collect("diffkit_views", "view")
     for item in table.values():
         try:
             if not isinstance(item, ViewKind):
-                check_view(item)
+                checked(item, 16)
             elif not any(p.required for p in item.params):
-                check_view(item.make(), 64)
+                checked(item.make(), 64)
         except ValueError as e:
             raise PluginError(str(e)) from None
     return table
@@ -142,7 +145,7 @@ def samplers() -> dict[str, Any]:
 def get_view(spec: str) -> Any:
     """A view by its spec: a name (``flip``), or a kind with arguments (``patch_permute:16,seed=3``, the
     arguments read as a hook's are); unknown names and bad arguments raise clear errors."""
-    from diffkit.views import SizeError, ViewKind, check_view
+    from diffkit.views import SizeError, ViewKind, Warp, check_view, check_warp
 
     name, args = parse(spec)
     table = views()
@@ -158,7 +161,7 @@ def get_view(spec: str) -> Any:
         view = item.make(**kwargs)
         if args:  # a kind's defaults were checked at registration
             try:
-                check_view(view, 64)
+                (check_warp if isinstance(view, Warp) else check_view)(view, 64)
             except SizeError:  # it takes other sizes only (a file's permutation): checked where it is used
                 pass
     except ValueError as e:

@@ -91,6 +91,46 @@ class View:
 
 
 @dataclass(frozen=True)
+class Warp:
+    """A view that is no permutation (a turn by any angle, a zoom, a mirror about any axis): noise seen
+    through it is no longer noise, so it acts on clean images only, through a Laplacian pyramid
+    (LookingGlass's warping; anagram's ``reduction=x0``). ``source(h, w, t)`` ``[h x w x 2]`` says where
+    each pixel of the view comes from, in canonical pixel coordinates ``(x, y)`` (outside the image: the
+    view shows nothing of it there); ``t`` in [0, 1] is the fraction of the way, for animations."""
+
+    name: str
+    source: Callable[[int, int, float], Tensor]
+    help: str = ""
+    files: tuple[str, ...] = ()
+
+    def image(self, image: Tensor) -> Tensor:
+        """The view of an image ``[C x H x W]`` in [0, 1] (nearest pixels), black where it shows nothing of it."""
+        return self.frame(image, 1.0)
+
+    def frame(self, image: Tensor, t: float) -> Tensor:
+        """The view ``t`` of the way, ``[C x H x W]``."""
+        from diffkit import warping
+
+        h, w = image.shape[-2:]
+        r = warping.reading(self.source(h, w, t), 1)
+        return warping.forward(image[None].double(), r, 1)[0].nan_to_num(0).to(image.dtype)
+
+    def move(self, image: Tensor) -> Callable[[float], Tensor]:
+        """``frame(t)``: the image turning (zooming, mirroring) into the view, eased (smoothstep)."""
+        def frame(t: float) -> Tensor:
+            t = min(max(t, 0.0), 1.0)
+            return image if t <= 0 else self.frame(image, smooth(t))
+        return frame
+
+
+def check_warp(warp: Warp, size: int = 16) -> None:
+    """Raise ValueError unless ``source`` gives ``[size x size x 2]`` coordinates, the identity at t = 0."""
+    got = warp.source(size, size, 1.0)
+    if tuple(got.shape) != (size, size, 2):
+        raise ValueError(f"view {warp.name!r}: source must give [H x W x 2] coordinates, got {tuple(got.shape)}")
+
+
+@dataclass(frozen=True)
 class ViewKind:
     """A view that takes arguments (``patch_permute:16,seed=3``): ``make(**args)`` builds the :class:`View`
     from the values of its declared ``params`` (``Param``s, as a technique's). Its view's name is the

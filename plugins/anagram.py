@@ -7,10 +7,11 @@ import math
 import torch
 from torch import Tensor
 
-from diffkit import registry
+from diffkit import registry, warping
 from diffkit.hookspecs import hookimpl
 from diffkit.motion import Clip
 from diffkit.state import Context, Query, Step
+from diffkit.views import Warp
 from diffkit.params import Param
 from diffkit.technique import Combiner
 
@@ -37,6 +38,11 @@ class Anagram(Combiner):
               choices=("latent", "pixel")),
         Param("last", int, 0, "the last N steps denoise the first prompt alone (LookingGlass's last steps)",
               range=(0, 100_000)),
+        Param("levels", int, 4, "with a view that is no permutation (rotate:DEG, zoom, mirror): the most Laplacian "
+                                "pyramid levels its warping uses (fewer where the sides do not halve)", range=(1, 8)),
+        Param("detail", float, 0.25, "with such a view: how far the pyramid's average moves to the value-weighted "
+                                     "one, which keeps detail (LookingGlass's blend; 0 the plain average)",
+              range=(0.0, 1.0)),
     )
 
     def __init__(self, **args):
@@ -59,9 +65,18 @@ class Anagram(Combiner):
         if self.args["space"] == "pixel" and self.args["reduction"] != "x0":
             raise ValueError(f"space=pixel averages the views' decoded clean images: give reduction=x0 with it "
                              f"(reduction={self.args['reduction']} averages noise)")
+        self.args.setdefault("levels", 4)
+        self.args.setdefault("detail", 0.25)
         self.synced = self.args["reduction"] == "x0"
         self.space = "clean" if self.synced else "estimate"  # denoise.wrap hands reduce each branch's x0
         self.needs_decoder = self.args["space"] == "pixel"
+        self.warped = any(isinstance(v, Warp) for v in self.views)
+        if self.warped:
+            bent = next(v.name for v in self.views if isinstance(v, Warp))
+            if not self.synced:
+                raise ValueError(f"view {bent} is no permutation: noise seen through it is no noise, so it acts on "
+                                 "clean images only; give reduction=x0 (LookingGlass's pyramid warping)")
+            self.extra_channels = "first"  # IF's variance: no warp maps it back; the image's own is kept
 
     def input_files(self) -> list[str]:
         return super().input_files() + [f for v in self.views for f in v.files]
@@ -69,7 +84,9 @@ class Anagram(Combiner):
     def setup(self, ctx: Context) -> None:
         self.conds = [ctx.encode_all(p) for p in self.prompts]
         for v in self.views:  # a view that cannot take this stage's size is refused before any step
-            v.forward(torch.zeros(1, *ctx.backend.sample_shape, dtype=torch.float64))
+            if not isinstance(v, Warp):
+                v.forward(torch.zeros(1, *ctx.backend.sample_shape, dtype=torch.float64))
+        self.readings: dict[tuple, warping.Reading] = {}
         # reduction=alternate and last=N: a query's step is the index of its timestep in the stage's walk
         self.step_of = {float(t): i for i, t in enumerate(ctx.timesteps)}
         self.n_steps = len(ctx.timesteps)
@@ -90,7 +107,23 @@ class Anagram(Combiner):
                 raise ValueError(f"space=pixel decodes the state, but backend {be.name!r} samples in pixel space "
                                  "already: drop space=pixel")
             for v in self.views:  # the views act on the decoded image too: its size must suit them
-                v.forward(torch.zeros(1, *be.image_shape, dtype=torch.float64))
+                if not isinstance(v, Warp):
+                    v.forward(torch.zeros(1, *be.image_shape, dtype=torch.float64))
+        if self.warped:
+            k = ctx.eps_channels
+            try:  # IF stage II appends its upscaled image, which it only has once the stage starts
+                adds = ctx.backend.model_input(torch.zeros(1, *ctx.backend.sample_shape)).shape[1] != k
+            except Exception:
+                adds = True
+            if adds:
+                raise ValueError(f"backend {ctx.backend.name!r} gives the model more than the state (IF stage II's "
+                                 "upscaled image), which a view that is no permutation cannot carry; use a "
+                                 "permutation view, or stage I alone (-O upscaler=none)")
+            warping.check_scipy()
+            # where a warp shows nothing of the start state, its state starts from noise of its own stream,
+            # drawn here once (expand may be asked before the run, to count branches)
+            self.fresh = {j: ctx.randn(ctx.backend.sample_shape, stream=f"anagram:view{j}")
+                          for j, v in enumerate(self.views, 1) if isinstance(v, Warp)}
 
     animates = True
 
@@ -168,7 +201,7 @@ class Anagram(Combiner):
         k = self.ctx.eps_channels
         view = self.views[j - 1]
         if self.states is None:
-            return view.forward(query.x)
+            return self._start(query.x[:, :k], j) if isinstance(view, Warp) else view.forward(query.x)
         if query.t != self.at:
             raise ValueError(f"reduction=x0 keeps each view's state at the step's noise level (t={self.at}), but the "
                              f"model is asked at t={query.t} within the step (a sampler that evaluates more than once "
@@ -177,6 +210,20 @@ class Anagram(Combiner):
         if query.x.shape[1] == k:
             return z
         return torch.cat([z, view.forward(query.x[:, k:])], dim=1)  # IF stage II's upscaled image, viewed
+
+    def _start(self, x: Tensor, j: int) -> Tensor:
+        """A warp's state at the start: the start state read through it pixel by pixel (nearest, so noise
+        stays unit noise), fresh noise of its own stream where the view shows nothing of it."""
+        h, w = x.shape[-2:]
+        seen = warping.forward(x, self._reading(j, h, w, 1), 1)
+        fresh = self.fresh[j][: x.shape[0]].to(x.device, x.dtype)
+        return torch.where(torch.isnan(seen), fresh, seen)
+
+    def _reading(self, j: int, h: int, w: int, levels: int) -> warping.Reading:
+        key = (j, h, w, levels)
+        if key not in self.readings:
+            self.readings[key] = warping.reading(self.views[j - 1].source(h, w, 1.0), levels)
+        return self.readings[key]
 
     def _move(self, z: Tensor, x0: Tensor, t: int | float, t_next: int | float) -> Tensor:
         """The state ``z`` at ``t`` moved to ``t_next`` along its clean image ``x0``: the noise it implies,
@@ -189,44 +236,79 @@ class Anagram(Combiner):
         a, a2 = ctx.abar(t), ctx.abar(t_next)
         return math.sqrt(a2) * x0 + math.sqrt(1 - a2) * ((z - math.sqrt(a) * x0) / math.sqrt(1 - a))
 
+    def _average(self, parts: list[Tensor]) -> Tensor:
+        """The views' images (``parts[j]`` in view j's frame, the image's own first) mapped back and averaged:
+        the plain mean for permutations; with a warp, level by level of their Laplacian pyramids (a warp's
+        from :func:`warping.inverse`, NaN where it shows nothing), moved ``detail`` of the way to the
+        value-weighted average, then reconstructed (LookingGlass's blend)."""
+        if not self.warped:
+            return torch.stack([parts[0]] + [view.inverse(p) for view, p in zip(self.views, parts[1:])]).mean(0)
+        h, w = parts[0].shape[-2:]
+        levels = warping.levels_for(h, w, self.args["levels"])
+        work = [p.float() if p.dtype in (torch.float16, torch.bfloat16) else p for p in parts]
+        pyramids = [warping.laplacian(work[0], levels)]
+        for j, (v, e) in enumerate(zip(self.views, work[1:]), 1):
+            if isinstance(v, Warp):
+                pyramids.append(warping.inverse(e, self._reading(j, h, w, levels), levels))
+            else:
+                pyramids.append(warping.laplacian(v.inverse(e), levels))
+        return warping.blend(pyramids, self.args["detail"]).to(parts[0].dtype)
+
+    def _seen(self, j: int, canonical: Tensor, own: Tensor) -> Tensor:
+        """View ``j`` of a canonical image or latent: the permutation, or the warp's reading of its pyramid with
+        the view's own ``own`` where the warp shows nothing of it."""
+        v = self.views[j - 1]
+        if not isinstance(v, Warp):
+            return v.forward(canonical)
+        h, w = canonical.shape[-2:]
+        levels = warping.levels_for(h, w, self.args["levels"])
+        work = canonical.float() if canonical.dtype in (torch.float16, torch.bfloat16) else canonical
+        seen = warping.forward(work, self._reading(j, h, w, levels), levels).to(own.dtype)
+        return torch.where(torch.isnan(seen), own, seen)
+
     def _synchronise(self, query: Query, x0s: list[Tensor]) -> Tensor:
-        """The canonical clean image from the branches' ``x0s`` (each in its view's frame): their mean mapped
-        back; with space=pixel, the mean of the decoded images mapped back, encoded, plus the mean of what each
-        branch's round trip through the VAE lost (its residual), mapped back in the latent grid."""
+        """The canonical clean image from the branches' ``x0s`` (each in its view's frame): their average
+        mapped back; with space=pixel, the average of the decoded images, encoded, plus the average of what
+        each branch's round trip through the VAE lost (its residual), in the latent grid."""
         k = self.ctx.eps_channels
         if self.states is None:  # the first real evaluation: the views' states start as the start state's views
-            self.states = [v.forward(query.x[:, :k]) for v in self.views]
+            self.states = [self._input(query, j)[:, :k] for j in range(1, len(self.views) + 1)]
             self.at = query.t
-        inverse = [lambda x: x] + [v.inverse for v in self.views]
         if self.args["space"] == "latent":
-            x0 = torch.stack([f(e) for f, e in zip(inverse, x0s)]).mean(0)
-            self.blends.append((query.t, x0, None, None))
+            x0 = self._average(x0s)
+            self.blends.append((query.t, x0, x0, None, x0s, None))
             return x0
         be = self.ctx.backend
         images = [be.to_pixels(e).to(e.dtype) for e in x0s]
-        residual = torch.stack([f(e - be.from_pixels(im).to(e.dtype))
-                                for f, e, im in zip(inverse, x0s, images)]).mean(0)
-        image = torch.stack([f(im) for f, im in zip(inverse, images)]).mean(0)
+        lost = [e - be.from_pixels(im).to(e.dtype) for e, im in zip(x0s, images)]
+        residual = self._average(lost)
+        image = self._average(images)
         x0 = be.from_pixels(image).to(residual.dtype) + residual
-        self.blends.append((query.t, x0, image, residual))
+        self.blends.append((query.t, x0, image, residual, images, lost))
         return x0
 
     def _view_cleans(self, step_t: int | float, x0: Tensor) -> list[Tensor]:
         """Each view's clean image from the step's: where the step made one reduction (nothing outside this
         anagram combined several), from that reduction's own average, ``E(view(image)) + view(residual)``
         (LookingGlass alg. 1, lines 11-15); else (CFG outside it) from the step's combined ``x0``, through
-        the VAE as well with space=pixel."""
+        the VAE as well with space=pixel. A warp shows the view's own prediction where it shows nothing of
+        the image."""
         mine = [b for b in self.blends if b[0] == step_t]
         if len(mine) == 1:
-            _, x0, image, residual = mine[0]
-        elif self.args["space"] == "pixel":
-            be = self.ctx.backend
-            image = be.to_pixels(x0).to(x0.dtype)
-            residual = x0 - be.from_pixels(image).to(x0.dtype)
+            _, x0, image, residual, own, own_lost = mine[0]
+        else:
+            own, own_lost = mine[-1][4], mine[-1][5]
+            image, residual = x0, None
+            if self.args["space"] == "pixel":
+                be = self.ctx.backend
+                image = be.to_pixels(x0).to(x0.dtype)
+                residual = x0 - be.from_pixels(image).to(x0.dtype)
+        seen = [self._seen(j, image, own[j]) for j in range(1, len(self.views) + 1)]
         if self.args["space"] == "latent":
-            return [v.forward(x0) for v in self.views]
+            return seen
         be = self.ctx.backend
-        return [be.from_pixels(v.forward(image)).to(x0.dtype) + v.forward(residual) for v in self.views]
+        return [be.from_pixels(im).to(x0.dtype) + self._seen(j, residual, own_lost[j])
+                for j, im in enumerate(seen, 1)]
 
     @hookimpl
     def diffkit_after_step(self, ctx: Context, step: Step) -> None:

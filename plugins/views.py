@@ -1,7 +1,8 @@
 """Built-in anagram views: the Visual Anagrams release's set (flips, rotations, negation, skew, inner circle,
 square hinge, patch and pixel permutations, a procedural jigsaw, permutations from files) and transpose,
 each with its geometry and the motion its animation shows (a rotation turns, a flip flips, the jigsaw's
-pieces travel and turn into place; a view without one has its pixels travel)."""
+pieces travel and turn into place; a view without one has its pixels travel); and LookingGlass's warps,
+which are no permutations (a turn by any angle, a zoom, a mirror about any axis: anagram's reduction=x0)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from torch import Tensor
 from diffkit.hookspecs import hookimpl
 from diffkit.motion import on_white, reflect, rotation, turn, warp
 from diffkit.params import REQUIRED, Param
-from diffkit.views import (SizeError, View, ViewKind, need_square, square_only, from_index, patch_index,
+from diffkit import warping
+from diffkit.views import (SizeError, View, ViewKind, Warp, need_square, square_only, from_index, patch_index,
                            patch_permutation, permutation_from_file)
 
 
@@ -244,6 +246,35 @@ def _permute(file: str) -> View:
     return replace(view, files=(file,))
 
 
+def _rotate(degrees: float = 135.0) -> Warp:
+    return Warp(_spec("rotate", degrees=degrees), lambda h, w, t: warping.rotation(h, w, degrees * t),
+                f"turned {degrees:g} degrees counter-clockwise about the centre (the corners show nothing of it)")
+
+
+def _zoom(factor: float = 2.0) -> Warp:
+    if factor <= 0:
+        raise ValueError(f"zoom factor must be positive, got {factor:g}")
+    return Warp(_spec("zoom", factor=factor), lambda h, w, t: warping.zoom(h, w, factor ** t),
+                f"magnified {factor:g} times about the centre")
+
+
+def _mirror(degrees: float = 45.0) -> Warp:
+    def source(h: int, w: int, t: float) -> Tensor:
+        return (1 - t) * warping.zoom(h, w, 1.0) + t * warping.mirror(h, w, degrees)
+    return Warp(_spec("mirror", degrees=degrees), source,
+                f"mirrored about the line through the centre at {degrees:g} degrees")
+
+
+WARPS = [
+    ViewKind("rotate", _rotate, (Param("degrees", float, 135.0, "counter-clockwise, any angle", range=(-360.0, 360.0)),),
+             "turned by any angle (LookingGlass: reduction=x0 only)"),
+    ViewKind("zoom", _zoom, (Param("factor", float, 2.0, "magnification about the centre (below 1: shrunk)",
+                                   range=(0.125, 8.0)),), "magnified or shrunk (LookingGlass: reduction=x0 only)"),
+    ViewKind("mirror", _mirror, (Param("degrees", float, 45.0, "the mirror line's angle from the horizontal",
+                                       range=(-180.0, 180.0)),), "mirrored about any axis (LookingGlass: reduction=x0 "
+                                                                  "only)"),
+]
+
 SEED = Param("seed", int, 0, "seed of the permutation (recorded in run.json; the same at every size)",
              range=(0, 2**31 - 1))
 KINDS: list[ViewKind] = [
@@ -295,6 +326,7 @@ BUILTIN: list[View | ViewKind] = [
     replace(from_index("square_hinge", square_hinge_index, "a 3x3 grid of squares each turned 90 degrees, "
                        "alternating"), motion=_hinge_motion),
     *KINDS,
+    *WARPS,
 ]
 
 

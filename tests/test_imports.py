@@ -23,7 +23,7 @@ LAYERS = [
                   "diffkit.mnist.model", "diffkit.mnist.data"}),
     ("io/schedule/views", {"diffkit.io", "diffkit.schedule", "diffkit.views", "diffkit.interrupt", "diffkit.plot",
                            "diffkit.dist", "diffkit.folder", "diffkit.filters", "diffkit.fixed_rows", "diffkit.errors", "diffkit.factors",
-                           "diffkit.motion",
+                           "diffkit.motion", "diffkit.warping",
                            "diffkit.params"}),
 ]
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import diffkit
+from diffkit import warping
 from diffkit.errors import UserError
 from test_sd import TOL, not_flat
 
@@ -252,3 +253,224 @@ def test_bad_values_are_refused_by_name(spec, text):
 def test_a_two_evaluation_sampler_is_refused():
     with pytest.raises(UserError, match="heun"):
         mnist("anagram:7,view=flip,reduction=x0", sampler="heun")
+
+
+# ------------------------------------------------------------ Laplacian pyramid warping (rotate:DEG, zoom, mirror)
+# The reference follows the supplementary pseudocode: the levels stacked at full size (nearest), each view
+# pixel read by a 3-d grid_sample (nearest, align_corners) at (level of detail, u, v), the inverse as the
+# gradient of 0.5 |read(pyramid) - [image, 1]|^2 at the zero pyramid, holes filled by scipy's nearest pixel.
+# One deliberate difference: the level of detail is taken from the warp in pixels ((W - 1) u), where the
+# pseudocode scales u by the side W (a 1/W difference in the log).
+
+
+def ref_blur(x):
+    k = torch.tensor([1.0, 4, 6, 4, 1])
+    k = (k[:, None] * k[None]) / 256
+    c = x.shape[1]
+    return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect"),
+                                      k.to(x.dtype).repeat(c, 1, 1, 1), groups=c)
+
+
+def ref_down(x):
+    return ref_blur(x)[..., ::2, ::2]
+
+
+def ref_up(x):
+    y = torch.zeros(*x.shape[:2], 2 * x.shape[2], 2 * x.shape[3], dtype=x.dtype)
+    y[..., ::2, ::2] = x
+    return ref_blur(y) * 4
+
+
+def ref_laplacian(img, n):
+    lp = []
+    for _ in range(n - 1):
+        nxt = ref_down(img)
+        lp.append(img - ref_up(nxt))
+        img = nxt
+    return lp + [img]
+
+
+def ref_gaussian(lp):
+    img = lp[-1]
+    gp = [img]
+    for lev in lp[-2::-1]:
+        img = ref_up(img) + lev
+        gp.append(img)
+    return gp[::-1]
+
+
+def ref_grid(source, n):
+    """(1, 1, H, W, 3): (level, u, v) in [-1, 1] from a warp's source pixels."""
+    h, w = source.shape[:2]
+    u, v = source[..., 0] / (w - 1), source[..., 1] / (h - 1)
+    m = torch.stack([u * (w - 1), v * (h - 1)])
+    gx = torch.nn.functional.pad(m[:, 2:, :] - m[:, :-2, :], (0, 0, 1, 1)) / 2
+    gy = torch.nn.functional.pad(m[:, :, 2:] - m[:, :, :-2], (1, 1, 0, 0)) / 2
+    jac = torch.sqrt((gx ** 2).sum(0) + (gy ** 2).sum(0)).clamp(min=1e-6)
+    lod = (0.85 * torch.log2(jac)).clamp(0, n - 1)
+    lod = 2 * lod / max(n - 1, 1) - 1
+    return torch.stack([lod, 2 * u - 1, 2 * v - 1], dim=-1)[None, None]
+
+
+def ref_read(gp, grid):
+    h, w = gp[0].shape[-2:]
+    layers = torch.stack([torch.nn.functional.interpolate(g, size=(h, w), mode="nearest") for g in gp], dim=-1)
+    # in float64: grid_sample works in its input's precision, and a float32 grid moves nearest picks off by one
+    return torch.nn.functional.grid_sample(layers.double(), grid.double(), mode="nearest", padding_mode="zeros",
+                                           align_corners=True).squeeze(2).to(layers.dtype)
+
+
+def ref_inside(source):
+    h, w = source.shape[:2]
+    xr, yr = torch.round(source[..., 0]), torch.round(source[..., 1])
+    return (xr >= 0) & (xr <= w - 1) & (yr >= 0) & (yr <= h - 1)
+
+
+def ref_forward(img, source, n):
+    out = ref_read(ref_gaussian(ref_laplacian(img, n)), ref_grid(source, n))
+    return torch.where(ref_inside(source), out, torch.full_like(out, float("nan")))
+
+
+def ref_inverse(img, source, n):
+    from scipy.ndimage import distance_transform_edt
+
+    c = img.shape[1]
+    opt = [lv.requires_grad_() for lv in ref_laplacian(torch.zeros(1, c + 1, *img.shape[-2:], dtype=img.dtype), n)]
+    with torch.enable_grad():
+        warped = ref_read(ref_gaussian(opt), ref_grid(source, n))
+        target = torch.cat([img, torch.ones_like(img[:, :1])], 1)
+        loss = 0.5 * (((warped - target) ** 2) * ref_inside(source)).sum()
+        loss.backward()
+    result = [(-lv.grad)[:, :c] / (-lv.grad)[:, c:] for lv in opt]
+    for k in range(n - 1):
+        mask = torch.isnan(result[k][0, 0])
+        if mask.any() and not mask.all():
+            _, (iy, ix) = distance_transform_edt(mask.numpy(), return_indices=True)
+            filled = result[k][:, :, torch.from_numpy(iy), torch.from_numpy(ix)]
+        else:
+            filled = result[k]
+        result[k] = filled - ref_up(ref_down(filled))
+        result[k][:, :, mask] = float("nan")
+    return result
+
+
+WARPS = [("rotate:135", lambda h, w: warping.rotation(h, w, 135.0)), ("zoom:0.5", lambda h, w: warping.zoom(h, w, 0.5)),
+         ("zoom:2", lambda h, w: warping.zoom(h, w, 2.0)), ("mirror:30", lambda h, w: warping.mirror(h, w, 30.0))]
+
+
+@pytest.mark.parametrize("name, source", WARPS, ids=[w[0] for w in WARPS])
+def test_pyramid_warping_equals_the_pseudocode(name, source):
+    img = torch.rand(1, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    src = source(16, 16)
+    n = warping.levels_for(16, 16, 4)
+    r = warping.reading(src, n)
+    fwd, want = warping.forward(img, r, n), ref_forward(img, src, n)
+    assert torch.equal(torch.isnan(fwd), torch.isnan(want)) and (fwd - want).nan_to_num(0).abs().max() < 1e-12
+    got, ref = warping.inverse(img, r, n), ref_inverse(img, src, n)
+    for a, b in zip(got, ref):
+        assert torch.equal(torch.isnan(a), torch.isnan(b))
+        assert (a - b).nan_to_num(0).abs().max() < 1e-10
+    if name == "zoom:0.5":  # a shrinking view reads a coarser level
+        assert len(r.pixels[1]) > 0
+    if name == "rotate:135":  # the corners show nothing: the canonical image has holes, then the image is filled
+        assert torch.isnan(got[0]).any()
+    views = [got, warping.laplacian(img, n)]
+    assert torch.isfinite(warping.blend(views, 0.25)).all()
+
+
+def test_a_warp_at_a_quarter_turn_is_the_permutation():
+    from diffkit import registry
+
+    x = torch.arange(64.0).reshape(1, 8, 8)
+    for warp, perm in [("rotate:90", "rotate_ccw"), ("rotate:-90", "rotate_cw"), ("rotate:180", "rotate_180"),
+                       ("mirror:0", "flip"), ("mirror:90", "flip_h"), ("mirror:-45", "transpose"), ("zoom:1", "identity")]:
+        assert torch.equal(registry.get_view(warp).image(x), registry.get_view(perm).image(x))
+
+
+def stream_noise(seed, j, shape):
+    import zlib
+
+    g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(f"anagram:view{j}".encode()))
+    return torch.randn((1, *shape), generator=g)
+
+
+def sd3_warp_reference(folder, degrees=135.0, steps=6, guidance=7.0, detail=0.25, levels=4):
+    """The SD3 loop above with a warp: the pyramid blend of the decoded images and of the residuals, each view's
+    clean image read through the warp, its own prediction where the warp shows nothing."""
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)
+    vae = pipe.vae
+    sf, shift = vae.config.scaling_factor, vae.config.shift_factor
+    decode = lambda z: vae.decode(z / sf + shift).sample  # noqa: E731
+    encode = lambda x: (vae.encode(x).latent_dist.mean - shift) * sf  # noqa: E731
+    conds = []
+    for p in PROMPTS:
+        e, ne, pe, npe = pipe.encode_prompt(p, p, p, negative_prompt="", do_classifier_free_guidance=True)
+        conds.append((torch.cat([ne, e]), torch.cat([npe, pe])))
+
+    def velocity(z, t, c):
+        u, v = pipe.transformer(hidden_states=torch.cat([z, z]), timestep=t.expand(2), encoder_hidden_states=c[0],
+                                pooled_projections=c[1]).sample.chunk(2)
+        return u + guidance * (v - u)
+
+    def blend(canonical, viewed):
+        h, w = canonical.shape[-2:]
+        n = warping.levels_for(h, w, levels)
+        src = warping.rotation(h, w, degrees)
+        parts = [ref_laplacian(canonical, n), ref_inverse(viewed, src, n)]
+        out = []
+        for a, b in zip(*parts):
+            x = torch.stack([a, b])
+            have = ~torch.isnan(x)
+            x0 = torch.where(have, x, torch.zeros_like(x))
+            mean = x0.sum(0) / have.sum(0)
+            weighted = (x0.abs() * x0).sum(0) / x0.abs().sum(0).clamp(min=1e-8)
+            out.append(mean + detail * (weighted - mean))
+        return ref_gaussian(out)[0]
+
+    def seen(canonical, own):
+        h, w = canonical.shape[-2:]
+        got = ref_forward(canonical, warping.rotation(h, w, degrees), warping.levels_for(h, w, levels))
+        return torch.where(torch.isnan(got), own, got)
+
+    sched = pipe.scheduler
+    sched.set_timesteps(steps)
+    z = torch.randn((1, 16, 8, 8), generator=torch.Generator().manual_seed(3))
+    start = ref_forward(z, warping.rotation(8, 8, degrees), 1)
+    states = [z, torch.where(torch.isnan(start), stream_noise(3, 1, (16, 8, 8)), start)]
+    sig = [float(s) for s in sched.sigmas]
+    with torch.no_grad():
+        for i, t in enumerate(sched.timesteps):
+            s, s2 = sig[i], sig[i + 1]
+            x0s = [zj - s * velocity(zj, t, c) for zj, c in zip(states, conds)]
+            images = [decode(e) for e in x0s]
+            lost = [e - encode(im) for e, im in zip(x0s, images)]
+            image, r = blend(images[0], images[1]), blend(lost[0], lost[1])
+            x0 = encode(image) + r
+            clean1 = encode(seen(image, images[1])) + seen(r, lost[1])
+            canonical = sched.step((states[0] - x0) / s, t, states[0]).prev_sample
+            states = [canonical, (1 - s2) * clean1 + s2 * (states[1] - (1 - s) * clean1) / s]
+        return to_unit(decode(states[0]))
+
+
+def test_sd3_with_a_turn_by_any_angle_equals_the_reference_loop(tiny_sd3):
+    got = ours("sd3", tiny_sd3, view="rotate:135")
+    want = sd3_warp_reference(tiny_sd3)
+    not_flat(want)
+    assert (got - want).abs().max() <= TOL
+    assert (got - sd3_warp_reference(tiny_sd3, detail=0.0)).abs().max() > TOL
+    assert (got - sd3_warp_reference(tiny_sd3, degrees=130.0)).abs().max() > TOL
+
+
+def test_a_warp_runs_on_mnist_and_a_batch_equals_single_runs():
+    both = mnist("anagram:7,view=rotate:135,reduction=x0", sampler="dpmpp_2m")
+    for k, seed in enumerate((0, 1)):
+        one = diffkit.sample("mnist", classes=[1], num=1, seed=seed, steps=10, sampler="dpmpp_2m",
+                             hooks=["cfg:3", "anagram:7,view=rotate:135,reduction=x0"]).images
+        assert torch.equal(both[k: k + 1], one)
+
+
+def test_a_warp_without_reduction_x0_is_refused():
+    with pytest.raises(UserError, match="no permutation"):
+        diffkit.sample("mnist", classes=[1], num=1, hooks=["anagram:7,view=rotate:135"], steps=2)
