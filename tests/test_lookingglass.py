@@ -114,7 +114,9 @@ def flow_loop(z, view, velocity, conds, sched, decode, encode, space, residual):
         return to_unit(decode(states[0]))
 
 
-def sd3_reference(folder, view=FLIP, space="pixel", residual=True, steps=6, guidance=7.0):
+def sd3_parts(folder, steps, guidance):
+    """The tiny SD3's scheduler (set to ``steps``), VAE decode/encode, both prompts' conditions, the guided
+    velocity and the start noise, as the pipeline makes them."""
     from diffusers import StableDiffusion3Pipeline
 
     pipe = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)
@@ -134,7 +136,12 @@ def sd3_reference(folder, view=FLIP, space="pixel", residual=True, steps=6, guid
 
     pipe.scheduler.set_timesteps(steps)
     z = torch.randn((1, 16, 8, 8), generator=torch.Generator().manual_seed(3))
-    return flow_loop(z, view, velocity, conds, pipe.scheduler, decode, encode, space, residual)
+    return pipe.scheduler, decode, encode, conds, velocity, z
+
+
+def sd3_reference(folder, view=FLIP, space="pixel", residual=True, steps=6, guidance=7.0):
+    sched, decode, encode, conds, velocity, z = sd3_parts(folder, steps, guidance)
+    return flow_loop(z, view, velocity, conds, sched, decode, encode, space, residual)
 
 
 @pytest.mark.parametrize("view", ["flip", "rotate_ccw"])
@@ -244,6 +251,11 @@ def test_a_batch_equals_single_runs(tiny_sd3):
     ("anagram:7,view=flip,reduction=x0,space=voxel", "voxel"),
     ("anagram:7,view=flip,reduction=median", "median"),
     ("anagram:7,view=flip,last=-1", "last"),
+    ("anagram:7,view=rotate:135,reduction=x0,levels=0", "levels"),
+    ("anagram:7,view=rotate:135,reduction=x0,detail=1.5", "detail"),
+    ("anagram:7,view=rotate:400,reduction=x0", "degrees"),
+    ("anagram:7,view=zoom:0,reduction=x0", "factor"),
+    ("anagram:7,view=rotate:135", "no permutation"),
 ])
 def test_bad_values_are_refused_by_name(spec, text):
     with pytest.raises(UserError, match=text):
@@ -397,22 +409,7 @@ def stream_noise(seed, j, shape):
 def sd3_warp_reference(folder, degrees=135.0, steps=6, guidance=7.0, detail=0.25, levels=4):
     """The SD3 loop above with a warp: the pyramid blend of the decoded images and of the residuals, each view's
     clean image read through the warp, its own prediction where the warp shows nothing."""
-    from diffusers import StableDiffusion3Pipeline
-
-    pipe = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)
-    vae = pipe.vae
-    sf, shift = vae.config.scaling_factor, vae.config.shift_factor
-    decode = lambda z: vae.decode(z / sf + shift).sample  # noqa: E731
-    encode = lambda x: (vae.encode(x).latent_dist.mean - shift) * sf  # noqa: E731
-    conds = []
-    for p in PROMPTS:
-        e, ne, pe, npe = pipe.encode_prompt(p, p, p, negative_prompt="", do_classifier_free_guidance=True)
-        conds.append((torch.cat([ne, e]), torch.cat([npe, pe])))
-
-    def velocity(z, t, c):
-        u, v = pipe.transformer(hidden_states=torch.cat([z, z]), timestep=t.expand(2), encoder_hidden_states=c[0],
-                                pooled_projections=c[1]).sample.chunk(2)
-        return u + guidance * (v - u)
+    sched, decode, encode, conds, velocity, z = sd3_parts(folder, steps, guidance)
 
     def blend(canonical, viewed):
         h, w = canonical.shape[-2:]
@@ -434,9 +431,6 @@ def sd3_warp_reference(folder, degrees=135.0, steps=6, guidance=7.0, detail=0.25
         got = ref_forward(canonical, warping.rotation(h, w, degrees), warping.levels_for(h, w, levels))
         return torch.where(torch.isnan(got), own, got)
 
-    sched = pipe.scheduler
-    sched.set_timesteps(steps)
-    z = torch.randn((1, 16, 8, 8), generator=torch.Generator().manual_seed(3))
     start = ref_forward(z, warping.rotation(8, 8, degrees), 1)
     states = [z, torch.where(torch.isnan(start), stream_noise(3, 1, (16, 8, 8)), start)]
     sig = [float(s) for s in sched.sigmas]
