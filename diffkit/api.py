@@ -411,7 +411,7 @@ class FolderRun:
         if self.shard.rank == 0:  # rank 0 alone looks at and prepares the folder; every rank follows its answer
             try:
                 folder, note = RunFolder.start(self.out, recorded, n, self.run.batch_size, frames, resume=resume,
-                                               overwrite=overwrite)
+                                               overwrite=overwrite, upgrade=registry.with_declared_defaults)
                 answer = FolderAnswer(note=note, batch_size=folder.batch_size, done=tuple(sorted(folder.done())))
             except AlreadyDone as e:
                 answer = FolderAnswer(already_done=str(e))

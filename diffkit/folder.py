@@ -272,23 +272,26 @@ class RunFolder:
 
     @classmethod
     def start(cls, out: str | os.PathLike, request: dict[str, Any], n: int, batch_size: int, frames: bool, *,
-              resume: bool = False, overwrite: bool = False) -> tuple[RunFolder, str | None]:
+              resume: bool = False, overwrite: bool = False,
+              upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> tuple[RunFolder, str | None]:
         """The folder to write into, holding its lock, and a note for the user (resuming, nothing to resume).
 
         Refuses, before any work: an ``out`` that cannot be written (OSError), a live run writing it
         (Busy), files of another run in ``out`` (FileExistsError, unless ``overwrite``), an interrupted
         run in the way (FileExistsError: --resume or --overwrite), a --resume of another command
         (ResumeError), damaged files of an earlier run (DamagedRun); a --resume of this run, finished,
-        raises AlreadyDone.
+        raises AlreadyDone. ``upgrade`` makes a recorded request what today's code would record for it (the
+        parameters added since, at their declared defaults), so a run begun before is the same command.
         """
         out, request = Path(out), _normal(request)
+        upgrade = upgrade or (lambda r: r)
         path = partial_dir(out)
         check_writable(out)
         if path.exists():
             fd = lock(path)
             try:
                 if resume:
-                    return cls._resume(out, request, n, batch_size, frames, overwrite, fd)
+                    return cls._resume(out, request, n, batch_size, frames, overwrite, fd, upgrade)
                 if not overwrite:
                     raise _interrupted(path)
                 shutil.rmtree(path)
@@ -300,7 +303,7 @@ class RunFolder:
             finished = out / "run.json"
             if finished.is_file():
                 fix = "pass --overwrite to start the run afresh"
-                if _normal(read_json(finished, fix).get("request")) == request:
+                if _normal(upgrade(read_json(finished, fix).get("request") or {})) == _normal(upgrade(request)):
                     raise AlreadyDone(f"{out} already holds this run, finished; nothing to resume")
                 raise ResumeError(f"--resume: {out} holds a finished run of another command and no interrupted "
                                   f"one; pass --overwrite to replace it, or choose another --out")
@@ -339,19 +342,21 @@ class RunFolder:
 
     @classmethod
     def _resume(cls, out: Path, request: dict, n: int, batch_size: int, frames: bool, overwrite: bool,
-                fd: int) -> tuple[RunFolder, str]:
+                fd: int, upgrade: Callable[[dict[str, Any]], dict[str, Any]]) -> tuple[RunFolder, str]:
         path = partial_dir(out)
         try:
             fix = f"pass --overwrite instead of --resume to start the run afresh (discarding {path})"
             keys = ("request", "num_samples", "batch_size", "frames")
             saved = read_json(path / "request.json", fix, keys) if (path / "request.json").is_file() else {}
-            changed = _changed_inputs(saved.get("request") or {}, request)
+            # both sides as today's code records them: the parameters added since, at their defaults
+            begun, now = _normal(upgrade(saved.get("request") or {})), _normal(upgrade(request))
+            changed = _changed_inputs(begun, now)
             if changed:
                 raise ResumeError(f"--resume: {changed} changed since the run began (its contents differ from what the "
                                   f"finished batches were made from): put the old file back to resume, or pass "
                                   f"--overwrite instead to start afresh with the new one")
-            if saved.get("request") != request:
-                raise ResumeError(f"--resume: {path} holds a run of another command ({_differences(saved.get('request') or {}, request)}); "
+            if begun != now:
+                raise ResumeError(f"--resume: {path} holds a run of another command ({_differences(begun, now)}); "
                                   "run that command again, or pass --overwrite instead to start this one afresh")
             folder = cls(out, request, saved["num_samples"], saved["batch_size"], saved["frames"], fd=fd)
             check_out(out, n, frames, overwrite)

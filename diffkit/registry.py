@@ -169,6 +169,29 @@ def get_view(spec: str) -> Any:
     return view
 
 
+def with_declared_defaults(request: dict[str, Any]) -> dict[str, Any]:
+    """A recorded request (``run.json``'s) with every technique's and the sampler's parameters it does not
+    record filled in at their declared defaults: what today's code records for the same command. A
+    parameter is only ever added with a default that keeps the old behaviour, so a run begun before it
+    was added (an interrupted run resumed after an upgrade) is the same command."""
+    def fill(entry: Any, table: dict[str, Any]) -> Any:
+        cls = table.get(entry.get("name")) if isinstance(entry, dict) else None
+        if cls is None or not isinstance(entry.get("args"), dict):
+            return entry
+        args = dict(entry["args"])
+        for p in cls.params:
+            if p.name not in args and not p.required:
+                args[p.name] = p.default
+        return {**entry, "args": args}
+
+    out = dict(request)
+    if isinstance(out.get("hooks"), list):
+        out["hooks"] = [fill(h, techniques()) for h in out["hooks"]]
+    if isinstance(out.get("sampler"), dict):
+        out["sampler"] = fill(out["sampler"], samplers())
+    return out
+
+
 def default_backend() -> str:
     """The backend a run uses when it names none: the first declared ``default=True`` (diffkit's own
     plugins load first), else the first installed."""

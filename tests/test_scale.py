@@ -396,3 +396,37 @@ def test_if_runs_both_stages_batch_by_batch(tiny_if):
     assert split.labels == one.labels == ["a red fox"] * 2 + ["an owl"] * 2 and split.seeds == [1, 2, 3, 4]
     assert split.images.shape == one.images.shape and len(split.stage_images) == 2
     assert (split.x - one.x).abs().max().item() < IF_TOL
+
+
+def test_a_run_begun_before_a_parameter_was_added_resumes_as_the_same_command(tmp_path):
+    """An interrupted anagram run whose recorded request predates anagram's space/last/levels/detail (as
+    f0bb82b recorded it) resumes after the upgrade, and gives the bytes of an uninterrupted run; a real
+    change of a recorded argument is still another command."""
+    from diffkit.folder import partial_dir
+
+    args = ["sample", "-c", "4", "-n", "4", "-H", "cfg:2", "-H", "anagram:8,view=flip_v", "--steps", "4",
+            "--batch-size", "2"]
+    whole = tmp_path / "whole"
+    assert cli(*args, "--out", str(whole)).exit_code == 0
+    out = tmp_path / "o"
+    interrupted(1, *args, "--out", str(out))
+    saved_path = partial_dir(out) / "request.json"
+    saved = json.loads(saved_path.read_text())
+    for hook in saved["request"]["hooks"]:
+        if hook["name"] == "anagram":
+            for added in ("space", "last", "levels", "detail"):
+                del hook["args"][added]
+    saved_path.write_text(json.dumps(saved))
+    r = cli(*args, "--out", str(out), "--resume")
+    assert r.exit_code == 0, r.output
+    assert (out / "sample-003.png").read_bytes() == (whole / "sample-003.png").read_bytes()
+    assert (out / "sample-000.png").read_bytes() == (whole / "sample-000.png").read_bytes()
+
+    again = tmp_path / "again"
+    interrupted(1, *args, "--out", str(again))
+    saved_path = partial_dir(again) / "request.json"
+    saved = json.loads(saved_path.read_text())
+    saved["request"]["hooks"][1]["args"]["reduction"] = "alternate"  # recorded as begun with another value
+    saved_path.write_text(json.dumps(saved))
+    r = cli(*args, "--out", str(again), "--resume")
+    assert r.exit_code == 2 and "another command" in r.output
