@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from diffkit import registry, warping
+from diffkit import registry, schedule, warping
 from diffkit.hookspecs import hookimpl
 from diffkit.motion import Clip
 from diffkit.state import Context, Query, Step
 from diffkit.views import Warp
 from diffkit.params import Param
 from diffkit.technique import Combiner
+
+
+class Blend(NamedTuple):
+    """One reduction=x0 reduction at timestep ``t``: the canonical clean latent ``x0``, the averaged image
+    (space=pixel; else ``x0``) and residual (else None), and each branch's own decoded image and residual
+    (each in its view's frame; with space=latent, its clean latent and None)."""
+
+    t: int | float
+    x0: Tensor
+    image: Tensor
+    residual: Tensor | None
+    own: list[Tensor]
+    own_lost: list[Tensor] | None
 
 
 class Anagram(Combiner):
@@ -93,7 +107,7 @@ class Anagram(Combiner):
         self.ctx = ctx
         self.states: list[Tensor] | None = None  # reduction=x0: each view's own state, at timestep self.at
         self.at: int | float | None = None
-        self.blends: list[tuple] = []  # reduction=x0: this step's reductions (t, canonical, image, residual)
+        self.blends: list[Blend] = []  # reduction=x0: this step's reductions
         if not self.synced:
             return
         order = ctx.stepper.order
@@ -233,8 +247,8 @@ class Anagram(Combiner):
         if ctx.backend.formulation == "flow":
             s, s2 = ctx.sigma(t), ctx.sigma(t_next)
             return (1 - s2) * x0 + s2 * ((z - (1 - s) * x0) / s)
-        a, a2 = ctx.abar(t), ctx.abar(t_next)
-        return math.sqrt(a2) * x0 + math.sqrt(1 - a2) * ((z - math.sqrt(a) * x0) / math.sqrt(1 - a))
+        a = ctx.abar(t)
+        return schedule.noised(x0, ctx.abar(t_next), (z - math.sqrt(a) * x0) / math.sqrt(1 - a))
 
     def _average(self, parts: list[Tensor]) -> Tensor:
         """The views' images (``parts[j]`` in view j's frame, the image's own first) mapped back and averaged:
@@ -276,7 +290,7 @@ class Anagram(Combiner):
             self.at = query.t
         if self.args["space"] == "latent":
             x0 = self._average(x0s)
-            self.blends.append((query.t, x0, x0, None, x0s, None))
+            self.blends.append(Blend(query.t, x0, x0, None, x0s, None))
             return x0
         be = self.ctx.backend
         images = [be.to_pixels(e).to(e.dtype) for e in x0s]
@@ -284,7 +298,7 @@ class Anagram(Combiner):
         residual = self._average(lost)
         image = self._average(images)
         x0 = be.from_pixels(image).to(residual.dtype) + residual
-        self.blends.append((query.t, x0, image, residual, images, lost))
+        self.blends.append(Blend(query.t, x0, image, residual, images, lost))
         return x0
 
     def _view_cleans(self, step_t: int | float, x0: Tensor) -> list[Tensor]:
@@ -293,11 +307,11 @@ class Anagram(Combiner):
         (LookingGlass alg. 1, lines 11-15); else (CFG outside it) from the step's combined ``x0``, through
         the VAE as well with space=pixel. A warp shows the view's own prediction where it shows nothing of
         the image."""
-        mine = [b for b in self.blends if b[0] == step_t]
+        mine = [b for b in self.blends if b.t == step_t]
         if len(mine) == 1:
             _, x0, image, residual, own, own_lost = mine[0]
         else:
-            own, own_lost = mine[-1][4], mine[-1][5]
+            own, own_lost = mine[-1].own, mine[-1].own_lost
             image, residual = x0, None
             if self.args["space"] == "pixel":
                 be = self.ctx.backend
