@@ -216,6 +216,9 @@ class Ddpm(StepRule):
 USES_VARIANCE = {"DDPMScheduler", "DDPMParallelScheduler", "UnCLIPScheduler"}
 # Schedulers whose step is a pure function of (timestep, sample): they can step again from any index.
 STATELESS = {"DDIMScheduler", "DDPMScheduler"}
+# Schedulers whose step is a pure function of (position, sample): stepping again needs only their position
+# set (diffusers keeps it in ``_step_index`` and has no public setter; its step reads ``sigmas[step_index]``).
+SEEKABLE = {"FlowMatchEulerDiscreteScheduler"}
 
 
 def scheduler_config(backend: Any) -> dict[str, Any]:
@@ -509,7 +512,8 @@ class FlowStepper(DiffusersStepper):
         # the flow pipelines start from unit noise whatever the first sigma (1 for Euler's, 0.997 for a
         # solver's flow sigmas): the variance-preserving state is that noise over the first scale
         self.init_scale = 1 / schedule.flow_scale(self.sigmas[0])
-        self.can_redo = False
+        # the flow Euler step (deterministic: stochastic_sampling draws from no per-sample stream we hand it)
+        self.can_redo = cls.__name__ in SEEKABLE and not s.config.get("stochastic_sampling", False)
         self.takes = set(inspect.signature(s.step).parameters)
 
     def _fresh(self) -> Any:
@@ -533,6 +537,8 @@ class FlowStepper(DiffusersStepper):
         s, c = self.sched, x.shape[1]
         sample = x * schedule.flow_scale(self.sigmas[i])
         kwargs = self._kwargs(ctx)
+        if self.can_redo:  # step i from wherever the walk was (time travel steps again from an earlier one)
+            s._step_index = i * self.order
         x0 = eps0 = None
         for k in self._evals_of(i):
             t = self.evals[k]

@@ -124,8 +124,8 @@ class Sampler:
         observe = relay.has("diffkit_observe")
         project = relay.has("diffkit_after_step")
 
-        def redo(x: Tensor, k: int) -> Tensor:
-            return StepOutput(*stepper.step(ctx, k, x, evaluate)).x
+        def redo(x: Tensor, k: int) -> StepOutput:
+            return StepOutput(*stepper.step(ctx, k, x, evaluate))
 
         for i in range(ctx.i_start, len(ts)):
             t, t_next = ts[i], (ts[i + 1] if i + 1 < len(ts) else -1)

@@ -216,9 +216,10 @@ class Step:
     x: Tensor  # [N x C x H x W] state at t_next
     x0: Tensor  # the step's clean-image estimate
     # ``redo(x, k)``: step ``k`` once more from state ``x`` at ``timesteps[k]``, with the same combiners
-    # and sampler; returns the state at ``timesteps[k + 1]`` (RePaint's resampling). None when the
-    # sampler keeps a history and cannot step again from an earlier index (``ctx.stepper.can_redo``).
-    redo: Callable[[Tensor, int], Tensor] | None = field(repr=False, default=None)
+    # and sampler; returns its ``rules.StepOutput``: the state at ``timesteps[k + 1]`` and the step's
+    # estimates (RePaint's resampling, LookingGlass's time travel). None when the sampler keeps a history
+    # and cannot step again from an earlier index (``ctx.stepper.can_redo``).
+    redo: Callable[[Tensor, int], Any] | None = field(repr=False, default=None)
 
 
 @dataclass(frozen=True)

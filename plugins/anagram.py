@@ -52,6 +52,13 @@ class Anagram(Combiner):
               choices=("latent", "pixel")),
         Param("last", int, 0, "the last N steps denoise the first prompt alone (LookingGlass's last steps)",
               range=(0, 100_000)),
+        Param("travel", int, 0, "time travel (LookingGlass; FreeDoM's, RePaint's resampling): before each step in "
+                                "the window, the state (and every view's) is noised this many steps back and "
+                                "stepped forward again; 0 off. Needs a sampler that can step again (ddim, ddpm; "
+                                "own or euler on a flow model)", range=(0, 1000)),
+        Param("travel_from", float, 0.2, "where the time-travel window starts, as a fraction of the steps",
+              range=(0.0, 1.0)),
+        Param("travel_to", float, 0.8, "where the time-travel window ends (that step not included)", range=(0.0, 1.0)),
         Param("levels", int, 4, "with a view that is no permutation (rotate:DEG, zoom, mirror): the most Laplacian "
                                 "pyramid levels its warping uses (fewer where the sides do not halve)", range=(1, 8)),
         Param("detail", float, 0.25, "with such a view: how far the pyramid's average moves to the value-weighted "
@@ -81,6 +88,12 @@ class Anagram(Combiner):
                              f"(reduction={self.args['reduction']} averages noise)")
         self.args.setdefault("levels", 4)
         self.args.setdefault("detail", 0.25)
+        self.args.setdefault("travel", 0)
+        self.args.setdefault("travel_from", 0.2)
+        self.args.setdefault("travel_to", 0.8)
+        if self.args["travel"] and not self.args["travel_from"] < self.args["travel_to"]:
+            raise ValueError(f"the time-travel window travel_from={self.args['travel_from']:g} .. "
+                             f"travel_to={self.args['travel_to']:g} is empty: travel_from must be below travel_to")
         self.synced = self.args["reduction"] == "x0"
         self.space = "clean" if self.synced else "estimate"  # denoise.wrap hands reduce each branch's x0
         self.needs_decoder = self.args["space"] == "pixel"
@@ -108,6 +121,10 @@ class Anagram(Combiner):
         self.states: list[Tensor] | None = None  # reduction=x0: each view's own state, at timestep self.at
         self.at: int | float | None = None
         self.blends: list[Blend] = []  # reduction=x0: this step's reductions
+        if self.args["travel"] and not ctx.stepper.can_redo:
+            raise ValueError(f"travel={self.args['travel']} steps again from re-noised states, which needs a sampler "
+                             "without a history: ddim or ddpm (own or euler on a flow model); this one keeps a "
+                             "position or earlier estimates. Use one of those, or travel=0")
         if not self.synced:
             return
         order = ctx.stepper.order
@@ -324,15 +341,67 @@ class Anagram(Combiner):
         return [be.from_pixels(im).to(x0.dtype) + self._seen(j, residual, own_lost[j])
                 for j, im in enumerate(seen, 1)]
 
+    def _advance(self, t: int | float, t_next: int | float, x0: Tensor) -> None:
+        """reduction=x0: after the step from ``t`` (its combined clean image ``x0``), every view's state
+        steps to ``t_next`` from its own clean image."""
+        if self.synced and self.states is not None and t_next >= 0 and not self._alone(t_next):
+            cleans = self._view_cleans(t, x0.to(self.states[0].dtype))
+            self.states = [self._move(z, c, self.at, t_next) for z, c in zip(self.states, cleans)]
+            self.at = t_next
+        self.blends.clear()
+
+    def _travels(self, i: int) -> bool:
+        """Whether the state before step ``i`` travels back: ``i`` in the window (the fractions of the stage's
+        steps, as LookingGlass gives it), and not one of the last steps where the first prompt is alone."""
+        n, a = self.n_steps, self.args
+        return (a["travel"] > 0 and i < n and int(n * a["travel_from"]) <= i < int(n * a["travel_to"])
+                and not self._alone(self.ctx.timesteps[i]))
+
+    def _scale(self, t: int | float) -> float:
+        """The model input's scale over the variance-preserving state at ``t``: a flow model's
+        ``flow_scale(sigma)``, else 1."""
+        return schedule.flow_scale(self.ctx.sigma(t)) if self.ctx.backend.formulation == "flow" else 1.0
+
+    def _renoise(self, x: Tensor, ratio: float, j: int, noise: Tensor) -> Tensor:
+        """``x`` noised from its level to one ``ratio`` of its ``abar`` (``q(x_hi | x_lo)``, RePaint's eq. 1 over
+        several steps); view ``j``'s state with the canonical noise seen through the view (its own stream's
+        where a warp shows nothing), as the states started."""
+        if j:
+            view = self.views[j - 1]
+            if isinstance(view, Warp):
+                h, w = noise.shape[-2:]
+                seen = warping.forward(noise, self._reading(j, h, w, 1), 1)
+                own = self.ctx.randn(noise.shape[1:], stream=f"anagram:travel{j}").to(noise.device, noise.dtype)
+                noise = torch.where(torch.isnan(seen), own, seen)
+            else:
+                noise = view.forward(noise)
+        return math.sqrt(ratio) * x + math.sqrt(1 - ratio) * noise
+
+    def _travel(self, step: Step) -> None:
+        """Time travel before step ``i = step.i + 1``: the state at ``t_i`` (and each view's) noised back
+        ``travel`` steps to ``t_lo``, then steps ``lo .. i - 1`` taken again (FreeDoM's time travel, Yu et al.
+        2023, sec. 3.3; RePaint's jump, Lugmayr et al. 2022), the views' states stepping with it."""
+        ctx, ts = self.ctx, self.ctx.timesteps
+        i = step.i + 1
+        lo = max(ctx.i_start, i - self.args["travel"])
+        ratio = ctx.abar(ts[lo]) / ctx.abar(ts[i])
+        noise = ctx.randn(step.x.shape[1:], stream="anagram:travel").to(step.x.device, step.x.dtype)
+        x = self._renoise(step.x, ratio, 0, noise)
+        if self.synced and self.states is not None:  # the views' states are model inputs: flow states on a flow model
+            hi, low = self._scale(ts[i]), self._scale(ts[lo])
+            self.states = [low * self._renoise(z / hi, ratio, j, noise) for j, z in enumerate(self.states, 1)]
+            self.at = ts[lo]
+        for m in range(lo, i):
+            out = step.redo(x, m)
+            self._advance(ts[m], ts[m + 1], out.x0)
+            x = out.x
+        step.x = x
+
     @hookimpl
     def diffkit_after_step(self, ctx: Context, step: Step) -> None:
-        if not self.synced or self.states is None or step.t_next < 0 or self._alone(step.t_next):
-            self.blends.clear()
-            return
-        cleans = self._view_cleans(step.t, step.x0.to(self.states[0].dtype))
-        self.states = [self._move(z, c, self.at, step.t_next) for z, c in zip(self.states, cleans)]
-        self.at = step.t_next
-        self.blends.clear()
+        self._advance(step.t, step.t_next, step.x0)
+        if step.redo is not None and self._travels(step.i + 1):
+            self._travel(step)
 
 
 @hookimpl

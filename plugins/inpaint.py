@@ -90,7 +90,7 @@ class Inpaint(Projector):
             ratio = ctx.abar(ts[lo]) / ctx.abar(step.t_next)
             x = math.sqrt(ratio) * step.x + math.sqrt(1 - ratio) * ctx.randn(stream="inpaint")  # q(x_hi | x_lo)
             for k in range(lo, step.i + 1):
-                x = self.paste(ctx, step.redo(x, k), ts[k + 1])
+                x = self.paste(ctx, step.redo(x, k).x, ts[k + 1])
             step.x = x
 
 

@@ -28,8 +28,8 @@ FLIP = (lambda x: torch.flip(x, [-2]), lambda x: torch.flip(x, [-2]))  # view=fl
 ROT = (lambda x: torch.rot90(x, 1, [-2, -1]), lambda x: torch.rot90(x, -1, [-2, -1]))  # rotate_ccw and back
 
 
-def ours(backend, folder, view="flip", space="pixel", cfg=7.0, sampler=None, steps=6, **kw):
-    hooks = [f"anagram:{PROMPTS[1]},view={view},reduction=x0,space={space}"] + ([f"cfg:{cfg:g}"] if cfg else [])
+def ours(backend, folder, view="flip", space="pixel", cfg=7.0, sampler=None, steps=6, hooks_extra="", **kw):
+    hooks = [f"anagram:{PROMPTS[1]},view={view},reduction=x0,space={space}{hooks_extra}"] + ([f"cfg:{cfg:g}"] if cfg else [])
     options = {"model": str(folder), "device": "cpu", **kw.pop("options", {})}
     return diffkit.sample(backend, backend_options=options, prompts=[PROMPTS[0]], hooks=hooks, steps=steps, seed=3,
                           **({"sampler": sampler} if sampler else {}), **kw).images
@@ -468,3 +468,138 @@ def test_a_warp_runs_on_mnist_and_a_batch_equals_single_runs():
 def test_a_warp_without_reduction_x0_is_refused():
     with pytest.raises(UserError, match="no permutation"):
         diffkit.sample("mnist", classes=[1], num=1, hooks=["anagram:7,view=rotate:135"], steps=2)
+
+
+# ------------------------------------------------------------------------------- time travel (travel=K)
+# The reference: before every step i in the window [int(0.2 n), int(0.8 n)), the state at sigma_i is noised
+# back to sigma_lo (lo = i - K, not before the first step) by the flow model's forward process,
+# z_lo = (1 - s_lo) / (1 - s_i) z_i + sqrt(s_lo^2 - ((1 - s_lo) s_i / (1 - s_i))^2) eps, each view's state
+# with the view of the same eps; steps lo .. i - 1 are then taken again (FreeDoM's time travel, RePaint's
+# jump). eps comes from the anagram's own noise stream, one draw a travel.
+
+
+def stream(seed, name):
+    import zlib
+
+    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+
+
+def sd3_travel_reference(folder, travel=1, window=(0.2, 0.8), view=FLIP, steps=6, guidance=7.0, view_noise=True):
+    sched, decode, encode, conds, velocity, z = sd3_parts(folder, steps, guidance)
+    sig = [float(s) for s in sched.sigmas]
+    g = stream(3, "anagram:travel")
+
+    def step(i, states):  # one LookingGlass step, the flow Euler step written out: z + (s' - s) (z - x0) / s
+        t, s, s2 = sched.timesteps[i], sig[i], sig[i + 1]
+        x0, cleans = synchronise([zj - s * velocity(zj, t, c) for zj, c in zip(states, conds)], view, decode, encode)
+        canonical = states[0] + (s2 - s) * (states[0] - x0) / s
+        return [canonical] + [(1 - s2) * c + s2 * (zj - (1 - s) * c) / s for zj, c in zip(states[1:], cleans[1:])]
+
+    states = [z, view[0](z)]
+    with torch.no_grad():
+        for i in range(steps):
+            if travel and int(steps * window[0]) <= i < int(steps * window[1]):
+                lo = max(0, i - travel)
+                a = (1 - sig[lo]) / (1 - sig[i])
+                b = math.sqrt(sig[lo] ** 2 - (a * sig[i]) ** 2)
+                eps = torch.randn(z.shape, generator=g)
+                other = view[0](eps) if view_noise else torch.randn(z.shape)
+                states = [a * states[0] + b * eps, a * states[1] + b * other]
+                for m in range(lo, i):
+                    states = step(m, states)
+            states = step(i, states)
+        return to_unit(decode(states[0]))
+
+
+@pytest.mark.parametrize("travel", [1, 2])
+def test_sd3_time_travel_equals_the_reference_loop(tiny_sd3, travel):
+    got = ours("sd3", tiny_sd3, hooks_extra=f",travel={travel}")
+    want = sd3_travel_reference(tiny_sd3, travel=travel)
+    not_flat(want)
+    assert (got - want).abs().max() <= TOL
+    # the bound tells apart no travel, another window and independent noise for the view's state
+    assert (got - ours("sd3", tiny_sd3)).abs().max() > TOL
+    assert (got - sd3_travel_reference(tiny_sd3, travel=travel, window=(0.5, 0.8))).abs().max() > TOL
+    if travel == 1:
+        assert (got - sd3_travel_reference(tiny_sd3, view_noise=False)).abs().max() > TOL
+
+
+def sd_travel_reference(folder, travel=1, steps=6, guidance=7.0):
+    """Time travel on the tiny SD with DDIM and reduction=x0 in latent space: the same loop in the
+    variance-preserving form, z_lo = sqrt(abar_lo / abar_i) z_i + sqrt(1 - abar_lo / abar_i) eps."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(steps)
+    sf = pipe.vae.config.scaling_factor
+    conds = [torch.cat(pipe.encode_prompt(p, "cpu", 1, True, negative_prompt="")[::-1]) for p in PROMPTS]
+    z = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3))
+    abar = [float(sched.alphas_cumprod[t]) for t in sched.timesteps] + [float(sched.final_alpha_cumprod)]
+    g = stream(3, "anagram:travel")
+
+    def step(i, states):
+        t, a, a2 = sched.timesteps[i], abar[i], abar[i + 1]
+        x0s = []
+        for zj, c in zip(states, conds):
+            u, e = pipe.unet(torch.cat([zj, zj]), t, encoder_hidden_states=c).sample.chunk(2)
+            x0s.append((zj - math.sqrt(1 - a) * (u + guidance * (e - u))) / math.sqrt(a))
+        x0, cleans = synchronise(x0s, FLIP, None, None, "latent")
+        eps0 = (states[0] - math.sqrt(a) * x0) / math.sqrt(1 - a)
+        canonical = sched.step(eps0, t, states[0]).prev_sample  # the run's own DDIM step (it clips x0, as configured)
+        return [canonical] + [math.sqrt(a2) * c + math.sqrt(1 - a2) * (zj - math.sqrt(a) * c) / math.sqrt(1 - a)
+                              for zj, c in zip(states[1:], cleans[1:])]
+
+    states = [z, FLIP[0](z)]
+    with torch.no_grad():
+        for i in range(steps):
+            if int(steps * 0.2) <= i < int(steps * 0.8):
+                lo = max(0, i - travel)
+                r = abar[lo] / abar[i]
+                eps = torch.randn(z.shape, generator=g)
+                states = [math.sqrt(r) * s + math.sqrt(1 - r) * n for s, n in zip(states, [eps, FLIP[0](eps)])]
+                for m in range(lo, i):
+                    states = step(m, states)
+            states = step(i, states)
+        return to_unit(pipe.vae.decode(states[0] / sf).sample)
+
+
+def test_sd_time_travel_equals_the_reference_loop(tiny_sd):
+    got = ours("sd", tiny_sd["sd"], space="latent", sampler="ddim", hooks_extra=",travel=2")
+    want = sd_travel_reference(tiny_sd["sd"], travel=2)
+    not_flat(want)
+    assert (got - want).abs().max() <= TOL
+    assert (got - sd_travel_reference(tiny_sd["sd"], travel=1)).abs().max() > TOL
+
+
+def test_time_travel_steps_again_and_a_batch_equals_single_runs():
+    """travel=K costs K model evaluations more for each step of the window; a batch equals its single runs;
+    with reduction=mean (no view states) it travels the run's state alone."""
+    from diffkit.api import Run
+
+    stats = {}
+    for spec in ("anagram:7,view=flip,reduction=x0", "anagram:7,view=flip,reduction=x0,travel=2"):
+        run = Run("mnist", classes=[1], num=1, seed=0, steps=10, sampler="ddim", hooks=[spec])
+        for _ in run.steps():
+            pass
+        stats[spec] = run.sampler.stats["evaluations"]
+    assert list(stats.values()) == [10, 10 + 2 * 6]  # window 2..7: six steps, the first two from step 0 and 1
+    spec = "anagram:7,view=rotate:135,reduction=x0,travel=1"
+    both = mnist(spec)
+    for k, seed in enumerate((0, 1)):
+        one = diffkit.sample("mnist", classes=[1], num=1, seed=seed, steps=10, sampler="ddim",
+                             hooks=["cfg:3", spec]).images
+        assert torch.equal(both[k: k + 1], one)
+    assert (mnist("anagram:7,view=flip,travel=1") - mnist("anagram:7,view=flip")).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("spec, sampler, text", [
+    ("anagram:7,view=flip,reduction=x0,travel=1", "dpmpp_2m", "without a history"),
+    ("anagram:7,view=flip,travel=1", "heun", "without a history"),
+    ("anagram:7,view=flip,travel=-1", "ddim", "travel"),
+    ("anagram:7,view=flip,travel=1,travel_from=0.8,travel_to=0.2", "ddim", "is empty"),
+    ("anagram:7,view=flip,travel=1,travel_to=1.5", "ddim", "travel_to"),
+])
+def test_bad_time_travel_is_refused_by_name(spec, sampler, text):
+    with pytest.raises(UserError, match=text):
+        diffkit.sample("mnist", classes=[1], num=1, hooks=[spec], steps=4, sampler=sampler)
