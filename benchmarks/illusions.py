@@ -16,6 +16,7 @@ class pairs and other seeds, which is the figure reported.
         square_hinge patch_permute --out benchmarks/results/illusions_strong.json   # guidance past 20
     python benchmarks/illusions.py --recipes 14 15 16 --out benchmarks/results/illusions_x0.json \
         --gallery docs/img/illusions/x0   # LookingGlass's reduction=x0, the warps too
+    python benchmarks/illusions.py --recipes 17 18 --out benchmarks/results/illusions_travel.json   # time travel
 
 A warp view (rotate_135, zoom_half, mirror_30) takes reduction=x0 recipes only; the others are skipped for it.
 """
@@ -46,7 +47,10 @@ RECIPES = [("mnist-h64", s, "dpmpp_2m_sde", 20, r) for r in ("mean", "alternate"
     # past the first run's strongest (cfg 20 won 7 of 8 views): --recipes 10 11 12 13, illusions_strong.json
     ("mnist-h64", s, "dpmpp_2m_sde", 20, r) for r in ("mean", "alternate") for s in (30, 50)] + [
     # LookingGlass's average of clean images on per-view states (--recipes 14 15 16, illusions_x0.json)
-    ("mnist-h64", s, "dpmpp_2m_sde", 20, "x0") for s in (5, 10, 20)]
+    ("mnist-h64", s, "dpmpp_2m_sde", 20, "x0") for s in (5, 10, 20)] + [
+    # LookingGlass's time travel against none, with a sampler that can step again (--recipes 17 18,
+    # illusions_travel.json)
+    ("mnist-h64", 10, "ddim", 20, r) for r in ("x0", "x0,travel=1")]
 
 
 def recipe_name(r: tuple) -> str:

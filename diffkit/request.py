@@ -159,9 +159,13 @@ class RunRequest:
             set_("options", self._read_options())
         if again("backend", "options", "rule") and self.rule is not None:
             self._check_formulation()
+        if again("backend", "options", "rule", "techniques") and self.rule is not None:
+            self._check_redo()
         if again("backend", "techniques") and isinstance(self.backend, str):
             self._check_perturbations()
             self._check_decoder()
+        if again("backend", "options", "techniques", "stages") and isinstance(self.backend, str):
+            self._check_conditioned()
         if self.inputs is not None:
             set_("inputs", dict(self.inputs))
 
@@ -203,13 +207,47 @@ class RunRequest:
                                    f"{self.backend!r} samples in pixel space already: drop space=pixel there (latent "
                                    f"backends: {', '.join(takers) or 'none installed'})")
 
+    def _check_conditioned(self) -> None:
+        """A technique that can only view the state (``Technique.state_input_only``) on a stage whose model
+        takes an image beside it (``BackendInfo.conditioned_from``) is refused by name before any weights load."""
+        info = registry.get_backend(self.backend)
+        first = info.conditioned_from(self.options) if info.conditioned_from else None
+        if first is None or (self.stages is not None and self.stages < first):
+            return
+        for t in self.techniques:
+            if t.state_input_only:
+                raise RequestError(f"technique {t.name!r} can view only the state, but from stage {first} backend "
+                                   f"{self.backend!r}'s model takes an image beside it, which the view cannot carry; "
+                                   f"run only the stages before it (the backend's option that drops stage {first}, "
+                                   f"`diffkit backends`; Python API: stages={first - 1}) or use a permutation view")
+
+    def _formulation(self) -> tuple[str, str]:
+        """The backend's name and formulation, from its declaration when it is given by name."""
+        if isinstance(self.backend, str):
+            return self.backend, registry.get_backend(self.backend).formulation_of(self.options)
+        return self.backend.name, self.backend.formulation
+
+    def _check_redo(self) -> None:
+        """A technique that steps again from earlier states (``Technique.needs_redo``: time travel, RePaint's
+        resampling) under a rule that keeps a history is refused by name before any weights load, where the
+        rule declares it (``StepRule.redoes``; the model's own scheduler is known at setup)."""
+        wanting = [t for t in self.techniques if t.needs_redo]
+        if not wanting:
+            return
+        backend, formulation = self._formulation()
+        if self.rule.redoes(formulation) is False:
+            able = {n: _redoes(r, formulation) for n, r in registry.samplers().items() if formulation in r.formulations}
+            takers = sorted(n for n, v in able.items() if v) + [f"{n} where the model's scheduler has none"
+                                                                 for n, v in sorted(able.items()) if v is None]
+            raise RequestError(f"technique {wanting[0].name!r} steps again from re-noised states, which rule "
+                               f"{self.rule.name!r} cannot on backend {backend!r}: it keeps a position or earlier "
+                               f"estimates. Use a rule without a history ({', '.join(takers)}) or the "
+                               f"technique's plain form")
+
     def _check_formulation(self) -> None:
         """A rule that cannot step the backend's kind of model (ddpm on a flow model) is refused by name,
         from the backend's declaration, before its weights load."""
-        if isinstance(self.backend, str):
-            name, formulation = self.backend, registry.get_backend(self.backend).formulation_of(self.options)
-        else:
-            name, formulation = self.backend.name, self.backend.formulation
+        name, formulation = self._formulation()
         takers = sorted(n for n, r in registry.samplers().items() if formulation in r.formulations)
         self.rule.check_formulation(name, formulation, takers)
         # a rule only some flow schedules suit: the model's schedule, read before its weights where declared
@@ -367,3 +405,12 @@ class RunRequest:
             fields.pop("max_branches", None)
         return cls(backend=backend, options={k: v for k, v in (backend_options or {}).items() if v is not None},
                    labels=tuple(prompts or classes or (None,)), **fields)
+
+
+def _redoes(rule: type, formulation: str) -> bool | None:
+    """Whether rule class ``rule`` with its defaults declares it can step again (None: its plan says; one
+    needing arguments: no)."""
+    try:
+        return rule().redoes(formulation)
+    except Exception:
+        return False

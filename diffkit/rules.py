@@ -152,6 +152,11 @@ class StepRule:
     def __repr__(self) -> str:
         return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.args.items())})"
 
+    def redoes(self, formulation: str) -> bool | None:
+        """Whether this rule's walks on a model of ``formulation`` can step again from an earlier index
+        (``Stepper.can_redo``), known before any weights load; None: only its plan says (the model's own)."""
+        return None
+
     @property
     def spec(self) -> dict[str, Any]:
         """What run.json records: name, args, and ``spec``, the ``--sampler`` text that makes the rule again."""
@@ -206,6 +211,9 @@ class Ddpm(StepRule):
              stride: int | None = None) -> Stepper:
         self.check_formulation(backend.name, backend.formulation)
         return DdpmStepper(backend, timesteps_for(backend, steps, stride, timesteps))
+
+    def redoes(self, formulation: str) -> bool | None:
+        return DdpmStepper.can_redo
 
 
 # ------------------------------------------------------------------------------------------ diffusers
@@ -377,6 +385,12 @@ class DiffusersRule(StepRule):
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("flow_scheduler") and "formulations" not in cls.__dict__:
             cls.formulations = ("vp", "flow")
+
+    def redoes(self, formulation: str) -> bool | None:
+        if formulation == "flow":
+            stochastic = {**self.flow_fixed, **self.overrides_flow()}.get("stochastic_sampling", False)
+            return self.flow_scheduler in SEEKABLE and not stochastic
+        return self.scheduler in STATELESS
 
     def overrides(self) -> dict[str, Any]:
         out = dict(self.fixed)

@@ -88,6 +88,7 @@ def sigma_rule(name: str, help: str = "", params: Sequence[Param] = ()) -> Calla
 
         return type(fn.__name__, (StepRule,), {"name": name, "help": help or (fn.__doc__ or "").strip(),
                                                "params": tuple(params), "plan": plan, "function": staticmethod(fn),
+                                               "redoes": lambda self, formulation: SigmaStepper.can_redo,
                                                "__module__": fn.__module__, "__doc__": fn.__doc__})
 
     return declare

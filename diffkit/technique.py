@@ -49,6 +49,12 @@ class Technique:
     # whether it decodes the state to act on the image (``Backend.to_pixels``), so needs a latent backend
     # (``BackendInfo.latent``); an instance may set it from its arguments (anagram's space=pixel)
     needs_decoder: bool = False
+    # whether it steps again from earlier states (``Step.redo``: RePaint's resampling, time travel), so needs a
+    # rule without a history (``StepRule.redoes``); an instance sets it from its arguments
+    needs_redo: bool = False
+    # whether it can only view the state, not other channels a model takes beside it (IF stage II's upscaled
+    # image), so a stage whose model takes them is refused (``BackendInfo.conditioned_from``); set per instance
+    state_input_only: bool = False
 
     def __init__(self, **args: Any):
         self.args = args

@@ -91,6 +91,7 @@ class Anagram(Combiner):
         self.args.setdefault("travel", 0)
         self.args.setdefault("travel_from", 0.2)
         self.args.setdefault("travel_to", 0.8)
+        self.needs_redo = self.args["travel"] > 0
         if self.args["travel"] and not self.args["travel_from"] < self.args["travel_to"]:
             raise ValueError(f"the time-travel window travel_from={self.args['travel_from']:g} .. "
                              f"travel_to={self.args['travel_to']:g} is empty: travel_from must be below travel_to")
@@ -104,6 +105,7 @@ class Anagram(Combiner):
                 raise ValueError(f"view {bent} is no permutation: noise seen through it is no noise, so it acts on "
                                  "clean images only; give reduction=x0 (LookingGlass's pyramid warping)")
             self.extra_channels = "first"  # IF's variance: no warp maps it back; the image's own is kept
+            self.state_input_only = True  # no warp maps IF stage II's upscaled image channels either
 
     def input_files(self) -> list[str]:
         return super().input_files() + [f for v in self.views for f in v.files]

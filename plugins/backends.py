@@ -116,5 +116,6 @@ def diffkit_backends() -> list[BackendInfo]:
             Param("stage3_steps", int, 75, "stage III's steps with the upscaler's own scheduler", range=(1, 1000)),
             Param("stage3_noise_level", int, 0, "noise added to stage II's image before stage III (the Visual "
                                                 "Anagrams release: 0)", range=(0, 350)),
-        ), label_kind="prompt", embed=_if_embed),
+        ), label_kind="prompt", embed=_if_embed,
+            conditioned_from=lambda options: None if options.get("upscaler") == "none" else 2),
     ]

@@ -105,6 +105,9 @@ class Own(DiffusersRule):
         self.scheduler = self.flow_scheduler = config["_class_name"]  # SD3, Flux: FlowMatchEulerDiscreteScheduler
         return super().plan(backend, steps, timesteps, stride)
 
+    def redoes(self, formulation: str) -> bool | None:
+        return None  # the model's scheduler config says, once it is read
+
 
 @hookimpl
 def diffkit_samplers():

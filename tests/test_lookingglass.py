@@ -168,6 +168,13 @@ def tiny_flux(tmp_path_factory):
 
 
 def flux_reference(folder, view=FLIP, space="pixel", residual=True, steps=6, guidance=3.5):
+    sched, decode, encode, conds, velocity, z = flux_parts(folder, steps, guidance)
+    return flow_loop(z, view, velocity, conds, sched, decode, encode, space, residual)
+
+
+def flux_parts(folder, steps, guidance):
+    """The tiny Flux's scheduler (its dynamic shift for a 16 x 16 image), VAE, conditions, embedded-guidance
+    velocity and start noise, as the pipeline makes them."""
     import numpy as np
     from diffusers import FluxPipeline
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
@@ -192,7 +199,7 @@ def flux_reference(folder, view=FLIP, space="pixel", residual=True, steps=6, gui
     mu = calculate_shift((h // 2) * (w // 2), c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
     pipe.scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
     z = torch.randn((1, C, h, w), generator=torch.Generator().manual_seed(3))
-    return flow_loop(z, view, velocity, conds, pipe.scheduler, decode, encode, space, residual)
+    return pipe.scheduler, decode, encode, conds, velocity, z
 
 
 @pytest.mark.parametrize("space", ["pixel", "latent"])
@@ -484,8 +491,9 @@ def stream(seed, name):
     return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
 
 
-def sd3_travel_reference(folder, travel=1, window=(0.2, 0.8), view=FLIP, steps=6, guidance=7.0, view_noise=True):
-    sched, decode, encode, conds, velocity, z = sd3_parts(folder, steps, guidance)
+def sd3_travel_reference(folder, travel=1, window=(0.2, 0.8), view=FLIP, steps=6, guidance=7.0, view_noise=True,
+                         parts=None):
+    sched, decode, encode, conds, velocity, z = (parts or sd3_parts)(folder, steps, guidance)
     sig = [float(s) for s in sched.sigmas]
     g = stream(3, "anagram:travel")
 
@@ -522,6 +530,15 @@ def test_sd3_time_travel_equals_the_reference_loop(tiny_sd3, travel):
     assert (got - sd3_travel_reference(tiny_sd3, travel=travel, window=(0.5, 0.8))).abs().max() > TOL
     if travel == 1:
         assert (got - sd3_travel_reference(tiny_sd3, view_noise=False)).abs().max() > TOL
+
+
+def test_flux_time_travel_equals_the_reference_loop(tiny_flux):
+    got = ours("flux", tiny_flux, cfg=None, options={"height": 16, "width": 16, "guidance": 3.5}, steps=8,
+               hooks_extra=",travel=2")
+    want = sd3_travel_reference(tiny_flux, travel=2, steps=8, guidance=3.5, parts=flux_parts)
+    not_flat(want)
+    assert (got - want).abs().max() <= TOL
+    assert (got - sd3_travel_reference(tiny_flux, travel=1, steps=8, guidance=3.5, parts=flux_parts)).abs().max() > TOL
 
 
 def sd_travel_reference(folder, travel=1, steps=6, guidance=7.0):
@@ -603,3 +620,41 @@ def test_time_travel_steps_again_and_a_batch_equals_single_runs():
 def test_bad_time_travel_is_refused_by_name(spec, sampler, text):
     with pytest.raises(UserError, match=text):
         diffkit.sample("mnist", classes=[1], num=1, hooks=[spec], steps=4, sampler=sampler)
+
+
+def test_time_travel_under_a_rule_with_a_history_is_refused_before_any_weights_load(tmp_path):
+    """A rule declares whether it can step again (StepRule.redoes): time travel and RePaint under one that
+    cannot exit 2 before the model is read (here there is none); each declaration equals its walks'."""
+    from diffkit import registry
+
+    with pytest.raises(UserError, match="rule 'dpmpp_2m' cannot on backend 'sd3'.*euler, own where"):
+        diffkit.sample("sd3", backend_options={"model": str(tmp_path / "none")}, prompts=["a"],
+                       hooks=["anagram:b,view=flip,travel=1"], sampler="dpmpp_2m")
+    with pytest.raises(UserError, match="technique 'inpaint'.*'heun'"):
+        diffkit.sample("mnist", classes=[1], hooks=["inpaint:image=x.png,mask=m.png,resample=2"], sampler="heun")
+    mnist = diffkit.load_backend("mnist", device="cpu")
+    flow = diffkit.load_backend("gaussian", formulation="flow")
+    for name, cls in registry.samplers().items():
+        if name == "diffusers":
+            continue
+        for backend in (mnist, flow):
+            if backend.formulation in cls.formulations and cls().redoes(backend.formulation) is not None:
+                assert cls().redoes(backend.formulation) == cls().plan(backend, steps=4).can_redo, (name, backend.name)
+
+
+def test_a_warp_on_a_stage_that_takes_an_image_beside_the_state_is_refused_before_any_weights_load(tmp_path):
+    """IF stage II's model takes the upscaled stage I image beside the state, which no warp maps
+    (BackendInfo.conditioned_from); refused before the (here missing) weights are read, unless stage II
+    is dropped."""
+    spec = "anagram:b,view=rotate:135,reduction=x0"
+    with pytest.raises(UserError, match="from stage 2 backend 'if'.*stages=1"):
+        diffkit.sample("if", backend_options={"model": str(tmp_path / "none")}, prompts=["a"], hooks=[spec])
+    for fine in ({"backend_options": {"model": str(tmp_path / "none"), "upscaler": "none"}},
+                 {"backend_options": {"model": str(tmp_path / "none")}, "stages": 1}):
+        with pytest.raises(UserError) as e:  # now it is the missing model that stops it
+            diffkit.sample("if", prompts=["a"], hooks=[spec], **fine)
+        assert "stage 2" not in str(e.value)
+    with pytest.raises(UserError) as e:  # a permutation view carries it
+        diffkit.sample("if", backend_options={"model": str(tmp_path / "none")}, prompts=["a"],
+                       hooks=["anagram:b,view=flip,reduction=x0"])
+    assert "stage 2" not in str(e.value)

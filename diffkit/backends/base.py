@@ -207,6 +207,10 @@ class BackendInfo:
     # whether its state is a VAE's latents (``Backend.latent``), declared so that a technique acting on the
     # decoded image (anagram's space=pixel) on a pixel-space model is refused before any weights load
     latent: bool = False
+    # ``conditioned_from(options) -> stage``: the first stage (1-based) whose model takes an image beside the
+    # state (IF stage II's upscaled stage I), or None; declared so a technique that can only view the state
+    # (``Technique.state_input_only``: anagram's warps) is refused before any weights load
+    conditioned_from: Callable[[dict[str, Any]], int | None] | None = None
 
     def formulation_of(self, options: dict[str, Any]) -> str:
         """The formulation of the model these read ``options`` load."""
