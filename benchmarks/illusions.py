@@ -17,8 +17,10 @@ class pairs and other seeds, which is the figure reported.
     python benchmarks/illusions.py --recipes 14 15 16 --out benchmarks/results/illusions_x0.json \
         --gallery docs/img/illusions/x0   # LookingGlass's reduction=x0, the warps too
     python benchmarks/illusions.py --recipes 17 18 --out benchmarks/results/illusions_travel.json   # time travel
+    python benchmarks/illusions.py --recipes 14 15 16 --views cone_20 --out benchmarks/results/illusions_cone.json \
+        --gallery docs/img/illusions/x0   # the conic mirror anamorphosis
 
-A warp view (rotate_135, zoom_half, mirror_30) takes reduction=x0 recipes only; the others are skipped for it.
+A warp view (rotate_135, zoom_half, mirror_30, cone_20) takes reduction=x0 recipes only; the others are skipped for it.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ VIEWS = {"flip": "flip", "rotate_180": "rotate_180", "rotate_cw": "rotate_cw", "
          "inner_circle": "inner_circle", "square_hinge": "square_hinge", "jigsaw": "jigsaw",
          "patch_permute": "patch_permute:4",
          # LookingGlass's warps, no permutations: reduction=x0 recipes only (--recipes 14 15 16)
-         "rotate_135": "rotate:135", "zoom_half": "zoom:0.5", "mirror_30": "mirror:30"}
-WARPS = {"rotate_135", "zoom_half", "mirror_30"}
+         "rotate_135": "rotate:135", "zoom_half": "zoom:0.5", "mirror_30": "mirror:30", "cone_20": "cone:20"}
+WARPS = {"rotate_135", "zoom_half", "mirror_30", "cone_20"}
 SELECTION_PAIRS = [(1, 7), (6, 9), (0, 8)]
 HELDOUT_PAIRS = [(3, 5), (4, 9), (2, 7), (0, 6), (1, 4)]
 SELECTION_SEED, HELDOUT_SEED = 0, 10000

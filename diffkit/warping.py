@@ -235,3 +235,27 @@ def mirror(h: int, w: int, degrees: float) -> Tensor:
     dx, dy = x - cx, -(y - cy)  # y up
     c2, s2 = math.cos(2 * a), math.sin(2 * a)
     return torch.stack([cx + c2 * dx + s2 * dy, cy - (s2 * dx - c2 * dy)], dim=-1)
+
+
+def cone(h: int, w: int, degrees: float) -> Tensor:
+    """``[H x W x 2]``: a conic mirror anamorphosis. A mirror cone with apex half-angle ``degrees`` (under 45,
+    so the reflections come down to the table) stands on the image's centre, seen from straight above its
+    apex, far away; the view is what is seen then, the cone's base circle filling the view's inscribed
+    circle. A vertical ray meeting the cone at radius ``rho`` (of its base radius ``R``) reflects, in its own
+    radial plane, down to the table at radius ``rho + 2 k^2 (R - rho) / (k^2 - 1)``, ``k = 1 / tan(degrees)``:
+    the view's centre (the apex) shows the outer ring, its rim the cone's base circle; outside the rim (the
+    view's corners) the table around the cone is seen directly. ``R`` is chosen so that the outer ring
+    touches the image's inscribed circle."""
+    k = 1 / math.tan(math.radians(degrees))
+    y, x = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    half = min(cx, cy) + 0.5  # the inscribed circle's radius, in pixels
+    outer = 2 * k * k / (k * k - 1)  # the table radius the apex shows, in base radii
+    R = half / outer
+    dx, dy = x - cx, y - cy
+    dist = torch.sqrt(dx * dx + dy * dy)  # from the view's centre, in pixels
+    rho = dist / half * R  # where the view pixel meets the cone, seen from above (the cone fills the view)
+    r = rho + 2 * k * k * (R - rho) / (k * k - 1)  # where its reflection meets the table, in the same direction
+    r = torch.where(rho > R, rho, r)  # beyond the rim: the table itself
+    scale = torch.where(dist > 0, r / dist.clamp(min=1e-12), torch.zeros_like(dist))
+    return torch.stack([cx + dx * scale, cy + dy * scale], dim=-1)

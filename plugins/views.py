@@ -265,6 +265,17 @@ def _mirror(degrees: float = 45.0) -> Warp:
                 f"mirrored about the line through the centre at {degrees:g} degrees")
 
 
+def _cone(degrees: float = 20.0) -> Warp:
+    if not 0 < degrees < 45:
+        raise ValueError(f"cone degrees (the apex half-angle) must be between 0 and 45 for the reflections to come "
+                         f"down to the table, got {degrees:g}")
+
+    def source(h: int, w: int, t: float) -> Tensor:  # on the way, each pixel moves straight to where the cone shows it
+        return (1 - t) * warping.zoom(h, w, 1.0) + t * warping.cone(h, w, degrees)
+    return Warp(_spec("cone", degrees=degrees), source,
+                f"seen in a mirror cone (apex half-angle {degrees:g} degrees) standing on the centre, from above")
+
+
 WARPS = [
     ViewKind("rotate", _rotate, (Param("degrees", float, 135.0, "counter-clockwise, any angle", range=(-360.0, 360.0)),),
              "turned by any angle (LookingGlass: reduction=x0 only)"),
@@ -273,6 +284,10 @@ WARPS = [
     ViewKind("mirror", _mirror, (Param("degrees", float, 45.0, "the mirror line's angle from the horizontal",
                                        range=(-180.0, 180.0)),), "mirrored about any axis (LookingGlass: reduction=x0 "
                                                                   "only)"),
+    ViewKind("cone", _cone, (Param("degrees", float, 20.0, "the mirror cone's apex half-angle (under 45)",
+                                   range=(1.0, 44.0)),), "a conic mirror anamorphosis: the image as a mirror cone on "
+                                                          "its centre shows it from above (LookingGlass: reduction=x0 "
+                                                          "only)"),
 ]
 
 SEED = Param("seed", int, 0, "seed of the permutation (recorded in run.json; the same at every size)",

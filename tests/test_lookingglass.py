@@ -374,7 +374,8 @@ def ref_inverse(img, source, n):
 
 
 WARPS = [("rotate:135", lambda h, w: warping.rotation(h, w, 135.0)), ("zoom:0.5", lambda h, w: warping.zoom(h, w, 0.5)),
-         ("zoom:2", lambda h, w: warping.zoom(h, w, 2.0)), ("mirror:30", lambda h, w: warping.mirror(h, w, 30.0))]
+         ("zoom:2", lambda h, w: warping.zoom(h, w, 2.0)), ("mirror:30", lambda h, w: warping.mirror(h, w, 30.0)),
+         ("cone:20", lambda h, w: warping.cone(h, w, 20.0))]
 
 
 @pytest.mark.parametrize("name, source", WARPS, ids=[w[0] for w in WARPS])
@@ -658,3 +659,52 @@ def test_a_warp_on_a_stage_that_takes_an_image_beside_the_state_is_refused_befor
         diffkit.sample("if", backend_options={"model": str(tmp_path / "none")}, prompts=["a"],
                        hooks=["anagram:b,view=flip,reduction=x0"])
     assert "stage 2" not in str(e.value)
+
+
+@pytest.mark.parametrize("degrees", [10.0, 20.0, 35.0])
+def test_the_cone_view_is_a_mirror_cones_reflection_traced_ray_by_ray(degrees):
+    """Each view pixel inside the cone's rim, traced: a vertical ray down onto the cone (seen from above, the
+    cone fills the view's inscribed circle), reflected about the surface's normal (numerical gradient),
+    followed down to the table; outside the rim the table is seen directly."""
+    h = w = 16
+    src = warping.cone(h, w, degrees)
+    c, half = 7.5, 8.0
+    k = 1 / math.tan(math.radians(degrees))
+    R = half * (k * k - 1) / (2 * k * k)  # the cone's base radius, its reflections reaching the inscribed circle
+    H = k * R  # its height
+
+    def z(p):  # the cone's surface height over the table point p
+        return H - k * math.hypot(p[0] - c, p[1] - c)
+
+    checked = 0
+    for y in range(h):
+        for x in range(w):
+            p = (c + (x - c) * R / half, c + (y - c) * R / half)  # where the vertical ray comes down
+            if math.hypot(p[0] - c, p[1] - c) > R:
+                want = p
+            else:
+                e = 1e-6
+                gx = (z((p[0] + e, p[1])) - z((p[0] - e, p[1]))) / (2 * e)
+                gy = (z((p[0], p[1] + e)) - z((p[0], p[1] - e))) / (2 * e)
+                n = torch.tensor([-gx, -gy, 1.0], dtype=torch.float64)
+                n = n / n.norm()
+                d = torch.tensor([0.0, 0.0, -1.0], dtype=torch.float64)
+                r = d - 2 * (d @ n) * n
+                assert r[2] < 0  # under 45 degrees the reflection comes down
+                s = z(p) / -float(r[2])
+                want = (p[0] + s * float(r[0]), p[1] + s * float(r[1]))
+                checked += 1
+            assert abs(float(src[y, x, 0]) - want[0]) < 1e-5 and abs(float(src[y, x, 1]) - want[1]) < 1e-5, (x, y)
+    assert checked > 100
+    apexish = src[7, 7] - c  # next to the apex: the outer ring, just inside the inscribed circle
+    assert 0.9 * half < float(apexish.norm()) <= half
+
+
+def test_a_cone_view_runs_and_bad_angles_are_refused():
+    from diffkit import registry
+
+    assert torch.equal(registry.get_view("cone:20").source(8, 8, 0.0), warping.zoom(8, 8, 1.0))
+    assert mnist("anagram:7,view=cone,reduction=x0").std() > 0.1
+    for bad in ("cone:45", "cone:0", "cone:60"):
+        with pytest.raises(UserError, match="degrees"):
+            diffkit.sample("mnist", classes=[1], num=1, hooks=[f"anagram:7,view={bad},reduction=x0"], steps=2)
