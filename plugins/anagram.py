@@ -356,7 +356,7 @@ class Anagram(Combiner):
         """Whether the state before step ``i`` travels back: ``i`` in the window (the fractions of the stage's
         steps, as LookingGlass gives it), and not one of the last steps where the first prompt is alone."""
         n, a = self.n_steps, self.args
-        return (a["travel"] > 0 and i < n and int(n * a["travel_from"]) <= i < int(n * a["travel_to"])
+        return (a["travel"] > 0 and int(n * a["travel_from"]) <= i < int(n * a["travel_to"])
                 and not self._alone(self.ctx.timesteps[i]))
 
     def _scale(self, t: int | float) -> float:
@@ -365,8 +365,8 @@ class Anagram(Combiner):
         return schedule.flow_scale(self.ctx.sigma(t)) if self.ctx.backend.formulation == "flow" else 1.0
 
     def _renoise(self, x: Tensor, ratio: float, j: int, noise: Tensor) -> Tensor:
-        """``x`` noised from its level to one ``ratio`` of its ``abar`` (``q(x_hi | x_lo)``, RePaint's eq. 1 over
-        several steps); view ``j``'s state with the canonical noise seen through the view (its own stream's
+        """``x`` noised from its level to one ``ratio`` of its ``abar`` (the forward process ``q(x_hi | x_lo)``
+        over several steps); view ``j``'s state with the canonical noise seen through the view (its own stream's
         where a warp shows nothing), as the states started."""
         if j:
             view = self.views[j - 1]
@@ -382,7 +382,7 @@ class Anagram(Combiner):
     def _travel(self, step: Step) -> None:
         """Time travel before step ``i = step.i + 1``: the state at ``t_i`` (and each view's) noised back
         ``travel`` steps to ``t_lo``, then steps ``lo .. i - 1`` taken again (FreeDoM's time travel, Yu et al.
-        2023, sec. 3.3; RePaint's jump, Lugmayr et al. 2022), the views' states stepping with it."""
+        2023; RePaint's jump, Lugmayr et al. 2022), the views' states stepping with it."""
         ctx, ts = self.ctx, self.ctx.timesteps
         i = step.i + 1
         lo = max(ctx.i_start, i - self.args["travel"])
