@@ -228,10 +228,10 @@ class RunRequest:
         return self.backend.name, self.backend.formulation
 
     def _check_redo(self) -> None:
-        """A technique that steps again from earlier states (``Technique.needs_redo``: time travel, RePaint's
+        """A technique that steps again from earlier states (``Technique.steps_again``: time travel, RePaint's
         resampling) under a rule that keeps a history is refused by name before any weights load, where the
         rule declares it (``StepRule.redoes``; the model's own scheduler is known at setup)."""
-        wanting = [t for t in self.techniques if t.needs_redo]
+        wanting = [t for t in self.techniques if t.steps_again]
         if not wanting:
             return
         backend, formulation = self._formulation()
@@ -239,10 +239,11 @@ class RunRequest:
             able = {n: _redoes(r, formulation) for n, r in registry.samplers().items() if formulation in r.formulations}
             takers = sorted(n for n, v in able.items() if v) + [f"{n} where the model's scheduler has none"
                                                                  for n, v in sorted(able.items()) if v is None]
-            raise RequestError(f"technique {wanting[0].name!r} steps again from re-noised states, which rule "
+            t = wanting[0]
+            raise RequestError(f"technique {t.name!r} ({t.steps_again}) steps again from re-noised states, which rule "
                                f"{self.rule.name!r} cannot on backend {backend!r}: it keeps a position or earlier "
-                               f"estimates. Use a rule without a history ({', '.join(takers)}) or the "
-                               f"technique's plain form")
+                               f"estimates. Use a rule without a history ({', '.join(takers)}), or drop "
+                               f"{t.steps_again.split('=')[0]}")
 
     def _check_formulation(self) -> None:
         """A rule that cannot step the backend's kind of model (ddpm on a flow model) is refused by name,

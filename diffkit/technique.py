@@ -49,9 +49,9 @@ class Technique:
     # whether it decodes the state to act on the image (``Backend.to_pixels``), so needs a latent backend
     # (``BackendInfo.latent``); an instance may set it from its arguments (anagram's space=pixel)
     needs_decoder: bool = False
-    # whether it steps again from earlier states (``Step.redo``: RePaint's resampling, time travel), so needs a
-    # rule without a history (``StepRule.redoes``); an instance sets it from its arguments
-    needs_redo: bool = False
+    # the argument that makes it step again from earlier states (``Step.redo``: RePaint's "resample=3", time
+    # travel's "travel=1"), so it needs a rule without a history (``StepRule.redoes``); "": it does not
+    steps_again: str = ""
     # whether it can only view the state, not other channels a model takes beside it (IF stage II's upscaled
     # image), so a stage whose model takes them is refused (``BackendInfo.conditioned_from``); set per instance
     state_input_only: bool = False

@@ -91,7 +91,7 @@ class Anagram(Combiner):
         self.args.setdefault("travel", 0)
         self.args.setdefault("travel_from", 0.2)
         self.args.setdefault("travel_to", 0.8)
-        self.needs_redo = self.args["travel"] > 0
+        self.steps_again = f"travel={self.args['travel']}" if self.args["travel"] else ""
         if self.args["travel"] and not self.args["travel_from"] < self.args["travel_to"]:
             raise ValueError(f"the time-travel window travel_from={self.args['travel_from']:g} .. "
                              f"travel_to={self.args['travel_to']:g} is empty: travel_from must be below travel_to")

@@ -33,7 +33,7 @@ class Inpaint(Projector):
         super().__init__(**args)
         if args["resample"] < 1 or args["jump"] < 1:
             raise ValueError("resample and jump must be at least 1")
-        self.needs_redo = args["resample"] > 1
+        self.steps_again = f"resample={args['resample']}" if args["resample"] > 1 else ""
 
     def setup(self, ctx: Context) -> None:
         if self.args["resample"] > 1 and not ctx.stepper.can_redo:

@@ -623,7 +623,7 @@ def test_bad_time_travel_is_refused_by_name(spec, sampler, text):
         diffkit.sample("mnist", classes=[1], num=1, hooks=[spec], steps=4, sampler=sampler)
 
 
-def test_time_travel_under_a_rule_with_a_history_is_refused_before_any_weights_load(tmp_path):
+def test_time_travel_under_a_rule_with_a_history_is_refused_before_any_weights_load(tmp_path, tiny_sd):
     """A rule declares whether it can step again (StepRule.redoes): time travel and RePaint under one that
     cannot exit 2 before the model is read (here there is none); each declaration equals its walks'."""
     from diffkit import registry
@@ -634,6 +634,9 @@ def test_time_travel_under_a_rule_with_a_history_is_refused_before_any_weights_l
     with pytest.raises(UserError, match="technique 'inpaint'.*'heun'"):
         diffkit.sample("mnist", classes=[1], hooks=["inpaint:image=x.png,mask=m.png,resample=2"], sampler="heun")
     mnist = diffkit.load_backend("mnist", device="cpu")
+    with pytest.raises(UserError, match="without a history"):  # undeclared until its plan: the model's own (PNDM)
+        diffkit.sample("sd", backend_options={"model": str(tiny_sd["sd"]), "device": "cpu"}, prompts=["a"], steps=2,
+                       hooks=["anagram:b,view=flip,travel=1"], sampler="own")
     flow = diffkit.load_backend("gaussian", formulation="flow")
     for name, cls in registry.samplers().items():
         if name == "diffusers":
