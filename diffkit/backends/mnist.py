@@ -32,8 +32,8 @@ def parse_class(label: Any) -> int | None:
 # Rows a model call, by device type: every call has exactly this many (fixed_rows.in_fixed_chunks), so a sample's
 # bytes do not depend on the batch it is in. On the CPU, 3-row calls on one thread each, as many at a time
 # as torch has threads, the model traced (MnistBackend._traced): per model
-# evaluation 0.87x one call of all 80 rows of README's first command and 0.52x one call of a one-sample
-# CFG run's 2 rows, where 2 rows cost 1.01x / 0.42x and 4 rows 0.79x / 0.62x (benchmarks/chunks.py,
+# evaluation 0.95x one call of all 80 rows of README's first command and 0.53x one call of a one-sample
+# CFG run's 2 rows, where 2 rows cost 1.10x / 0.43x and 4 rows 0.86x / 0.63x (benchmarks/chunks.py,
 # results/chunks.json, every size eager and traced).
 # On a GPU small calls leave it idle: 256 rows ran several times faster on an H100 and kept the bytes
 # batch-independent too (benchmarks/gpu.py, tests/test_gpu.py).
