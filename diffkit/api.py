@@ -156,11 +156,20 @@ class Run:
     def plan(self, backend: Backend, steps: int | None, timesteps: Sequence[int] | None) -> Stepper:
         """The sampler's walk for one stage; what it cannot do is a ValueError naming it."""
         try:
-            return self.rule.plan(backend, steps, timesteps, self.request.stride)
+            stepper = self.rule.plan(backend, steps, timesteps, self.request.stride)
         except RuleError:
             raise
         except ValueError as e:
             raise RuleError(f"rule {self.rule.name!r}: {e}") from None
+        # What the rule's declaration left open (the model's own scheduler, SD's PNDM) is known from its walk:
+        # the one place a technique that steps again (Technique.steps_again) meets a walk that cannot.
+        again = next((t for t in self.request.techniques if t.steps_again), None)
+        if again is not None and not stepper.can_redo:
+            raise RuleError(f"technique {again.name!r} ({again.steps_again}) steps again from re-noised states, "
+                            f"which needs a rule without a history: rule {self.rule.name!r} on backend "
+                            f"{backend.name!r} keeps a position or earlier estimates. Use ddim or ddpm (euler on a "
+                            f"flow model), or drop {again.steps_again.split('=')[0]}")
+        return stepper
 
     def _stage_plan(self, backend: Backend) -> Stepper:
         """A later stage's walk: its own recipe's, else the run's rule and steps (or ``timesteps2``)."""

@@ -123,10 +123,6 @@ class Anagram(Combiner):
         self.states: list[Tensor] | None = None  # reduction=x0: each view's own state, at timestep self.at
         self.at: int | float | None = None
         self.blends: list[Blend] = []  # reduction=x0: this step's reductions
-        if self.args["travel"] and not ctx.stepper.can_redo:
-            raise ValueError(f"travel={self.args['travel']} steps again from re-noised states, which needs a sampler "
-                             "without a history: ddim or ddpm (own or euler on a flow model); this one keeps a "
-                             "position or earlier estimates. Use one of those, or travel=0")
         if not self.synced:
             return
         order = ctx.stepper.order

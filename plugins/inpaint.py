@@ -36,10 +36,6 @@ class Inpaint(Projector):
         self.steps_again = f"resample={args['resample']}" if args["resample"] > 1 else ""
 
     def setup(self, ctx: Context) -> None:
-        if self.args["resample"] > 1 and not ctx.stepper.can_redo:
-            raise ValueError(f"resample={self.args['resample']} (RePaint) steps again from re-noised states, which "
-                             "needs a step rule without a history: ddpm or ddim (this one keeps a position or "
-                             "earlier estimates); use resample=1 with it")
         image, mask = self.args["image"], self.args["mask"]
         if not isinstance(mask, Tensor) and not isinstance(image, Tensor):
             from PIL import Image

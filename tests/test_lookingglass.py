@@ -637,6 +637,14 @@ def test_time_travel_under_a_rule_with_a_history_is_refused_before_any_weights_l
     with pytest.raises(UserError, match="without a history"):  # undeclared until its plan: the model's own (PNDM)
         diffkit.sample("sd", backend_options={"model": str(tiny_sd["sd"]), "device": "cpu"}, prompts=["a"], steps=2,
                        hooks=["anagram:b,view=flip,travel=1"], sampler="own")
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "i.png")
+    Image.new("L", (16, 16), 255).save(tmp_path / "m.png")
+    with pytest.raises(UserError, match=r"technique 'inpaint' \(resample=2\).*without a history.*'own' on backend 'sd'"):
+        diffkit.sample("sd", backend_options={"model": str(tiny_sd["sd"]), "device": "cpu"}, prompts=["a"], steps=2,
+                       hooks=[f"inpaint:image={tmp_path / 'i.png'},mask={tmp_path / 'm.png'},resample=2"],
+                       sampler="own")
     flow = diffkit.load_backend("gaussian", formulation="flow")
     for name, cls in registry.samplers().items():
         if name == "diffusers":

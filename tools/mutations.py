@@ -219,12 +219,10 @@ MUTATIONS = [
      'int(n * a["travel_from"]) <= i <', 'int(n * a["travel_from"]) < i <', [GLASS]),
     ("flow Euler steps again from wherever the scheduler was", "diffkit/rules.py",
      "            s._step_index = i * self.order", "            pass", [GLASS]),
-    ("time travel allowed under the model's own multistep scheduler", "plugins/anagram.py",
-     '        if self.args["travel"] and not ctx.stepper.can_redo:', "        if False:", [GLASS]),
+    ("time travel or RePaint allowed under the model's own multistep scheduler", "diffkit/api.py",
+     "        if again is not None and not stepper.can_redo:", "        if False:", [GLASS]),
     ("a rule that declares it cannot step again let through before the weights load", "diffkit/request.py",
      "        if self.rule.redoes(formulation) is False:", "        if False:", [GLASS, SAMP]),
-    ("RePaint allowed under a multistep rule", "plugins/inpaint.py",
-     'if self.args["resample"] > 1 and not ctx.stepper.can_redo:', "if False:", [SAMP]),
 ]
 
 
