@@ -105,7 +105,10 @@ class Sampler:
         denoise = self.denoiser(ctx)
 
         def evaluate(x: Tensor, t: int | float) -> Tensor:
-            return denoise([Query(backend.model_input(x), t, ctx.cond)])[0]
+            query = Query(backend.model_input(x), t, ctx.cond)
+            est = denoise([query])[0]
+            ctx.evaluation = (query, est)
+            return est
 
         relay = registry.RunHooks(self.techniques)  # this run's own hooks: runs in one process never mix
         # Inference mode is entered for each piece of work and left before every yield: a mode held

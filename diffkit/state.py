@@ -110,6 +110,10 @@ class Context:
     # The run's initial noise as the Sampler drew it ``[N x C x H x W]`` (before a start or a rule's
     # scaling): a projector may re-noise with it, as diffusers' inpaint pipelines blend their latents.
     noise: Tensor | None = field(default=None, repr=False)
+    # The step's latest model evaluation as the sampler made it: its query and the combined estimate it stepped
+    # from. A technique keeping states of its own beside the run's (anagram's reduction=x0) reads it to step
+    # them as a two-evaluation rule (Heun) steps the run's.
+    evaluation: tuple[Query, Tensor] | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:

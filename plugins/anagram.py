@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from diffkit import registry, schedule, warping
+from diffkit.denoise import Prediction
 from diffkit.hookspecs import hookimpl
 from diffkit.motion import Clip
 from diffkit.state import Context, Query, Step
@@ -125,11 +126,16 @@ class Anagram(Combiner):
         self.blends: list[Blend] = []  # reduction=x0: this step's reductions
         if not self.synced:
             return
-        order = ctx.stepper.order
-        if order > 1:
-            raise ValueError(f"reduction=x0 steps each view's state once a step, as LookingGlass does; this sampler "
-                             f"evaluates the model {order} times a step (heun): use a one-evaluation sampler "
-                             "(own, euler, ddim, dpmpp_2m, uni_pc, ...)")
+        # A two-evaluation rule whose second evaluation is at the step's end (Heun's) steps the views' states as
+        # it steps the run's (_predicted, _heun); any other (KDPM2's midpoints) has no such step written here.
+        order, walk = ctx.stepper.order, getattr(ctx.stepper, "evals", None)
+        self.heun = order == 2 and walk is not None and all(
+            float(walk[2 * i + 1]) == float(ctx.timesteps[i + 1]) for i in range(len(ctx.timesteps) - 1))
+        self.mid: tuple | None = None  # Heun's second evaluation: its timestep, each view's clean image and state
+        if order > 1 and not self.heun:
+            raise ValueError(f"reduction=x0 steps each view's state as the run's: once a step, or as Heun does; "
+                             f"this sampler evaluates the model {order} times a step, in between steps: use a "
+                             "one-evaluation sampler (own, euler, ddim, dpmpp_2m, uni_pc, ...) or heun")
         if self.args["space"] == "pixel":
             be = ctx.backend
             if not be.latent:
@@ -231,11 +237,11 @@ class Anagram(Combiner):
         view = self.views[j - 1]
         if self.states is None:
             return self._start(query.x[:, :k], j) if isinstance(view, Warp) else view.forward(query.x)
-        if query.t != self.at:
+        if query.t != self.at and not self.heun:
             raise ValueError(f"reduction=x0 keeps each view's state at the step's noise level (t={self.at}), but the "
                              f"model is asked at t={query.t} within the step (a sampler that evaluates more than once "
                              "a step, or a step taken again: RePaint's resample); use a one-evaluation sampler")
-        z = self.states[j - 1]
+        z = self.states[j - 1] if query.t == self.at else self._predicted(query.t)[j - 1]
         if query.x.shape[1] == k:
             return z
         return torch.cat([z, view.forward(query.x[:, k:])], dim=1)  # IF stage II's upscaled image, viewed
@@ -341,12 +347,49 @@ class Anagram(Combiner):
 
     def _advance(self, t: int | float, t_next: int | float, x0: Tensor) -> None:
         """reduction=x0: after the step from ``t`` (its combined clean image ``x0``), every view's state
-        steps to ``t_next`` from its own clean image."""
+        steps to ``t_next`` from its own clean image; under Heun, corrected by its clean image at ``t_next``."""
         if self.synced and self.states is not None and t_next >= 0 and not self._alone(t_next):
-            cleans = self._view_cleans(t, x0.to(self.states[0].dtype))
-            self.states = [self._move(z, c, self.at, t_next) for z, c in zip(self.states, cleans)]
+            if self.mid is not None and self.mid[0] == t_next:
+                ends = self._view_cleans(t_next, self._clean(*self.ctx.evaluation).to(self.states[0].dtype))
+                self.states = [self._heun(z, c, p, e, self.at, t_next)
+                               for z, c, p, e in zip(self.states, self.mid[1], self.mid[2], ends)]
+            else:
+                cleans = self._view_cleans(t, x0.to(self.states[0].dtype))
+                self.states = [self._move(z, c, self.at, t_next) for z, c in zip(self.states, cleans)]
             self.at = t_next
         self.blends.clear()
+        self.mid = None
+
+    def _clean(self, query: Query, est: Tensor) -> Tensor:
+        """The clean image a combined estimate gives at its query's state (a flow model's second block)."""
+        kind = "flow_prediction" if self.ctx.backend.formulation == "flow" else "epsilon"
+        return Prediction(kind, self.ctx.eps_channels, self.ctx.abar, self.ctx.sigma).clean_of(query, est)
+
+    def _predicted(self, t: int | float) -> list[Tensor]:
+        """The views' states at Heun's second evaluation (the step's end ``t``): each moved there along its clean
+        image from the step's first evaluation (the run's combined one, ``ctx.evaluation``): Heun's Euler
+        predictor (Karras et al. 2022, alg. 1, line 5), in the views' frames."""
+        if self.mid is None or self.mid[0] != t:
+            first, est = self.ctx.evaluation
+            cleans = self._view_cleans(self.at, self._clean(first, est).to(self.states[0].dtype))
+            self.mid = (t, cleans, [self._move(z, c, self.at, t) for z, c in zip(self.states, cleans)])
+        return self.mid[2]
+
+    def _heun(self, z: Tensor, clean: Tensor, predicted: Tensor, end: Tensor, t: int | float,
+              t_next: int | float) -> Tensor:
+        """A view's state ``z`` at ``t`` after Heun's step to ``t_next``: its predictor ``predicted`` (from its
+        clean image ``clean``) corrected by half the change of slope, ``(sigma' - sigma) (d' - d) / 2``, with
+        ``d = (u - x0) / sigma`` in the ODE's variables (Karras et al. 2022, alg. 1, lines 7-8): ``u = z`` and
+        the flow sigma on a flow model, else ``u = z / sqrt(abar)`` and ``sigma = sqrt((1 - abar) / abar)``."""
+        ctx = self.ctx
+        if ctx.backend.formulation == "flow":
+            s, s2, scale, scale2 = ctx.sigma(t), ctx.sigma(t_next), 1.0, 1.0
+        else:
+            a, a2 = ctx.abar(t), ctx.abar(t_next)
+            s, s2, scale, scale2 = math.sqrt((1 - a) / a), math.sqrt((1 - a2) / a2), math.sqrt(a), math.sqrt(a2)
+        slope = (z / scale - clean) / s
+        slope_end = (predicted / scale2 - end) / s2
+        return predicted + scale2 * (s2 - s) * (slope_end - slope) / 2
 
     def _travels(self, i: int) -> bool:
         """Whether the state before step ``i`` travels back: ``i`` in the window (the fractions of the stage's

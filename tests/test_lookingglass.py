@@ -269,9 +269,28 @@ def test_bad_values_are_refused_by_name(spec, text):
         diffkit.sample("mnist", classes=[1], num=1, hooks=[spec], steps=2)
 
 
-def test_a_two_evaluation_sampler_is_refused():
-    with pytest.raises(UserError, match="heun"):
-        mnist("anagram:7,view=flip,reduction=x0", sampler="heun")
+def test_a_two_evaluation_sampler_evaluating_in_between_steps_is_refused():
+    with pytest.raises(UserError, match="in between steps.*or heun"):
+        mnist("anagram:7,view=flip,reduction=x0", sampler="diffusers:KDPM2DiscreteScheduler")
+
+
+def test_under_heun_the_views_states_take_heuns_step():
+    """Heun's second evaluation is at the step's end: the views' states go there by the Euler predictor from
+    their clean images and are then corrected, as the run's state is. With a permutation view each state so
+    stays the run's seen through the view (reduction=x0 equals mean, as under DDIM, above), whether CFG is
+    outside the anagram (the views read the run's combined estimate, ctx.evaluation) or inside it."""
+    mean = mnist("anagram:7,view=flip", sampler="heun")
+    assert (mnist("anagram:7,view=flip,reduction=x0", sampler="heun") - mean).abs().max() < 1e-4
+    inside = lambda spec: diffkit.sample("mnist", classes=[1], num=2, seed=0, steps=10, sampler="heun",  # noqa: E731
+                                         hooks=[spec, "cfg:3"]).images
+    assert (inside("anagram:7,view=flip,reduction=x0") - inside("anagram:7,view=flip")).abs().max() < 1e-4
+    # a warp's state is no view of the run's: it runs, and a batch equals single runs
+    spec = "anagram:7,view=rotate:135,reduction=x0"
+    both = mnist(spec, sampler="heun")
+    for k, seed in enumerate((0, 1)):
+        one = diffkit.sample("mnist", classes=[1], num=1, seed=seed, steps=10, sampler="heun",
+                             hooks=["cfg:3", spec]).images
+        assert torch.equal(both[k: k + 1], one)
 
 
 # ------------------------------------------------------------ Laplacian pyramid warping (rotate:DEG, zoom, mirror)
@@ -540,6 +559,48 @@ def test_flux_time_travel_equals_the_reference_loop(tiny_flux):
     not_flat(want)
     assert (got - want).abs().max() <= TOL
     assert (got - sd3_travel_reference(tiny_flux, travel=1, steps=8, guidance=3.5, parts=flux_parts)).abs().max() > TOL
+
+
+def sd3_heun_reference(folder, view=FLIP, steps=6, guidance=7.0, correct_views=True):
+    """LookingGlass with Heun's method (Karras et al. 2022, alg. 1) for every state, written out in the flow
+    variables, d = (z - x0) / s: each view predicts its clean latent at the step's start, every state goes
+    to the step's end along its own (the Euler predictor), each predicts again there, and every state
+    takes the average slope; the last step (to s = 0) is Euler's alone."""
+    from diffusers import FlowMatchHeunDiscreteScheduler
+
+    sched, decode, encode, conds, velocity, z = sd3_parts(folder, steps, guidance)
+    heun = FlowMatchHeunDiscreteScheduler.from_config(sched.config)  # what --sampler heun builds on a flow model
+    heun.set_timesteps(steps)
+    sig = [float(v) for v in heun.sigmas[:1]] + [float(v) for v in heun.sigmas[1::2]]  # s0, s1, s1, ..., 0
+    ts = heun.timesteps[::2]
+
+    def clean(states, t, s):
+        return synchronise([zj - s * velocity(zj, t, c) for zj, c in zip(states, conds)], view, decode, encode)
+
+    states = [z, view[0](z)]
+    with torch.no_grad():
+        for i in range(steps):
+            s, s2 = sig[i], sig[i + 1]
+            x0, cleans = clean(states, ts[i], s)
+            slopes = [(zj - c) / s for zj, c in zip(states, [x0] + cleans[1:])]
+            ends = [zj + (s2 - s) * d for zj, d in zip(states, slopes)]
+            if s2 > 0:
+                x0b, cleans_b = clean(ends, ts[i + 1], s2)
+                slopes_b = [(e - c) / s2 for e, c in zip(ends, [x0b] + cleans_b[1:])]
+                ends = [zj + (s2 - s) * (d + db) / 2 if j == 0 or correct_views else ends[j]
+                        for j, (zj, d, db) in enumerate(zip(states, slopes, slopes_b))]
+            states = ends
+        return to_unit(decode(states[0]))
+
+
+def test_sd3_with_heun_equals_the_reference_loop(tiny_sd3):
+    got = ours("sd3", tiny_sd3, sampler="heun")
+    want = sd3_heun_reference(tiny_sd3)
+    not_flat(want)
+    assert (got - want).abs().max() <= TOL
+    # the bound tells apart the views' states left at Heun's predictor, and the run under the flow Euler step
+    assert (got - sd3_heun_reference(tiny_sd3, correct_views=False)).abs().max() > TOL
+    assert (got - ours("sd3", tiny_sd3)).abs().max() > TOL
 
 
 def sd_travel_reference(folder, travel=1, steps=6, guidance=7.0):
