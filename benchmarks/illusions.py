@@ -21,6 +21,7 @@ class pairs and other seeds, which is the figure reported.
         --out benchmarks/results/illusions_travel_warps.json   # time travel on the warps
     python benchmarks/illusions.py --recipes 14 15 16 17 18 --views cone_20 --out benchmarks/results/illusions_cone.json \
         --gallery docs/img/illusions/x0   # the conic mirror anamorphosis
+    python benchmarks/illusions.py --recipes 19 20 --out benchmarks/results/illusions_heun.json   # x0 under Heun
     python benchmarks/illusions.py --recommend     # each view's pick over every stored run: illusions_recommended.json
 
 A warp view (rotate_135, zoom_half, mirror_30, cone_20) takes reduction=x0 recipes only; the others are skipped for it.
@@ -55,7 +56,10 @@ RECIPES = [("mnist-h64", s, "dpmpp_2m_sde", 20, r) for r in ("mean", "alternate"
     ("mnist-h64", s, "dpmpp_2m_sde", 20, "x0") for s in (5, 10, 20)] + [
     # LookingGlass's time travel against none, with a sampler that can step again (--recipes 17 18,
     # illusions_travel.json)
-    ("mnist-h64", 10, "ddim", 20, r) for r in ("x0", "x0,travel=1")]
+    ("mnist-h64", 10, "ddim", 20, r) for r in ("x0", "x0,travel=1")] + [
+    # reduction=x0 under Heun, 10 steps (19 model calls a sample, as 20 one-evaluation steps): --recipes 19 20,
+    # illusions_heun.json
+    ("mnist-h64", s, "heun", 10, "x0") for s in (20, 30)]
 
 
 def recipe_name(r: tuple) -> str:
@@ -155,7 +159,8 @@ def check(path: Path, views: list[str]) -> None:
                 raise SystemExit(1)
 
 
-RUNS = ["illusions", "illusions_strong", "illusions_x0", "illusions_travel", "illusions_travel_warps", "illusions_cone"]
+RUNS = ["illusions", "illusions_strong", "illusions_x0", "illusions_travel", "illusions_travel_warps", "illusions_cone",
+        "illusions_heun"]
 
 
 def recommend(out: Path) -> None:
