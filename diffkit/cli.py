@@ -185,7 +185,8 @@ def train_mnist(
     threads: Optional[int] = Int(None, lo=1, hi=1024, help="torch CPU threads (default: torch's choice)."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
     init: Optional[str] = typer.Option(None, help="Start from this checkpoint's weights (a folder or a shipped "
-                                                  "name, e.g. mnist-h64): fine-tuning; its model options must match."),
+                                                  "name, e.g. mnist-h64): fine-tuning; its width and conditioning must "
+                                                  "match, the objective may differ (a ddpm model warm-starts a flow run)."),
     ema: Optional[float] = Float(None, lo=0.5, hi=0.99999, help="Keep a moving average of the weights with this "
                                  "decay a step (e.g. 0.999) and save it as the model."),
     device: str = typer.Option("cpu", help="Where the model trains: cpu, cuda, cuda:N (deterministic kernels; "

@@ -158,6 +158,12 @@ def test_init_starts_from_a_checkpoint_and_refuses_another_model(mnist_dir, tmp_
     assert max((b[k] - a[k]).abs().max().item() for k in params) < 1e-6
     assert max((c[k] - a[k]).abs().max().item() for k in params) > 1e-2
     assert json.loads((tmp_path / "b" / "checkpoint" / "config.json").read_text())["train_config"]["init"] == init
+    # another objective on the same network: the ddpm weights warm-start a flow run, which saves a flow model
+    for _ in train(small(epochs=1, lr=1e-8, init=init, seed=1, objective="flow"), tmp_path / "f", mnist_dir):
+        pass
+    f = weights(tmp_path / "f" / "checkpoint")
+    assert max((f[k] - a[k]).abs().max().item() for k in params) < 1e-6
+    assert json.loads((tmp_path / "f" / "checkpoint" / "config.json").read_text())["objective"] == "flow"
     # another width: refused by name before any data is read (the data folder here does not exist)
     args = ["train", "mnist", "--out", str(tmp_path / "d"), "--data", str(tmp_path / "nowhere"), "--conditioning",
             "class", "--hidden", "16", "--init", init]

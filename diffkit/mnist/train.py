@@ -3,7 +3,7 @@
 The loop yields :class:`TrainEvent` s; the CLI draws them. Every epoch ends with an atomic
 checkpoint; ``resume=True`` continues from the last one and, because each epoch's shuffling and
 noise come from generators seeded by ``(seed, epoch)``, gives the same weights as an unbroken run.
-``init`` starts from another checkpoint's weights (fine-tuning); ``ema`` ships the exponential moving
+``init`` starts from another checkpoint's weights (fine-tuning, or a warm start of another objective); ``ema`` ships the exponential moving
 average of the weights instead of the last step's (torch's ``AveragedModel``; Ho et al. 2020, sec. 4).
 """
 
@@ -178,8 +178,10 @@ def _merge_for_resume(saved: dict, requested: TrainConfig, folder: Path) -> Trai
     return TrainConfig(**merged)
 
 
-# The options that make a checkpoint the same model as the run's: --init must agree on all of them.
-_MODEL_KEYS = ("objective", "conditioning", "hidden", "T", "beta_start", "beta_end")
+# The options that make a checkpoint the same network as the run's: --init must agree on all of them.
+# The objective may differ: a DDPM checkpoint's weights start a flow run of the same width (warm start; its
+# features carry over, the head learns the velocity), which trains far faster than from scratch.
+_MODEL_KEYS = ("conditioning", "hidden", "T", "beta_start", "beta_end")
 
 
 def initial_weights(cfg: TrainConfig) -> dict[str, torch.Tensor]:
