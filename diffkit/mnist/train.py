@@ -3,8 +3,9 @@
 The loop yields :class:`TrainEvent` s; the CLI draws them. Every epoch ends with an atomic
 checkpoint; ``resume=True`` continues from the last one and, because each epoch's shuffling and
 noise come from generators seeded by ``(seed, epoch)``, gives the same weights as an unbroken run.
-``init`` starts from another checkpoint's weights (fine-tuning, or a warm start of another objective); ``ema`` ships the exponential moving
-average of the weights instead of the last step's (torch's ``AveragedModel``; Ho et al. 2020, sec. 4).
+``init`` starts from another checkpoint's weights (fine-tuning, or a warm start of another objective);
+``ema`` ships the exponential moving average of the weights instead of the last step's (torch's
+``AveragedModel``; Ho et al. 2020, sec. 4).
 """
 
 from __future__ import annotations
