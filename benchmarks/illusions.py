@@ -22,6 +22,8 @@ class pairs and other seeds, which is the figure reported.
     python benchmarks/illusions.py --recipes 14 15 16 17 18 --views cone_20 --out benchmarks/results/illusions_cone.json \
         --gallery docs/img/illusions/x0   # the conic mirror anamorphosis
     python benchmarks/illusions.py --recipes 19 20 --out benchmarks/results/illusions_heun.json   # x0 under Heun
+    python benchmarks/illusions.py --recipes 21 22 23 --out benchmarks/results/illusions_flow.json \
+        --gallery docs/img/illusions/flow   # the flow-matching model
     python benchmarks/illusions.py --recommend     # each view's pick over every stored run: illusions_recommended.json
 
 A warp view (rotate_135, zoom_half, mirror_30, cone_20) takes reduction=x0 recipes only; the others are skipped for it.
@@ -59,7 +61,11 @@ RECIPES = [("mnist-h64", s, "dpmpp_2m_sde", 20, r) for r in ("mean", "alternate"
     ("mnist-h64", 10, "ddim", 20, r) for r in ("x0", "x0,travel=1")] + [
     # reduction=x0 under Heun, 10 steps (19 model calls a sample, as 20 one-evaluation steps): --recipes 19 20,
     # illusions_heun.json
-    ("mnist-h64", s, "heun", 10, "x0") for s in (20, 30)]
+    ("mnist-h64", s, "heun", 10, "x0") for s in (20, 30)] + [
+    # the flow-matching model (mnist-flow), flow Euler, 20 steps: --recipes 21 22 23, illusions_flow.json. On a
+    # permutation view, x0 and mean take the same steps up to float rounding under a deterministic rule (the
+    # views' states stay each other's permutations), so x0 alone, which the warps take too.
+    ("mnist-flow", s, "euler", 20, "x0") for s in (5, 10, 20)]
 
 
 def recipe_name(r: tuple) -> str:
@@ -160,7 +166,7 @@ def check(path: Path, views: list[str]) -> None:
 
 
 RUNS = ["illusions", "illusions_strong", "illusions_x0", "illusions_travel", "illusions_travel_warps", "illusions_cone",
-        "illusions_heun"]
+        "illusions_heun", "illusions_flow"]
 
 
 def recommend(out: Path) -> None:
