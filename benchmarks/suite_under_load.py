@@ -1,11 +1,12 @@
 """README's test command on a loaded machine (issue 21: "well under 30 minutes on a loaded 2-core machine").
 
 Starts ``--busy`` processes that each keep one core busy (a Python spin loop) for as long as the suite
-runs, then runs ``pytest -q --durations=20`` the way README's command does, and records the wall time,
+runs, then runs README's test command's pytest (``pytest -q -n auto --maxprocesses 4``, the tests spread
+over the cores by pytest-xdist) with ``--durations=20``, and records the wall time,
 the outcome line and the slowest tests. The busy processes compete for the cores as another job on a
 shared CI machine would.
 
-    python benchmarks/suite_under_load.py [--busy 2] [--beside "what else ran"] [-- PYTEST ARGS]   # writes benchmarks/results/suite_under_load.json
+    python benchmarks/suite_under_load.py [--busy 2] [--beside "what else ran"] [--out F] [-- PYTEST ARGS]   # writes benchmarks/results/suite_under_load.json
 """
 
 from __future__ import annotations
@@ -16,22 +17,25 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from common import ROOT, record
 
 SPIN = "while True: pass"
+README_ARGS = ["-q", "-n", "auto", "--maxprocesses", "4"]  # README.md's test command, after `.venv/bin/pytest`
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--busy", type=int, default=2, help="processes spinning on a core each while the suite runs")
     ap.add_argument("--beside", default="", help="what else ran on the machine meanwhile, for the record")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "suite_under_load.json")
     ap.add_argument("pytest_args", nargs="*")
     a = ap.parse_args()
     spinners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(a.busy)]
     try:
         t0 = time.perf_counter()
-        r = subprocess.run([str(ROOT / ".venv" / "bin" / "pytest"), "-q", "--durations=20", *a.pytest_args],
+        r = subprocess.run([str(ROOT / ".venv" / "bin" / "pytest"), *README_ARGS, "--durations=20", *a.pytest_args],
                            cwd=ROOT, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
     finally:
@@ -43,8 +47,8 @@ def main() -> None:
                for m in re.finditer(r"^\s*(\d+\.\d+)s (call|setup|teardown)\s+(\S+)", out, re.M)]
     print(out[-3000:])
     print(f"{seconds / 60:.1f} min with {a.busy} busy processes on {os.cpu_count()} cores: {outcome}")
-    record(ROOT / "benchmarks" / "results" / "suite_under_load.json",
-           {"busy_processes": a.busy, "beside": a.beside, "cores": os.cpu_count(), "seconds": seconds, "minutes": seconds / 60,
+    record(a.out,
+           {"pytest_args": [*README_ARGS, "--durations=20", *a.pytest_args], "busy_processes": a.busy, "beside": a.beside, "cores": os.cpu_count(), "seconds": seconds, "minutes": seconds / 60,
             "exit_code": r.returncode, "outcome": outcome, "slowest": slowest})
     sys.exit(r.returncode)
 
