@@ -24,6 +24,8 @@ class pairs and other seeds, which is the figure reported.
     python benchmarks/illusions.py --recipes 19 20 --out benchmarks/results/illusions_heun.json   # x0 under Heun
     python benchmarks/illusions.py --recipes 21 22 23 --out benchmarks/results/illusions_flow.json \
         --gallery docs/img/illusions/flow   # the flow-matching model
+    python benchmarks/illusions.py --recipes 24 --views flip rotate_180 rotate_cw skew inner_circle square_hinge jigsaw \
+        patch_permute rotate_135 zoom_half mirror_30 --out benchmarks/results/illusions_flow_travel.json   # its time travel
     python benchmarks/illusions.py --recommend     # each view's pick over every stored run: illusions_recommended.json
 
 A warp view (rotate_135, zoom_half, mirror_30, cone_20) takes reduction=x0 recipes only; the others are skipped for it.
@@ -65,7 +67,9 @@ RECIPES = [("mnist-h64", s, "dpmpp_2m_sde", 20, r) for r in ("mean", "alternate"
     # the flow-matching model (mnist-flow), flow Euler, 20 steps: --recipes 21 22 23, illusions_flow.json. On a
     # permutation view, x0 and mean take the same steps up to float rounding under a deterministic rule (the
     # views' states stay each other's permutations), so x0 alone, which the warps take too.
-    ("mnist-flow", s, "euler", 20, "x0") for s in (5, 10, 20)]
+    ("mnist-flow", s, "euler", 20, "x0") for s in (5, 10, 20)] + [
+    # time travel on the flow model, at the scale most of its picks took: --recipes 24, illusions_flow_travel.json
+    ("mnist-flow", 10, "euler", 20, "x0,travel=1")]
 
 
 def recipe_name(r: tuple) -> str:
@@ -166,7 +170,7 @@ def check(path: Path, views: list[str]) -> None:
 
 
 RUNS = ["illusions", "illusions_strong", "illusions_x0", "illusions_travel", "illusions_travel_warps", "illusions_cone",
-        "illusions_heun", "illusions_flow"]
+        "illusions_heun", "illusions_flow", "illusions_flow_travel"]
 
 
 def recommend(out: Path) -> None:
