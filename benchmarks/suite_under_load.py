@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -22,7 +23,13 @@ from pathlib import Path
 from common import ROOT, record
 
 SPIN = "while True: pass"
-README_ARGS = ["-q", "-n", "auto", "--maxprocesses", "4"]  # README.md's test command, after `.venv/bin/pytest`
+
+
+def readme_pytest_args() -> list[str]:
+    """README.md's test command's arguments after ``.venv/bin/pytest``, read from README itself so the two
+    cannot drift."""
+    line = next(line for line in (ROOT / "README.md").read_text().splitlines() if ".venv/bin/pytest" in line)
+    return shlex.split(line.split(".venv/bin/pytest", 1)[1])
 
 
 def main() -> None:
@@ -32,10 +39,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "suite_under_load.json")
     ap.add_argument("pytest_args", nargs="*")
     a = ap.parse_args()
+    args = [*readme_pytest_args(), "--durations=20", *a.pytest_args]
     spinners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(a.busy)]
     try:
         t0 = time.perf_counter()
-        r = subprocess.run([str(ROOT / ".venv" / "bin" / "pytest"), *README_ARGS, "--durations=20", *a.pytest_args],
+        r = subprocess.run([str(ROOT / ".venv" / "bin" / "pytest"), *args],
                            cwd=ROOT, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
     finally:
@@ -48,7 +56,7 @@ def main() -> None:
     print(out[-3000:])
     print(f"{seconds / 60:.1f} min with {a.busy} busy processes on {os.cpu_count()} cores: {outcome}")
     record(a.out,
-           {"pytest_args": [*README_ARGS, "--durations=20", *a.pytest_args], "busy_processes": a.busy, "beside": a.beside, "cores": os.cpu_count(), "seconds": seconds, "minutes": seconds / 60,
+           {"pytest_args": args, "busy_processes": a.busy, "beside": a.beside, "cores": os.cpu_count(), "seconds": seconds, "minutes": seconds / 60,
             "exit_code": r.returncode, "outcome": outcome, "slowest": slowest})
     sys.exit(r.returncode)
 
