@@ -184,23 +184,28 @@ def check(path: Path, views: list[str]) -> None:
                 raise SystemExit(1)
 
 
-RUNS = ["illusions", "illusions_strong", "illusions_x0", "illusions_travel", "illusions_travel_warps", "illusions_cone",
-        "illusions_heun", "illusions_flow", "illusions_flow_travel"]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def stored_runs() -> dict[str, dict]:
+    """Every stored run of this benchmark (results/illusions*.json but the recommendation), by name: a new run
+    joins --recommend by being stored, with no edit here."""
+    import json
+
+    return {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("illusions*.json"))
+            if p.stem != "illusions_recommended"}
 
 
 def recommend(out: Path, top: int, num: int, gallery_folder: Path | None) -> None:
-    """Each view's recipe over every stored run (RUNS), in two looks. First, as each run chose within itself:
-    success on the selection pairs (ties: the higher concealment), over every recipe every run tried. Then
+    """Each view's recipe over every stored run (:func:`stored_runs`), in two looks. First, as each run chose
+    within itself: success on the selection pairs (ties: the higher concealment), over every recipe every run tried. Then
     the ``top`` front-runners are sampled on MORE_SELECTION_PAIRS too (same seed), and the pick is the best
     over all six pairs. The pick is then sampled on the held-out pairs and seeds, which is what is reported;
     where its own run held it out already, every sample must come out the same (or this stops)."""
-    import json
-
-    runs = {name: json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text()) for name in RUNS
-            if (ROOT / "benchmarks" / "results" / f"{name}.json").exists()}
+    runs = stored_runs()
     at = machine()
     t0 = time.perf_counter()
-    recommended = {}
+    recommended, same = {}, set()
     for view in VIEWS:
         first: dict[str, tuple[dict, str]] = {}  # recipe -> (its selection entry, the run that holds it)
         for name, run in runs.items():
@@ -231,6 +236,7 @@ def recommend(out: Path, top: int, num: int, gallery_folder: Path | None) -> Non
                         (cells[k]["success_per_sample"], cells[k]["concealment_per_sample"]):
                     raise SystemExit(f"{view} {k} {pick}: held-out samples differ from "
                                      f"{candidates[pick]['from']}'s; run it again before recommending")
+            same.add(first[pick][1])
         if gallery_folder:
             gallery(gallery_folder, view, cells)
         held = over(cells)
@@ -250,6 +256,7 @@ def recommend(out: Path, top: int, num: int, gallery_folder: Path | None) -> Non
                  "selection_pairs": SELECTION_PAIRS + MORE_SELECTION_PAIRS, "heldout_pairs": HELDOUT_PAIRS,
                  "selection_seed": SELECTION_SEED, "heldout_seed": HELDOUT_SEED,
                  "seconds": round(time.perf_counter() - t0, 1), "recommended": recommended,
+                 "heldout_same_as": sorted(same),  # runs whose stored held-out samples this made again, each the same
                  "median_heldout_success": statistics.median(r["heldout_success"] for r in recommended.values())},
            at)
 
