@@ -197,11 +197,12 @@ def stored_runs() -> dict[str, dict]:
 
 
 def recommend(out: Path, top: int, num: int, gallery_folder: Path | None) -> None:
-    """Each view's recipe over every stored run (:func:`stored_runs`), in two looks. First, as each run chose
-    within itself: success on the selection pairs (ties: the higher concealment), over every recipe every run tried. Then
-    the ``top`` front-runners are sampled on MORE_SELECTION_PAIRS too (same seed), and the pick is the best
-    over all six pairs. The pick is then sampled on the held-out pairs and seeds, which is what is reported;
-    where its own run held it out already, every sample must come out the same (or this stops)."""
+    """Each view's recipe over every stored run (:func:`stored_runs`), in two looks. First, as each run
+    chose within itself: success on the selection pairs (ties: the higher concealment), over every recipe
+    every run tried. Then the ``top`` front-runners are sampled on MORE_SELECTION_PAIRS too (same seed), and
+    the pick is the best over all six pairs. The pick is then sampled on the held-out pairs and seeds, which
+    is what is reported; where its own run held it out already, every sample must come out the same (or
+    this stops)."""
     runs = stored_runs()
     at = machine()
     t0 = time.perf_counter()
@@ -227,10 +228,12 @@ def recommend(out: Path, top: int, num: int, gallery_folder: Path | None) -> Non
                                   "selection_per_pair": both["per_pair"], "more_cells": strip(more)}
             print(f"{view:14s} {recipe:52s} 3 pairs {s['success_rate']:.3f}  6 pairs {both['success_rate']:.3f}  "
                   f"per pair {both['per_pair']}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-        pick = max(candidates, key=lambda k: (candidates[k]["selection_success"], candidates[k]["selection_concealment"]))
+        pick = max(candidates, key=lambda k: (candidates[k]["selection_success"],
+                                              candidates[k]["selection_concealment"]))
         cells = {f"{p[0]}/{p[1]}": cell(parse_recipe(pick), view, p, num, HELDOUT_SEED) for p in HELDOUT_PAIRS}
-        stored = runs[first[pick][1]]["heldout"].get(view, {})
-        if stored.get("recipe") == pick and runs[first[pick][1]]["num"] == num:  # its own run's pick: the same samples, or something has drifted
+        own = runs[first[pick][1]]
+        stored = own["heldout"].get(view, {})
+        if stored.get("recipe") == pick and own["num"] == num:  # its own run's pick: the same samples, or a drift
             for k, c in stored["cells"].items():
                 if (c["success_per_sample"], c["concealment_per_sample"]) != \
                         (cells[k]["success_per_sample"], cells[k]["concealment_per_sample"]):
