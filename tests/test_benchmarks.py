@@ -29,3 +29,22 @@ def test_the_shaped_flow_benchmark_runs_and_agrees_with_the_pipeline(family, pip
     assert got["peak_gib"] == {"diffkit": None, pipeline: None}  # GPU memory: on a GPU only
     assert got["max_abs_diff"] <= TOL  # on the CPU both sides draw the same noise: the same images
     assert f"ratio diffkit / {pipeline}" in r.stdout
+
+
+def test_the_illusion_benchmark_takes_a_recipe_by_the_name_its_results_spell():
+    """``--recipe NAME`` (a recipe the source does not list) reads back what ``recipe_name`` wrote, for every
+    listed recipe and for every recipe a stored run names; a name spelt otherwise is refused."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import illusions
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    for r in illusions.RECIPES:
+        assert illusions.parse_recipe(illusions.recipe_name(r)) == r
+    runs = illusions.stored_runs()
+    assert "illusions_recommended" not in runs and "illusions" in runs
+    for run in runs.values():
+        for name in run["recipes"]:
+            assert illusions.recipe_name(illusions.parse_recipe(name)) == name
+    with pytest.raises(SystemExit, match="spell it as recipe_name does"):
+        illusions.parse_recipe("mnist-flow cfg10 euler 20")
