@@ -45,6 +45,8 @@ import torch
 
 from common import ROOT, machine, record
 
+RESULTS = ROOT / "benchmarks" / "results"
+
 VIEWS = {"flip": "flip", "rotate_180": "rotate_180", "rotate_cw": "rotate_cw", "skew": "skew",
          "inner_circle": "inner_circle", "square_hinge": "square_hinge", "jigsaw": "jigsaw",
          "patch_permute": "patch_permute:4",
@@ -167,6 +169,12 @@ def strip(cells: dict[str, dict]) -> dict[str, dict]:
     return {k: {kk: vv for kk, vv in c.items() if not kk.startswith("_")} for k, c in cells.items()}
 
 
+def same_samples(a: dict, b: dict) -> bool:
+    """Whether two cells read the same, sample by sample (success and concealment)."""
+    return (a["success_per_sample"], a["concealment_per_sample"]) == (b["success_per_sample"],
+                                                                      b["concealment_per_sample"])
+
+
 def check(path: Path, views: list[str]) -> None:
     import json
 
@@ -176,15 +184,11 @@ def check(path: Path, views: list[str]) -> None:
         for name, c in h["cells"].items():
             pair = tuple(int(v) for v in name.split("/"))
             got = cell(parse_recipe(h["recipe"]), view, pair, stored["num"], stored["heldout_seed"])
-            same = (got["success_per_sample"] == c["success_per_sample"]
-                    and got["concealment_per_sample"] == c["concealment_per_sample"])
+            same = same_samples(got, c)
             print(f"{view} {name} {h['recipe']}: {'the same' if same else 'DIFFERENT'} success and concealment, "
                   f"sample by sample", flush=True)
             if not same:
                 raise SystemExit(1)
-
-
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def stored_runs() -> dict[str, dict]:
@@ -235,8 +239,7 @@ def recommend(out: Path, top: int, num: int, gallery_folder: Path | None) -> Non
         stored = own["heldout"].get(view, {})
         if stored.get("recipe") == pick and own["num"] == num:  # its own run's pick: the same samples, or a drift
             for k, c in stored["cells"].items():
-                if (c["success_per_sample"], c["concealment_per_sample"]) != \
-                        (cells[k]["success_per_sample"], cells[k]["concealment_per_sample"]):
+                if not same_samples(c, cells[k]):
                     raise SystemExit(f"{view} {k} {pick}: held-out samples differ from "
                                      f"{candidates[pick]['from']}'s; run it again before recommending")
             same.add(first[pick][1])
@@ -273,7 +276,7 @@ def main() -> None:
                     help="a recipe RECIPES does not list, spelt as the results spell one (repeat for more): "
                          "'mnist-flow cfg:10 euler 20 reduction=x0,last=2'")
     ap.add_argument("--gallery", type=Path, default=None, help="folder for the held-out best/typical images")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "illusions.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "illusions.json")
     ap.add_argument("--check", nargs="+", default=None, metavar="VIEW",
                     help="run these views' stored held-out cells again with today's code and compare them with the "
                          "stored result, sample by sample (shows it still holds)")
@@ -285,13 +288,13 @@ def main() -> None:
                                                        "second look")
     a = ap.parse_args()
     if a.recommend:
-        return recommend(a.out if a.out != ap.get_default("out") else
-                         ROOT / "benchmarks" / "results" / "illusions_recommended.json", a.top, a.num, a.gallery)
+        return recommend(a.out if a.out != ap.get_default("out") else RESULTS / "illusions_recommended.json",
+                         a.top, a.num, a.gallery)
     if a.check:
         return check(a.out, a.check)
     at = machine()
-    recipes = [RECIPES[i] for i in a.recipes or ([] if a.recipe else range(len(RECIPES)))] + \
-        [parse_recipe(n) for n in a.recipe]
+    listed = a.recipes if a.recipes or a.recipe else range(len(RECIPES))  # all listed ones unless any are named
+    recipes = [RECIPES[i] for i in listed or []] + [parse_recipe(n) for n in a.recipe]
     t0 = time.perf_counter()
     selection, recommended, heldout = {}, {}, {}
     for view in a.views:
