@@ -161,6 +161,7 @@ class RunRequest:
             self._check_formulation()
         if again("backend", "options", "rule", "techniques") and self.rule is not None:
             self._check_redo()
+            self._check_evaluations()
         if again("backend", "techniques") and isinstance(self.backend, str):
             self._check_perturbations()
             self._check_decoder()
@@ -244,6 +245,20 @@ class RunRequest:
                                f"{self.rule.name!r} cannot on backend {backend!r}: it keeps a position or earlier "
                                f"estimates. Use a rule without a history ({', '.join(takers)}), or drop "
                                f"{t.steps_again.split('=')[0]}")
+
+    def _check_evaluations(self) -> None:
+        """A technique whose combined clean image differs from the state even where its branches agree
+        (``Technique.inexact_average``: anagram's warps) under a rule that evaluates the model twice a step
+        (Heun) is refused by name before any weights load, where the rule's scheduler class says so (the
+        model's own scheduler is known at setup, where the technique refuses it)."""
+        wanting = [t for t in self.techniques if t.inexact_average]
+        if not wanting:
+            return
+        backend, formulation = self._formulation()
+        if (evaluations(self.rule, formulation) or 1) > 1:
+            t, rule = wanting[0], self.rule
+            what = f"rule {rule.name!r}" + (f" ({rule.scheduler})" if rule.name == "diffusers" else "")
+            raise RequestError(twice_a_step(t.name, t.inexact_average, what, formulation))
 
     def _check_formulation(self) -> None:
         """A rule that cannot step the backend's kind of model (ddpm on a flow model) is refused by name,
@@ -406,6 +421,35 @@ class RunRequest:
             fields.pop("max_branches", None)
         return cls(backend=backend, options={k: v for k, v in (backend_options or {}).items() if v is not None},
                    labels=tuple(prompts or classes or (None,)), **fields)
+
+
+def evaluations(rule: StepRule, formulation: str) -> int | None:
+    """How many times rule ``rule`` evaluates the model a step on a model of ``formulation``: its diffusers
+    scheduler class's ``order``, as its walk reads it (``DiffusersStepper.order``), known before any weights
+    load; None where only its plan says (the model's own scheduler; ddpm, once)."""
+    import diffusers
+
+    name = getattr(rule, "flow_scheduler" if formulation == "flow" else "scheduler", None)
+    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
+    return int(getattr(cls, "order", 1)) if cls is not None else None
+
+
+def twice_a_step(technique: str, argument: str, rule: str, formulation: str) -> str:
+    """Why ``technique`` with ``argument`` (``Technique.inexact_average``) cannot run under ``rule`` (as
+    said: "rule 'heun'"), which evaluates the model twice a step, and the rules that can."""
+    once = sorted(n for n, r in registry.samplers().items()
+                  if formulation in r.formulations and _once(r, formulation))
+    return (f"technique {technique!r} ({argument}) gives a clean image that differs a little from the state even "
+            f"where its branches agree, and {rule} evaluates the model a second time within each step and divides "
+            "by that evaluation's sigma, small on the last step, so the difference grows into the image. Use a rule "
+            f"that evaluates once a step ({', '.join(once)}); docs/illusions.md, 'Heun and the warps'")
+
+
+def _once(rule: type, formulation: str) -> bool:
+    try:
+        return evaluations(rule(), formulation) == 1
+    except Exception:  # a rule needing arguments (diffusers:CLASS)
+        return False
 
 
 def _redoes(rule: type, formulation: str) -> bool | None:

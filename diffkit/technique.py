@@ -52,6 +52,12 @@ class Technique:
     # the argument that makes it step again from earlier states (``Step.redo``: RePaint's "resample=3", time
     # travel's "travel=1"), so it needs a rule without a history (``StepRule.redoes``); "": it does not
     steps_again: str = ""
+    # the argument that makes its combined clean image differ from the state even where its branches agree
+    # (anagram's view=zoom:0.5: the pyramid average of a warp gives back a little less than the image), so
+    # it needs a rule that evaluates the model once a step: a second evaluation within the step (Heun's, at
+    # the step's end) reads the slope (x - x0) / sigma there, and near the last, small sigma that difference
+    # over sigma breaks the image; "": it does not
+    inexact_average: str = ""
     # whether it can only view the state, not other channels a model takes beside it (IF stage II's upscaled
     # image), so a stage whose model takes them is refused (``BackendInfo.conditioned_from``); set per instance
     state_input_only: bool = False

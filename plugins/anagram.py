@@ -15,6 +15,7 @@ from diffkit.motion import Clip
 from diffkit.state import Context, Query, Step
 from diffkit.views import Warp
 from diffkit.params import Param
+from diffkit.request import twice_a_step
 from diffkit.technique import Combiner
 
 
@@ -106,6 +107,12 @@ class Anagram(Combiner):
                 raise ValueError(f"view {bent} is no permutation: noise seen through it is no noise, so it acts on "
                                  "clean images only; give reduction=x0 (LookingGlass's pyramid warping)")
             self.extra_channels = "first"  # IF's variance: no warp maps it back; the image's own is kept
+            # over two levels or more, the pyramid average of views that agree is a little less than the
+            # image: no second evaluation a step (Heun's divides that by its sigma, near 0 on the last step),
+            # checked before weights load; one level (nearest pixels) gives the image back
+            if self.args["levels"] > 1:
+                self.inexact_average = (f"view={bent}: its average over a pyramid of up to {self.args['levels']} "
+                                        "levels loses a little of the image; levels=1 loses nothing")
             self.state_input_only = True  # no warp maps IF stage II's upscaled image channels either
 
     def input_files(self) -> list[str]:
@@ -132,6 +139,9 @@ class Anagram(Combiner):
         self.heun = order == 2 and walk is not None and all(
             float(walk[2 * i + 1]) == float(ctx.timesteps[i + 1]) for i in range(len(ctx.timesteps) - 1))
         self.mid: tuple | None = None  # Heun's second evaluation: its timestep, each view's clean image and state
+        if order > 1 and self.inexact_average:  # a rule only its plan declares (the model's own scheduler)
+            raise ValueError(twice_a_step(self.name, self.inexact_average, getattr(ctx.stepper, "what", "the rule"),
+                                          ctx.backend.formulation))
         if order > 1 and not self.heun:
             raise ValueError(f"reduction=x0 steps each view's state as the run's: once a step, or as Heun does; "
                              f"this sampler evaluates the model {order} times a step, in between steps: use a "

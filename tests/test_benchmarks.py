@@ -48,3 +48,34 @@ def test_the_illusion_benchmark_takes_a_recipe_by_the_name_its_results_spell():
             assert illusions.recipe_name(illusions.parse_recipe(name)) == name
     with pytest.raises(SystemExit, match="spell it as recipe_name does"):
         illusions.parse_recipe("mnist-flow cfg10 euler 20")
+
+
+def test_the_illusion_benchmark_offers_a_warp_exactly_the_recipes_diffkit_runs_with_it():
+    """``takes``: a warp view is offered a recipe (a new run, or --recommend's second look) exactly when
+    diffkit runs it: reduction=x0, and no rule that evaluates twice a step (refused by name)."""
+    import diffkit
+    from diffkit.errors import UserError
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import illusions
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    recipes = {illusions.recipe_name(r): r for r in illusions.RECIPES}
+    for run in illusions.stored_runs().values():
+        recipes.update({name: illusions.parse_recipe(name) for name in run["recipes"]})
+    recipes.update({n: illusions.parse_recipe(n) for n in ("mnist-flow cfg:10 heun 10 reduction=x0,levels=1",
+                                                            "mnist-h64 cfg:10 heun 10 reduction=x0,levels=2")})
+    offered = {True: 0, False: 0}
+    for view in sorted(illusions.WARPS):
+        for model, scale, rule, _, reduction in recipes.values():
+            hooks = [f"cfg:{scale:g}", f'anagram:7,view="{illusions.VIEWS[view]}",reduction={reduction}']
+            try:
+                diffkit.sample(illusions.backend(model), classes=[1], num=1, seed=0, hooks=hooks, sampler=rule, steps=2)
+                runs = True
+            except UserError:
+                runs = False
+            r = (model, scale, rule, 2, reduction)
+            assert illusions.takes(r, view) == runs, (view, r)
+            offered[runs] += 1
+    assert offered[True] and offered[False]  # both kinds were asked
