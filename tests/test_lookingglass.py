@@ -314,10 +314,10 @@ def test_the_pyramid_average_of_views_that_agree_is_not_the_image():
 @pytest.mark.parametrize("model, rule", [("mnist-flow", "heun"), ("mnist-h64", "heun"),
                                          ("mnist", "diffusers:KDPM2DiscreteScheduler")])
 def test_a_warp_under_a_rule_that_evaluates_twice_a_step_is_refused_by_name(model, rule):
-    """Measured (benchmarks/results/illusions_flow_more.json, illusions_heun.json): under heun, zoom:0.5 read
-    as both digits in 0.173 of mnist-flow's samples against 0.933 under euler, and the cone in 0.007 of
-    mnist-h64's against 0.18 to 0.23 under ddim and dpmpp_2m_sde. Refused before the run, naming the rules
-    that can, where the rule's scheduler class declares its evaluations; a permutation view runs (above)."""
+    """Measured before the refusal (docs/illusions.md, 'Heun and the warps'): under heun a warp reads as both
+    digits far less often than under a one-evaluation rule, on mnist-flow and on mnist-h64's cone. Refused
+    before the run, naming the rules that can, where the rule's scheduler class declares its evaluations;
+    a permutation view runs (above), and so does a warp over one pyramid level."""
     with pytest.raises(UserError, match=r"\(view=zoom.*up to 4 levels.*levels=1 loses nothing\).*a second time "
                                         r"within each step.*once a step \(.*euler"):
         diffkit.sample("mnist", backend_options={"checkpoint": model}, classes=[1], num=1, steps=3, sampler=rule,
