@@ -288,11 +288,12 @@ def test_under_heun_the_views_states_take_heuns_step():
 
 def test_the_pyramid_average_of_views_that_agree_is_not_the_image():
     """Why a warp is refused under a rule that evaluates twice a step (below): a permutation's average of
-    views that agree is the image itself, a warp's pyramid average is not (its resampling and the view's
-    own pixels where it shows nothing reach the coarse levels), so the clean image a warp's anagram gives
-    differs from the state by about as much at every noise level, and Heun's slope at its second
-    evaluation, (x - x0) / sigma, grows without bound as that sigma goes to 0. Should this average ever
-    give the image back, the refusal can go."""
+    views that agree is the image itself, a warp's pyramid average is not (the inverse rebuilds each level
+    from what the view read, and the coarse level so rebuilt is not the fine one's reduction; the view's
+    own pixels where it shows nothing play no part, here 0), so the clean image a warp's anagram gives
+    keeps a gap from the state however small the noise gets, and Heun's slope at its second evaluation,
+    (x - x0) / sigma, grows without bound as that sigma goes to 0. Should this average ever give the image
+    back, the refusal can go."""
     x = torch.rand(2, 1, 28, 28, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     flip = diffkit.registry.get_view("flip")
     assert torch.equal(torch.stack([x, flip.inverse(flip.forward(x))]).mean(0), x)
