@@ -275,7 +275,9 @@ def test_stop_ends_a_run_and_writes_nothing(page, server):
     before = set(server.out.glob("run-*"))
     add_technique(page, "sdedit")  # its image is copied into the run folder before sampling begins
     page.locator("#p0-image canvas").first.wait_for()
-    set_number(page, "num", 20)
+    # one batch of 64 (ui.BATCH) through 300 steps: Stop must land before the batch ends, or its samples are kept
+    # for Resume, as they should be (CI once saw 20 samples finish before the click arrived)
+    set_number(page, "num", 64)
     set_number(page, "steps", 300)
     page.click("#run")
     page.wait_for_function("document.querySelector('#status').innerText.includes(' of 300')", timeout=60_000)
