@@ -254,7 +254,7 @@ class RunRequest:
         wanting = [t for t in self.techniques if t.inexact_average]
         if not wanting:
             return
-        backend, formulation = self._formulation()
+        _, formulation = self._formulation()
         if (evaluations(self.rule, formulation) or 1) > 1:
             t, rule = wanting[0], self.rule
             what = f"rule {rule.name!r}" + (f" ({rule.scheduler})" if rule.name == "diffusers" else "")
