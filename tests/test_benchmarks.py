@@ -79,3 +79,26 @@ def test_the_illusion_benchmark_offers_a_warp_exactly_the_recipes_diffkit_runs_w
             assert illusions.takes(r, view) == runs, (view, r)
             offered[runs] += 1
     assert offered[True] and offered[False]  # both kinds were asked
+
+
+def test_the_illusion_recommendation_is_current_with_the_stored_runs():
+    """A run stored after the recommendation was chosen would have changed it where one of its recipes ranks
+    among a view's front-runners: then the recommendation must be chosen again (``illusions.py
+    --recommend``). Each view's candidates are the front-runners over every run stored now, and the
+    ceiling's recipes (benchmarks/illusion_ceiling.py) are each view's front-runners then."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import illusion_ceiling
+        import illusions
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    rec = json.loads((illusions.RESULTS / "illusions_recommended.json").read_text())
+    runs = illusions.stored_runs()
+    for view, r in rec["recommended"].items():
+        assert list(r["candidates"]) == illusion_ceiling.front_runners(view, runs, rec["top"]), view
+    ceiling = json.loads((illusions.RESULTS / "illusion_ceiling.json").read_text())
+    assert ceiling["recommended_commit"] == rec["commit"]
+    for view, c in ceiling["views"].items():
+        tops = illusion_ceiling.front_runners(view, runs, ceiling["top"])
+        assert c["recipes"] == tops + ([] if rec["recommended"][view]["recipe"] in tops
+                                       else [rec["recommended"][view]["recipe"]]), view
