@@ -11,7 +11,11 @@ no run had used, each written smaller class first), and FRESH_SEED is no earlier
 choice saw a sample of them, so both figures are held out and compare like with like (same pairs, same
 seed, same number of samples).
 
-    python benchmarks/illusion_fresh.py       # benchmarks/results/illusion_fresh.json (~12 min, 2 cores)
+Then, for each view the ceiling could not bound under 90% on the held-out pairs (``can_reach_goal``) whose
+recommended recipe also misses 90% on the fresh pairs: its fresh pairs under 90% sampled with all the
+ceiling's recipes, and the same bound over the fresh pairs (each missed pair's best, 1.0 elsewhere).
+
+    python benchmarks/illusion_fresh.py       # benchmarks/results/illusion_fresh.json (~20 min, 2 cores)
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from illusions import (HELDOUT_PAIRS, MORE_SELECTION_PAIRS, RESULTS, SELECTION_P
                        strip)
 
 FRESH_SEED = 30000  # selection 0, held out 10000, the ceiling 20000
+GOAL = 0.9
 
 
 def fresh_pairs(n: int = 5) -> list[tuple[int, int]]:
@@ -66,9 +71,26 @@ def main() -> None:
             out[which] = {"recipe": recipe, **over(cells), "cells": strip(cells)}
             print(f"{view:14s} {which:12s} {recipe:52s} success {out[which]['success_rate']:.3f}  per pair "
                   f"{out[which]['per_pair']}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+        rec = out["recommended"]
+        if c["can_reach_goal"] and rec["success_rate"] < GOAL:
+            missed = [k for k, v in rec["per_pair"].items() if v < GOAL]
+            best = {}
+            for name in missed:
+                pair = tuple(int(v) for v in name.split("/"))
+                got = {r: (rec["cells"][name] if r == c["recipe"] else
+                           strip({"c": cell(parse_recipe(r), view, pair, a.num, FRESH_SEED)})["c"])
+                       for r in c["recipes"]}
+                best[name] = max(got[r]["success_rate"] for r in got)
+                out.setdefault("ceiling", {})[name] = {r: g["success_rate"] for r, g in got.items()}
+                print(f"{view:14s} {name} best of {len(got)}: {best[name]:.2f}  ({time.perf_counter() - t0:.0f} s)",
+                      flush=True)
+            per_pair = {k: best.get(k, 1.0) for k in rec["per_pair"]}
+            out["bound_per_pair"], out["bound"] = per_pair, sum(per_pair.values()) / len(per_pair)
+            print(f"{view:14s} BOUND {out['bound']:.3f} per pair {per_pair}", flush=True)
         views[view] = out
     record(a.out, {"what": "MNIST illusions under 90% held out: the recommended recipe against the recipe chosen on "
-                           "the pairs it missed (the ceiling's seed), both on five fresh class pairs and a fourth seed",
+                           "the pairs it missed (the ceiling's seed), both on five fresh class pairs and a fourth seed; where the "
+                           "ceiling could not bound a view under 90%, the bound on the fresh pairs",
                    "num": a.num, "pairs": pairs, "seed": FRESH_SEED, "ceiling_commit": ceiling["commit"],
                    "seconds": round(time.perf_counter() - t0, 1), "views": views}, at)
 
