@@ -84,8 +84,9 @@ def test_the_illusion_benchmark_offers_a_warp_exactly_the_recipes_diffkit_runs_w
 def test_the_illusion_recommendation_is_current_with_the_stored_runs():
     """A run stored after the recommendation was chosen would have changed it where one of its recipes ranks
     among a view's front-runners: then the recommendation must be chosen again (``illusions.py
-    --recommend``). Each view's candidates are the front-runners over every run stored now, and the
-    ceiling's recipes (benchmarks/illusion_ceiling.py) are each view's front-runners then."""
+    --recommend``). Each view's candidates are the front-runners over every run stored now, the
+    ceiling's recipes (benchmarks/illusion_ceiling.py) are each view's front-runners then, and the fresh
+    pairs' run (benchmarks/illusion_fresh.py) read that ceiling."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import illusion_ceiling
@@ -102,3 +103,5 @@ def test_the_illusion_recommendation_is_current_with_the_stored_runs():
         tops = illusion_ceiling.front_runners(view, runs, ceiling["top"])
         assert c["recipes"] == tops + ([] if rec["recommended"][view]["recipe"] in tops
                                        else [rec["recommended"][view]["recipe"]]), view
+    fresh = json.loads((illusions.RESULTS / "illusion_fresh.json").read_text())  # illusion_fresh.py, on the ceiling
+    assert fresh["ceiling_commit"] == ceiling["commit"] and list(fresh["views"]) == list(ceiling["views"])
