@@ -26,6 +26,10 @@ class pairs and other seeds, which is the figure reported.
         --gallery docs/img/illusions/flow   # the flow-matching model
     python benchmarks/illusions.py --recipes 24 --views flip rotate_180 rotate_cw skew inner_circle square_hinge jigsaw \
         patch_permute rotate_135 zoom_half mirror_30 --out benchmarks/results/illusions_flow_travel.json   # its time travel
+    python benchmarks/illusions.py --views mirror_30 --out benchmarks/results/illusions_mirror.json \
+        --gallery docs/img/illusions/mirror --recipe "mnist-flow cfg:15 euler 20 reduction=x0,levels=3" ...
+        # the mirror's own sweep (pyramid levels, guidance, travel, last steps; the eight recipes it stores),
+        # and illusions_mirror_levels.json: five more around levels=3
     python benchmarks/illusions.py --recommend --gallery docs/img/illusions/recommended   # each view's pick over
         # every stored run, its front-runners on three more selection pairs: illusions_recommended.json (~35 min)
     python benchmarks/illusions.py --recipe "mnist-flow cfg:10 euler 20 reduction=x0,last=2" --out R.json  # a new recipe
