@@ -85,8 +85,9 @@ def test_the_illusion_recommendation_is_current_with_the_stored_runs():
     """A run stored after the recommendation was chosen would have changed it where one of its recipes ranks
     among a view's front-runners: then the recommendation must be chosen again (``illusions.py
     --recommend``). Each view's candidates are the front-runners over every run stored now, the
-    ceiling's recipes (benchmarks/illusion_ceiling.py) are each view's front-runners then, and the fresh
-    pairs' run (benchmarks/illusion_fresh.py) read that ceiling."""
+    ceiling's recipes (benchmarks/illusion_ceiling.py) are each view's front-runners then, the fresh
+    pairs' run (benchmarks/illusion_fresh.py) read that ceiling, and the held-out pick
+    (benchmarks/illusion_heldout_pick.py) read both."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import illusion_ceiling
@@ -105,3 +106,9 @@ def test_the_illusion_recommendation_is_current_with_the_stored_runs():
                                        else [rec["recommended"][view]["recipe"]]), view
     fresh = json.loads((illusions.RESULTS / "illusion_fresh.json").read_text())  # illusion_fresh.py, on the ceiling
     assert fresh["ceiling_commit"] == ceiling["commit"] and list(fresh["views"]) == list(ceiling["views"])
+    # illusion_heldout_pick.py, on both: every view the ceiling left unbounded, each with all its recipes
+    pick = json.loads((illusions.RESULTS / "illusion_heldout_pick.json").read_text())
+    assert (pick["ceiling_commit"], pick["fresh_commit"]) == (ceiling["commit"], fresh["commit"])
+    assert list(pick["views"]) == [v for v, c in ceiling["views"].items() if c["can_reach_goal"]]
+    for view, p in pick["views"].items():
+        assert list(p["recipes"]) == ceiling["views"][view]["recipes"], view
