@@ -8,7 +8,7 @@ the held-out pairs the pick did not miss, on the ceiling's seed, so each recipe 
 five pairs (250 samples) and the best of them is a pick chosen on the held-out pairs and that seed.
 
 - If no recipe reads 90% there, none of the view's front-runners reaches the goal on the held-out pairs:
-  the view cannot, with any recipe diffkit has measured (the best of eleven reads high by chance, so this
+  the view cannot, with any recipe diffkit has measured (the best of ten or eleven reads high by chance, so this
   errs towards "can").
 - That pick is then sampled on illusion_fresh.py's fresh pairs and seed, which no choice saw: the figure to
   quote for it.
